@@ -1,0 +1,30 @@
+"""dask-train: PyTorch training on Dask: hyperparameter sweeps and DDP jobs, one worker per GPU."""
+
+from __future__ import annotations
+
+from .errors import ConfigError, DaskTrainError, DataError, ModelFileError, TrainingDiverged
+from .loop import Callback, Shard, Trainer, pick_device, shard_batches, train
+from .model_file import TrainedModel, load_model, save_model
+from .params import Param
+from .workloads import BUILTIN, Workload, get_workload
+
+__all__ = [
+    "BUILTIN",
+    "Callback",
+    "ConfigError",
+    "DaskTrainError",
+    "DataError",
+    "ModelFileError",
+    "Param",
+    "Shard",
+    "TrainedModel",
+    "Trainer",
+    "TrainingDiverged",
+    "Workload",
+    "get_workload",
+    "load_model",
+    "pick_device",
+    "save_model",
+    "shard_batches",
+    "train",
+]

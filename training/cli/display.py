@@ -1,0 +1,97 @@
+"""Terminal output: epoch tables, progress bars and errors. The only place that prints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..loop import Callback
+
+console = Console(highlight=False)
+_FIRST = ("epoch", "train_loss")
+_LAST = ("lr", "seconds", "samples_per_s")
+
+
+class BadInput(click.ClickException):
+    """A user error: printed as one message, exit code 2 (like a usage error)."""
+
+    exit_code = 2
+
+
+def format_value(value: Any) -> str:
+    """Numbers to 4 significant digits, large rates as integers, everything else as text."""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1e3 else f"{value:.4g}"
+    return str(value)
+
+
+def history_columns(records: Iterable[Mapping[str, Any]]) -> list[str]:
+    """``epoch, train_loss``, the validation metrics, then ``lr, seconds, samples_per_s``."""
+    keys: dict[str, None] = {}
+    for record in records:
+        keys.update(dict.fromkeys(record))
+    middle = sorted(k for k in keys if k not in _FIRST + _LAST)
+    return [k for k in _FIRST if k in keys] + middle + [k for k in _LAST if k in keys]
+
+
+class EpochTable(Callback):
+    """A progress bar over each epoch's batches and one table row per finished epoch."""
+
+    def __init__(self, title: str, epochs: int) -> None:
+        self.title, self.epochs = title, epochs
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=True)
+        self._task: Any = None
+        self._columns: list[str] | None = None
+
+    def __enter__(self) -> EpochTable:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
+        description = f"{self.title} epoch {epoch}/{self.epochs}"
+        if self._task is None:
+            self._task = self.progress.add_task(description, total=num_batches)
+        else:
+            self.progress.reset(self._task, total=num_batches, description=description)
+
+    def on_batch_end(self, epoch: int, batch: int) -> None:
+        self.progress.update(self._task, completed=batch)
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        if self._columns is None:
+            self._columns = history_columns([record])
+            self._print("  ".join(f"{c:>{_width(c)}}" for c in self._columns), style="bold")
+        self._print("  ".join(f"{format_value(record.get(c, '')):>{_width(c)}}" for c in self._columns))
+
+    def _print(self, line: str, style: str | None = None) -> None:
+        self.progress.console.print(line, style=style, soft_wrap=True)
+
+
+def _width(column: str) -> int:
+    return max(len(column), 9)
+
+
+def table(title: str, columns: list[str], rows: Iterable[Iterable[Any]]) -> None:
+    """Print a table of rows under a title."""
+    out = Table(title=title, title_justify="left")
+    for column in columns:
+        out.add_column(column)
+    for row in rows:
+        out.add_row(*(format_value(v) for v in row))
+    console.print(out)
+
+
+def report(values: Mapping[str, Any]) -> None:
+    """A key: value listing (evaluation results)."""
+    width = max((len(k) for k in values), default=0)
+    for key, value in values.items():
+        console.print(f"{key:<{width}}  {format_value(value)}")

@@ -1,0 +1,114 @@
+"""``dask-train train``, ``generate``, ``evaluate`` and ``workloads``: one model, in this process."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import ConfigError
+from ..loop import train
+from ..model_file import load_model
+from ..workloads import BUILTIN, get_workload
+from . import display
+
+_EXTRA = {"ignore_unknown_options": True, "allow_extra_args": True}
+_GENERATE_DEFAULT = {"names": 20, "charlm": 400}
+
+
+def parse_param_args(args: list[str]) -> dict[str, str]:
+    """``--batch-size 64 --lr=0.1`` -> ``{"batch_size": "64", "lr": "0.1"}`` (validated later)."""
+    params: dict[str, str] = {}
+    tokens = list(args)
+    while tokens:
+        token = tokens.pop(0)
+        if not token.startswith("--") or token == "--":
+            raise ConfigError(f"Unexpected argument {token!r}: hyperparameters are given as --name value.")
+        name, eq, value = token[2:].partition("=")
+        if not eq:
+            if not tokens or tokens[0].startswith("--"):
+                raise ConfigError(f"Hyperparameter --{name} needs a value, e.g. --{name} 0.01.")
+            value = tokens.pop(0)
+        params[name.replace("-", "_")] = value
+    return params
+
+
+@click.command(context_settings=_EXTRA)
+@click.argument("workload")
+@click.option("--epochs", type=int, default=None, help="Epochs (default: the workload's).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Model directory to write (default: runs/<workload>-<time>).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds data split, weights, batch order.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+@click.pass_context
+def train_command(ctx: click.Context, workload: str, epochs: int | None, out: Path | None, seed: int,
+                  device: str, resume: bool) -> None:
+    """Train WORKLOAD in this process and save the model. Hyperparameters: --name value
+    (see `dask-train workloads`)."""
+    work = get_workload(workload)
+    params = parse_param_args(ctx.args)
+    total = epochs if epochs is not None else work.default_epochs
+    if resume and out is None:
+        raise ConfigError("--resume needs --out: the model directory whose checkpoint to continue.")
+    out = out or Path("runs") / f"{work.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with display.EpochTable(work.name, total) as progress:
+        trained = train(work, params, epochs=total, seed=seed, device=device, callback=progress,
+                        checkpoint=out / "checkpoint.pt", resume=resume)
+    trained.save(out)
+    display.console.print(f"Saved model to {out}")
+    _show_use(trained, seed)
+
+
+def _show_use(trained: Any, seed: int) -> None:
+    if get_workload(trained.workload).use == "generate":
+        samples = trained.generate(_GENERATE_DEFAULT.get(trained.workload, 10), seed=seed)
+        display.console.print("Generated:", ", ".join(samples) if trained.workload == "names" else "")
+        if trained.workload != "names":
+            display.console.print(samples[0])
+    else:
+        display.report(trained.evaluate())
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("-n", "count", type=click.IntRange(min=1), default=None,
+              help="How many names, or characters of text (default: 20 names, 400 characters).")
+@click.option("--seed", type=int, default=None, help="Sampling seed (default: random).")
+@click.option("--prompt", default="", help="Start of every sample.")
+def generate_command(model_dir: Path, count: int | None, seed: int | None, prompt: str) -> None:
+    """Sample names or text from a trained names/charlm model."""
+    trained = load_model(model_dir)
+    _require_use(trained.workload, "generate")
+    samples = trained.generate(count or _GENERATE_DEFAULT.get(trained.workload, 10), seed=seed, prompt=prompt)
+    for sample in samples:
+        display.console.print(sample)
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+def evaluate_command(model_dir: Path) -> None:
+    """Report a trained digits/xor/linreg model on its held-out test data."""
+    trained = load_model(model_dir)
+    _require_use(trained.workload, "evaluate")
+    display.report({"workload": trained.workload, **trained.evaluate()})
+
+
+def _require_use(workload: str, use: str) -> None:
+    if get_workload(workload).use != use:
+        other = "generate" if use == "evaluate" else "evaluate"
+        raise ConfigError(f"A {workload} model does not {use}; use `dask-train {other}` instead.")
+
+
+@click.command()
+def workloads_command() -> None:
+    """List the built-in workloads and their hyperparameters."""
+    for work in BUILTIN.values():
+        display.table(
+            f"{work.name}: {work.summary} (default {work.default_epochs} epochs, "
+            f"optimises {work.metric} {work.mode})",
+            ["hyperparameter", "default", "accepts", "meaning"],
+            ([p.name, repr(p.default), p.describe(), p.help] for p in work.params),
+        )

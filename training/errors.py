@@ -1,0 +1,35 @@
+"""Named exceptions raised by dask-train. Every message says what is wrong and what to do."""
+
+from __future__ import annotations
+
+
+class DaskTrainError(Exception):
+    """Base class of every error dask-train raises on purpose."""
+
+
+class ConfigError(DaskTrainError, ValueError):
+    """Bad input from the user: a workload, hyperparameter, file or option that cannot be used."""
+
+
+class DataError(ConfigError):
+    """A data file is missing, empty or has nothing usable in it."""
+
+
+class ModelFileError(ConfigError):
+    """A path that should be a dask-train model directory is not one, or is damaged."""
+
+
+class TrainingDiverged(DaskTrainError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, message: str, *, epoch: int, step: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+
+    def __reduce__(self):  # keep epoch/step when the error travels back from a Dask worker
+        return (_rebuild_diverged, (str(self), self.epoch, self.step))
+
+
+def _rebuild_diverged(message: str, epoch: int, step: int) -> TrainingDiverged:
+    return TrainingDiverged(message, epoch=epoch, step=step)

@@ -1,0 +1,292 @@
+"""The training loop: data on the device, batches sliced from a per-epoch permutation, a validation pass
+each epoch, a per-epoch history, learning-rate schedules, divergence detection and resumable checkpoints.
+
+Shared by ``dask-train train``, sweep trials and DDP ranks: a rank passes its :class:`Shard` and a
+``reduce`` function (an all-reduce) and otherwise runs the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, TrainingDiverged
+from .model_file import TrainedModel
+from .params import resolve
+from .workloads import Data, Workload, get_workload
+from .workloads.base import Batch, take
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+_EVAL_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which part of every global batch this process trains on (rank 0 of 1 outside DDP)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+
+class Callback:
+    """Hooks the loop calls; subclass and override what you need (progress bars, metric events)."""
+
+    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
+        """Before the first batch of ``epoch`` (1-based)."""
+
+    def on_batch_end(self, epoch: int, batch: int) -> None:
+        """After each optimizer step."""
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        """After validation, with the epoch's history record."""
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """``cuda`` when a GPU is visible to this process and ``preference`` allows it, else ``cpu``.
+
+    Examples
+    --------
+    >>> pick_device("cpu")
+    device(type='cpu')
+    """
+    if preference not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"Unknown device {preference!r}: use 'auto', 'cpu' or 'cuda'.")
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("device='cuda' was asked for but this process sees no CUDA GPU; use device='auto'.")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def shard_batches(perm: torch.Tensor, batch_size: int, shard: Shard) -> list[torch.Tensor]:
+    """This rank's index batches for one epoch.
+
+    Global batch ``i`` is ``perm[i*B:(i+1)*B]``; rank ``r`` of ``W`` takes the ``r``-th of ``W`` contiguous
+    equal pieces of it. Outside DDP (``W == 1``) the last partial batch is kept; with ``W > 1`` it is
+    dropped so every rank takes the same number of equal steps. Shards are disjoint and, with the
+    exception of that last partial batch, cover the epoch.
+
+    Examples
+    --------
+    >>> [b.tolist() for b in shard_batches(torch.arange(10), 4, Shard(1, 2))]
+    [[2, 3], [6, 7]]
+    """
+    if batch_size % shard.world_size:
+        raise ConfigError(f"batch_size={batch_size} does not split evenly over {shard.world_size} ranks; "
+                          f"use a multiple of {shard.world_size}.")
+    if shard.world_size == 1:
+        return list(torch.split(perm, batch_size))
+    local = batch_size // shard.world_size
+    full = (len(perm) // batch_size) * batch_size
+    grid = perm[:full].view(-1, shard.world_size, local)
+    return list(grid[:, shard.rank])
+
+
+class Trainer:
+    """Trains one model: :meth:`train` runs epochs; :meth:`save_checkpoint` / :meth:`load_checkpoint`
+    make it resumable. ``reduce`` sums a tensor over DDP ranks (identity outside DDP)."""
+
+    def __init__(self, workload: Workload, params: Mapping[str, Any], data: Data, *, seed: int = 0,
+                 device: torch.device | None = None, shard: Shard = Shard(), wrap: Callable | None = None,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.workload, self.params, self.seed, self.shard = workload, dict(params), seed, shard
+        self.device = device or pick_device()
+        self.data = data.to(self.device)
+        self.model = workload.build_model(self.params, data.meta).to(self.device)
+        self.trained = wrap(self.model) if wrap else self.model
+        self.optimizer = workload.make_optimizer(self.model, self.params)
+        self.scheduler = workload.make_scheduler(self.optimizer, self.params)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.reduce = reduce or (lambda t: t)
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0
+        # A sync per step is free on the CPU; on a GPU check every few steps (NaN stays NaN in the sum).
+        self._check_every = 1 if self.device.type == "cpu" else 16
+
+    def train(self, epochs: int, callback: Callback | None = None,
+              checkpoint: Path | None = None) -> list[dict[str, Any]]:
+        """Run until ``epochs`` epochs are done in total (a resumed trainer continues its count)."""
+        callback = callback or Callback()
+        while self.epoch < epochs:
+            record = self._run_epoch(self.epoch + 1, callback)
+            self.epoch += 1
+            self.history.append(record)
+            if checkpoint is not None and self.shard.rank == 0:
+                self.save_checkpoint(checkpoint)
+            callback.on_epoch_end(record)
+        return self.history
+
+    def _run_epoch(self, epoch: int, callback: Callback) -> dict[str, Any]:
+        started = time.perf_counter()
+        perm = torch.randperm(self.data.num_train, generator=self.generator).to(self.device)
+        batches = shard_batches(perm, self.params["batch_size"], self.shard)
+        callback.on_epoch_start(epoch, len(batches))
+        self.trained.train()
+        running = torch.zeros((), dtype=torch.float64, device=self.device)
+        seen = 0
+        for step, index in enumerate(batches, start=1):
+            running += self._run_batch(take(self.data.train, index)) * len(index)
+            seen += len(index)
+            if step % self._check_every == 0 or step == len(batches):
+                self._check_finite(running, epoch, step)
+            callback.on_batch_end(epoch, step)
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.scheduler is not None:
+            self.scheduler.step()
+        train_seconds = time.perf_counter() - started
+        totals = self.reduce(torch.stack([running, torch.tensor(float(seen), device=self.device,
+                                                                dtype=torch.float64)]))
+        record = {"epoch": epoch, "train_loss": float(totals[0] / max(float(totals[1]), 1.0))}
+        record.update(self.evaluate())
+        record.update(lr=lr, seconds=round(time.perf_counter() - started, 4),
+                      samples_per_s=round(float(totals[1]) / max(train_seconds, 1e-9), 1))
+        return record
+
+    def _run_batch(self, batch: Batch) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.workload.loss(self.trained, batch)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach().to(torch.float64)
+
+    def _check_finite(self, running: torch.Tensor, epoch: int, step: int) -> None:
+        if not bool(torch.isfinite(running)):
+            raise TrainingDiverged(
+                f"Training loss became {float(running)} at epoch {epoch}, step {step} "
+                f"(workload {self.workload.name}, params {self.params}). Lower the learning rate "
+                "or the batch size, or check the data for NaN/inf values.", epoch=epoch, step=step)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics over the whole validation split (summed over ranks), as ``val_<name>``."""
+        self.model.eval()
+        totals: dict[str, torch.Tensor] = {}
+        num_val = int(self.data.val[0].shape[0])
+        indices = torch.arange(num_val, device=self.device)
+        for chunk in indices[self.shard.rank :: self.shard.world_size].split(_EVAL_CHUNK):
+            for key, value in self.workload.eval_sums(self.model, take(self.data.val, chunk)).items():
+                totals[key] = totals.get(key, 0) + value.detach().to(torch.float64)
+        keys = sorted(totals)
+        summed = self.reduce(torch.stack([totals[k] for k in keys])) if keys else torch.zeros(0)
+        values = dict(zip(keys, summed.tolist()))
+        count = values.pop("count", 0.0) or 1.0
+        return {f"val_{k}": v / count for k, v in values.items()}
+
+    def save_checkpoint(self, path: Path) -> None:
+        """Everything needed to continue exactly: weights, optimizer, scheduler, epoch, RNG, history.
+        Written to a temporary file and renamed, so a crash never leaves a half-written checkpoint."""
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "workload": self.workload.name,
+            "params": self.params,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "rng_perm": self.generator.get_state(),
+            "history": self.history,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` (loaded with ``weights_only=True``)."""
+        state = read_checkpoint(path)
+        if state["workload"] != self.workload.name or state["params"] != self.params:
+            raise ConfigError(
+                f"Checkpoint {str(path)!r} is for workload {state['workload']!r} with params "
+                f"{state['params']}, not {self.workload.name!r} with {self.params}. Resume with the "
+                "same settings, or start a new run without --resume.")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_torch"])
+        if state["rng_cuda"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.generator.set_state(state["rng_perm"])
+        self.epoch, self.history = int(state["epoch"]), list(state["history"])
+
+    def result(self) -> TrainedModel:
+        """The trained model on the CPU, with what rebuilds it and its history."""
+        model = self.workload.build_model(self.params, self.data.meta)
+        model.load_state_dict({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        return TrainedModel(self.workload.name, self.params, dict(self.data.meta), dict(self.data.artifacts),
+                            list(self.history), model.eval(), self.seed)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents, loaded without executing pickled code."""
+    if not path.is_file():
+        raise ConfigError(f"No checkpoint at {str(path)!r} to resume from; run without --resume first.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged files
+        raise ConfigError(f"Checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {exc}).") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{str(path)!r} is not a dask-train checkpoint (format {CHECKPOINT_FORMAT}).")
+    return state
+
+
+def train(workload: str | Workload, params: Mapping[str, Any] | None = None, *, epochs: int | None = None,
+          seed: int = 0, device: str = "auto", callback: Callback | None = None,
+          checkpoint: str | Path | None = None, resume: bool = False) -> TrainedModel:
+    """Train one model in this process and return it on the CPU.
+
+    Parameters
+    ----------
+    workload : str or Workload
+        A built-in name (``names``, ``charlm``, ``digits``, ``xor``, ``linreg``) or a Workload.
+    params : mapping, optional
+        Hyperparameters; validated against the workload's declarations, defaults filled in.
+    epochs : int, optional
+        Total epochs (the workload's default when None).
+    seed : int
+        Seeds the data split, the initial weights and the batch order.
+    device : {"auto", "cpu", "cuda"}
+    callback : Callback, optional
+        Progress hooks.
+    checkpoint : path, optional
+        Written after every epoch; with ``resume=True`` training continues from it.
+
+    Examples
+    --------
+    >>> trained = train("xor", epochs=2, seed=1)
+    >>> [round(r["val_accuracy"], 2) >= 0 for r in trained.history]
+    [True, True]
+    """
+    work = get_workload(workload) if isinstance(workload, str) else workload
+    resolved = resolve(work.params, params or {}, owner=work.name)
+    total = _check_epochs(epochs if epochs is not None else work.default_epochs)
+    dev = pick_device(device)
+    # Leave a long-lived worker's global RNG as it was: trials must not depend on what ran before.
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        trainer = Trainer(work, resolved, work.load_data(resolved, seed), seed=seed, device=dev)
+        path = Path(checkpoint) if checkpoint is not None else None
+        if resume and path is not None:
+            trainer.load_checkpoint(path)
+        trainer.train(total, callback, path)
+        return trainer.result()
+
+
+def _check_epochs(epochs: Any) -> int:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"Invalid epochs {epochs!r}: expected a whole number >= 1.")
+    return epochs
+

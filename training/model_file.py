@@ -1,0 +1,160 @@
+"""A trained model and its directory on disk: safetensors weights plus the JSON that rebuilds the model.
+
+Loading never executes pickled code: weights are safetensors, everything else is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import ConfigError, ModelFileError
+
+FORMAT = "dask-train-model"
+VERSION = 1
+WEIGHTS, METADATA, HISTORY, ARTIFACTS = "model.safetensors", "model.json", "history.json", "artifacts.json"
+
+
+@dataclass
+class TrainedModel:
+    """A trained model on the CPU with everything that rebuilds it (like nanoGPT's ``model_args``).
+
+    Examples
+    --------
+    >>> from training import train
+    >>> trained = train("xor", epochs=1)
+    >>> trained.workload, sorted(trained.history[-1])[:2]
+    ('xor', ['epoch', 'lr'])
+    """
+
+    workload: str
+    params: dict[str, Any]
+    meta: dict[str, Any]
+    artifacts: dict[str, Any]
+    history: list[dict[str, Any]]
+    model: nn.Module
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The last epoch's record (empty before any epoch)."""
+        return dict(self.history[-1]) if self.history else {}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model directory (created if needed) and return its path."""
+        return save_model(self, path)
+
+    def generate(self, count: int, *, seed: int | None = None, prompt: str = "") -> list[str]:
+        """Names or text sampled from a generative model (``names``, ``charlm``)."""
+        return self._workload().generate(self.model, self.meta, self.artifacts, count, seed=seed, prompt=prompt)
+
+    def evaluate(self) -> dict[str, Any]:
+        """The workload's report on its held-out test data (accuracy, recovered weights)."""
+        work = self._workload()
+        return work.evaluate(self.model, work.load_data(self.params, self.seed))
+
+    def _workload(self):
+        from .workloads import get_workload
+
+        return get_workload(self.workload)
+
+
+def save_model(trained: TrainedModel, path: str | Path) -> Path:
+    """Write ``trained`` as a model directory: weights, metadata, history, artifacts."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in trained.model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS))
+    metadata = {
+        "format": FORMAT,
+        "version": VERSION,
+        "workload": trained.workload,
+        "params": trained.params,
+        "meta": trained.meta,
+        "seed": trained.seed,
+        "metrics": trained.metrics,
+        "epochs": len(trained.history),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch": torch.__version__,
+        **({"extra": trained.extra} if trained.extra else {}),
+    }
+    _write_json(folder / METADATA, metadata)
+    _write_json(folder / HISTORY, trained.history)
+    _write_json(folder / ARTIFACTS, trained.artifacts)
+    return folder
+
+
+def load_model(path: str | Path) -> TrainedModel:
+    """Rebuild a model saved by :func:`save_model`, on the CPU, in eval mode.
+
+    Raises
+    ------
+    ModelFileError
+        If ``path`` is not a dask-train model directory or its files are damaged.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from training import train
+    >>> folder = train("xor", epochs=1).save(tempfile.mkdtemp())
+    >>> load_model(folder).workload
+    'xor'
+    """
+    folder = Path(path)
+    metadata = _read_metadata(folder)
+    from .workloads import get_workload
+
+    try:
+        work = get_workload(metadata["workload"])
+        model = work.build_model(metadata["params"], metadata["meta"])
+        model.load_state_dict(load_file(str(folder / WEIGHTS)))
+    except ConfigError as exc:
+        raise ModelFileError(f"Model directory {str(folder)!r} cannot be rebuilt: {exc}") from None
+    except (OSError, RuntimeError, KeyError, TypeError) as exc:
+        raise ModelFileError(f"Model directory {str(folder)!r} has damaged or mismatched weights "
+                             f"({type(exc).__name__}: {exc}).") from None
+    return TrainedModel(
+        workload=metadata["workload"], params=metadata["params"], meta=metadata["meta"],
+        artifacts=_read_json(folder / ARTIFACTS, default={}), history=_read_json(folder / HISTORY, default=[]),
+        model=model.eval(), seed=int(metadata.get("seed", 0)), extra=metadata.get("extra", {}),
+    )
+
+
+def _read_metadata(folder: Path) -> dict[str, Any]:
+    hint = "Pass a directory written by `dask-train train` (it holds model.json and model.safetensors)."
+    if not folder.is_dir():
+        raise ModelFileError(f"{str(folder)!r} is not a directory. {hint}")
+    if not (folder / METADATA).is_file() or not (folder / WEIGHTS).is_file():
+        raise ModelFileError(f"{str(folder)!r} is not a dask-train model directory "
+                             f"(no {METADATA} or {WEIGHTS}). {hint}")
+    metadata = _read_json(folder / METADATA, default=None)
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise ModelFileError(f"{str(folder / METADATA)!r} is not dask-train model metadata. {hint}")
+    if metadata.get("version", 0) > VERSION:
+        raise ModelFileError(f"{str(folder)!r} was written by a newer dask-train (format version "
+                             f"{metadata['version']}); upgrade dask-train to load it.")
+    return metadata
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{str(path)!r} is not valid JSON ({exc}).") from None
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)

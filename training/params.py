@@ -1,0 +1,148 @@
+"""Hyperparameters a workload declares: type, default, valid range, and one place that validates them."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+_KINDS: dict[type, str] = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter: its type, default, and the values it accepts.
+
+    Parameters
+    ----------
+    name : str
+        The name users write (``lr``, ``batch_size``).
+    kind : type
+        ``int``, ``float``, ``str`` or ``bool``.
+    default : Any
+        The value used when the user gives none.
+    help : str
+        One line for ``dask-train workloads``.
+    low, high : float, optional
+        Inclusive bounds for numbers.
+    choices : tuple, optional
+        The only values accepted.
+
+    Examples
+    --------
+    >>> Param("lr", float, 1e-3, "learning rate", low=0.0, high=10.0).parse("0.01")
+    0.01
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def parse(self, value: Any) -> Any:
+        """Coerce ``value`` (a string from the CLI, or a Python value) and check it is allowed."""
+        coerced = self._coerce(value)
+        self._check(coerced)
+        return coerced
+
+    def describe(self) -> str:
+        """The accepted values, for help text and error messages."""
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.low is not None and self.high is not None:
+            return f"{_KINDS[self.kind]} in [{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f"{_KINDS[self.kind]} >= {self.low:g}"
+        return _KINDS[self.kind]
+
+    def _coerce(self, value: Any) -> Any:
+        if self.kind is bool:
+            return _to_bool(self.name, value)
+        if isinstance(value, bool) and self.kind in (int, float):
+            raise self._error(value, f"expected {_KINDS[self.kind]}")
+        try:
+            if self.kind is int:
+                return _to_int(value)
+            if self.kind is float:
+                return float(value)
+        except (TypeError, ValueError):
+            raise self._error(value, f"expected {_KINDS[self.kind]}") from None
+        if not isinstance(value, str):
+            raise self._error(value, "expected a string")
+        return value
+
+    def _check(self, value: Any) -> None:
+        if self.choices is not None and value not in self.choices:
+            raise self._error(value, f"expected {self.describe()}")
+        if self.kind in (int, float):
+            if not math.isfinite(value):
+                raise self._error(value, "expected a finite number")
+            if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+                raise self._error(value, f"expected {self.describe()}")
+
+    def _error(self, value: Any, why: str) -> ConfigError:
+        return ConfigError(f"Invalid value {value!r} for hyperparameter '{self.name}': {why}.")
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    if isinstance(value, str):
+        return int(float(value)) if _is_integral_float(value) else int(value)
+    return int(value)
+
+
+def _is_integral_float(text: str) -> bool:
+    try:
+        number = float(text)
+    except ValueError:
+        return False
+    return number.is_integer() and ("e" in text.lower() or "." in text)
+
+
+def _to_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    raise ConfigError(f"Invalid value {value!r} for hyperparameter '{name}': expected true or false.")
+
+
+def resolve(params: Iterable[Param], given: Mapping[str, Any], *, owner: str) -> dict[str, Any]:
+    """Validate ``given`` against ``params`` and fill in defaults.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name (with the closest known one) or a value out of type or range.
+
+    Examples
+    --------
+    >>> resolve([Param("lr", float, 0.1)], {"lr": "0.5"}, owner="xor")
+    {'lr': 0.5}
+    """
+    by_name = {p.name: p for p in params}
+    for name in given:
+        if name not in by_name:
+            raise ConfigError(_unknown_message(name, list(by_name), owner))
+    return {name: (p.parse(given[name]) if name in given else p.default) for name, p in by_name.items()}
+
+
+def _unknown_message(name: str, known: list[str], owner: str) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return (
+        f"Unknown hyperparameter '{name}' for workload '{owner}'.{hint} "
+        f"Known: {', '.join(known)} (see `dask-train workloads`)."
+    )

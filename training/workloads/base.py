@@ -1,0 +1,127 @@
+"""What a workload is: hyperparameters, data, a model, a loss, metrics, and what a trained model is for."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..params import Param
+
+Batch = tuple[torch.Tensor, ...]
+
+
+@dataclass
+class Data:
+    """Tensors of a workload, split, with everything the model needs to be rebuilt.
+
+    ``train``, ``val`` and ``test`` are tuples of tensors sharing their first dimension (one row a sample),
+    so the loop batches by indexing every tensor with the same slice of a permutation.
+    ``meta`` is JSON (vocabulary, input size) and goes into the model file; ``artifacts`` is JSON that a
+    trained model's use needs (e.g. the names seen in training, so generated names can drop them).
+    """
+
+    train: Batch
+    val: Batch
+    test: Batch | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train[0].shape[0])
+
+    def to(self, device: torch.device) -> Data:
+        """A copy with every tensor on ``device``."""
+
+        def move(split: Batch | None) -> Batch | None:
+            return None if split is None else tuple(t.to(device) for t in split)
+
+        return Data(move(self.train), move(self.val), move(self.test), self.meta, self.artifacts)  # type: ignore[arg-type]
+
+
+class Workload(ABC):
+    """A built-in or user workload. Subclasses are stateless: everything comes in as arguments.
+
+    The training loop calls, in order: :meth:`load_data`, :meth:`build_model`, :meth:`make_optimizer`,
+    :meth:`make_scheduler`, then :meth:`loss` per batch and :meth:`eval_sums` per validation chunk.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    params: ClassVar[tuple[Param, ...]]
+    default_epochs: ClassVar[int]
+    #: The metric sweeps optimise by default, and its direction.
+    metric: ClassVar[str] = "val_loss"
+    mode: ClassVar[str] = "min"
+    #: What ``dask-train`` can do with a trained model: "generate" or "evaluate".
+    use: ClassVar[str] = "evaluate"
+
+    @abstractmethod
+    def load_data(self, params: Mapping[str, Any], seed: int) -> Data:
+        """Build the data on the CPU, deterministic under ``seed``."""
+
+    @abstractmethod
+    def build_model(self, params: Mapping[str, Any], meta: Mapping[str, Any]) -> nn.Module:
+        """Build the model from hyperparameters and the data's ``meta`` (both stored in model files)."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Mean training loss of one batch."""
+
+    @abstractmethod
+    def eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """Sums over a validation chunk: ``count`` plus one entry per metric (``loss``, ``accuracy``).
+
+        The loop divides each by the total ``count`` and reports it as ``val_<name>``; sums (not means)
+        let chunks and DDP ranks be combined exactly.
+        """
+
+    def make_optimizer(self, model: nn.Module, params: Mapping[str, Any]) -> torch.optim.Optimizer:
+        return torch.optim.Adam(model.parameters(), lr=params["lr"])
+
+    def make_scheduler(
+        self, optimizer: torch.optim.Optimizer, params: Mapping[str, Any]
+    ) -> torch.optim.lr_scheduler.LRScheduler | None:
+        return None
+
+    def generate(self, model: nn.Module, meta: Mapping[str, Any], artifacts: Mapping[str, Any],
+                 count: int, *, seed: int | None = None, prompt: str = "") -> list[str]:
+        """Samples from a trained generative model (``names``, ``charlm``)."""
+        raise NotImplementedError(f"Workload '{self.name}' does not generate; use `dask-train evaluate`.")
+
+    def evaluate(self, model: nn.Module, data: Data) -> dict[str, Any]:
+        """A report on held-out data (accuracy, recovered weights), for ``dask-train evaluate``."""
+        raise NotImplementedError(f"Workload '{self.name}' does not evaluate; use `dask-train generate`.")
+
+
+def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[torch.Tensor]:
+    """Shuffle ``range(n)`` under ``seed`` and cut it into the given fractions, the rest last.
+
+    Examples
+    --------
+    >>> [len(part) for part in split_indices(10, (0.2,), seed=0)]
+    [2, 8]
+    """
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    parts, start = [], 0
+    for fraction in fractions:
+        size = int(round(n * fraction))
+        parts.append(perm[start : start + size])
+        start += size
+    parts.append(perm[start:])
+    return parts
+
+
+def take(tensors: Batch, index: torch.Tensor) -> Batch:
+    """Rows ``index`` of every tensor."""
+    return tuple(t[index] for t in tensors)
+
+
+def sum_dict(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detach and cast every sum to float64 so many chunks add up without float32 error."""
+    return {k: v.detach().to(torch.float64) for k, v in sums.items()}
