@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from .errors import ConfigError, TrainingDiverged
 from .model_file import TrainedModel
@@ -178,7 +177,7 @@ class Trainer:
                 totals[key] = totals.get(key, 0) + value.detach().to(torch.float64)
         keys = sorted(totals)
         summed = self.reduce(torch.stack([totals[k] for k in keys])) if keys else torch.zeros(0)
-        values = dict(zip(keys, summed.tolist()))
+        values = dict(zip(keys, summed.tolist(), strict=True))
         count = values.pop("count", 0.0) or 1.0
         return {f"val_{k}": v / count for k, v in values.items()}
 

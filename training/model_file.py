@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -119,7 +120,7 @@ def load_model(path: str | Path) -> TrainedModel:
         model.load_state_dict(load_file(str(folder / WEIGHTS)))
     except ConfigError as exc:
         raise ModelFileError(f"Model directory {str(folder)!r} cannot be rebuilt: {exc}") from None
-    except (OSError, RuntimeError, KeyError, TypeError) as exc:
+    except (OSError, RuntimeError, KeyError, TypeError, SafetensorError) as exc:
         raise ModelFileError(f"Model directory {str(folder)!r} has damaged or mismatched weights "
                              f"({type(exc).__name__}: {exc}).") from None
     return TrainedModel(

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..loop import Callback
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 _FIRST = ("epoch", "train_loss")
 _LAST = ("lr", "seconds", "samples_per_s")
 

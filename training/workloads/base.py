@@ -110,7 +110,7 @@ def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[torch
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     parts, start = [], 0
     for fraction in fractions:
-        size = int(round(n * fraction))
+        size = round(n * fraction)
         parts.append(perm[start : start + size])
         start += size
     parts.append(perm[start:])

@@ -1,0 +1,104 @@
+"""The `dask-train` console script, run as a user runs it (a subprocess), exit codes included."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+EXE = shutil.which("dask-train") or ""
+
+
+def run(*args: str, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
+    command = [EXE, *args] if EXE else [sys.executable, "-m", "training.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def test_train_then_evaluate_xor(tmp_path):
+    out = tmp_path / "xor-model"
+    result = run("train", "xor", "--epochs", "60", "--lr", "0.2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "val_accuracy" in result.stdout and f"Saved model to {out}" in result.stdout
+    assert json.loads((out / "model.json").read_text())["params"]["lr"] == 0.2
+    evaluated = run("evaluate", str(out))
+    assert evaluated.returncode == 0, evaluated.stderr
+    accuracy = float(next(line.split()[1] for line in evaluated.stdout.splitlines()
+                          if line.startswith("test_accuracy")))
+    assert accuracy >= 0.95
+
+
+def test_train_then_generate_names(tmp_path):
+    out = tmp_path / "names-model"
+    result = run("train", "names", "--corpus", "first", "--max-names", "800", "--hidden", "32",
+                 "--layers", "2", "--batch-size", "256", "--epochs", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "Generated:" in result.stdout
+    generated = run("generate", str(out), "-n", "7", "--seed", "3")
+    assert generated.returncode == 0, generated.stderr
+    assert len(generated.stdout.split("\n")) >= 7
+
+
+def test_train_resume_continues_the_epoch_count(tmp_path):
+    out = tmp_path / "m"
+    assert run("train", "xor", "--epochs", "2", "--out", str(out)).returncode == 0
+    resumed = run("train", "xor", "--epochs", "4", "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["epoch"] for r in json.loads((out / "history.json").read_text())] == [1, 2, 3, 4]
+
+
+def test_workloads_lists_every_workload_and_its_hyperparameters():
+    result = run("workloads")
+    assert result.returncode == 0
+    for text in ("names", "charlm", "digits", "xor", "linreg", "batch_size", "'mlp', 'cnn'"):
+        assert text in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "xorr"], "Unknown workload 'xorr'. Did you mean 'xor'?"),
+        (["train", "xor", "--lrr", "3"], "Unknown hyperparameter 'lrr' for workload 'xor'. Did you mean 'lr'?"),
+        (["train", "xor", "--lr", "-1"], "Invalid value -1.0 for hyperparameter 'lr'"),
+        (["train", "xor", "--batch-size", "big"], "Invalid value 'big' for hyperparameter 'batch_size'"),
+        (["train", "xor", "--lr"], "--lr needs a value"),
+        (["train", "names", "--data", "/no/such/file.json"], "does not exist"),
+        (["train", "xor", "--epochs", "0"], "Invalid epochs 0"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(args, message):
+    result = run(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_empty_data_file_and_non_model_directories_exit_2(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    result = run("train", "charlm", "--data", str(tmp_path / "empty.txt"))
+    assert result.returncode == 2 and "is empty" in result.stderr
+    result = run("generate", str(tmp_path))
+    assert result.returncode == 2 and "is not a dask-train model directory" in result.stderr
+    (tmp_path / "model.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_text("")
+    result = run("evaluate", str(tmp_path))
+    assert result.returncode == 2 and "is not dask-train model metadata" in result.stderr
+
+
+def test_model_files_load_without_pickle(tmp_path):
+    """The weights are safetensors; a pickle dropped in their place is refused, never executed."""
+    out = tmp_path / "m"
+    assert run("train", "xor", "--epochs", "1", "--out", str(out)).returncode == 0
+    marker = tmp_path / "pwned"
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (out / "model.safetensors").write_bytes(pickle.dumps(Evil()))
+    result = run("evaluate", str(out))
+    assert result.returncode == 2 and "damaged or mismatched weights" in result.stderr
+    assert not marker.exists()

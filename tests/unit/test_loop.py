@@ -1,0 +1,161 @@
+"""The training loop on real workloads: quality thresholds, divergence, sharding, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from training import Shard, TrainingDiverged, load_model, shard_batches, train
+from training.errors import ConfigError
+from training.loop import Callback, Trainer, read_checkpoint
+from training.params import resolve
+from training.workloads import get_workload
+from training.workloads.linreg import LinReg
+
+SMALL_NAMES = {"corpus": "last", "max_names": 3000, "batch_size": 512, "lr": 3e-3, "hidden": 64, "layers": 2}
+
+
+def test_xor_reaches_95_percent_validation_accuracy():
+    trained = train("xor", seed=0)
+    assert trained.history[-1]["val_accuracy"] >= 0.95
+    assert trained.evaluate()["test_accuracy"] >= 0.95
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_digits_reach_95_percent_test_accuracy(arch):
+    trained = train("digits", {"arch": arch}, seed=0)
+    assert trained.evaluate()["test_accuracy"] >= 0.95
+    assert trained.history[0]["lr"] == 1.0 and trained.history[1]["lr"] == pytest.approx(0.9)  # StepLR
+
+
+def test_linreg_recovers_the_true_weights():
+    report = train("linreg", seed=0).evaluate()
+    assert report["weights"] == pytest.approx([2.0, -3.0], abs=0.05)
+    assert report["bias"] == pytest.approx(10.0, abs=0.1)
+
+
+def test_names_beats_the_uniform_baseline_and_generates_novel_names():
+    trained = train("names", SMALL_NAMES, epochs=3, seed=0)
+    losses = [r["val_loss"] for r in trained.history]
+    assert losses[-1] < 0.6 * math.log(31), losses  # uniform over the 31 characters: ln 31 = 3.43
+    generated = trained.generate(30, seed=0)
+    known = set(trained.artifacts["known_names"])
+    assert len(generated) == 30
+    assert not any(name.lower() in known for name in generated)
+    assert all(set(name.lower()) <= set("abcdefghijklmnopqrstuvwxyz-. ") for name in generated)
+
+
+def test_charlm_loss_falls_and_sampling_prints_text():
+    trained = train("charlm", epochs=4, seed=0)
+    assert trained.history[-1]["train_loss"] < trained.history[0]["train_loss"]
+    assert trained.history[-1]["val_loss"] < trained.history[0]["val_loss"]
+    text = trained.generate(120, seed=0, prompt="Thy")[0]
+    assert text.startswith("Thy") and len(text) == 123
+    assert set(text) <= set(trained.meta["vocab"])
+
+
+class _SGDLinReg(LinReg):
+    """linreg with plain SGD: at lr=1 on inputs in [-5, 5] every step overshoots, so the loss blows up."""
+
+    def make_optimizer(self, model, params):
+        return torch.optim.SGD(model.parameters(), lr=params["lr"])
+
+
+def test_a_nan_loss_stops_with_training_diverged():
+    params = {"lr": 1.0, "samples": 20_000, "batch_size": 100}
+    with pytest.raises(TrainingDiverged, match=r"became (nan|inf) at epoch 1, step \d+.*Lower the learning"):
+        train(_SGDLinReg(), params, epochs=3)
+    assert train(_SGDLinReg(), {**params, "lr": 1e-3}, epochs=1).history[0]["train_loss"] < 1e3
+
+
+def test_save_load_gives_identical_predictions(tmp_path):
+    trained = train("digits", {"arch": "cnn"}, epochs=2, seed=3)
+    folder = trained.save(tmp_path / "model")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "artifacts.json", "history.json", "model.json", "model.safetensors"]
+    loaded = load_model(folder)
+    x = get_workload("digits").load_data(trained.params, 3).test[0]
+    with torch.no_grad():
+        assert torch.equal(trained.model.eval()(x), loaded.model(x))
+    assert loaded.history == trained.history and loaded.params == trained.params
+
+
+def test_resume_continues_the_same_history(tmp_path):
+    params = {"batch_size": 256}
+    straight = train("xor", params, epochs=4, seed=5)
+    checkpoint = tmp_path / "ckpt.pt"
+    train("xor", params, epochs=2, seed=5, checkpoint=checkpoint)
+    assert read_checkpoint(checkpoint)["epoch"] == 2
+    resumed = train("xor", params, epochs=4, seed=5, checkpoint=checkpoint, resume=True)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    for a, b in zip(straight.history, resumed.history, strict=True):
+        assert a["train_loss"] == b["train_loss"] and a["val_loss"] == b["val_loss"]
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_resume_with_dropout_matches_too(tmp_path):
+    """Dropout draws from the global RNG: the checkpoint must carry it for an exact resume."""
+    params = {"corpus": "first", "max_names": 300, "batch_size": 256, "hidden": 16, "layers": 2, "dropout": 0.5}
+    straight = train("names", params, epochs=2, seed=1)
+    train("names", params, epochs=1, seed=1, checkpoint=tmp_path / "c.pt")
+    resumed = train("names", params, epochs=2, seed=1, checkpoint=tmp_path / "c.pt", resume=True)
+    assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    train("xor", {"batch_size": 256}, epochs=1, checkpoint=tmp_path / "c.pt")
+    with pytest.raises(ConfigError, match="is for workload 'xor' with params"):
+        train("xor", {"batch_size": 128}, epochs=2, checkpoint=tmp_path / "c.pt", resume=True)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        train("xor", epochs=2, checkpoint=tmp_path / "junk.pt", resume=True)
+
+
+def test_callbacks_see_every_batch_and_epoch():
+    seen: list[tuple] = []
+
+    class Recorder(Callback):
+        def on_epoch_start(self, epoch, num_batches):
+            seen.append(("start", epoch, num_batches))
+
+        def on_epoch_end(self, record):
+            seen.append(("end", record["epoch"]))
+
+    train("xor", {"batch_size": 1000}, epochs=2, callback=Recorder())
+    assert seen == [("start", 1, 3), ("end", 1), ("start", 2, 3), ("end", 2)]
+
+
+def test_history_records_what_the_issue_asks_for():
+    record = train("xor", epochs=1).history[0]
+    assert {"epoch", "train_loss", "val_loss", "val_accuracy", "seconds", "samples_per_s", "lr"} <= set(record)
+    assert record["samples_per_s"] > 0 and record["seconds"] > 0
+
+
+def test_shards_are_disjoint_and_cover_every_full_global_batch():
+    perm = torch.randperm(1003, generator=torch.Generator().manual_seed(0))
+    shards = [torch.cat(shard_batches(perm, 100, Shard(r, 4))) for r in range(4)]
+    together = torch.cat(shards)
+    assert len(together) == len(set(together.tolist())) == 1000  # disjoint; only the partial batch dropped
+    assert set(together.tolist()) == set(perm[:1000].tolist())
+    batches = [shard_batches(perm, 100, Shard(r, 4)) for r in range(4)]
+    assert all(len(b) == 10 and all(len(x) == 25 for x in b) for b in batches)
+    assert torch.equal(torch.cat(shard_batches(perm, 100, Shard())), perm)  # single process keeps all
+    with pytest.raises(ConfigError, match="does not split evenly over 3 ranks"):
+        shard_batches(perm, 100, Shard(0, 3))
+
+
+def test_trainer_keeps_data_on_the_device_as_compact_indices():
+    work = get_workload("names")
+    params = resolve(work.params, {"corpus": "first", "max_names": 100}, owner="names")
+    trainer = Trainer(work, params, work.load_data(params, 0))
+    assert trainer.data.train[0].dtype == torch.uint8
+    assert trainer.data.train[0].device == trainer.device
+
+
+@pytest.mark.parametrize("epochs", [0, -1, 1.5, True])
+def test_bad_epochs_are_refused(epochs):
+    with pytest.raises(ConfigError, match="Invalid epochs"):
+        train("xor", epochs=epochs)
