@@ -1,0 +1,36 @@
+"""Getting workers: the embedded local cluster (GPU or CPU), connecting to a running one, TLS, worker setup."""
+
+from __future__ import annotations
+
+from .connect import Target, connect, dashboard_url, describe_workers, open_client, prepare_workers, require_slots
+from .devices import cpu_cores, cuda_visible_devices, detect_gpus, visible_gpus
+from .errors import ClusterConnectError, ClusterError, NoTrainingSlots
+from .local import ClusterSpec, start_local_cluster
+from .plugin import TRAINING_SLOT, TrainingWorkerPlugin, prepare_task_thread
+from .security import TLSFiles, make_tls_files, read_scheduler_file, write_scheduler_file
+
+__all__ = [
+    "TRAINING_SLOT",
+    "ClusterConnectError",
+    "ClusterError",
+    "ClusterSpec",
+    "NoTrainingSlots",
+    "TLSFiles",
+    "Target",
+    "TrainingWorkerPlugin",
+    "connect",
+    "cpu_cores",
+    "cuda_visible_devices",
+    "dashboard_url",
+    "describe_workers",
+    "detect_gpus",
+    "make_tls_files",
+    "open_client",
+    "prepare_task_thread",
+    "prepare_workers",
+    "read_scheduler_file",
+    "require_slots",
+    "start_local_cluster",
+    "visible_gpus",
+    "write_scheduler_file",
+]

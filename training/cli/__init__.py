@@ -7,8 +7,11 @@ import sys
 
 import click
 
+from cluster import ClusterError
+
 from ..errors import ConfigError
 from . import display
+from .cluster_cmd import cluster_group
 from .train_cmd import evaluate_command, generate_command, train_command, workloads_command
 
 __all__ = ["cli", "main"]
@@ -22,6 +25,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ConfigError as exc:
             raise display.BadInput(str(exc)) from None
+        except ClusterError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 @click.group(cls=_Group)
@@ -37,6 +42,7 @@ cli.add_command(train_command, "train")
 cli.add_command(generate_command, "generate")
 cli.add_command(evaluate_command, "evaluate")
 cli.add_command(workloads_command, "workloads")
+cli.add_command(cluster_group, "cluster")
 
 
 def main() -> None:

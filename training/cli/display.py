@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -12,7 +13,8 @@ from rich.table import Table
 
 from ..loop import Callback
 
-console = Console(highlight=False, soft_wrap=True)
+# Piped output (CI logs, files) gets wide tables instead of 80-column truncation.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 _FIRST = ("epoch", "train_loss")
 _LAST = ("lr", "seconds", "samples_per_s")
 

@@ -1,0 +1,177 @@
+"""Getting a client with workers that can train: connect to a running scheduler (address or scheduler
+file) or start the embedded cluster; wait for workers with a timeout; check they offer training slots;
+register the worker plugin."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import Client
+from distributed.security import Security
+
+from .errors import ClusterConnectError, NoTrainingSlots
+from .local import ClusterSpec, start_local_cluster
+from .plugin import PLUGIN_NAME, TRAINING_SLOT, TrainingWorkerPlugin
+from .security import read_scheduler_file
+
+log = logging.getLogger(__name__)
+
+_WORKER_HINT = (
+    f"Start workers with `dask worker ADDRESS --nthreads 1 --resources {TRAINING_SLOT}=1` (CPU) or "
+    f"`dask cuda worker ADDRESS --resources {TRAINING_SLOT}=1` (one per GPU), or run without --address "
+    "to use the built-in local cluster."
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the workers are: an address, a scheduler file, or neither (start the embedded cluster)."""
+
+    address: str | None = None
+    scheduler_file: str | None = None
+    security: Security | None = None
+    timeout: float = 30.0
+    local: ClusterSpec = ClusterSpec()
+
+    def __post_init__(self) -> None:
+        if self.address and self.scheduler_file:
+            raise ValueError("Give --address or --scheduler-file, not both.")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout={self.timeout!r}: must be positive seconds.")
+
+
+def connect(address: str | None = None, *, scheduler_file: str | None = None,
+            security: Security | None = None, timeout: float = 30.0, min_workers: int = 1) -> Client:
+    """A client of a running cluster whose workers offer training slots.
+
+    Raises
+    ------
+    ClusterConnectError
+        Nothing answered at the address within ``timeout``, or no worker joined in time.
+    NoTrainingSlots
+        Workers joined but none offers the ``training_slot`` resource.
+
+    Examples
+    --------
+    >>> client = connect("tcp://127.0.0.1:8786")  # doctest: +SKIP
+    """
+    if scheduler_file:
+        address, file_security = read_scheduler_file(scheduler_file)
+        security = security or file_security
+    if not address:
+        raise ClusterConnectError("No scheduler address: pass --address or --scheduler-file.")
+    if address.startswith("tls://") and security is None:
+        raise ClusterConnectError(f"{address} uses TLS: connect with --scheduler-file from `dask-train "
+                                  "cluster up --tls`, or pass the certificate files.")
+    try:
+        client = Client(address, security=security, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterConnectError(
+            f"Could not connect to a Dask scheduler at {address} within {timeout:g}s ({exc}). Is it running "
+            "and reachable? Start one with `dask-train cluster up`, or leave out --address to use the "
+            "built-in local cluster.") from None
+    try:
+        _wait_for_slots(client, min_workers, timeout)
+        prepare_workers(client)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _wait_for_slots(client: Client, min_workers: int, timeout: float) -> None:
+    try:
+        client.wait_for_workers(min_workers, timeout=timeout)
+    except TimeoutError:
+        have = len(client.scheduler_info(n_workers=-1)["workers"])
+        raise ClusterConnectError(f"Only {have} of {min_workers} workers joined {client.scheduler.address} "
+                                  f"within {timeout:g}s. {_WORKER_HINT}") from None
+    require_slots(client)
+
+
+def require_slots(client: Client, needed: int = 1) -> list[str]:
+    """Addresses of the workers offering a training slot; at least ``needed`` of them, or a clear error."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    slotted = sorted(a for a, w in workers.items() if w.get("resources", {}).get(TRAINING_SLOT, 0) >= 1)
+    if len(slotted) < needed:
+        resources = sorted({k for w in workers.values() for k in w.get("resources", {})})
+        raise NoTrainingSlots(
+            f"{'No worker offers' if not slotted else f'Only {len(slotted)} workers offer'} a training slot "
+            f"({len(workers)} workers, resources={{{', '.join(f'{r!r}' for r in resources)}}}, "
+            f"needed {needed}). {_WORKER_HINT}")
+    return slotted
+
+
+def prepare_workers(client: Client, torch_threads: int | None = None) -> None:
+    """Register the dask-train worker plugin (idempotent: workers keep a single copy)."""
+    client.register_plugin(TrainingWorkerPlugin(torch_threads=torch_threads), name=PLUGIN_NAME)
+
+
+@contextlib.contextmanager
+def open_client(target: Target | None = None) -> Iterator[Client]:
+    """A ready client: connected to ``target``'s cluster, or to an embedded one closed on exit.
+
+    Examples
+    --------
+    >>> with open_client(Target(local=ClusterSpec(workers=1, gpus="off", dashboard_address=":0"))) as c:
+    ...     len(require_slots(c))
+    1
+    """
+    target = target or Target()
+    if target.address or target.scheduler_file:
+        client = connect(target.address, scheduler_file=target.scheduler_file, security=target.security,
+                         timeout=target.timeout)
+        with client:
+            yield client
+        return
+    with start_local_cluster(target.local) as cluster, Client(cluster, timeout=target.timeout) as client:
+        _wait_for_slots(client, len(cluster.workers), target.timeout)
+        prepare_workers(client, target.local.torch_threads or _local_threads(cluster))
+        yield client
+
+
+def _local_threads(cluster: Any) -> int:
+    from .devices import cpu_cores
+
+    return max(1, cpu_cores() // max(1, len(cluster.workers)))
+
+
+def dashboard_url(client: Client) -> str | None:
+    """The dashboard's URL, or None when the scheduler runs without one."""
+    try:
+        return client.dashboard_link
+    except Exception:  # no dashboard service (bokeh missing) raises various errors across versions
+        return None
+
+
+def describe_workers(client: Client) -> list[dict[str, Any]]:
+    """One row per worker: address, name, host, device, slots, memory, tasks running."""
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    devices = client.run(_device_of, wait=True, on_error="return")
+    # Tasks the scheduler has handed each worker; with one training slot a worker, those are running.
+    processing = client.processing()
+    rows = []
+    for address, worker in sorted(info.items()):
+        device = devices.get(address)
+        rows.append({
+            "worker": address,
+            "name": str(worker.get("name", "")),
+            "host": worker.get("host", ""),
+            "device": device.get("name", "?") if isinstance(device, dict) else f"unknown ({device})",
+            "slot": worker.get("resources", {}).get(TRAINING_SLOT, 0),
+            "memory_limit": worker.get("memory_limit", 0),
+            "memory_used": worker.get("metrics", {}).get("memory", 0),
+            "tasks_running": len(processing.get(address, ())),
+        })
+    return rows
+
+
+def _device_of(dask_worker) -> dict[str, Any]:
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    if plugin is None:
+        return {"name": "no dask-train plugin"}
+    return plugin.describe()

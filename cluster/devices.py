@@ -1,0 +1,103 @@
+"""Which GPUs this machine offers, and how to give each worker its own. Pure functions first; the
+detection wrapper asks NVML (or nvidia-smi) and never initialises CUDA in the calling process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+
+
+def visible_gpus(cuda_visible_devices: str | None, physical_count: int) -> list[str]:
+    """The GPU ids a process may use, following CUDA's reading of ``CUDA_VISIBLE_DEVICES``.
+
+    Unset means every physical GPU; an empty value or ``-1`` means none. CUDA stops reading the list at
+    the first entry it cannot use (a bad index), so this does too. UUIDs (``GPU-...``, ``MIG-...``) pass.
+
+    Examples
+    --------
+    >>> visible_gpus(None, 2)
+    ['0', '1']
+    >>> visible_gpus("1,0", 4)
+    ['1', '0']
+    >>> visible_gpus("0,7,1", 2)
+    ['0']
+    >>> visible_gpus("", 8), visible_gpus("-1", 8)
+    ([], [])
+    >>> visible_gpus("GPU-5a1b", 1)
+    ['GPU-5a1b']
+    """
+    if cuda_visible_devices is None:
+        return [str(i) for i in range(physical_count)]
+    ids: list[str] = []
+    for raw in cuda_visible_devices.split(","):
+        entry = raw.strip()
+        if entry.isdigit() and int(entry) < physical_count and entry not in ids:
+            ids.append(entry)
+        elif entry.startswith(("GPU-", "MIG-")) and entry not in ids:
+            ids.append(entry)
+        else:
+            break
+    return ids
+
+
+def cuda_visible_devices(i: int, devices: Sequence[str]) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for worker ``i``: the list rotated so worker ``i``'s GPU comes first
+    (and is ``cuda:0`` inside it), the same scheme dask-cuda uses.
+
+    Examples
+    --------
+    >>> cuda_visible_devices(0, ["0", "1", "2"])
+    '0,1,2'
+    >>> cuda_visible_devices(2, ["0", "1", "2"])
+    '2,0,1'
+    """
+    devices = list(devices)
+    if not devices:
+        raise ValueError("cuda_visible_devices needs at least one device")
+    i %= len(devices)
+    return ",".join(devices[i:] + devices[:i])
+
+
+def physical_gpu_count() -> int:
+    """GPUs on this machine by NVML, else ``nvidia-smi -L``, else 0. Never touches the CUDA runtime."""
+    try:
+        import pynvml  # from nvidia-ml-py, in the [gpu] extra
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # not installed, no driver, no GPU: all mean "no NVML answer"
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def detect_gpus(environ: Mapping[str, str] | None = None,
+                count: Callable[[], int] = physical_gpu_count) -> list[str]:
+    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` applied to the physical count.
+
+    Examples
+    --------
+    >>> detect_gpus({"CUDA_VISIBLE_DEVICES": "1"}, count=lambda: 2)
+    ['1']
+    """
+    environ = os.environ if environ is None else environ
+    return visible_gpus(environ.get("CUDA_VISIBLE_DEVICES"), count())
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)

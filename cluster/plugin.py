@@ -1,0 +1,133 @@
+"""Worker setup as a Dask worker plugin: record the worker's device, size torch's thread pool, and allow
+DataLoader subprocesses (Dask workers are daemonic, and daemonic processes may not have children).
+
+Importing torch takes seconds, so setup starts it on a background thread and returns at once: the
+cluster is usable immediately and the first task finds torch already (or nearly) imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from typing import Any
+
+from distributed import WorkerPlugin
+from distributed.worker import Worker
+
+log = logging.getLogger(__name__)
+
+PLUGIN_NAME = "dask-train"
+#: The worker resource every worker offers once: one trial or one DDP rank at a time.
+TRAINING_SLOT = "training_slot"
+_DESCRIBE_TIMEOUT = 120.0
+
+
+class TrainingWorkerPlugin(WorkerPlugin):
+    """Prepares a worker for training; register once per client with ``client.register_plugin``.
+
+    Parameters
+    ----------
+    torch_threads : int, optional
+        Intra-op threads for torch on this worker. Default: the worker's ``--nthreads``.
+    allow_subprocesses : bool
+        Let training code start processes (``DataLoader(num_workers=...)``) on a daemonic worker.
+
+    Examples
+    --------
+    >>> plugin = TrainingWorkerPlugin(torch_threads=1)
+    >>> plugin.name
+    'dask-train'
+    """
+
+    name = PLUGIN_NAME
+
+    def __init__(self, torch_threads: int | None = None, allow_subprocesses: bool = True) -> None:
+        self.torch_threads = torch_threads
+        self.allow_subprocesses = allow_subprocesses
+        self.threads = torch_threads or 1
+        self.device: dict[str, Any] = {}
+        self._ready: threading.Event | None = None  # created on the worker: events do not pickle
+
+    def setup(self, worker: Worker) -> None:
+        if self.allow_subprocesses:
+            _allow_children()
+        if worker.nanny and threading.current_thread() is threading.main_thread():
+            # Ctrl-C in a terminal signals the whole process group. A nanny owns this process and closes
+            # it; without this, every worker prints a KeyboardInterrupt traceback on the way down.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.threads = self.torch_threads or _default_threads(worker)
+        self._ready = threading.Event()
+        threading.Thread(target=self._warm_up, name="dask-train-warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        try:
+            self.device = describe_device(self.threads)
+        except Exception as exc:  # a broken CUDA install must show up in `cluster info`, not kill the worker
+            log.exception("dask-train: could not describe this worker's device")
+            self.device = {"kind": "error", "name": f"{type(exc).__name__}: {exc}", "memory": 0}
+        finally:
+            assert self._ready is not None
+            self._ready.set()
+
+    def describe(self, timeout: float = _DESCRIBE_TIMEOUT) -> dict[str, Any]:
+        """This worker's device, waiting for the warm-up if it is still importing torch."""
+        if self._ready is None:
+            raise RuntimeError("the dask-train plugin has not been set up on this worker")
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"dask-train worker warm-up did not finish in {timeout:.0f}s")
+        return self.device
+
+
+def _allow_children() -> None:
+    """Clear the daemon flag of this (worker) process so it may start child processes.
+
+    Dask starts workers as daemonic processes and multiprocessing refuses children to those; the nanny
+    still ends the worker's process tree when it closes.
+    """
+    process = multiprocessing.current_process()
+    if process.daemon:
+        process._config["daemon"] = False  # type: ignore[attr-defined]  # the setter refuses a started process
+
+
+def _default_threads(worker: Worker) -> int:
+    """The worker's own thread count (``dask worker --nthreads``): size it to the cores each worker owns."""
+    return max(1, int(worker.state.nthreads))
+
+
+def describe_device(threads: int) -> dict[str, Any]:
+    """What this process trains on: a GPU (name, memory, id) or the CPU (cores, threads), as plain JSON."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
+        return {"kind": "cuda", "name": props.name, "memory": int(props.total_memory), "gpu": visible,
+                "threads": threads}
+    return {"kind": "cpu", "name": f"cpu ({threads} thread{'s' if threads > 1 else ''})", "memory": 0,
+            "threads": threads}
+
+
+def worker_plugin() -> TrainingWorkerPlugin | None:
+    """The plugin on the worker running the current task (None outside a dask-train worker)."""
+    from distributed import get_worker
+
+    try:
+        return get_worker().plugins.get(PLUGIN_NAME)  # type: ignore[return-value]
+    except ValueError:  # not inside a worker task
+        return None
+
+
+def prepare_task_thread() -> dict[str, Any]:
+    """Call at the top of a training task: sizes torch's thread pool for this thread (torch's OpenMP
+    setting is per thread) and returns the worker's device description."""
+    import torch
+
+    plugin = worker_plugin()
+    if plugin is None:
+        return describe_device(torch.get_num_threads())
+    torch.set_num_threads(plugin.threads)
+    return plugin.describe()

@@ -1,0 +1,53 @@
+"""Reusable test helpers: polling instead of sleeping, the CLI as a subprocess, process trees."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+EXE = shutil.which("dask-train")
+
+
+def cli_command(*args: str) -> list[str]:
+    return [EXE, *args] if EXE else [sys.executable, "-c", "from training.cli import main; main()", *args]
+
+
+def run_cli(*args: str, timeout: float = 120, cwd: Any = None) -> subprocess.CompletedProcess:
+    """Run ``dask-train ARGS`` to completion (bounded by ``timeout``)."""
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def start_cli(*args: str, cwd: Any = None, new_session: bool = True) -> subprocess.Popen:
+    """Start ``dask-train ARGS`` in the background, in its own process group (like a terminal job)."""
+    return subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=cwd, start_new_session=new_session, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def poll_for(predicate: Callable[[], Any], timeout: float, period: float = 0.1, what: str = "condition") -> Any:
+    """Call ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout}s")
+        time.sleep(period)
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

@@ -1,0 +1,210 @@
+"""Getting workers, for real: the embedded LocalCluster, `cluster up` / `cluster info` as separate
+processes, SIGINT shutdown, TLS, and the errors for an absent scheduler or slot-less workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import ssl
+import time
+import urllib.request
+
+import pytest
+from distributed import Client, LocalCluster
+from distributed.comm import connect as comm_connect
+
+from cluster import (
+    TRAINING_SLOT,
+    ClusterConnectError,
+    ClusterSpec,
+    NoTrainingSlots,
+    Target,
+    connect,
+    dashboard_url,
+    describe_workers,
+    open_client,
+    require_slots,
+    start_local_cluster,
+)
+from tests.helpers import alive, descendants, poll_for, run_cli, start_cli
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with open_client(Target(local=ClusterSpec(gpus="off", dashboard_address="127.0.0.1:0"))) as c:
+        yield c
+
+
+def _worker_facts(dask_worker):
+    import multiprocessing
+    import os
+
+    return {
+        "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+        "omp": os.environ.get("OMP_NUM_THREADS"),
+        "daemon": multiprocessing.current_process().daemon,
+        "profiling": "profile" in dask_worker.periodic_callbacks,
+    }
+
+
+def _where_am_i():
+    import os
+
+    from distributed import get_worker
+
+    return get_worker().address, os.getpid()
+
+
+def test_embedded_cluster_has_one_slot_worker_per_core(client):
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    assert len(workers) == 2  # this machine has 2 cores
+    assert all(w["resources"] == {TRAINING_SLOT: 1} for w in workers.values())
+    assert all(w["host"] == "127.0.0.1" for w in workers.values())  # loopback by default
+    rows = describe_workers(client)
+    assert [r["slot"] for r in rows] == [1, 1]
+    assert all(r["device"].startswith("cpu") for r in rows)
+
+
+def test_a_slot_task_runs_on_each_worker(client):
+    addresses = require_slots(client, needed=2)
+    futures = [client.submit(_where_am_i, workers=[a], resources={TRAINING_SLOT: 1}, pure=False)
+               for a in addresses]
+    results = client.gather(futures)
+    assert [r[0] for r in results] == addresses
+    assert len({r[1] for r in results}) == 2  # two separate processes
+
+
+def test_workers_skip_the_defaults_that_slow_torch(client):
+    facts = client.run(_worker_facts)
+    for fact in facts.values():
+        assert fact == {"malloc_trim": None, "omp": "1", "daemon": False, "profiling": False}
+
+
+def test_starting_a_cluster_leaves_this_process_environment_alone():
+    before = dict(os.environ)
+    with start_local_cluster(ClusterSpec(workers=1, gpus="off", dashboard_address="127.0.0.1:0")):
+        assert dict(os.environ) == before
+    assert dict(os.environ) == before
+
+
+def test_dashboard_status_page_answers_while_up(client):
+    url = dashboard_url(client)
+    assert url.startswith("http://127.0.0.1:")
+    with urllib.request.urlopen(url, timeout=20) as response:
+        assert response.status == 200
+        assert b"Dask" in response.read()
+
+
+def test_connecting_where_nothing_listens_fails_within_the_timeout():
+    started = time.monotonic()
+    with pytest.raises(ClusterConnectError, match=r"Could not connect to a Dask scheduler at "
+                                                  r"tcp://127.0.0.1:9 within 2s.*dask-train cluster up"):
+        connect("tcp://127.0.0.1:9", timeout=2)
+    assert time.monotonic() - started < 15
+
+
+def test_workers_without_a_slot_are_refused_with_the_fix():
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", resources={"GPU": 1}) as bare:
+        with pytest.raises(NoTrainingSlots) as info:
+            connect(bare.scheduler_address, timeout=20)
+    message = str(info.value)
+    assert "No worker offers a training slot (2 workers, resources={'GPU'}, needed 1)" in message
+    assert f"--resources {TRAINING_SLOT}=1" in message and "dask cuda worker" in message
+
+
+def _wait_for_file(path, proc, timeout=90):
+    def ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"cluster up exited early ({proc.returncode}):\n{proc.stdout.read()}")
+        return path.exists()
+
+    poll_for(ready, timeout, what=f"scheduler file {path}")
+    return json.loads(path.read_text())
+
+
+def _stop(proc, sig, group):
+    tree = descendants(proc.pid)
+    assert len(tree) >= 2  # the worker processes (and multiprocessing helpers)
+    if group:
+        os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal does: the whole foreground group
+    else:
+        proc.send_signal(sig)
+    output, _ = proc.communicate(timeout=60)
+    poll_for(lambda: not alive(tree), 20, what="all worker processes gone")
+    return proc.returncode, output
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["sigint-to-process", "ctrl-c-to-group"])
+def test_cluster_up_and_cluster_info_work_together_and_sigint_stops_cleanly(tmp_path, group):
+    scheduler_file = tmp_path / "scheduler.json"
+    proc = start_cli("cluster", "up", "--workers", "2", "--gpus", "off", "--dashboard-address",
+                     "127.0.0.1:0", "--scheduler-file", str(scheduler_file))
+    try:
+        content = _wait_for_file(scheduler_file, proc)
+        assert content["address"].startswith("tcp://127.0.0.1:")
+        info = run_cli("cluster", "info", "--scheduler-file", str(scheduler_file), timeout=90)
+        assert info.returncode == 0, info.stderr
+        assert info.stdout.count("127.0.0.1") >= 3 and "2 workers" in info.stdout
+        assert info.stdout.count("cpu (1 thread)") == 2
+        code, output = _stop(proc, signal.SIGINT, group)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, output
+    assert "Cluster stopped." in output and "Traceback" not in output
+    assert not scheduler_file.exists()
+
+
+def test_tls_cluster_admits_only_clients_with_the_certificate(tmp_path):
+    scheduler_file = tmp_path / "scheduler.json"
+    proc = start_cli("cluster", "up", "--workers", "1", "--gpus", "off", "--tls", "--dashboard-address",
+                     "127.0.0.1:0", "--scheduler-file", str(scheduler_file))
+    try:
+        content = _wait_for_file(scheduler_file, proc)
+        address = content["address"]
+        assert address.startswith("tls://127.0.0.1:") and set(content["tls"]) == {"ca_file", "cert", "key"}
+
+        with connect(scheduler_file=str(scheduler_file), timeout=30) as good:
+            assert good.submit(sum, [1, 2], resources={TRAINING_SLOT: 1}).result(timeout=30) == 3
+
+        with pytest.raises((OSError, TimeoutError)):
+            Client(address.replace("tls://", "tcp://"), timeout=3)
+        tls = content["tls"]
+        with pytest.raises((OSError, TimeoutError)):  # a TLS client that trusts the CA but has no certificate
+            asyncio.run(_identity(address, tls["ca_file"]))
+        assert asyncio.run(_identity(address, tls["ca_file"], tls["cert"], tls["key"]))["type"] == "Scheduler"
+        with pytest.raises(ClusterConnectError, match="uses TLS"):
+            connect(address, timeout=3)
+        code, _ = _stop(proc, signal.SIGINT, group=False)
+        assert code == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (tmp_path / "scheduler-tls").exists()  # temporary certificates removed on shutdown
+
+
+async def _identity(address, ca_file, cert=None, key=None):
+    context = ssl.create_default_context(cafile=ca_file)
+    context.check_hostname = False
+    if cert:
+        context.load_cert_chain(cert, key)
+    comm = await comm_connect(address, timeout=5, ssl_context=context)
+    await comm.write({"op": "identity"})
+    return await comm.read()
+
+
+@pytest.mark.gpu
+def test_gpu_cluster_gives_each_worker_a_distinct_device():
+    from cluster import detect_gpus
+
+    gpus = detect_gpus()
+    with open_client(Target(local=ClusterSpec(dashboard_address="127.0.0.1:0"))) as gpu_client:
+        rows = describe_workers(gpu_client)
+        visible = gpu_client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"].split(",")[0])
+    assert len(rows) == len(gpus)
+    assert not any(r["device"].startswith("cpu") for r in rows)  # each names its GPU
+    assert sorted(visible.values()) == sorted(gpus)  # one distinct GPU first in each worker's list

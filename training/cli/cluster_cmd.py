@@ -1,0 +1,164 @@
+"""``dask-train cluster up`` / ``cluster info``, and the options every cluster-using command shares."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cluster import (
+    ClusterSpec,
+    Target,
+    TLSFiles,
+    dashboard_url,
+    describe_workers,
+    make_tls_files,
+    open_client,
+    start_local_cluster,
+    write_scheduler_file,
+)
+from cluster.connect import prepare_workers
+
+from . import display
+
+DEFAULT_SCHEDULER_FILE = "dask-train-scheduler.json"
+
+
+def _tls_files(ca: str | None, cert: str | None, key: str | None) -> TLSFiles | None:
+    given = [v for v in (ca, cert, key) if v]
+    if given and len(given) != 3:
+        raise click.UsageError("Pass all three of --tls-ca-file, --tls-cert and --tls-key, or none.")
+    return TLSFiles(ca, cert, key) if ca and cert and key else None  # type: ignore[arg-type]
+
+
+def target_options(command: Callable) -> Callable:
+    """Adds --address/--scheduler-file/--timeout/--tls-* (a running cluster) and --workers/--gpus (the
+    embedded one) to a command, and hands it a ``target: Target``."""
+
+    @click.option("--address", help="Scheduler of a running cluster (default: start an embedded one).")
+    @click.option("--scheduler-file", type=click.Path(dir_okay=False), help="Scheduler file of a running cluster.")
+    @click.option("--workers", type=click.IntRange(min=1), default=None,
+                  help="Embedded cluster: worker count (default: one per GPU, or per CPU core).")
+    @click.option("--gpus", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+                  help="Embedded cluster: one worker per visible GPU, or CPU workers only.")
+    @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+                  help="Seconds to wait for the scheduler and workers.")
+    @click.option("--tls-ca-file", type=click.Path(dir_okay=False), default=None)
+    @click.option("--tls-cert", type=click.Path(dir_okay=False), default=None)
+    @click.option("--tls-key", type=click.Path(dir_okay=False), default=None)
+    @functools.wraps(command)
+    def wrapper(*args: Any, address: str | None, scheduler_file: str | None, workers: int | None, gpus: str,
+                timeout: float, tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None,
+                **kwargs: Any) -> Any:
+        tls = _tls_files(tls_ca_file, tls_cert, tls_key)
+        try:
+            target = Target(address=address, scheduler_file=scheduler_file, timeout=timeout,
+                            security=tls.security() if tls else None,
+                            local=ClusterSpec(workers=workers, gpus=gpus))
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        return command(*args, target=target, **kwargs)
+
+    return wrapper
+
+
+@click.group()
+def cluster_group() -> None:
+    """Start a cluster, or look at one."""
+
+
+@cluster_group.command("up")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: one per GPU, or per CPU core).")
+@click.option("--gpus", type=click.Choice(["auto", "off"]), default="auto", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on: scheduler, workers and dashboard. 0.0.0.0 exposes them to the network.")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=0, show_default=True,
+              help="Scheduler port (0: a free one).")
+@click.option("--dashboard-address", default=None, help="Dashboard host:port (default: HOST:8787).")
+@click.option("--scheduler-file", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path(DEFAULT_SCHEDULER_FILE), show_default=True, help="Where to write connection details.")
+@click.option("--tls", "use_tls", is_flag=True, help="Require TLS (temporary certificates unless given below).")
+@click.option("--tls-ca-file", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None)
+def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_address: str | None,
+               scheduler_file: Path, use_tls: bool, tls_ca_file: str | None, tls_cert: str | None,
+               tls_key: str | None) -> None:
+    """Start a scheduler and one worker per GPU (or CPU slot); stay up until Ctrl-C."""
+    tls = _tls_files(tls_ca_file, tls_cert, tls_key)
+    temporary = None
+    if use_tls and tls is None:
+        temporary = scheduler_file.parent / f"{scheduler_file.stem}-tls"
+        tls = make_tls_files(temporary, hosts=("127.0.0.1", "localhost", host))
+    spec = ClusterSpec(workers=workers, gpus=gpus, host=host, tls=tls, scheduler_port=port,
+                       dashboard_address=dashboard_address or f"{host}:8787")
+    stop = _stop_on_signals()
+    display.console.print(f"Starting {'TLS ' if tls else ''}cluster on {host} ...")
+    try:
+        with _started(spec) as cluster:
+            url = cluster.dashboard_link
+            write_scheduler_file(scheduler_file, cluster.scheduler_address, url, tls)
+            display.console.print(f"Scheduler:      {cluster.scheduler_address}")
+            display.console.print(f"Dashboard:      {url}")
+            display.console.print(f"Scheduler file: {scheduler_file.resolve()}")
+            display.console.print(f"Workers:        {len(cluster.workers)} (training_slot=1 each)")
+            display.console.print("Press Ctrl-C to stop.")
+            while not stop.wait(0.5):
+                pass
+            display.console.print("Stopping ...")
+    finally:
+        scheduler_file.unlink(missing_ok=True)
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+    display.console.print("Cluster stopped.")
+
+
+def _started(spec: ClusterSpec):
+    from distributed import Client
+
+    cluster = start_local_cluster(spec)
+    try:
+        with Client(cluster) as client:
+            prepare_workers(client)
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM, so the main thread can shut the cluster down cleanly."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+@cluster_group.command("info")
+@target_options
+def cluster_info(target: Target) -> None:
+    """Show the workers: host, device, training slot, memory, tasks running."""
+    started = time.perf_counter()
+    with open_client(target) as client:
+        url = dashboard_url(client)
+        rows = describe_workers(client)
+        display.console.print(f"Scheduler: {client.scheduler.address}   Dashboard: {url}")
+        display.table(
+            f"{len(rows)} workers ({time.perf_counter() - started:.1f}s)",
+            ["worker", "host", "device", "slot", "memory", "tasks running"],
+            ([r["worker"], r["host"], r["device"], r["slot"],
+              f"{r['memory_used'] / 2**30:.1f} / {r['memory_limit'] / 2**30:.1f} GiB", r["tasks_running"]]
+             for r in rows),
+        )
