@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from distributed import Client
@@ -35,7 +35,7 @@ class Target:
     scheduler_file: str | None = None
     security: Security | None = None
     timeout: float = 30.0
-    local: ClusterSpec = ClusterSpec()
+    local: ClusterSpec = field(default_factory=ClusterSpec)
 
     def __post_init__(self) -> None:
         if self.address and self.scheduler_file:

@@ -33,12 +33,10 @@ def visible_gpus(cuda_visible_devices: str | None, physical_count: int) -> list[
     ids: list[str] = []
     for raw in cuda_visible_devices.split(","):
         entry = raw.strip()
-        if entry.isdigit() and int(entry) < physical_count and entry not in ids:
-            ids.append(entry)
-        elif entry.startswith(("GPU-", "MIG-")) and entry not in ids:
-            ids.append(entry)
-        else:
+        usable = (entry.isdigit() and int(entry) < physical_count) or entry.startswith(("GPU-", "MIG-"))
+        if not usable or entry in ids:
             break
+        ids.append(entry)
     return ids
 
 

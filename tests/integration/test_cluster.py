@@ -108,9 +108,9 @@ def test_connecting_where_nothing_listens_fails_within_the_timeout():
 
 
 def test_workers_without_a_slot_are_refused_with_the_fix():
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", resources={"GPU": 1}) as bare:
-        with pytest.raises(NoTrainingSlots) as info:
-            connect(bare.scheduler_address, timeout=20)
+    with (LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", resources={"GPU": 1}) as bare,
+          pytest.raises(NoTrainingSlots) as info):
+        connect(bare.scheduler_address, timeout=20)
     message = str(info.value)
     assert "No worker offers a training slot (2 workers, resources={'GPU'}, needed 1)" in message
     assert f"--resources {TRAINING_SLOT}=1" in message and "dask cuda worker" in message

@@ -78,7 +78,7 @@ def test_scheduler_file_carries_address_dashboard_and_tls(tmp_path):
     assert content["address"] == "tls://127.0.0.1:9999" and content["tls"]["cert"] == files.cert
     address, security = read_scheduler_file(path)
     assert address == "tls://127.0.0.1:9999" and security is not None and security.require_encryption
-    with pytest.raises(ClusterConnectError, match="does not exist. Start a cluster"):
+    with pytest.raises(ClusterConnectError, match=r"does not exist\. Start a cluster"):
         read_scheduler_file(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ClusterConnectError, match="is not a scheduler file"):

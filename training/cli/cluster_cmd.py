@@ -79,7 +79,7 @@ def cluster_group() -> None:
               help="Worker processes (default: one per GPU, or per CPU core).")
 @click.option("--gpus", type=click.Choice(["auto", "off"]), default="auto", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Interface to listen on: scheduler, workers and dashboard. 0.0.0.0 exposes them to the network.")
+              help="Interface for scheduler, workers and dashboard; 0.0.0.0 exposes them to the network.")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=0, show_default=True,
               help="Scheduler port (0: a free one).")
 @click.option("--dashboard-address", default=None, help="Dashboard host:port (default: HOST:8787).")
