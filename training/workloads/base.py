@@ -55,6 +55,8 @@ class Workload(ABC):
     summary: ClassVar[str]
     params: ClassVar[tuple[Param, ...]]
     default_epochs: ClassVar[int]
+    #: Validation metrics each epoch reports (besides ``train_loss``): ``val_`` + each key of eval_sums.
+    metrics: ClassVar[tuple[str, ...]] = ("val_loss", "val_accuracy")
     #: The metric sweeps optimise by default, and its direction.
     metric: ClassVar[str] = "val_loss"
     mode: ClassVar[str] = "min"

@@ -20,6 +20,7 @@ class LinReg(Workload):
     name = "linreg"
     summary = "linear regression on 1,000,000 samples of y = 2*x1 - 3*x2 + 10 + N(0, 2)"
     default_epochs = 10
+    metrics = ("val_loss",)
     params = (
         Param("lr", float, 0.1, "Adam learning rate", low=1e-6, high=10.0),
         Param("gamma", float, 0.7, "learning-rate decay each epoch", low=0.01, high=1.0),

@@ -1,0 +1,141 @@
+"""``dask-train sweep``: run a sweep file (or a shipped example) on a cluster, with live progress."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from cluster import Target
+
+from ..errors import ConfigError
+from ..sweep import Sweep, SweepProgress, SweepResult
+from ..sweep_spec import SweepSpec, load_sweep_file
+from ..workloads import get_workload
+from . import display
+from .cluster_cmd import target_options
+
+
+def example_files() -> dict[str, Path]:
+    """The sweep files shipped in the package, by name."""
+    folder = resources.files("training").joinpath("examples")
+    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".yaml")}
+
+
+def resolve_sweep_file(name_or_path: str) -> Path:
+    """A path to an existing file, or the name of a shipped example (``pets-quick``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    examples = example_files()
+    if name_or_path in examples:
+        return examples[name_or_path]
+    raise ConfigError(f"No sweep file {name_or_path!r}, and no shipped example of that name "
+                      f"(examples: {', '.join(sorted(examples))}; see `dask-train sweep --examples`).")
+
+
+class SweepDisplay(SweepProgress):
+    """A progress bar over trials, plus one line per trial start and end."""
+
+    def __init__(self) -> None:
+        self.progress = display.Progress(display.TextColumn("{task.description}"), display.BarColumn(),
+                                         display.MofNCompleteColumn(), display.TimeElapsedColumn(),
+                                         console=display.console, transient=True)
+        self.task: Any = None
+        self.metric = "val_loss"
+
+    def __enter__(self) -> SweepDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_start(self, spec: SweepSpec, total: int, todo: int, dashboard: str | None) -> None:
+        self.metric = spec.metric or self.metric
+        self._print(f"Sweep '{spec.name}': {total} trials of {spec.workload} ({spec.search}), "
+                    f"{todo} to run, {total - todo} already finished. Run directory: {spec.run_dir}")
+        self._print(f"Dashboard: {dashboard}")
+        self.task = self.progress.add_task("trials", total=total, completed=total - todo)
+
+    def on_trial_start(self, number: int, worker: str) -> None:
+        self._print(f"  trial {number:04d} started on {worker}")
+
+    def on_trial_end(self, row: dict[str, Any], counts: dict[str, int], best: dict[str, Any] | None) -> None:
+        value = row["metrics"].get(self.metric)
+        shown = f"{self.metric}={display.format_value(value)}" if value is not None else row["error_type"] or ""
+        self._print(f"  trial {row['number']:04d} {row['state']} {shown} ({display.format_value(row['seconds'])} s"
+                    f" on {row['worker']})")
+        finished = sum(counts.get(s, 0) for s in ("completed", "failed", "diverged", "pruned"))
+        best_text = (f", best #{best['number']} {self.metric}={display.format_value(best['best'])}"
+                     if best else "")
+        self.progress.update(self.task, completed=finished, description=(
+            f"trials: {counts.get('completed', 0)} done, {counts.get('running', 0)} running, "
+            f"{counts.get('failed', 0) + counts.get('diverged', 0)} failed{best_text}"))
+
+    def _print(self, line: str) -> None:
+        self.progress.console.print(line)
+
+
+@click.command()
+@click.argument("sweep_file", required=False)
+@click.option("--examples", is_flag=True, help="List the sweep files shipped with dask-train.")
+@click.option("--name", default=None, help="Override the sweep's name (its run directory).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override epochs per trial.")
+@click.option("--runs-dir", default=None, help="Parent folder of run directories (default: runs).")
+@click.option("--new", is_flag=True, help="Set an existing run of this name aside and start afresh.")
+@target_options
+def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epochs: int | None,
+                  runs_dir: str | None, new: bool, target: Target) -> None:
+    """Run the hyperparameter sweep in SWEEP_FILE (YAML, or a shipped example's name) on a cluster.
+
+    Rerunning the same sweep finishes only the trials not yet finished.
+    """
+    if examples or not sweep_file:
+        _list_examples()
+        return
+    spec = load_sweep_file(resolve_sweep_file(sweep_file), name=name, epochs=epochs, runs_dir=runs_dir)
+    started = time.perf_counter()
+    with SweepDisplay() as progress:
+        result = Sweep.from_spec(spec).run(progress=progress, new=new, target=target)
+    show_result(result, time.perf_counter() - started)
+    if result.best is None:
+        raise click.ClickException(f"No trial of sweep '{spec.name}' completed.")
+
+
+def _list_examples() -> None:
+    rows = []
+    for name, path in sorted(example_files().items()):
+        content = yaml.safe_load(path.read_text())
+        trials = len(SweepSpec(**content).trials())
+        rows.append([name, content["workload"], content.get("search", "grid"), trials, str(path)])
+    display.table("Shipped sweeps (run one with `dask-train sweep NAME`)",
+                  ["name", "workload", "search", "trials", "file"], rows)
+
+
+def show_result(result: SweepResult, seconds: float) -> None:
+    """The table, failures (first traceback in full), the best trial, and its model put to use."""
+    table = result.table.drop(columns=["started", "finished"], errors="ignore")
+    display.table(f"Sweep '{result.spec.name}' ({seconds:.1f} s): {result.run_dir / 'results.csv'}",
+                  list(table.columns), table.itertuples(index=False))
+    if result.failed:
+        first = result.failed[0]
+        display.console.print(f"{len(result.failed)} trial(s) failed. First: trial {first['number']:04d} on "
+                              f"{first['worker']} with params {first['params']}:\n{first['traceback']}",
+                              style="red")
+    if result.best is None:
+        return
+    best = result.best
+    display.console.print(f"Best trial: {result.best_trial:04d} {result.spec.metric}="
+                          f"{display.format_value(best.metrics.get(result.spec.metric or ''))} params "
+                          f"{ {k: best.params[k] for k in result.spec.space} } -> "
+                          f"{result.run_dir / 'trials' / f'{result.best_trial:04d}'}")
+    if get_workload(best.workload).use == "generate":
+        samples = best.generate(20 if best.workload == "names" else 300, seed=0)
+        display.console.print("Generated by the best model: " + ", ".join(samples))
+    else:
+        display.report(best.evaluate())

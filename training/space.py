@@ -1,0 +1,161 @@
+"""Search spaces: fixed values, grid values, ``choice``, ``uniform``, ``loguniform``, ``randint``; validated
+against a workload's hyperparameters before anything runs; expanded (grid) or sampled (random, seeded)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .params import Param
+
+_NUMERIC = (int, float)
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One hyperparameter's values to search: discrete ``values``, or a ``kind`` of range ``low..high``."""
+
+    kind: str  # "grid", "choice", "uniform", "loguniform", "randint"
+    values: tuple[Any, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+
+    @property
+    def discrete(self) -> bool:
+        return self.kind in ("grid", "choice")
+
+    def sample(self, rng: random.Random) -> Any:
+        if self.discrete:
+            return rng.choice(self.values)
+        if self.kind == "uniform":
+            return rng.uniform(self.low, self.high)
+        if self.kind == "loguniform":
+            return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        return rng.randint(int(self.low), int(self.high))
+
+    def to_json(self) -> dict[str, Any]:
+        return {self.kind: list(self.values)} if self.discrete else {self.kind: [self.low, self.high]}
+
+
+def grid(values: Sequence[Any]) -> Domain:
+    """Every value, each in its own trial (expanded as a product with the other grid dimensions)."""
+    return Domain("grid", tuple(values))
+
+
+def choice(values: Sequence[Any]) -> Domain:
+    """One of ``values``: sampled by random search, enumerated by grid search."""
+    return Domain("choice", tuple(values))
+
+
+def uniform(low: float, high: float) -> Domain:
+    """A float drawn uniformly from ``[low, high]``."""
+    return Domain("uniform", low=low, high=high)
+
+
+def loguniform(low: float, high: float) -> Domain:
+    """A float whose logarithm is uniform: for learning rates. ``low`` must be > 0."""
+    return Domain("loguniform", low=low, high=high)
+
+
+def randint(low: int, high: int) -> Domain:
+    """An integer in ``[low, high]``, both included."""
+    return Domain("randint", low=low, high=high)
+
+
+_MAKERS = {"grid": grid, "choice": choice, "uniform": uniform, "loguniform": loguniform, "randint": randint}
+
+
+def parse_domain(name: str, raw: Any) -> Domain | Any:
+    """A YAML/JSON value as a Domain: a list is grid values, ``{kind: args}`` a domain, anything else fixed.
+
+    Examples
+    --------
+    >>> parse_domain("lr", {"loguniform": [1e-4, 1e-1]})
+    Domain(kind='loguniform', values=(), low=0.0001, high=0.1)
+    >>> parse_domain("batch_size", [32, 64]).kind
+    'grid'
+    """
+    if isinstance(raw, Domain):
+        return raw
+    if isinstance(raw, list | tuple):
+        return grid(raw)
+    if not isinstance(raw, Mapping):
+        return raw
+    if len(raw) != 1 or next(iter(raw)) not in _MAKERS:
+        raise ConfigError(f"Search space entry '{name}': {dict(raw)!r} is not a domain. Write one of "
+                          f"{', '.join(f'{{{k}: ...}}' for k in _MAKERS)}, a list of grid values, or a fixed value.")
+    kind, args = next(iter(raw.items()))
+    if kind in ("grid", "choice"):
+        if not isinstance(args, list | tuple):
+            raise ConfigError(f"Search space entry '{name}': {kind} needs a list of values, got {args!r}.")
+        return _MAKERS[kind](args)
+    if not isinstance(args, list | tuple) or len(args) != 2:
+        raise ConfigError(f"Search space entry '{name}': {kind} needs [low, high], got {args!r}.")
+    return _MAKERS[kind](*args)
+
+
+def validate_space(space: Mapping[str, Any], params: Sequence[Param], owner: str) -> dict[str, Any]:
+    """Check every entry against the workload's declared hyperparameters; return the parsed space."""
+    by_name = {p.name: p for p in params}
+    parsed: dict[str, Any] = {}
+    for name, raw in space.items():
+        if name not in by_name:
+            from .params import resolve
+
+            resolve(params, {name: None}, owner=owner)  # raises the unknown-name error with a suggestion
+        parsed[name] = _validate_entry(by_name[name], parse_domain(name, raw))
+    return parsed
+
+
+def _validate_entry(param: Param, entry: Any) -> Any:
+    if not isinstance(entry, Domain):
+        return param.parse(entry)
+    where = f"Search space entry '{param.name}'"
+    if entry.discrete:
+        if not entry.values:
+            raise ConfigError(f"{where}: {entry.kind} has no values; give at least one.")
+        return Domain(entry.kind, tuple(param.parse(v) for v in entry.values))
+    if param.kind not in _NUMERIC:
+        raise ConfigError(f"{where}: {entry.kind} needs a numeric hyperparameter; '{param.name}' is "
+                          f"{param.describe()}. Use choice: [...] instead.")
+    for bound in (entry.low, entry.high):
+        if isinstance(bound, bool) or not isinstance(bound, _NUMERIC):
+            raise ConfigError(f"{where}: {entry.kind} bounds must be numbers, got {bound!r}.")
+    if entry.low > entry.high:
+        raise ConfigError(f"{where}: low {entry.low!r} is greater than high {entry.high!r}.")
+    if entry.kind == "loguniform" and entry.low <= 0:
+        raise ConfigError(f"{where}: loguniform needs low > 0, got {entry.low!r}; use uniform for ranges "
+                          "that include 0.")
+    if entry.kind == "randint" and (param.kind is not int or not all(float(b).is_integer() for b in
+                                                                       (entry.low, entry.high))):
+        raise ConfigError(f"{where}: randint needs whole-number bounds and an integer hyperparameter.")
+    param.parse(entry.low)  # the whole range must be valid for the workload
+    param.parse(entry.high)
+    return entry
+
+
+def grid_trials(space: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the discrete dimensions (fixed values included), in a stable order."""
+    continuous = [n for n, d in space.items() if isinstance(d, Domain) and not d.discrete]
+    if continuous:
+        raise ConfigError(f"Grid search cannot enumerate {', '.join(continuous)} (continuous ranges): use "
+                          "search: random, or give a list of values.")
+    names = list(space)
+    axes = [space[n].values if isinstance(space[n], Domain) else (space[n],) for n in names]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes)]
+
+
+def random_trials(space: Mapping[str, Any], count: int, seed: int) -> list[dict[str, Any]]:
+    """``count`` samples of the space, reproducible under ``seed``."""
+    rng = random.Random(seed)
+    return [{n: (d.sample(rng) if isinstance(d, Domain) else d) for n, d in space.items()} for _ in range(count)]
+
+
+def space_to_json(space: Mapping[str, Any]) -> dict[str, Any]:
+    """The space as plain JSON (for the run's spec file and its fingerprint)."""
+    return {n: (d.to_json() if isinstance(d, Domain) else d) for n, d in space.items()}

@@ -1,0 +1,158 @@
+"""A sweep's specification: a frozen dataclass validated once, from Python or from a YAML file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .params import Param
+from .space import Domain, grid_trials, random_trials, space_to_json, validate_space
+from .workloads import get_workload
+
+SEARCHES = ("grid", "random")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_FIELDS = ("name", "workload", "space", "params", "search", "num_trials", "metric", "mode", "epochs", "seed",
+           "max_concurrent", "runs_dir")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What a sweep trains. Every field is checked here, before any worker is involved.
+
+    Examples
+    --------
+    >>> spec = SweepSpec(name="demo", workload="xor", space={"lr": [0.05, 0.1]}, epochs=3)
+    >>> [t["lr"] for t in spec.trials()]
+    [0.05, 0.1]
+    """
+
+    name: str
+    workload: str
+    space: Mapping[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    search: str = "grid"
+    num_trials: int | None = None
+    metric: str | None = None
+    mode: str | None = None
+    epochs: int | None = None
+    seed: int = 0
+    max_concurrent: int | None = None
+    runs_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        work = get_workload(self.workload)
+        _check(isinstance(self.name, str) and bool(_NAME.match(self.name)),
+               f"Sweep name {self.name!r} must be 1-64 letters, digits, '_', '.' or '-' (it names a folder).")
+        _check(self.search in SEARCHES, f"search={self.search!r}: use one of {', '.join(SEARCHES)}.")
+        overlap = sorted(set(self.space) & set(self.params))
+        _check(not overlap, f"{overlap} appear in both space and params; give each hyperparameter once.")
+        object.__setattr__(self, "space", validate_space(self.space, work.params, work.name))
+        object.__setattr__(self, "params", validate_space(self.params, work.params, work.name))
+        _check(all(not isinstance(v, Domain) for v in self.params.values()),
+               "params holds fixed values only; put ranges and lists under space.")
+        _check_int("epochs", self.epochs, allow_none=True)
+        _check_int("seed", self.seed, low=0)
+        _check_int("max_concurrent", self.max_concurrent, allow_none=True)
+        if self.search == "random":
+            _check_int("num_trials", self.num_trials)
+        elif self.num_trials is not None:
+            raise ConfigError("num_trials is for search: random; grid search runs every combination once.")
+        metric = self.metric or work.metric
+        known = ("train_loss", *work.metrics)
+        _check(metric in known, f"metric={metric!r} is not reported by '{work.name}': use one of {', '.join(known)}.")
+        mode = self.mode or (work.mode if metric == work.metric else "min" if metric.endswith("loss") else "max")
+        _check(mode in ("min", "max"), f"mode={mode!r}: use 'min' or 'max'.")
+        object.__setattr__(self, "metric", metric)
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "epochs", self.epochs or work.default_epochs)
+        self.trials()  # a grid over continuous ranges fails here, not on a worker
+
+    def trials(self) -> list[dict[str, Any]]:
+        """Every trial's full hyperparameters (defaults filled in), in trial-number order."""
+        work = get_workload(self.workload)
+        space = dict(self.space)
+        if self.search == "grid":
+            raw = grid_trials(space)
+        else:
+            raw = random_trials(space, self.num_trials or 0, self.seed)
+        by_name = {p.name: p for p in work.params}
+        from .params import resolve
+
+        return [resolve(work.params, {**self.params, **{k: _coerce(by_name[k], v) for k, v in t.items()}},
+                        owner=work.name) for t in raw]
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as plain JSON, ranges written as ``{kind: [...]}``."""
+        return {"name": self.name, "workload": self.workload, "space": space_to_json(self.space),
+                "params": dict(self.params), "search": self.search, "num_trials": self.num_trials,
+                "metric": self.metric, "mode": self.mode, "epochs": self.epochs, "seed": self.seed,
+                "max_concurrent": self.max_concurrent, "runs_dir": self.runs_dir}
+
+    def fingerprint(self) -> str:
+        """A hash of what decides the trials and their results (not the name, folder or concurrency)."""
+        content = {k: v for k, v in self.to_json().items() if k not in ("name", "runs_dir", "max_concurrent")}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+def _coerce(param: Param, value: Any) -> Any:
+    """Continuous samples for integer hyperparameters are rounded (uniform over 32..256 -> 117)."""
+    return round(value) if param.kind is int and isinstance(value, float) else value
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_int(name: str, value: Any, *, allow_none: bool = False, low: int = 1) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name}={value!r}: expected a whole number >= {low}.")
+
+
+def load_sweep_file(path: str | Path, **overrides: Any) -> SweepSpec:
+    """A SweepSpec from a YAML file; ``overrides`` (from the CLI) win over the file.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "s.yaml"
+    >>> _ = f.write_text("name: t\\nworkload: xor\\nspace: {lr: [0.1, 0.2]}\\n")
+    >>> load_sweep_file(f).search
+    'grid'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Sweep file {str(path)!r} does not exist (see `dask-train sweep --examples`).")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Sweep file {str(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"Sweep file {str(path)!r} must be a mapping with name, workload, space, ...")
+    unknown = sorted(set(content) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"Sweep file {str(path)!r}: unknown field(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(_FIELDS)}.")
+    for required in ("workload",):
+        if required not in content:
+            raise ConfigError(f"Sweep file {str(path)!r} has no '{required}'.")
+    content.setdefault("name", path.stem)
+    content.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return SweepSpec(**content)
+    except TypeError as exc:
+        raise ConfigError(f"Sweep file {str(path)!r}: {exc}") from None
