@@ -87,8 +87,9 @@ def parse_domain(name: str, raw: Any) -> Domain | Any:
     if not isinstance(raw, Mapping):
         return raw
     if len(raw) != 1 or next(iter(raw)) not in _MAKERS:
+        kinds = ", ".join(f"{{{k}: ...}}" for k in _MAKERS)
         raise ConfigError(f"Search space entry '{name}': {dict(raw)!r} is not a domain. Write one of "
-                          f"{', '.join(f'{{{k}: ...}}' for k in _MAKERS)}, a list of grid values, or a fixed value.")
+                          f"{kinds}, a list of grid values, or a fixed value.")
     kind, args = next(iter(raw.items()))
     if kind in ("grid", "choice"):
         if not isinstance(args, list | tuple):

@@ -67,7 +67,8 @@ class SweepSpec:
             raise ConfigError("num_trials is for search: random; grid search runs every combination once.")
         metric = self.metric or work.metric
         known = ("train_loss", *work.metrics)
-        _check(metric in known, f"metric={metric!r} is not reported by '{work.name}': use one of {', '.join(known)}.")
+        _check(metric in known,
+               f"metric={metric!r} is not reported by '{work.name}': use one of {', '.join(known)}.")
         mode = self.mode or (work.mode if metric == work.metric else "min" if metric.endswith("loss") else "max")
         _check(mode in ("min", "max"), f"mode={mode!r}: use 'min' or 'max'.")
         object.__setattr__(self, "metric", metric)
