@@ -1,0 +1,219 @@
+"""Sweeps on a real 2-worker LocalCluster: results, concurrency, a killed worker, a killed client,
+failing trials, resume rules, streamed metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import threading
+
+import pytest
+import yaml
+
+from cluster import ClusterSpec, Target, open_client
+from tests.helpers import poll_for, run_cli, start_cli
+from training import load_model
+from training.errors import ConfigError
+from training.space import choice
+from training.store import RunStore
+from training.sweep import Sweep, SweepProgress
+
+pytestmark = pytest.mark.timeout(300)
+
+XOR_LONG = {"train_size": 20000}  # ~0.2 s an epoch on one thread: long enough to interrupt
+
+
+@pytest.fixture(scope="module")
+def client():
+    with open_client(Target(local=ClusterSpec(workers=2, gpus="off", dashboard_address="127.0.0.1:0"))) as c:
+        yield c
+
+
+def _store_rows(run_dir):
+    with sqlite3.connect(run_dir / "store.sqlite", timeout=10) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM trials ORDER BY number")]
+
+
+class _Recorder(SweepProgress):
+    def __init__(self):
+        self.epochs, self.starts, self.ends = [], [], []
+
+    def on_trial_start(self, number, worker):
+        self.starts.append((number, worker))
+
+    def on_epoch(self, number, record):
+        self.epochs.append((number, record["epoch"], len(self.ends)))
+
+    def on_trial_end(self, row, counts, best):
+        self.ends.append(row["number"])
+
+
+def test_xor_grid_of_4_trials(client, tmp_path):
+    recorder = _Recorder()
+    result = Sweep("xor", {"lr": [0.05, 0.1, 0.2, 0.5]}, epochs=40, name="xor4",
+                   runs_dir=str(tmp_path)).run(client, progress=recorder)
+    table = result.table
+    assert len(table) == 4 and list(table["state"]) == ["completed"] * 4
+    assert table["final_val_accuracy"].notna().all() and (table["epochs"] == 40).all()
+    assert result.best is not None and result.best.evaluate()["test_accuracy"] >= 0.95
+    best_dir = tmp_path / "xor4" / "trials" / f"{result.best_trial:04d}"
+    reloaded = load_model(best_dir)
+    assert reloaded.params == result.best.params and reloaded.history == result.best.history
+    assert {p.name for p in (tmp_path / "xor4").iterdir()} >= {"store.sqlite", "sweep.yaml", "results.csv",
+                                                               "trials"}
+    assert yaml.safe_load((tmp_path / "xor4" / "sweep.yaml").read_text())["space"] == {
+        "lr": {"grid": [0.05, 0.1, 0.2, 0.5]}}
+    # Metrics streamed while trials ran: every epoch of every trial arrived as an event, most before their
+    # trial's end was processed, and the store holds one row per trial and per epoch.
+    assert len(recorder.epochs) == 160 and sorted(recorder.ends) == [0, 1, 2, 3]
+    with RunStore(tmp_path / "xor4" / "store.sqlite") as store:
+        assert [len(store.history(n)) for n in range(4)] == [40] * 4
+    assert (tmp_path / "xor4" / "results.csv").read_text().count("completed") == 4
+
+
+def test_trials_run_concurrently_on_both_workers(client, tmp_path):
+    result = Sweep("xor", {"lr": [0.1, 0.2]}, params=XOR_LONG, epochs=10, name="both",
+                   runs_dir=str(tmp_path)).run(client)
+    table = result.table
+    assert table["worker"].nunique() == 2
+    first, second = table.iloc[0], table.iloc[1]
+    assert first["started"] < second["finished"] and second["started"] < first["finished"]  # overlap
+
+
+def test_a_failing_trial_is_recorded_and_the_others_complete(client, tmp_path):
+    result = Sweep("charlm", {"data": ["", str(tmp_path / "missing.txt")]}, params={"hidden": 16}, epochs=1,
+                   name="failing", runs_dir=str(tmp_path)).run(client)
+    assert list(result.table["state"]) == ["completed", "failed"]
+    [failure] = result.failed
+    assert failure["number"] == 1 and failure["error_type"] == "DataError"
+    assert "does not exist" in failure["error"] and "Traceback (most recent call last)" in failure["traceback"]
+    assert failure["worker"].startswith("tcp://127.0.0.1:")
+    row = _store_rows(tmp_path / "failing")[1]
+    assert row["state"] == "failed" and "DataError" in row["traceback"]
+
+
+def test_a_diverging_trial_is_its_own_state(tmp_path):
+    from training.trial import TrialSpec, run_trial
+
+    outcome = run_trial(TrialSpec("j", "r", 0, "tests.integration.diverging:SGDLinReg",
+                                  {"lr": 1.0, "gamma": 1.0, "batch_size": 100, "samples": 20000, "noise": 2.0},
+                                  epochs=2))
+    assert outcome["state"] == "diverged" and outcome["error_type"] == "TrainingDiverged"
+    assert "Lower the learning rate" in outcome["error"]
+
+
+def test_rerunning_finishes_only_what_is_missing_and_refuses_a_changed_spec(client, tmp_path):
+    sweep = Sweep("xor", {"lr": [0.1, 0.2]}, epochs=5, name="again", runs_dir=str(tmp_path))
+    sweep.run(client)
+    before = _store_rows(tmp_path / "again")
+    result = sweep.run(client)
+    after = _store_rows(tmp_path / "again")
+    assert [r["starts"] for r in after] == [1, 1] and before == after
+    assert list(result.table["state"]) == ["completed", "completed"]
+    changed = Sweep("xor", {"lr": [0.1, 0.3]}, epochs=5, name="again", runs_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"A different sweep named 'again'.*changed: space.*--new"):
+        changed.run(client)
+    changed.run(client, new=True)
+    assert len(list(tmp_path.glob("again.old-*"))) == 1  # the old run was set aside, not deleted
+
+
+def _running_trial(run_dir):
+    if not (run_dir / "store.sqlite").exists():
+        return None
+    return next((r for r in _store_rows(run_dir) if r["state"] == "running" and r["worker"]), None)
+
+
+def _slot_pids(client):
+    return client.run(os.getpid)
+
+
+def test_a_worker_killed_mid_trial_is_retried_and_nothing_is_lost(tmp_path):
+    with open_client(Target(local=ClusterSpec(workers=2, gpus="off", dashboard_address="127.0.0.1:0"))) as c:
+        sweep = Sweep("xor", {"lr": choice([0.1, 0.2, 0.3, 0.4])}, params=XOR_LONG, epochs=15, name="kill",
+                      runs_dir=str(tmp_path))
+        outcome: dict = {}
+        thread = threading.Thread(target=lambda: outcome.update(result=sweep.run(c)), daemon=True)
+        thread.start()
+        run_dir = tmp_path / "kill"
+        victim = poll_for(lambda: _running_trial(run_dir), 120, what="a running trial")
+        pid = _slot_pids(c)[victim["worker"]]
+        os.kill(pid, signal.SIGKILL)
+        thread.join(timeout=240)
+        assert not thread.is_alive()
+    result = outcome["result"]
+    assert list(result.table["state"]) == ["completed"] * 4
+    rows = _store_rows(run_dir)
+    assert rows[victim["number"]]["starts"] == 2  # ran again after its worker died
+    assert sum(r["starts"] for r in rows) == 5
+
+
+def _write(path, content):
+    path.write_text(yaml.safe_dump(content) if isinstance(content, dict) else content)
+    return path
+
+
+def test_a_killed_client_resumes_without_rerunning_finished_trials(client, tmp_path):
+    sweep_file = _write(tmp_path / "resume.yaml", {
+        "name": "resume", "workload": "xor", "space": {"lr": [0.1, 0.15, 0.2, 0.25, 0.3, 0.35]},
+        "params": XOR_LONG, "epochs": 12, "runs_dir": str(tmp_path / "runs")})
+    address = client.scheduler.address
+    run_dir = tmp_path / "runs" / "resume"
+    proc = start_cli("sweep", str(sweep_file), "--address", address)
+    try:
+        poll_for(lambda: (run_dir / "store.sqlite").exists()
+                 and sum(r["state"] == "completed" for r in _store_rows(run_dir)) >= 2, 180,
+                 what="two finished trials")
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    finished = {r["number"]: r for r in _store_rows(run_dir) if r["state"] == "completed"}
+    assert 2 <= len(finished) < 6
+    rerun = run_cli("sweep", str(sweep_file), "--address", address, timeout=240)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"{len(finished)} already finished" in rerun.stdout
+    rows = _store_rows(run_dir)
+    assert [r["state"] for r in rows] == ["completed"] * 6
+    for number, before in finished.items():  # not run again: same start count, same end time
+        assert rows[number]["starts"] == 1 and rows[number]["finished"] == before["finished"]
+    assert len(json.loads(json.dumps([r["model_dir"] for r in rows]))) == 6
+    assert all(os.path.isdir(r["model_dir"]) for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"workload": "nmaes", "space": {}}, "Unknown workload 'nmaes'. Did you mean 'names'?"),
+        ({"workload": "xor", "space": {"lrr": [0.1]}}, "Unknown hyperparameter 'lrr' for workload 'xor'"),
+        ({"workload": "xor", "space": {"lr": {"choice": []}}}, "choice has no values"),
+        ({"workload": "xor", "search": "random", "num_trials": 2, "space": {"lr": {"uniform": [0.5, 0.1]}}},
+         "low 0.5 is greater than high 0.1"),
+        ({"workload": "xor", "search": "random", "num_trials": 2, "space": {"lr": {"loguniform": [0, 0.1]}}},
+         "loguniform needs low > 0"),
+        ({"workload": "xor", "space": {"lr": ["fast", 0.1]}}, "Invalid value 'fast' for hyperparameter 'lr'"),
+        ({"workload": "xor", "search": "random", "num_trials": 2, "space": {"lr": {"uniform": ["a", 1]}}},
+         "bounds must be numbers"),
+        ({"workload": "xor", "search": "random", "space": {"lr": [0.1]}}, "num_trials=None"),
+        ({"workload": "xor", "space": {"lr": {"uniform": [0.1, 0.5]}}}, "Grid search cannot enumerate lr"),
+        ("workload: xor\nspace: {lr: [0.1, 0.2\n", "is not valid YAML"),
+        ({"workload": "xor", "spcae": {}}, "unknown field(s) spcae"),
+    ],
+)
+def test_bad_sweep_files_fail_before_anything_runs(tmp_path, content, message):
+    sweep_file = _write(tmp_path / "bad.yaml", content)
+    result = run_cli("sweep", str(sweep_file), "--runs-dir", str(tmp_path / "runs"), "--address",
+                     "tcp://127.0.0.1:9", "--timeout", "1")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_shipped_examples_are_valid_and_listed():
+    result = run_cli("sweep", "--examples")
+    assert result.returncode == 0
+    for name in ("pets", "pets-quick", "digits", "digits-random"):
+        assert name in result.stdout
