@@ -36,6 +36,8 @@ class Target:
     security: Security | None = None
     timeout: float = 30.0
     local: ClusterSpec = field(default_factory=ClusterSpec)
+    #: Modules workers import in the background as soon as they join (the code that will run there).
+    preload: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.address and self.scheduler_file:
@@ -45,7 +47,8 @@ class Target:
 
 
 def connect(address: str | None = None, *, scheduler_file: str | None = None,
-            security: Security | None = None, timeout: float = 30.0, min_workers: int = 1) -> Client:
+            security: Security | None = None, timeout: float = 30.0, min_workers: int = 1,
+            preload: tuple[str, ...] = ()) -> Client:
     """A client of a running cluster whose workers offer training slots.
 
     Raises
@@ -76,7 +79,7 @@ def connect(address: str | None = None, *, scheduler_file: str | None = None,
             "built-in local cluster.") from None
     try:
         _wait_for_slots(client, min_workers, timeout)
-        prepare_workers(client)
+        prepare_workers(client, preload=preload)
     except BaseException:
         client.close()
         raise
@@ -87,8 +90,9 @@ def _wait_for_slots(client: Client, min_workers: int, timeout: float) -> None:
     try:
         client.wait_for_workers(min_workers, timeout=timeout)
     except TimeoutError:
-        have = len(client.scheduler_info(n_workers=-1)["workers"])
-        raise ClusterConnectError(f"Only {have} of {min_workers} workers joined {client.scheduler.address} "
+        info = client.scheduler_info(n_workers=-1)
+        have = len(info["workers"])
+        raise ClusterConnectError(f"Only {have} of {min_workers} workers joined {info['address']} "
                                   f"within {timeout:g}s. {_WORKER_HINT}") from None
     require_slots(client)
 
@@ -106,9 +110,9 @@ def require_slots(client: Client, needed: int = 1) -> list[str]:
     return slotted
 
 
-def prepare_workers(client: Client, torch_threads: int | None = None) -> None:
-    """Register the dask-train worker plugin (idempotent: workers keep a single copy)."""
-    client.register_plugin(TrainingWorkerPlugin(torch_threads=torch_threads), name=PLUGIN_NAME)
+def prepare_workers(client: Client, torch_threads: int | None = None, preload: tuple[str, ...] = ()) -> None:
+    """Register the dask-train worker plugin (replacing an earlier one: workers keep a single copy)."""
+    client.register_plugin(TrainingWorkerPlugin(torch_threads=torch_threads, preload=preload), name=PLUGIN_NAME)
 
 
 @contextlib.contextmanager
@@ -124,13 +128,13 @@ def open_client(target: Target | None = None) -> Iterator[Client]:
     target = target or Target()
     if target.address or target.scheduler_file:
         client = connect(target.address, scheduler_file=target.scheduler_file, security=target.security,
-                         timeout=target.timeout)
+                         timeout=target.timeout, preload=target.preload)
         with client:
             yield client
         return
     with start_local_cluster(target.local) as cluster, Client(cluster, timeout=target.timeout) as client:
         _wait_for_slots(client, len(cluster.workers), target.timeout)
-        prepare_workers(client, target.local.torch_threads or _local_threads(cluster))
+        prepare_workers(client, target.local.torch_threads or _local_threads(cluster), target.preload)
         yield client
 
 

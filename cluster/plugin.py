@@ -7,6 +7,7 @@ cluster is usable immediately and the first task finds torch already (or nearly)
 
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing
 import os
@@ -34,6 +35,9 @@ class TrainingWorkerPlugin(WorkerPlugin):
         Intra-op threads for torch on this worker. Default: the worker's ``--nthreads``.
     allow_subprocesses : bool
         Let training code start processes (``DataLoader(num_workers=...)``) on a daemonic worker.
+    preload : tuple of str
+        Modules the warm-up thread imports after torch (e.g. the trial runner), so a first task finds
+        them loaded.
 
     Examples
     --------
@@ -44,9 +48,11 @@ class TrainingWorkerPlugin(WorkerPlugin):
 
     name = PLUGIN_NAME
 
-    def __init__(self, torch_threads: int | None = None, allow_subprocesses: bool = True) -> None:
+    def __init__(self, torch_threads: int | None = None, allow_subprocesses: bool = True,
+                 preload: tuple[str, ...] = ()) -> None:
         self.torch_threads = torch_threads
         self.allow_subprocesses = allow_subprocesses
+        self.preload = tuple(preload)
         self.threads = torch_threads or 1
         self.device: dict[str, Any] = {}
         self._ready: threading.Event | None = None  # created on the worker: events do not pickle
@@ -65,6 +71,8 @@ class TrainingWorkerPlugin(WorkerPlugin):
     def _warm_up(self) -> None:
         try:
             self.device = describe_device(self.threads)
+            for module in self.preload:
+                importlib.import_module(module)
         except Exception as exc:  # a broken CUDA install must show up in `cluster info`, not kill the worker
             log.exception("dask-train: could not describe this worker's device")
             self.device = {"kind": "error", "name": f"{type(exc).__name__}: {exc}", "memory": 0}

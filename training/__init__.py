@@ -6,6 +6,8 @@ from .errors import ConfigError, DaskTrainError, DataError, ModelFileError, Trai
 from .loop import Callback, Shard, Trainer, pick_device, shard_batches, train
 from .model_file import TrainedModel, load_model, save_model
 from .params import Param
+from .space import choice, grid, loguniform, randint, uniform
+from .sweep import Sweep, SweepProgress, SweepResult
 from .workloads import BUILTIN, Workload, get_workload
 
 __all__ = [
@@ -17,14 +19,22 @@ __all__ = [
     "ModelFileError",
     "Param",
     "Shard",
+    "Sweep",
+    "SweepProgress",
+    "SweepResult",
     "TrainedModel",
     "Trainer",
     "TrainingDiverged",
     "Workload",
+    "choice",
     "get_workload",
+    "grid",
     "load_model",
+    "loguniform",
     "pick_device",
+    "randint",
     "save_model",
     "shard_batches",
     "train",
+    "uniform",
 ]

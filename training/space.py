@@ -67,7 +67,8 @@ def randint(low: int, high: int) -> Domain:
     return Domain("randint", low=low, high=high)
 
 
-_MAKERS = {"grid": grid, "choice": choice, "uniform": uniform, "loguniform": loguniform, "randint": randint}
+_MAKERS: dict[str, Any] = {
+    "grid": grid, "choice": choice, "uniform": uniform, "loguniform": loguniform, "randint": randint}
 
 
 def parse_domain(name: str, raw: Any) -> Domain | Any:

@@ -117,9 +117,11 @@ class RunStore:
 
     def trials(self) -> list[dict[str, Any]]:
         """Every trial row, parameters and last metrics decoded."""
-        rows = self.db.execute("SELECT * FROM trials ORDER BY number").fetchall()
-        return [{**dict(r), "params": json.loads(r["params"]), "metrics": json.loads(r["metrics"] or "{}")}
-                for r in rows]
+        return [_decode(r) for r in self.db.execute("SELECT * FROM trials ORDER BY number")]
+
+    def trial(self, number: int) -> dict[str, Any]:
+        """One trial row, decoded."""
+        return _decode(self.db.execute("SELECT * FROM trials WHERE number = ?", (number,)).fetchone())
 
     def history(self, number: int) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT record FROM epochs WHERE trial = ? ORDER BY epoch", (number,))
@@ -127,6 +129,10 @@ class RunStore:
 
     def counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.db.execute("SELECT state, COUNT(*) FROM trials GROUP BY state")}
+
+
+def _decode(row: sqlite3.Row) -> dict[str, Any]:
+    return {**dict(row), "params": json.loads(row["params"]), "metrics": json.loads(row["metrics"] or "{}")}
 
 
 def best_of(history: Iterable[dict[str, Any]], metric: str, mode: str) -> float | None:

@@ -9,6 +9,7 @@ trials the store does not record as finished.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import time
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _POLL = 0.2  # seconds between checks of the futures and the event queue
 _NO_WORKERS_GRACE = 60.0  # how long a sweep waits for a slot worker to come back before giving up
+_WORKER_CHECK_EVERY = 5.0  # seconds between checks that slot workers are still there
 
 
 class SweepProgress:
@@ -119,6 +121,7 @@ class Sweep:
             _set_aside(self.spec.run_dir)
         if client is not None:
             return _Coordinator(self.spec, client, progress or SweepProgress()).run()
+        target = dataclasses.replace(target or Target(), preload=("training.trial",))
         with open_client(target) as own:
             return _Coordinator(self.spec, own, progress or SweepProgress()).run()
 
@@ -142,7 +145,7 @@ class _Coordinator:
     def run(self) -> SweepResult:
         spec = self.spec
         trials = spec.trials()
-        workers = require_slots(self.client)
+        require_slots(self.client)
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         with RunStore(spec.run_dir / "store.sqlite") as store:
             attempt = store.begin_run(spec.name, spec.fingerprint(), spec.to_json(), trials)
@@ -154,7 +157,9 @@ class _Coordinator:
             self.progress.on_start(spec, len(trials), len(todo), dashboard_url(self.client))
             self.client.subscribe_topic(TOPIC, self.events.put)
             try:
-                self._run_trials(store, todo, attempt, spec.max_concurrent or len(workers))
+                # Slots already keep each worker to one trial; submitting every trial up front lets the scheduler
+                # hand the next one over the moment a slot frees, with no round trip through this client.
+                self._run_trials(store, todo, attempt, spec.max_concurrent or len(todo))
             finally:
                 self.client.unsubscribe_topic(TOPIC)
                 self._drain(store)
@@ -165,6 +170,7 @@ class _Coordinator:
         waiting = list(todo)
         running: dict[Future, int] = {}
         lost_since: float | None = None
+        checked = time.monotonic()
         while waiting or running:
             while waiting and len(running) < window:
                 number = waiting.pop(0)
@@ -174,7 +180,8 @@ class _Coordinator:
             self._drain(store)
             for future in [f for f in running if f.done()]:
                 self._finish(store, running.pop(future), future)
-            lost_since = self._check_workers(lost_since)
+            if time.monotonic() - checked > _WORKER_CHECK_EVERY:
+                lost_since, checked = self._check_workers(lost_since), time.monotonic()
 
     def _submit(self, store: RunStore, number: int, attempt: int) -> Future:
         spec = self.spec
@@ -207,7 +214,7 @@ class _Coordinator:
             model_dir = str(self._save_model(number, outcome, store.params(number)))
         best = best_of(outcome.get("history", []), self.spec.metric or "", self.spec.mode or "min")
         store.finish_trial(number, outcome, best, model_dir)
-        row = next(r for r in store.trials() if r["number"] == number)
+        row = store.trial(number)
         if outcome["state"] == "completed" and _better(row, self.best, self.spec):
             self.best = row
         self.progress.on_trial_end(row, store.counts(), self.best)

@@ -35,7 +35,7 @@ def _tls_files(ca: str | None, cert: str | None, key: str | None) -> TLSFiles | 
     given = [v for v in (ca, cert, key) if v]
     if given and len(given) != 3:
         raise click.UsageError("Pass all three of --tls-ca-file, --tls-cert and --tls-key, or none.")
-    return TLSFiles(ca, cert, key) if ca and cert and key else None  # type: ignore[arg-type]
+    return TLSFiles(ca, cert, key) if ca and cert and key else None
 
 
 def target_options(command: Callable) -> Callable:
@@ -154,7 +154,7 @@ def cluster_info(target: Target) -> None:
     with open_client(target) as client:
         url = dashboard_url(client)
         rows = describe_workers(client)
-        display.console.print(f"Scheduler: {client.scheduler.address}   Dashboard: {url}")
+        display.console.print(f"Scheduler: {client.scheduler_info()['address']}   Dashboard: {url}")
         display.table(
             f"{len(rows)} workers ({time.perf_counter() - started:.1f}s)",
             ["worker", "host", "device", "slot", "memory", "tasks running"],
