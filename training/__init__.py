@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .errors import ConfigError, DaskTrainError, DataError, ModelFileError, TrainingDiverged
+from .ddp import DDPResult, train_ddp
+from .errors import ConfigError, DaskTrainError, DataError, DDPJobFailed, ModelFileError, TrainingDiverged
 from .loop import Callback, Shard, Trainer, pick_device, shard_batches, train
 from .model_file import TrainedModel, load_model, save_model
 from .params import Param
@@ -14,6 +15,8 @@ __all__ = [
     "BUILTIN",
     "Callback",
     "ConfigError",
+    "DDPJobFailed",
+    "DDPResult",
     "DaskTrainError",
     "DataError",
     "ModelFileError",
@@ -36,5 +39,6 @@ __all__ = [
     "save_model",
     "shard_batches",
     "train",
+    "train_ddp",
     "uniform",
 ]

@@ -31,5 +31,14 @@ class TrainingDiverged(DaskTrainError):
         return (_rebuild_diverged, (str(self), self.epoch, self.step))
 
 
+class DDPJobFailed(DaskTrainError):
+    """A DDP job ended early: a rank raised, or a rank's worker was lost."""
+
+    def __init__(self, message: str, *, rank: int, worker: str) -> None:
+        super().__init__(message)
+        self.rank = rank
+        self.worker = worker
+
+
 def _rebuild_diverged(message: str, epoch: int, step: int) -> TrainingDiverged:
     return TrainingDiverged(message, epoch=epoch, step=step)

@@ -20,7 +20,7 @@ import torch
 from .errors import ConfigError, TrainingDiverged
 from .model_file import TrainedModel
 from .params import resolve
-from .workloads import Data, Workload, get_workload
+from .workloads import Data, Workload, get_workload, workload_ref
 from .workloads.base import Batch, take
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class Trainer:
         self.reduce = reduce or (lambda t: t)
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
+        self.last_batches: list[torch.Tensor] = []  # the last epoch's sample indices, batch by batch
         # A sync per step is free on the CPU; on a GPU check every few steps (NaN stays NaN in the sum).
         self._check_every = 1 if self.device.type == "cpu" else 16
 
@@ -129,6 +130,7 @@ class Trainer:
         started = time.perf_counter()
         perm = torch.randperm(self.data.num_train, generator=self.generator).to(self.device)
         batches = shard_batches(perm, self.params["batch_size"], self.shard)
+        self.last_batches = batches
         callback.on_epoch_start(epoch, len(batches))
         self.trained.train()
         running = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -186,7 +188,7 @@ class Trainer:
         Written to a temporary file and renamed, so a crash never leaves a half-written checkpoint."""
         state = {
             "format": CHECKPOINT_FORMAT,
-            "workload": self.workload.name,
+            "workload": workload_ref(self.workload),
             "params": self.params,
             "seed": self.seed,
             "epoch": self.epoch,
@@ -206,10 +208,10 @@ class Trainer:
     def load_checkpoint(self, path: Path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` (loaded with ``weights_only=True``)."""
         state = read_checkpoint(path)
-        if state["workload"] != self.workload.name or state["params"] != self.params:
+        if state["workload"] != workload_ref(self.workload) or state["params"] != self.params:
             raise ConfigError(
                 f"Checkpoint {str(path)!r} is for workload {state['workload']!r} with params "
-                f"{state['params']}, not {self.workload.name!r} with {self.params}. Resume with the "
+                f"{state['params']}, not {workload_ref(self.workload)!r} with {self.params}. Resume with the "
                 "same settings, or start a new run without --resume.")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -225,7 +227,7 @@ class Trainer:
         """The trained model on the CPU, with what rebuilds it and its history."""
         model = self.workload.build_model(self.params, self.data.meta)
         model.load_state_dict({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
-        return TrainedModel(self.workload.name, self.params, dict(self.data.meta), dict(self.data.artifacts),
+        return TrainedModel(workload_ref(self.workload), self.params, dict(self.data.meta), dict(self.data.artifacts),
                             list(self.history), model.eval(), self.seed)
 
 
@@ -273,15 +275,26 @@ def train(workload: str | Workload, params: Mapping[str, Any] | None = None, *, 
     resolved = resolve(work.params, params or {}, owner=work.name)
     total = _check_epochs(epochs if epochs is not None else work.default_epochs)
     dev = pick_device(device)
-    # Leave a long-lived worker's global RNG as it was: trials must not depend on what ran before.
-    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
-        torch.manual_seed(seed)
-        trainer = Trainer(work, resolved, work.load_data(resolved, seed), seed=seed, device=dev)
+    with isolated_rng(dev):
+        trainer = build_trainer(work, resolved, seed, dev)
         path = Path(checkpoint) if checkpoint is not None else None
         if resume and path is not None:
             trainer.load_checkpoint(path)
         trainer.train(total, callback, path)
         return trainer.result()
+
+
+def isolated_rng(device: torch.device):
+    """Leave a long-lived worker's global RNG as it was: a run must not depend on what ran before it."""
+    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+
+
+def build_trainer(work: Workload, params: Mapping[str, Any], seed: int, device: torch.device,
+                  **kwargs: Any) -> Trainer:
+    """Data and initial weights from ``seed``: the same call in one process and in every DDP rank gives
+    the same starting point (``kwargs`` go to :class:`Trainer`: shard, wrap, reduce)."""
+    torch.manual_seed(seed)
+    return Trainer(work, params, work.load_data(params, seed), seed=seed, device=device, **kwargs)
 
 
 def _check_epochs(epochs: Any) -> int:

@@ -14,3 +14,17 @@ class SGDLinReg(LinReg):
 
     def make_optimizer(self, model, params):
         return torch.optim.SGD(model.parameters(), lr=params["lr"])
+
+
+class FailOnRankOne(LinReg):
+    """linreg whose rank 1 raises in its third step: a rank failing mid-epoch while rank 0 trains on."""
+
+    name = "fail-on-rank-one"
+
+    def loss(self, model, batch):
+        import torch.distributed as dist
+
+        self._steps = getattr(self, "_steps", 0) + 1
+        if dist.is_initialized() and dist.get_rank() == 1 and self._steps == 3:
+            raise ValueError("rank one broke on purpose")
+        return super().loss(model, batch)

@@ -12,6 +12,7 @@ from cluster import ClusterError
 from ..errors import ConfigError
 from . import display
 from .cluster_cmd import cluster_group
+from .ddp_cmd import ddp_command
 from .sweep_cmd import sweep_command
 from .train_cmd import evaluate_command, generate_command, train_command, workloads_command
 
@@ -45,6 +46,7 @@ cli.add_command(evaluate_command, "evaluate")
 cli.add_command(workloads_command, "workloads")
 cli.add_command(cluster_group, "cluster")
 cli.add_command(sweep_command, "sweep")
+cli.add_command(ddp_command, "ddp")
 
 
 def main() -> None:

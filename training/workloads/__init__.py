@@ -13,7 +13,7 @@ from .linreg import LinReg
 from .names import Names
 from .xor import Xor
 
-__all__ = ["BUILTIN", "Batch", "Data", "Workload", "get_workload"]
+__all__ = ["BUILTIN", "Batch", "Data", "Workload", "get_workload", "workload_ref"]
 
 #: Built-in workloads by name. Workloads are stateless, so one instance each is shared.
 BUILTIN: dict[str, Workload] = {w.name: w for w in (Names(), CharLM(), Digits(), Xor(), LinReg())}
@@ -37,6 +37,21 @@ def get_workload(name: str) -> Workload:
         f"Unknown workload '{name}'.{hint} Built-in: {', '.join(BUILTIN)}; "
         "or name your own as 'package.module:ClassName' (a Workload subclass importable on every worker)."
     )
+
+
+def workload_ref(work: Workload) -> str:
+    """How to name ``work`` so any process can get it back with :func:`get_workload` (model files, tasks).
+
+    Examples
+    --------
+    >>> workload_ref(get_workload("xor")), workload_ref(get_workload("training.workloads.xor:Xor"))
+    ('xor', 'xor')
+    """
+    builtin = BUILTIN.get(work.name)
+    if builtin is not None and type(builtin) is type(work):
+        return work.name
+    cls = type(work)
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def _import_workload(spec: str) -> Workload:

@@ -1,0 +1,130 @@
+"""One DDP rank as one Dask task: rendezvous, train a shard of every batch, all-reduce, clean up.
+
+Runs on a worker. The process group is always destroyed (``finally``), so a failed job leaves the worker
+ready for the next one; every collective is bounded by the job's timeout, so a lost peer ends in an
+error instead of a hang. Nothing here writes ``os.environ``: the rendezvous is ``tcp://host:port``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .events import emit
+from .loop import Callback, Shard, build_trainer, isolated_rng, pick_device
+from .workloads import get_workload
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """One rank's part of a DDP job, built and validated on the client."""
+
+    job: str
+    run: str
+    rank: int
+    local_rank: int
+    world_size: int
+    init_method: str
+    backend: str
+    workload: str
+    params: dict[str, Any]
+    epochs: int
+    seed: int
+    timeout: float
+    checkpoint: str
+    resume: bool
+    record_samples: bool = False
+
+
+class _RankZeroEvents(Callback):
+    """Rank 0 reports each epoch, on the same event topic as sweep trials."""
+
+    def __init__(self, spec: RankSpec, worker: str) -> None:
+        self.spec, self.worker = spec, worker
+        self.first_step_at: float | None = None
+
+    def on_batch_end(self, epoch: int, batch: int) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
+            emit({"kind": "first-step", "job": self.spec.job, "run": self.spec.run, "time": self.first_step_at})
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        emit({"kind": "epoch", "job": self.spec.job, "run": self.spec.run, "trial": -1, "rank": 0,
+              "worker": self.worker, "record": record})
+
+
+def free_port(host: str) -> int:
+    """A port free on ``host`` right now (run on rank 0's worker; the OS picks it, never hard-coded)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def run_rank(spec: RankSpec) -> dict[str, Any]:
+    """Join the process group, train this rank's shards, and return (rank 0: the model) or raise."""
+    from cluster.plugin import prepare_task_thread
+
+    prepare_task_thread()
+    worker = _worker_address()
+    device = pick_device("cuda" if spec.backend == "nccl" else "cpu")
+    timeout = datetime.timedelta(seconds=spec.timeout)
+    dist.init_process_group(spec.backend, init_method=spec.init_method, rank=spec.rank,
+                            world_size=spec.world_size, timeout=timeout)
+    try:
+        return _train_rank(spec, worker, device)
+    except Exception as exc:
+        raise RuntimeError(f"DDP rank {spec.rank} on {worker} failed: {type(exc).__name__}: {exc}\n"
+                           f"{traceback.format_exc()}") from exc
+    finally:
+        dist.destroy_process_group()
+
+
+def _train_rank(spec: RankSpec, worker: str, device: torch.device) -> dict[str, Any]:
+    from torch.nn.parallel import DistributedDataParallel
+
+    work = get_workload(spec.workload)
+    device_ids = [device.index] if device.type == "cuda" else None
+    with isolated_rng(device):
+        trainer = build_trainer(
+            work, spec.params, spec.seed, device, shard=Shard(spec.rank, spec.world_size),
+            wrap=lambda model: DistributedDataParallel(model, device_ids=device_ids),
+            reduce=_all_reduce_sum)
+        checkpoint = Path(spec.checkpoint)
+        if spec.resume:
+            trainer.load_checkpoint(checkpoint)
+        events = _RankZeroEvents(spec, worker) if spec.rank == 0 else Callback()
+        started_epoch = trainer.epoch
+        trainer.train(spec.epochs, events, checkpoint)
+    out: dict[str, Any] = {"rank": spec.rank, "worker": worker, "history": trainer.history,
+                           "resumed_from": started_epoch}
+    if spec.record_samples:  # which training samples this rank saw in its last epoch
+        out["samples"] = torch.cat(trainer.last_batches).cpu() if trainer.last_batches else torch.zeros(0)
+    if spec.rank == 0:
+        result = trainer.result()
+        out.update(state_dict=result.model.state_dict(), meta=result.meta, artifacts=result.artifacts,
+                   first_step_at=getattr(events, "first_step_at", None))
+    return out
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    out = tensor.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def _worker_address() -> str:
+    from distributed import get_worker
+
+    try:
+        return get_worker().address
+    except ValueError:
+        return "local"
