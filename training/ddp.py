@@ -58,7 +58,8 @@ def assign_ranks(workers: Mapping[str, str]) -> list[Placement]:
     [(0, 0, 'h1'), (1, 1, 'h1'), (2, 0, 'h2')]
     """
     ordered = sorted(workers.items(), key=lambda item: (item[1], item[0]))
-    placements, per_host = [], {}
+    placements: list[Placement] = []
+    per_host: dict[str, int] = {}
     for rank, (address, host) in enumerate(ordered):
         local = per_host.get(host, 0)
         per_host[host] = local + 1
@@ -115,7 +116,8 @@ def train_ddp(client: Client | None = None, workload: str = "names", params: Map
     """
     work = get_workload(workload)
     resolved = resolve(work.params, params or {}, owner=work.name)
-    job = _Job(name=name or f"{work.name}-ddp", workload=workload_ref(work), params=resolved, runs_dir=Path(runs_dir),
+    job = _Job(name=name or f"{work.name}-ddp", workload=workload_ref(work), params=resolved,
+               runs_dir=Path(runs_dir),
                epochs=_check_epochs(epochs if epochs is not None else work.default_epochs), seed=seed,
                resume=resume, timeout=float(timeout), record_samples=record_samples)
     job.validate()
@@ -280,7 +282,8 @@ class _Watcher:
                  and p not in lost]
         epoch = _checkpoint_epoch(self.job.checkpoint)
         raise DDPJobFailed(
-            f"DDP job '{self.job.name}' failed: rank {culprit.rank} on {culprit.worker} ({culprit.host}): {cause}. "
+            f"DDP job '{self.job.name}' failed: rank {culprit.rank} on {culprit.worker} ({culprit.host}): "
+            f"{cause}. "
             + (f"Ranks {stuck} had not ended after {self.job.timeout:g}s. " if stuck else "All other ranks ended"
                + (f" ({others}). " if others else ". "))
             + (f"The checkpoint at {self.job.checkpoint} holds epoch {epoch}: rerun with --resume "

@@ -227,7 +227,8 @@ class Trainer:
         """The trained model on the CPU, with what rebuilds it and its history."""
         model = self.workload.build_model(self.params, self.data.meta)
         model.load_state_dict({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
-        return TrainedModel(workload_ref(self.workload), self.params, dict(self.data.meta), dict(self.data.artifacts),
+        return TrainedModel(workload_ref(self.workload), self.params, dict(self.data.meta),
+                            dict(self.data.artifacts),
                             list(self.history), model.eval(), self.seed)
 
 
