@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import queue
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -25,7 +24,7 @@ from distributed import Client, Future, wait
 from cluster import TRAINING_SLOT, Target, open_client, require_slots
 
 from .errors import ConfigError, DDPJobFailed
-from .events import TOPIC
+from .events import Inbox
 from .loop import _check_epochs
 from .model_file import TrainedModel, save_model
 from .params import resolve
@@ -181,16 +180,12 @@ class _Job:
                           epochs=self.epochs, seed=self.seed, timeout=self.timeout,
                           checkpoint=str(self.checkpoint.resolve()), resume=self.resume,
                           record_samples=self.record_samples) for p in placements]
-        events: queue.SimpleQueue = queue.SimpleQueue()
-        client.subscribe_topic(TOPIC, events.put)
-        try:
+        with Inbox(client, token) as inbox:
             futures = [client.submit(run_rank, spec, key=f"ddp-{self.name}-{token}-rank{spec.rank}",
                                      workers=[p.worker], allow_other_workers=False, pure=False,
                                      resources={TRAINING_SLOT: 1}, retries=0)
                        for spec, p in zip(specs, placements, strict=True)]
-            first_step = _Watcher(self, client, futures, placements, events, token, progress).watch()
-        finally:
-            client.unsubscribe_topic(TOPIC)
+            first_step = _Watcher(self, client, futures, placements, inbox, progress).watch()
         outputs = client.gather(futures)
         for future in futures:
             future.release()
@@ -215,9 +210,9 @@ class _Watcher:
     clear error once every surviving rank has ended (or ``timeout`` passed)."""
 
     def __init__(self, job: _Job, client: Client, futures: list[Future], placements: list[Placement],
-                 events: queue.SimpleQueue, token: str, progress: DDPProgress) -> None:
+                 inbox: Inbox, progress: DDPProgress) -> None:
         self.job, self.client, self.futures, self.placements = job, client, futures, placements
-        self.events, self.token, self.progress = events, token, progress
+        self.inbox, self.progress = inbox, progress
         self.first_step: float | None = None
         self.lost: set[Placement] = set()
 
@@ -238,13 +233,7 @@ class _Watcher:
         return self.first_step
 
     def _drain(self) -> None:
-        while True:
-            try:
-                _, message = self.events.get_nowait()
-            except queue.Empty:
-                return
-            if not isinstance(message, dict) or message.get("run") != self.token:
-                continue
+        for message in self.inbox.drain():
             if message.get("kind") == "first-step":
                 self.first_step = message["time"]
             elif message.get("kind") == "epoch":

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
+import threading
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -40,3 +42,77 @@ def plain(value: Any) -> Any:
         return value if math.isfinite(value) else str(value)
     item = getattr(value, "item", None)
     return plain(item()) if callable(item) else str(value)
+
+
+class Inbox:
+    """The events of one run (one sweep or DDP client run), as a context manager.
+
+    A Dask client keeps a single handler per topic, so every Inbox on a client shares one subscription
+    (kept on the client object) that routes each message by its ``run`` token. Jobs run from the same
+    client at once (threads) each get their own events.
+
+    Examples
+    --------
+    >>> with Inbox(client, run="a1b2c3") as inbox:  # doctest: +SKIP
+    ...     for message in inbox.drain(): ...
+    """
+
+    def __init__(self, client: Any, run: str) -> None:
+        self.client, self.run = client, run
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+
+    def __enter__(self) -> Inbox:
+        _Router.of(self.client).add(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _Router.of(self.client).remove(self)
+
+    def drain(self) -> list[dict[str, Any]]:
+        """The messages that arrived since the last call, oldest first."""
+        out = []
+        while True:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                return out
+
+
+class _Router:
+    """One subscription per client, fanning messages out to the inboxes open on it."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.inboxes: dict[str, Inbox] = {}
+        self.lock = threading.Lock()
+
+    @classmethod
+    def of(cls, client: Any) -> _Router:
+        with _ATTACH:
+            router = getattr(client, "_dask_train_router", None)
+            if router is None:
+                router = cls(client)
+                client._dask_train_router = router
+            return router
+
+    def add(self, inbox: Inbox) -> None:
+        with self.lock:
+            if not self.inboxes:
+                self.client.subscribe_topic(TOPIC, self._deliver)
+            self.inboxes[inbox.run] = inbox
+
+    def remove(self, inbox: Inbox) -> None:
+        with self.lock:
+            self.inboxes.pop(inbox.run, None)
+            if not self.inboxes and self.client.status == "running":
+                self.client.unsubscribe_topic(TOPIC)
+
+    def _deliver(self, event: tuple[float, Any]) -> None:
+        _, message = event
+        if isinstance(message, dict):
+            inbox = self.inboxes.get(str(message.get("run")))
+            if inbox is not None:  # another client's job, or a killed earlier run: not ours
+                inbox._queue.put(message)
+
+
+_ATTACH = threading.Lock()

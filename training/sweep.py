@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import queue
 import time
 import uuid
 from collections.abc import Mapping
@@ -24,7 +23,7 @@ from distributed import Client, Future, wait
 
 from cluster import TRAINING_SLOT, ClusterError, Target, open_client, require_slots
 
-from .events import TOPIC
+from .events import Inbox
 from .model_file import TrainedModel, load_model, save_model
 from .store import RunStore, best_of
 from .sweep_spec import SweepSpec
@@ -139,7 +138,6 @@ class _Coordinator:
     def __init__(self, spec: SweepSpec, client: Client, progress: SweepProgress) -> None:
         self.spec, self.client, self.progress = spec, client, progress
         self.run_token = uuid.uuid4().hex[:8]
-        self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.best: dict[str, Any] | None = None
 
     def run(self) -> SweepResult:
@@ -155,14 +153,13 @@ class _Coordinator:
             from cluster import dashboard_url
 
             self.progress.on_start(spec, len(trials), len(todo), dashboard_url(self.client))
-            self.client.subscribe_topic(TOPIC, self.events.put)
-            try:
+            with Inbox(self.client, self.run_token) as self.inbox:
                 # Slots already keep each worker to one trial; submitting every trial up front lets the scheduler
                 # hand the next one over the moment a slot frees, with no round trip through this client.
-                self._run_trials(store, todo, attempt, spec.max_concurrent or len(todo))
-            finally:
-                self.client.unsubscribe_topic(TOPIC)
-                self._drain(store)
+                try:
+                    self._run_trials(store, todo, attempt, spec.max_concurrent or len(todo))
+                finally:
+                    self._drain(store)
             rows = store.trials()
         return _result(spec, rows)
 
@@ -193,13 +190,7 @@ class _Coordinator:
 
     def _drain(self, store: RunStore) -> None:
         """Apply the events that arrived: trial starts and per-epoch records, into the store and display."""
-        while True:
-            try:
-                _, message = self.events.get_nowait()
-            except queue.Empty:
-                return
-            if not isinstance(message, dict) or message.get("run") != self.run_token:
-                continue  # another job's event, or a killed earlier client's
+        for message in self.inbox.drain():
             if message.get("kind") == "start":
                 store.trial_started(message["trial"], message["worker"], message["time"])
                 self.progress.on_trial_start(message["trial"], message["worker"])

@@ -123,11 +123,18 @@ def test_a_raising_rank_ends_the_job_and_leaves_the_workers_usable(client, tmp_p
 def test_two_jobs_run_at_once_on_different_workers(client, tmp_path):
     _wait_for_free_slots(client)
     first, second = require_slots(client)
-    results = {}
+    results, epochs = {}, {"a": [], "b": []}
+
+    class Epochs(DDPProgress):
+        def __init__(self, name):
+            self.name = name
+
+        def on_epoch(self, record):
+            epochs[self.name].append(record["epoch"])
 
     def job(name, worker):
         results[name] = train_ddp(client, "xor", {"train_size": 20_000}, epochs=5, workers=[worker],
-                                  runs_dir=str(tmp_path), name=name)
+                                  runs_dir=str(tmp_path), name=name, progress=Epochs(name))
 
     threads = [threading.Thread(target=job, args=(n, w)) for n, w in (("a", first), ("b", second))]
     for t in threads:
@@ -136,6 +143,8 @@ def test_two_jobs_run_at_once_on_different_workers(client, tmp_path):
         t.join(timeout=120)
     assert set(results) == {"a", "b"}
     assert results["a"].placements[0].worker != results["b"].placements[0].worker
+    # One client, two jobs at once: each received exactly its own epoch events.
+    assert epochs == {"a": [1, 2, 3, 4, 5], "b": [1, 2, 3, 4, 5]}
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ class DDPDisplay(DDPProgress):
     """Where the ranks run, then rank 0's epoch table as epochs finish."""
 
     def __init__(self) -> None:
-        self._columns: list[str] | None = None
+        self._rows = display.EpochRows()
 
     def on_start(self, name: str, placements: list[Placement], backend: str, dashboard: str | None,
                  resumed: bool) -> None:
@@ -28,10 +28,7 @@ class DDPDisplay(DDPProgress):
             display.console.print(f"  rank {p.rank} (local {p.local_rank}) on {p.worker}")
 
     def on_epoch(self, record: dict[str, Any]) -> None:
-        if self._columns is None:
-            self._columns = display.history_columns([record])
-            display.console.print("  ".join(f"{c:>13}" for c in self._columns), style="bold")
-        display.console.print("  ".join(f"{display.format_value(record.get(c, '')):>13}" for c in self._columns))
+        self._rows.print(record, display.console)
 
 
 @click.command(context_settings=_EXTRA)

@@ -41,6 +41,20 @@ def history_columns(records: Iterable[Mapping[str, Any]]) -> list[str]:
     return [k for k in _FIRST if k in keys] + middle + [k for k in _LAST if k in keys]
 
 
+class EpochRows:
+    """Prints one aligned row per epoch record, with a header before the first."""
+
+    def __init__(self) -> None:
+        self._columns: list[str] | None = None
+
+    def print(self, record: Mapping[str, Any], out: Console) -> None:
+        if self._columns is None:
+            self._columns = history_columns([record])
+            out.print("  ".join(f"{c:>{_width(c)}}" for c in self._columns), style="bold", soft_wrap=True)
+        out.print("  ".join(f"{format_value(record.get(c, '')):>{_width(c)}}" for c in self._columns),
+                  soft_wrap=True)
+
+
 class EpochTable(Callback):
     """A progress bar over each epoch's batches and one table row per finished epoch."""
 
@@ -49,7 +63,7 @@ class EpochTable(Callback):
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=console, transient=True)
         self._task: Any = None
-        self._columns: list[str] | None = None
+        self._rows = EpochRows()
 
     def __enter__(self) -> EpochTable:
         self.progress.start()
@@ -69,13 +83,7 @@ class EpochTable(Callback):
         self.progress.update(self._task, completed=batch)
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
-        if self._columns is None:
-            self._columns = history_columns([record])
-            self._print("  ".join(f"{c:>{_width(c)}}" for c in self._columns), style="bold")
-        self._print("  ".join(f"{format_value(record.get(c, '')):>{_width(c)}}" for c in self._columns))
-
-    def _print(self, line: str, style: str | None = None) -> None:
-        self.progress.console.print(line, style=style, soft_wrap=True)
+        self._rows.print(record, self.progress.console)
 
 
 def _width(column: str) -> int:
