@@ -161,7 +161,8 @@ class _Coordinator:
                 finally:
                     self._drain(store)
             rows = store.trials()
-        return _result(spec, rows)
+        _report(spec.run_dir)
+        return result_of(spec, rows)
 
     def _run_trials(self, store: RunStore, todo: list[int], attempt: int, window: int) -> None:
         waiting = list(todo)
@@ -237,6 +238,16 @@ class _Coordinator:
             return lost_since
 
 
+def _report(run_dir: Path) -> None:
+    """Plots and summary.md. Results are already saved, so a plotting failure is logged, not raised."""
+    from .report import read_run, write_report
+
+    try:
+        write_report(read_run(run_dir))
+    except Exception:
+        log.exception("Could not write the report of %s; `dask-train results %s --plot` retries", run_dir, run_dir)
+
+
 def _outcome_of(number: int, future: Future) -> dict[str, Any]:
     """The trial's result, or a failure built from the task's own error (e.g. a worker killed too often)."""
     if future.status == "finished":
@@ -270,7 +281,7 @@ def _best_row(rows: list[dict[str, Any]], spec: SweepSpec) -> dict[str, Any] | N
     return best
 
 
-def _result(spec: SweepSpec, rows: list[dict[str, Any]]) -> SweepResult:
+def result_of(spec: SweepSpec, rows: list[dict[str, Any]]) -> SweepResult:
     table = results_table(rows, spec)
     table.to_csv(spec.run_dir / "results.csv", index=False)
     best_row = _best_row(rows, spec)

@@ -72,6 +72,32 @@ def test_xor_grid_of_4_trials(client, tmp_path):
     with RunStore(tmp_path / "xor4" / "store.sqlite") as store:
         assert [len(store.history(n)) for n in range(4)] == [40] * 4
     assert (tmp_path / "xor4" / "results.csv").read_text().count("completed") == 4
+    _check_report(tmp_path / "xor4", result.best_trial)
+
+
+def _check_report(run_dir, best_trial):
+    import matplotlib.image
+
+    report = run_dir / "report"
+    for name in ("curves.png", "params.png"):
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        height, width, _ = matplotlib.image.imread(report / name).shape
+        assert height >= 300 and width >= 300
+    summary = (report / "summary.md").read_text()
+    assert f"## Best trial: {best_trial:04d}" in summary and summary.count("| completed |") == 4
+
+
+def test_results_command_shows_a_run_and_rewrites_its_report(client, tmp_path):
+    result = Sweep("xor", {"lr": [0.1, 0.3]}, epochs=20, name="shown", runs_dir=str(tmp_path)).run(client)
+    for png in (tmp_path / "shown" / "report").glob("*.png"):
+        png.unlink()
+    shown = run_cli("results", str(tmp_path / "shown"), "--plot")
+    assert shown.returncode == 0, shown.stderr
+    assert f"Best trial: {result.best_trial:04d}" in shown.stdout and "test_accuracy" in shown.stdout
+    report = {p.name for p in (tmp_path / "shown" / "report").iterdir()}
+    assert report == {"curves.png", "params.png", "summary.md"}
+    missing = run_cli("results", str(tmp_path))
+    assert missing.returncode == 2 and "is not a sweep run directory" in missing.stderr
 
 
 def test_trials_run_concurrently_on_both_workers(client, tmp_path):

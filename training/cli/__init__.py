@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from . import display
 from .cluster_cmd import cluster_group
 from .ddp_cmd import ddp_command
-from .sweep_cmd import sweep_command
+from .sweep_cmd import results_command, sweep_command
 from .train_cmd import evaluate_command, generate_command, train_command, workloads_command
 
 __all__ = ["cli", "main"]
@@ -47,6 +47,7 @@ cli.add_command(workloads_command, "workloads")
 cli.add_command(cluster_group, "cluster")
 cli.add_command(sweep_command, "sweep")
 cli.add_command(ddp_command, "ddp")
+cli.add_command(results_command, "results")
 
 
 def main() -> None:

@@ -117,10 +117,27 @@ def _list_examples() -> None:
                   ["name", "workload", "search", "trials", "file"], rows)
 
 
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--plot", is_flag=True, help="Write the report (PNG plots, summary.md) again.")
+def results_command(run_dir: Path, plot: bool) -> None:
+    """Show a sweep's results table and best trial from its run directory (runs/NAME)."""
+    from ..report import read_run, write_report
+    from ..sweep import result_of
+
+    run = read_run(run_dir)
+    spec = SweepSpec(**{**run.spec, "runs_dir": str(run_dir.parent)})
+    show_result(result_of(spec, run.trials), sum(t["seconds"] or 0 for t in run.trials))
+    if plot:
+        folder = write_report(run)
+        display.console.print(f"Report: {', '.join(str(p) for p in sorted(folder.iterdir()))}")
+
+
 def show_result(result: SweepResult, seconds: float) -> None:
     """The table, failures (first traceback in full), the best trial, and its model put to use."""
     table = result.table.drop(columns=["started", "finished"], errors="ignore")
-    display.table(f"Sweep '{result.spec.name}' ({seconds:.1f} s): {result.run_dir / 'results.csv'}",
+    display.table(f"Sweep '{result.spec.name}' ({seconds:.1f} s): {result.run_dir / 'results.csv'}, "
+                  f"report in {result.run_dir / 'report'}",
                   list(table.columns), table.itertuples(index=False))
     if result.failed:
         first = result.failed[0]

@@ -1,0 +1,161 @@
+"""A sweep's report, made from its run store: plots as PNG and ``summary.md``, in ``runs/<name>/report/``.
+
+- ``curves.png``: the metric against the epoch for every trial, the best trial drawn thick and labelled;
+- ``params.png``: each trial's final metric against each searched hyperparameter (one panel each);
+- ``summary.md``: the best trial (number, params, metrics, model directory) and the results table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .store import RunStore
+
+REPORT_DIR = "report"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run directory holds, read back from its store and spec."""
+
+    run_dir: Path
+    spec: dict[str, Any]
+    trials: list[dict[str, Any]]
+    histories: dict[int, list[dict[str, Any]]]
+
+    @property
+    def metric(self) -> str:
+        return self.spec.get("metric") or "val_loss"
+
+    @property
+    def mode(self) -> str:
+        return self.spec.get("mode") or "min"
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        done = [t for t in self.trials if t["state"] == "completed" and _finite(t["best"])]
+        if not done:
+            return None
+        key = (lambda t: t["best"]) if self.mode == "min" else (lambda t: -t["best"])
+        return min(done, key=key)
+
+
+def read_run(run_dir: str | Path) -> RunSummary:
+    """Read a sweep's run directory (``store.sqlite`` and ``sweep.yaml``)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "store.sqlite").is_file() or not (run_dir / "sweep.yaml").is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not a sweep run directory (no store.sqlite or sweep.yaml). "
+                          "Pass runs/<sweep name>, as written by `dask-train sweep`.")
+    spec = yaml.safe_load((run_dir / "sweep.yaml").read_text())
+    with RunStore(run_dir / "store.sqlite") as store:
+        trials = store.trials()
+        histories = {t["number"]: store.history(t["number"]) for t in trials}
+    return RunSummary(run_dir, spec, trials, histories)
+
+
+def write_report(run: RunSummary) -> Path:
+    """Write the plots and the summary; return the report folder."""
+    folder = run.run_dir / REPORT_DIR
+    folder.mkdir(exist_ok=True)
+    _plot_curves(run, folder / "curves.png")
+    _plot_params(run, folder / "params.png")
+    (folder / "summary.md").write_text(summary_markdown(run), encoding="utf-8")
+    return folder
+
+
+def summary_markdown(run: RunSummary) -> str:
+    """The best trial and the results table, as Markdown."""
+    spec, best = run.spec, run.best
+    lines = [f"# Sweep `{spec['name']}`", "",
+             f"Workload `{spec['workload']}`, {spec['search']} search, {len(run.trials)} trials, "
+             f"{spec['epochs']} epochs each; best by `{run.metric}` ({run.mode}).", ""]
+    if best is None:
+        lines += ["No trial completed.", ""]
+    else:
+        searched = {k: best["params"].get(k) for k in spec.get("space", {})}
+        lines += [f"## Best trial: {best['number']:04d}", "",
+                  f"- {run.metric}: {best['best']:.6g} "
+                  f"(final {best['metrics'].get(run.metric, float('nan')):.6g})",
+                  f"- params: {searched}", f"- worker: {best['worker']}, {best['seconds']:.1f} s",
+                  f"- model: `{best['model_dir']}`", ""]
+    names = list(spec.get("space", {}))
+    header = ["trial", "state", *names, f"best {run.metric}", "epochs", "seconds", "worker"]
+    lines += ["## Trials", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for t in run.trials:
+        cells = [f"{t['number']:04d}", t["state"], *(_cell(t["params"].get(n)) for n in names),
+                 _cell(t["best"]), str(t["epochs"]), _cell(t["seconds"]), str(t["worker"] or "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_curves(run: RunSummary, path: Path) -> None:
+    plt = _pyplot()
+    best = run.best
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for number, history in run.histories.items():
+        points = [(r["epoch"], r[run.metric]) for r in history if _finite(r.get(run.metric))]
+        if not points:
+            continue
+        is_best = best is not None and number == best["number"]
+        ax.plot(*zip(*points, strict=True), linewidth=3 if is_best else 1, alpha=1 if is_best else 0.45,
+                color="tab:red" if is_best else None, label=f"best: trial {number:04d}" if is_best else None,
+                zorder=3 if is_best else 2, marker="o" if len(points) < 30 else None, markersize=3)
+    ax.set(xlabel="epoch", ylabel=run.metric, title=f"{run.spec['name']}: {run.metric} by epoch, every trial")
+    if best is not None:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_params(run: RunSummary, path: Path) -> None:
+    plt = _pyplot()
+    names = list(run.spec.get("space", {})) or ["trial"]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), squeeze=False)
+    done = [t for t in run.trials if _finite(t["metrics"].get(run.metric))]
+    best = run.best
+    colors = ["tab:red" if best is not None and t["number"] == best["number"] else "tab:blue" for t in done]
+    for ax, name in zip(axes[0], names, strict=True):
+        values = [t["params"].get(name, t["number"]) for t in done]
+        ys = [t["metrics"][run.metric] for t in done]
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            ax.scatter(values, ys, c=colors)
+            positive = [v for v in values if v > 0]
+            if len(positive) == len(values) and positive and max(positive) / min(positive) >= 10:
+                ax.set_xscale("log")
+        else:  # categorical: one column per value
+            labels = sorted({str(v) for v in values})
+            ax.scatter([labels.index(str(v)) for v in values], ys, c=colors)
+            ax.set_xticks(range(len(labels)), labels)
+        ax.set(xlabel=name, ylabel=f"final {run.metric}")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{run.spec['name']}: final {run.metric} by hyperparameter (best in red)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display, safe in any process
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
