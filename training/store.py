@@ -87,6 +87,11 @@ class RunStore:
         rows = self.db.execute(f"SELECT number FROM trials WHERE state NOT IN ({marks}) ORDER BY number", FINISHED)
         return [r[0] for r in rows]
 
+    def add_trial(self, number: int, params: dict[str, Any]) -> None:
+        """Record a trial created during the run (TPE asks); a no-op if it is already there."""
+        self.db.execute("INSERT OR IGNORE INTO trials (number, params) VALUES (?, ?)",
+                        (number, json.dumps(params)))
+
     def params(self, number: int) -> dict[str, Any]:
         return json.loads(self.db.execute("SELECT params FROM trials WHERE number = ?", (number,)).fetchone()[0])
 

@@ -25,7 +25,7 @@ from cluster import TRAINING_SLOT, ClusterError, Target, open_client, require_sl
 
 from .events import Inbox
 from .model_file import TrainedModel, load_model, save_model
-from .store import RunStore, best_of
+from .store import FINISHED, RunStore, best_of
 from .sweep_spec import SweepSpec
 from .trial import TrialSpec, run_trial
 from .workloads import get_workload
@@ -143,41 +143,46 @@ class _Coordinator:
     def run(self) -> SweepResult:
         spec = self.spec
         trials = spec.trials()
-        require_slots(self.client)
+        slots = len(require_slots(self.client))
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         with RunStore(spec.run_dir / "store.sqlite") as store:
             attempt = store.begin_run(spec.name, spec.fingerprint(), spec.to_json(), trials)
             _write_spec(spec)
-            todo = store.unfinished()
+            source = _source(spec, store)
+            total = spec.num_trials if spec.search == "tpe" else len(trials)
+            finished = sum(store.counts().get(s, 0) for s in FINISHED)
             self.best = _best_row(store.trials(), spec)
             from cluster import dashboard_url
 
-            self.progress.on_start(spec, len(trials), len(todo), dashboard_url(self.client))
+            self.progress.on_start(spec, total or 0, (total or 0) - finished, dashboard_url(self.client))
+            # Grid and random: every trial is submitted up front (slots keep each worker to one at a time), so
+            # the scheduler hands the next one over the moment a slot frees. TPE asks as slots free, so each
+            # ask sees the results so far.
+            window = spec.max_concurrent or (slots if spec.search == "tpe" else max(1, len(trials)))
             with Inbox(self.client, self.run_token) as self.inbox:
-                # Slots already keep each worker to one trial; submitting every trial up front lets the scheduler
-                # hand the next one over the moment a slot frees, with no round trip through this client.
                 try:
-                    self._run_trials(store, todo, attempt, spec.max_concurrent or len(todo))
+                    self._run_trials(store, source, attempt, window)
                 finally:
                     self._drain(store)
             rows = store.trials()
         _report(spec.run_dir)
         return result_of(spec, rows)
 
-    def _run_trials(self, store: RunStore, todo: list[int], attempt: int, window: int) -> None:
-        waiting = list(todo)
+    def _run_trials(self, store: RunStore, source: _Source, attempt: int, window: int) -> None:
         running: dict[Future, int] = {}
         lost_since: float | None = None
         checked = time.monotonic()
-        while waiting or running:
-            while waiting and len(running) < window:
-                number = waiting.pop(0)
+        while True:
+            while len(running) < window and (number := source.take()) is not None:
                 running[self._submit(store, number, attempt)] = number
+            if not running:
+                return
             with contextlib.suppress(TimeoutError):  # distributed's wait raises when nothing finished
                 wait(list(running), timeout=_POLL, return_when="FIRST_COMPLETED")
             self._drain(store)
             for future in [f for f in running if f.done()]:
-                self._finish(store, running.pop(future), future)
+                row = self._finish(store, running.pop(future), future)
+                source.finished(row)
             if time.monotonic() - checked > _WORKER_CHECK_EVERY:
                 lost_since, checked = self._check_workers(lost_since), time.monotonic()
 
@@ -199,7 +204,7 @@ class _Coordinator:
                 store.record_epoch(message["trial"], message["record"])
                 self.progress.on_epoch(message["trial"], message["record"])
 
-    def _finish(self, store: RunStore, number: int, future: Future) -> None:
+    def _finish(self, store: RunStore, number: int, future: Future) -> dict[str, Any]:
         outcome = _outcome_of(number, future)
         model_dir = None
         if outcome["state"] == "completed":
@@ -211,6 +216,7 @@ class _Coordinator:
             self.best = row
         self.progress.on_trial_end(row, store.counts(), self.best)
         future.release()
+        return row
 
     def _save_model(self, number: int, outcome: dict[str, Any], params: dict[str, Any]) -> Path:
         """Write the trial's model directory first, so a store row marked completed always has its files."""
@@ -236,6 +242,50 @@ class _Coordinator:
                                    f"stopped. Finished trials are saved in {self.spec.run_dir}; rerun the "
                                    "same command when workers are back to finish the rest.") from None
             return lost_since
+
+
+class _Source:
+    """Grid and random search: the store's unfinished trials, in order."""
+
+    def __init__(self, pending: list[int]) -> None:
+        self.pending = list(pending)
+
+    def take(self) -> int | None:
+        return self.pending.pop(0) if self.pending else None
+
+    def finished(self, row: dict[str, Any]) -> None:
+        """Nothing to learn from a finished trial."""
+
+
+class _TpeSource(_Source):
+    """TPE: trials a killed client had started first (same parameters), then new ones asked of Optuna."""
+
+    def __init__(self, spec: SweepSpec, store: RunStore) -> None:
+        from .tpe import TpeSearch
+
+        self.store = store
+        self.search = TpeSearch(spec.name, spec.workload, spec.space, spec.params, int(spec.num_trials or 0),
+                                spec.mode or "min", spec.seed, spec.run_dir)
+        for number, params in self.search.unfinished():
+            store.add_trial(number, params)  # asked just before a client died: known to Optuna only
+        super().__init__(store.unfinished())
+
+    def take(self) -> int | None:
+        number = super().take()
+        if number is not None:
+            return number
+        asked = self.search.ask()
+        if asked is None:
+            return None
+        self.store.add_trial(*asked)
+        return asked[0]
+
+    def finished(self, row: dict[str, Any]) -> None:
+        self.search.tell(row["number"], row["best"] if row["state"] == "completed" else None)
+
+
+def _source(spec: SweepSpec, store: RunStore) -> _Source:
+    return _TpeSource(spec, store) if spec.search == "tpe" else _Source(store.unfinished())
 
 
 def _report(run_dir: Path) -> None:

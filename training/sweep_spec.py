@@ -17,7 +17,7 @@ from .params import Param
 from .space import Domain, grid_trials, random_trials, space_to_json, validate_space
 from .workloads import get_workload
 
-SEARCHES = ("grid", "random")
+SEARCHES = ("grid", "random", "tpe")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FIELDS = ("name", "workload", "space", "params", "search", "num_trials", "metric", "mode", "epochs", "seed",
            "max_concurrent", "runs_dir")
@@ -61,10 +61,10 @@ class SweepSpec:
         _check_int("epochs", self.epochs, allow_none=True)
         _check_int("seed", self.seed, low=0)
         _check_int("max_concurrent", self.max_concurrent, allow_none=True)
-        if self.search == "random":
+        if self.search in ("random", "tpe"):
             _check_int("num_trials", self.num_trials)
         elif self.num_trials is not None:
-            raise ConfigError("num_trials is for search: random; grid search runs every combination once.")
+            raise ConfigError("num_trials is for search: random or tpe; grid search runs every combination once.")
         metric = self.metric or work.metric
         known = ("train_loss", *work.metrics)
         _check(metric in known,
@@ -77,9 +77,12 @@ class SweepSpec:
         self.trials()  # a grid over continuous ranges fails here, not on a worker
 
     def trials(self) -> list[dict[str, Any]]:
-        """Every trial's full hyperparameters (defaults filled in), in trial-number order."""
+        """Every trial's full hyperparameters (defaults filled in), in trial-number order. Empty for TPE,
+        whose trials are asked for one at a time while the sweep runs."""
         work = get_workload(self.workload)
         space = dict(self.space)
+        if self.search == "tpe":
+            return []
         if self.search == "grid":
             raw = grid_trials(space)
         else:

@@ -16,7 +16,7 @@ from cluster import ClusterSpec, Target, open_client
 from tests.helpers import poll_for, run_cli, start_cli
 from training import load_model
 from training.errors import ConfigError
-from training.space import choice
+from training.space import choice, loguniform
 from training.store import RunStore
 from training.sweep import Sweep, SweepProgress
 
@@ -224,6 +224,8 @@ def test_a_killed_client_resumes_without_rerunning_finished_trials(client, tmp_p
         ({"workload": "xor", "search": "random", "num_trials": 2, "space": {"lr": {"uniform": ["a", 1]}}},
          "bounds must be numbers"),
         ({"workload": "xor", "search": "random", "space": {"lr": [0.1]}}, "num_trials=None"),
+        ({"workload": "xor", "search": "tpe", "space": {"lr": [0.1]}}, "num_trials=None"),
+        ({"workload": "xor", "search": "bayes", "space": {"lr": [0.1]}}, "search='bayes'"),
         ({"workload": "xor", "space": {"lr": {"uniform": [0.1, 0.5]}}}, "Grid search cannot enumerate lr"),
         ("workload: xor\nspace: {lr: [0.1, 0.2\n", "is not valid YAML"),
         ({"workload": "xor", "spcae": {}}, "unknown field(s) spcae"),
@@ -241,5 +243,51 @@ def test_bad_sweep_files_fail_before_anything_runs(tmp_path, content, message):
 def test_shipped_examples_are_valid_and_listed():
     result = run_cli("sweep", "--examples")
     assert result.returncode == 0
-    for name in ("pets", "pets-quick", "digits", "digits-random"):
+    for name in ("pets", "pets-quick", "digits", "digits-random", "digits-tpe"):
         assert name in result.stdout
+
+
+def test_tpe_finds_at_least_what_random_search_finds_on_digits(client, tmp_path):
+    space = {"lr": loguniform(0.001, 2.0), "arch": choice(["mlp", "cnn"])}
+    best = {}
+    for search in ("random", "tpe"):
+        result = Sweep("digits", space, search=search, num_trials=16, epochs=3, seed=1, name=search,
+                       runs_dir=str(tmp_path)).run(client)
+        assert len(result.table) == 16 and (result.table["state"] == "completed").all()
+        best[search] = result.table["best_val_accuracy"].max()
+    assert best["tpe"] >= best["random"], best
+    assert (tmp_path / "tpe" / "study.journal").is_file()
+
+
+def test_a_killed_tpe_sweep_resumes_the_same_study_without_extra_trials(client, tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    sweep_file = _write(tmp_path / "tpe.yaml", {
+        "name": "tpe", "workload": "xor", "search": "tpe", "num_trials": 8,
+        "space": {"lr": {"loguniform": [0.01, 1.0]}}, "params": XOR_LONG, "epochs": 12,
+        "runs_dir": str(tmp_path / "runs")})
+    run_dir = tmp_path / "runs" / "tpe"
+    proc = start_cli("sweep", str(sweep_file), "--address", client.scheduler.address)
+    try:
+        poll_for(lambda: (run_dir / "store.sqlite").exists()
+                 and sum(r["state"] == "completed" for r in _store_rows(run_dir)) >= 2, 180,
+                 what="two finished trials")
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    finished = {r["number"]: r for r in _store_rows(run_dir) if r["state"] == "completed"}
+    rerun = run_cli("sweep", str(sweep_file), "--address", client.scheduler.address, timeout=240)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    rows = _store_rows(run_dir)
+    assert [r["number"] for r in rows] == list(range(8))  # the same 8 trials, not more
+    assert all(r["state"] == "completed" for r in rows)
+    for number, before in finished.items():
+        assert rows[number]["starts"] == 1 and rows[number]["finished"] == before["finished"]
+    study = optuna.load_study(study_name="tpe",
+                              storage=JournalStorage(JournalFileBackend(str(run_dir / "study.journal"))))
+    assert len(study.trials) == 8
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)

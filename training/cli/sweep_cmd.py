@@ -111,7 +111,7 @@ def _list_examples() -> None:
     rows = []
     for name, path in sorted(example_files().items()):
         content = yaml.safe_load(path.read_text())
-        trials = len(SweepSpec(**content).trials())
+        trials = content.get("num_trials") or len(SweepSpec(**content).trials())
         rows.append([name, content["workload"], content.get("search", "grid"), trials, str(path)])
     display.table("Shipped sweeps (run one with `dask-train sweep NAME`)",
                   ["name", "workload", "search", "trials", "file"], rows)

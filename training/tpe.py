@@ -1,0 +1,80 @@
+"""Model-based search with Optuna's TPE through its ask/tell interface.
+
+The coordinator asks for a trial when a slot frees, runs it as a Dask task, and tells Optuna the result.
+The study lives in the run directory (``study.journal``, Optuna's journal file storage), so rerunning the
+sweep continues the same study: trials it had started are run again with the same parameters, and it
+never asks for more than ``num_trials`` in total.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .params import Param, resolve
+from .space import Domain
+from .workloads import get_workload
+
+log = logging.getLogger(__name__)
+
+STUDY_FILE = "study.journal"
+
+
+class TpeSearch:
+    """Asks Optuna for hyperparameters and tells it outcomes; trial numbers are Optuna's own."""
+
+    def __init__(self, name: str, workload: str, space: Mapping[str, Any], fixed: Mapping[str, Any],
+                 num_trials: int, mode: str, seed: int, run_dir: Path) -> None:
+        import optuna
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.work = get_workload(workload)
+        self.space, self.fixed, self.num_trials = dict(space), dict(fixed), num_trials
+        storage = JournalStorage(JournalFileBackend(str(run_dir / STUDY_FILE)))
+        # A few random trials first, then TPE; constant_liar keeps parallel asks from repeating each other.
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, num_trials // 4),
+                                             constant_liar=True)
+        self.study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, load_if_exists=True,
+                                         direction="minimize" if mode == "min" else "maximize")
+
+    def unfinished(self) -> list[tuple[int, dict[str, Any]]]:
+        """Trials the study started but never heard back about (a killed client's), with full params."""
+        import optuna
+
+        return [(t.number, self._full(t.params)) for t in self.study.get_trials(deepcopy=False)
+                if t.state == optuna.trial.TrialState.RUNNING]
+
+    def ask(self) -> tuple[int, dict[str, Any]] | None:
+        """A new trial's number and full parameters, or None once ``num_trials`` exist."""
+        if len(self.study.get_trials(deepcopy=False)) >= self.num_trials:
+            return None
+        trial = self.study.ask()
+        by_name = {p.name: p for p in self.work.params}
+        suggested = {name: _suggest(trial, by_name[name], domain) for name, domain in self.space.items()
+                     if isinstance(domain, Domain)}
+        return trial.number, self._full(suggested)
+
+    def tell(self, number: int, value: float | None) -> None:
+        """Report a finished trial's best metric (None: it failed or diverged)."""
+        import optuna
+
+        if value is None:
+            self.study.tell(number, state=optuna.trial.TrialState.FAIL)
+        else:
+            self.study.tell(number, value)
+
+    def _full(self, suggested: Mapping[str, Any]) -> dict[str, Any]:
+        fixed_in_space = {k: v for k, v in self.space.items() if not isinstance(v, Domain)}
+        return resolve(self.work.params, {**self.fixed, **fixed_in_space, **suggested}, owner=self.work.name)
+
+
+def _suggest(trial: Any, param: Param, domain: Domain) -> Any:
+    if domain.discrete:
+        return trial.suggest_categorical(param.name, list(domain.values))
+    if param.kind is int or domain.kind == "randint":
+        return trial.suggest_int(param.name, int(domain.low), int(domain.high), log=domain.kind == "loguniform")
+    return trial.suggest_float(param.name, domain.low, domain.high, log=domain.kind == "loguniform")
