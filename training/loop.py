@@ -184,9 +184,15 @@ class Trainer:
         return {f"val_{k}": v / count for k, v in values.items()}
 
     def save_checkpoint(self, path: Path) -> None:
-        """Everything needed to continue exactly: weights, optimizer, scheduler, epoch, RNG, history.
-        Written to a temporary file and renamed, so a crash never leaves a half-written checkpoint."""
-        state = {
+        """Write :meth:`state` to a temporary file and rename it, so a crash never leaves half a checkpoint."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, path)
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimizer, scheduler, epoch, RNG, history."""
+        return {
             "format": CHECKPOINT_FORMAT,
             "workload": workload_ref(self.workload),
             "params": self.params,
@@ -200,17 +206,16 @@ class Trainer:
             "rng_perm": self.generator.get_state(),
             "history": self.history,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` (loaded with ``weights_only=True``)."""
-        state = read_checkpoint(path)
+        self.load_state(read_checkpoint(path), str(path))
+
+    def load_state(self, state: dict[str, Any], source: str = "the checkpoint") -> None:
+        """Continue from a :meth:`state` (a file's contents, or one shipped between tasks)."""
         if state["workload"] != workload_ref(self.workload) or state["params"] != self.params:
             raise ConfigError(
-                f"Checkpoint {str(path)!r} is for workload {state['workload']!r} with params "
+                f"Checkpoint {source!r} is for workload {state['workload']!r} with params "
                 f"{state['params']}, not {workload_ref(self.workload)!r} with {self.params}. Resume with the "
                 "same settings, or start a new run without --resume.")
         self.model.load_state_dict(state["model"])

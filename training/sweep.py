@@ -84,9 +84,12 @@ class Sweep:
         Random search: how many samples.
     metric, mode : str, optional
         What "best" means (default: the workload's metric and direction).
+    scheduler, grace_epochs, reduction_factor
+        ``scheduler="asha"`` stops poor trials early at rungs of grace_epochs * reduction_factor**k epochs.
     epochs, seed, max_concurrent, name, runs_dir
-        Epochs per trial; the seed of sampling, data split and initial weights; how many trials may run
-        at once (default: one per slot worker); the run's name and parent folder.
+        Epochs per trial (the maximum with ASHA); the seed of sampling, data split and initial weights;
+        how many trials may run at once (default: every trial, one per slot at a time); the run's name and
+        parent folder.
 
     Examples
     --------
@@ -100,11 +103,13 @@ class Sweep:
     def __init__(self, workload: str, space: Mapping[str, Any], *, params: Mapping[str, Any] | None = None,
                  search: str = "grid", num_trials: int | None = None, metric: str | None = None,
                  mode: str | None = None, epochs: int | None = None, seed: int = 0,
-                 max_concurrent: int | None = None, name: str | None = None, runs_dir: str = "runs") -> None:
+                 max_concurrent: int | None = None, name: str | None = None, runs_dir: str = "runs",
+                 scheduler: str | None = None, grace_epochs: int = 1, reduction_factor: int = 3) -> None:
         self.spec = SweepSpec(name=name or f"{workload}-sweep", workload=workload, space=space,
                               params=params or {}, search=search, num_trials=num_trials, metric=metric,
                               mode=mode, epochs=epochs, seed=seed, max_concurrent=max_concurrent,
-                              runs_dir=runs_dir)
+                              runs_dir=runs_dir, scheduler=scheduler, grace_epochs=grace_epochs,
+                              reduction_factor=reduction_factor)
 
     @classmethod
     def from_spec(cls, spec: SweepSpec) -> Sweep:
@@ -139,6 +144,7 @@ class _Coordinator:
         self.spec, self.client, self.progress = spec, client, progress
         self.run_token = uuid.uuid4().hex[:8]
         self.best: dict[str, Any] | None = None
+        self.asha = spec.asha()
 
     def run(self) -> SweepResult:
         spec = self.spec
@@ -149,6 +155,8 @@ class _Coordinator:
             attempt = store.begin_run(spec.name, spec.fingerprint(), spec.to_json(), trials)
             _write_spec(spec)
             source = _source(spec, store)
+            if self.asha is not None:  # a resumed sweep: rung records from what the store already has
+                self.asha.replay((store.history(t["number"]) for t in store.trials()), spec.metric or "")
             total = spec.num_trials if spec.search == "tpe" else len(trials)
             finished = sum(store.counts().get(s, 0) for s in FINISHED)
             self.best = _best_row(store.trials(), spec)
@@ -182,7 +190,10 @@ class _Coordinator:
             self._drain(store)
             for future in [f for f in running if f.done()]:
                 row = self._finish(store, running.pop(future), future)
-                source.finished(row)
+                if row["state"] == "running":  # promoted by ASHA: its next stretch goes first
+                    source.requeue(row["number"])
+                else:
+                    source.finished(row)
             if time.monotonic() - checked > _WORKER_CHECK_EVERY:
                 lost_since, checked = self._check_workers(lost_since), time.monotonic()
 
@@ -190,9 +201,33 @@ class _Coordinator:
         spec = self.spec
         trial = TrialSpec(job=spec.name, run=self.run_token, number=number, workload=spec.workload,
                           params=store.params(number), epochs=int(spec.epochs or 1), seed=spec.seed)
+        key = f"trial-{spec.name}-{number:04d}"
+        if self.asha is not None:
+            state = _read_rung_checkpoint(self._rung_path(number))
+            done = int(state["epoch"]) if state else 0
+            trial = dataclasses.replace(trial, until_epoch=self.asha.next_stop(done), start_state=state)
+            key += f"-to{trial.until_epoch}"
         # Readable keys for the dashboard; a later run of the same sweep gets its own keys.
-        key = f"trial-{spec.name}-{number:04d}" + (f"-run{attempt}" if attempt > 1 else "")
+        key += f"-run{attempt}" if attempt > 1 else ""
         return self.client.submit(run_trial, trial, key=key, pure=False, resources={TRAINING_SLOT: 1})
+
+    def _rung_path(self, number: int) -> Path:
+        return self.spec.run_dir / "trials" / f"{number:04d}" / "checkpoint.pt"
+
+    def _early_stop(self, number: int, outcome: dict[str, Any]) -> dict[str, Any]:
+        """At a rung (ASHA): keep the checkpoint and mark the trial running again, or stop it as pruned."""
+        history = outcome.get("history") or []
+        epoch = int(history[-1]["epoch"]) if history else 0
+        path = self._rung_path(number)
+        if outcome["state"] != "completed" or self.asha is None or epoch >= self.asha.max_epochs:
+            path.unlink(missing_ok=True)
+            return outcome
+        value = history[-1].get(self.spec.metric or "")
+        if isinstance(value, int | float) and self.asha.promote(epoch, float(value)):
+            _write_rung_checkpoint(path, outcome["checkpoint"])
+            return {**outcome, "state": "running"}
+        path.unlink(missing_ok=True)
+        return {**outcome, "state": "pruned"}
 
     def _drain(self, store: RunStore) -> None:
         """Apply the events that arrived: trial starts and per-epoch records, into the store and display."""
@@ -205,14 +240,14 @@ class _Coordinator:
                 self.progress.on_epoch(message["trial"], message["record"])
 
     def _finish(self, store: RunStore, number: int, future: Future) -> dict[str, Any]:
-        outcome = _outcome_of(number, future)
+        outcome = self._early_stop(number, _outcome_of(number, future))
         model_dir = None
-        if outcome["state"] == "completed":
+        if outcome["state"] in ("completed", "pruned"):
             model_dir = str(self._save_model(number, outcome, store.params(number)))
         best = best_of(outcome.get("history", []), self.spec.metric or "", self.spec.mode or "min")
         store.finish_trial(number, outcome, best, model_dir)
         row = store.trial(number)
-        if outcome["state"] == "completed" and _better(row, self.best, self.spec):
+        if outcome["state"] in ("completed", "pruned") and _better(row, self.best, self.spec):
             self.best = row
         self.progress.on_trial_end(row, store.counts(), self.best)
         future.release()
@@ -253,6 +288,10 @@ class _Source:
     def take(self) -> int | None:
         return self.pending.pop(0) if self.pending else None
 
+    def requeue(self, number: int) -> None:
+        """A trial promoted to its next rung: it runs before new ones (ASHA favours the deepest)."""
+        self.pending.insert(0, number)
+
     def finished(self, row: dict[str, Any]) -> None:
         """Nothing to learn from a finished trial."""
 
@@ -281,7 +320,26 @@ class _TpeSource(_Source):
         return asked[0]
 
     def finished(self, row: dict[str, Any]) -> None:
-        self.search.tell(row["number"], row["best"] if row["state"] == "completed" else None)
+        self.search.tell(row["number"], row["best"] if row["state"] in ("completed", "pruned") else None)
+
+
+def _read_rung_checkpoint(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    from .loop import read_checkpoint
+
+    return read_checkpoint(path)
+
+
+def _write_rung_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    import os
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def _source(spec: SweepSpec, store: RunStore) -> _Source:
@@ -326,7 +384,7 @@ def _better(row: dict[str, Any], best: dict[str, Any] | None, spec: SweepSpec) -
 def _best_row(rows: list[dict[str, Any]], spec: SweepSpec) -> dict[str, Any] | None:
     best = None
     for row in rows:
-        if row["state"] == "completed" and _better(row, best, spec):
+        if row["state"] in ("completed", "pruned") and _better(row, best, spec):
             best = row
     return best
 

@@ -20,7 +20,7 @@ from .workloads import get_workload
 SEARCHES = ("grid", "random", "tpe")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FIELDS = ("name", "workload", "space", "params", "search", "num_trials", "metric", "mode", "epochs", "seed",
-           "max_concurrent", "runs_dir")
+           "max_concurrent", "runs_dir", "scheduler", "grace_epochs", "reduction_factor")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,10 @@ class SweepSpec:
     seed: int = 0
     max_concurrent: int | None = None
     runs_dir: str = "runs"
+    #: Early stopping: None, or "asha" with its grace period and reduction factor (epochs is the maximum).
+    scheduler: str | None = None
+    grace_epochs: int = 1
+    reduction_factor: int = 3
 
     def __post_init__(self) -> None:
         work = get_workload(self.workload)
@@ -74,7 +78,20 @@ class SweepSpec:
         object.__setattr__(self, "metric", metric)
         object.__setattr__(self, "mode", mode)
         object.__setattr__(self, "epochs", self.epochs or work.default_epochs)
+        _check(self.scheduler in (None, "asha"), f"scheduler={self.scheduler!r}: use 'asha' or leave it out.")
+        _check_int("grace_epochs", self.grace_epochs)
+        _check_int("reduction_factor", self.reduction_factor, low=2)
+        if self.scheduler == "asha":
+            self.asha()  # grace_epochs beyond epochs fails here
         self.trials()  # a grid over continuous ranges fails here, not on a worker
+
+    def asha(self):
+        """A fresh ASHA rung book for this sweep (None without early stopping)."""
+        from .asha import Asha
+
+        if self.scheduler != "asha":
+            return None
+        return Asha(self.grace_epochs, self.reduction_factor, int(self.epochs or 1), self.mode or "min")
 
     def trials(self) -> list[dict[str, Any]]:
         """Every trial's full hyperparameters (defaults filled in), in trial-number order. Empty for TPE,
@@ -98,7 +115,8 @@ class SweepSpec:
         return {"name": self.name, "workload": self.workload, "space": space_to_json(self.space),
                 "params": dict(self.params), "search": self.search, "num_trials": self.num_trials,
                 "metric": self.metric, "mode": self.mode, "epochs": self.epochs, "seed": self.seed,
-                "max_concurrent": self.max_concurrent, "runs_dir": self.runs_dir}
+                "max_concurrent": self.max_concurrent, "runs_dir": self.runs_dir, "scheduler": self.scheduler,
+                "grace_epochs": self.grace_epochs, "reduction_factor": self.reduction_factor}
 
     def fingerprint(self) -> str:
         """A hash of what decides the trials and their results (not the name, folder or concurrency)."""

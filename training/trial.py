@@ -14,7 +14,8 @@ from typing import Any
 
 from .errors import TrainingDiverged
 from .events import emit
-from .loop import Callback, train
+from .loop import Callback, build_trainer, isolated_rng, pick_device
+from .workloads import get_workload
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class TrialSpec:
     params: dict[str, Any]
     epochs: int
     seed: int = 0
+    #: Early stopping: run only up to this epoch, starting from ``start_state`` (a Trainer state), and
+    #: return the state so the next stretch can continue from it.
+    until_epoch: int | None = None
+    start_state: dict[str, Any] | None = None
 
 
 class _EpochEvents(Callback):
@@ -55,8 +60,18 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     events = _EpochEvents(spec, worker)
     outcome: dict[str, Any] = {"number": spec.number, "worker": worker, "started": started,
                                "device": device.get("name", "")}
+    trainer = None
     try:
-        trained = train(spec.workload, spec.params, epochs=spec.epochs, seed=spec.seed, callback=events)
+        work = get_workload(spec.workload)
+        dev = pick_device()
+        with isolated_rng(dev):
+            trainer = build_trainer(work, spec.params, spec.seed, dev)
+            if spec.start_state is not None:
+                trainer.load_state(spec.start_state, f"trial {spec.number}'s last rung")
+            trainer.train(spec.until_epoch or spec.epochs, events)
+            trained = trainer.result()
+            if spec.until_epoch is not None:
+                outcome["checkpoint"] = _to_cpu(trainer.state())
     except TrainingDiverged as exc:
         outcome.update(state="diverged", error_type="TrainingDiverged", error=str(exc),
                        traceback=traceback.format_exc())
@@ -67,8 +82,22 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         outcome.update(state="completed", state_dict=trained.model.state_dict(), meta=trained.meta,
                        artifacts=trained.artifacts)
     finished = time.time()
-    outcome.update(history=events.history, finished=finished, seconds=round(finished - started, 4))
+    history = trainer.history if trainer is not None else events.history
+    outcome.update(history=history, finished=finished, seconds=round(finished - started, 4))
     return outcome
+
+
+def _to_cpu(value: Any) -> Any:
+    """A Trainer state with every tensor on the CPU, to travel back to the client."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
 
 
 def _worker_address() -> str:

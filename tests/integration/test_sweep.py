@@ -243,7 +243,7 @@ def test_bad_sweep_files_fail_before_anything_runs(tmp_path, content, message):
 def test_shipped_examples_are_valid_and_listed():
     result = run_cli("sweep", "--examples")
     assert result.returncode == 0
-    for name in ("pets", "pets-quick", "digits", "digits-random", "digits-tpe"):
+    for name in ("pets", "pets-quick", "pets-asha", "digits", "digits-random", "digits-tpe"):
         assert name in result.stdout
 
 
@@ -291,3 +291,48 @@ def test_a_killed_tpe_sweep_resumes_the_same_study_without_extra_trials(client, 
                               storage=JournalStorage(JournalFileBackend(str(run_dir / "study.journal"))))
     assert len(study.trials) == 8
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+class _FirstRecords(SweepProgress):
+    def __init__(self):
+        self.first = {}
+
+    def on_epoch(self, number, record):
+        self.first.setdefault((number, record["epoch"]), record)
+
+
+def test_asha_stops_poor_trials_early_and_keeps_the_best(client, tmp_path):
+    params = {"corpus": "first", "max_names": 600, "hidden": 32, "layers": 1, "batch_size": 256}
+    space = {"lr": loguniform(1e-4, 3e-2)}
+    full = Sweep("names", space, params=params, search="random", num_trials=16, epochs=9, name="full",
+                 runs_dir=str(tmp_path)).run(client)
+    records = _FirstRecords()
+    asha = Sweep("names", space, params=params, search="random", num_trials=16, epochs=9, name="asha",
+                 scheduler="asha", grace_epochs=1, reduction_factor=3, runs_dir=str(tmp_path)).run(
+                     client, progress=records)
+    epochs_full, epochs_asha = int(full.table["epochs"].sum()), int(asha.table["epochs"].sum())
+    best_full, best_asha = full.table["best_val_loss"].min(), asha.table["best_val_loss"].min()
+    print(f"trial-epochs without ASHA {epochs_full}, with ASHA {epochs_asha}; "
+          f"best val_loss {best_full:.4f} vs {best_asha:.4f}")
+    assert epochs_asha < epochs_full == 16 * 9
+    assert best_asha <= best_full * 1.05
+    assert set(asha.table["state"]) <= {"completed", "pruned"} and (asha.table["state"] == "pruned").any()
+    # The best trial was promoted twice (to epoch 1, 3, then 9: three tasks) and resumed each time from
+    # its checkpoint: one continuous history whose first epoch is the record streamed in its first task.
+    best = asha.table.loc[asha.table["best_val_loss"].idxmin()]
+    rows = _store_rows(tmp_path / "asha")
+    assert rows[best["trial"]]["starts"] == 3 and best["epochs"] == 9
+    assert [r["epoch"] for r in asha.best.history] == list(range(1, 10))
+    assert asha.best.history[0] == records.first[(best["trial"], 1)]
+    assert not list((tmp_path / "asha" / "trials").glob("*/checkpoint.pt"))  # rung checkpoints cleaned up
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"scheduler": "hyperband"}, "scheduler='hyperband'"), ({"scheduler": "asha", "grace_epochs": 20},
+                                                            "grace_epochs=20"),
+     ({"scheduler": "asha", "reduction_factor": 1}, "reduction_factor=1")],
+)
+def test_bad_early_stopping_settings_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        Sweep("xor", {"lr": [0.1]}, epochs=10, **kwargs)

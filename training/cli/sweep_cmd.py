@@ -68,7 +68,8 @@ class SweepDisplay(SweepProgress):
     def on_trial_end(self, row: dict[str, Any], counts: dict[str, int], best: dict[str, Any] | None) -> None:
         value = row["metrics"].get(self.metric)
         shown = f"{self.metric}={display.format_value(value)}" if value is not None else row["error_type"] or ""
-        self._print(f"  trial {row['number']:04d} {row['state']} {shown} ({display.format_value(row['seconds'])} s"
+        state = f"promoted at epoch {row['epochs']}" if row["state"] == "running" else row["state"]
+        self._print(f"  trial {row['number']:04d} {state} {shown} ({display.format_value(row['seconds'])} s"
                     f" on {row['worker']})")
         finished = sum(counts.get(s, 0) for s in ("completed", "failed", "diverged", "pruned"))
         best_text = (f", best #{best['number']} {self.metric}={display.format_value(best['best'])}"
