@@ -145,6 +145,8 @@ class _Coordinator:
         self.run_token = uuid.uuid4().hex[:8]
         self.best: dict[str, Any] | None = None
         self.asha = spec.asha()
+        self.seen: set[tuple[int, int]] = set()  # (trial, epoch) records delivered to the store and display
+        self.ended: set[int] = set()  # trials whose final result this run has recorded
 
     def run(self) -> SweepResult:
         spec = self.spec
@@ -232,15 +234,28 @@ class _Coordinator:
     def _drain(self, store: RunStore) -> None:
         """Apply the events that arrived: trial starts and per-epoch records, into the store and display."""
         for message in self.inbox.drain():
+            number = int(message.get("trial", -1))
+            if number in self.ended:
+                continue  # arrived after the trial's result, which already carried it
             if message.get("kind") == "start":
-                store.trial_started(message["trial"], message["worker"], message["time"])
-                self.progress.on_trial_start(message["trial"], message["worker"])
+                store.trial_started(number, message["worker"], message["time"])
+                self.progress.on_trial_start(number, message["worker"])
             elif message.get("kind") == "epoch":
-                store.record_epoch(message["trial"], message["record"])
-                self.progress.on_epoch(message["trial"], message["record"])
+                self._epoch(store, number, message["record"])
+
+    def _epoch(self, store: RunStore, number: int, record: dict[str, Any]) -> None:
+        if (number, record["epoch"]) not in self.seen:
+            self.seen.add((number, record["epoch"]))
+            store.record_epoch(number, record)
+            self.progress.on_epoch(number, record)
 
     def _finish(self, store: RunStore, number: int, future: Future) -> dict[str, Any]:
         outcome = self._early_stop(number, _outcome_of(number, future))
+        # Events can trail the result: epochs not yet seen are delivered from the result's history first.
+        for record in outcome.get("history", []):
+            self._epoch(store, number, record)
+        if outcome["state"] != "running":
+            self.ended.add(number)
         model_dir = None
         if outcome["state"] in ("completed", "pruned"):
             model_dir = str(self._save_model(number, outcome, store.params(number)))

@@ -336,3 +336,26 @@ def test_asha_stops_poor_trials_early_and_keeps_the_best(client, tmp_path):
 def test_bad_early_stopping_settings_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         Sweep("xor", {"lr": [0.1]}, epochs=10, **kwargs)
+
+
+def test_tensorboard_and_mlflow_get_every_trial(client, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from training.integrations import MlflowLogger, TensorBoardLogger, combine
+
+    run_dir = tmp_path / "logged"
+    progress = combine(TensorBoardLogger(run_dir / "tensorboard"), MlflowLogger("logged", run_dir))
+    sweep = Sweep("xor", {"lr": [0.1, 0.3]}, epochs=3, name="logged", runs_dir=str(tmp_path))
+    sweep.run(client, progress=progress)
+    for number in (0, 1):
+        events = EventAccumulator(str(run_dir / "tensorboard" / f"trial-{number:04d}"))
+        events.Reload()
+        assert [e.step for e in events.Scalars("val_loss")] == [1, 2, 3]
+    from mlflow.tracking import MlflowClient
+
+    mlflow = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    experiment = mlflow.get_experiment_by_name("logged")
+    runs = mlflow.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["trial-0000", "trial-0001"]
+    assert all(r.info.status == "FINISHED" and "lr" in r.data.params for r in runs)
+    assert [m.step for m in mlflow.get_metric_history(runs[0].info.run_id, "val_loss")] == [1, 2, 3]
