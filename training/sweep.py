@@ -25,6 +25,7 @@ from cluster import TRAINING_SLOT, ClusterError, Target, open_client, require_sl
 
 from .events import Inbox
 from .model_file import TrainedModel, load_model, save_model
+from .sources import Source, make_source, read_rung_checkpoint, write_rung_checkpoint
 from .store import FINISHED, RunStore, best_of
 from .sweep_spec import SweepSpec
 from .trial import TrialSpec, run_trial
@@ -156,7 +157,7 @@ class _Coordinator:
         with RunStore(spec.run_dir / "store.sqlite") as store:
             attempt = store.begin_run(spec.name, spec.fingerprint(), spec.to_json(), trials)
             _write_spec(spec)
-            source = _source(spec, store)
+            source = make_source(spec, store)
             if self.asha is not None:  # a resumed sweep: rung records from what the store already has
                 self.asha.replay((store.history(t["number"]) for t in store.trials()), spec.metric or "")
             total = spec.num_trials if spec.search == "tpe" else len(trials)
@@ -178,7 +179,7 @@ class _Coordinator:
         _report(spec.run_dir)
         return result_of(spec, rows)
 
-    def _run_trials(self, store: RunStore, source: _Source, attempt: int, window: int) -> None:
+    def _run_trials(self, store: RunStore, source: Source, attempt: int, window: int) -> None:
         running: dict[Future, int] = {}
         lost_since: float | None = None
         checked = time.monotonic()
@@ -205,7 +206,7 @@ class _Coordinator:
                           params=store.params(number), epochs=int(spec.epochs or 1), seed=spec.seed)
         key = f"trial-{spec.name}-{number:04d}"
         if self.asha is not None:
-            state = _read_rung_checkpoint(self._rung_path(number))
+            state = read_rung_checkpoint(self._rung_path(number))
             done = int(state["epoch"]) if state else 0
             trial = dataclasses.replace(trial, until_epoch=self.asha.next_stop(done), start_state=state)
             key += f"-to{trial.until_epoch}"
@@ -226,7 +227,7 @@ class _Coordinator:
             return outcome
         value = history[-1].get(self.spec.metric or "")
         if isinstance(value, int | float) and self.asha.promote(epoch, float(value)):
-            _write_rung_checkpoint(path, outcome["checkpoint"])
+            write_rung_checkpoint(path, outcome["checkpoint"])
             return {**outcome, "state": "running"}
         path.unlink(missing_ok=True)
         return {**outcome, "state": "pruned"}
@@ -292,73 +293,6 @@ class _Coordinator:
                                    f"stopped. Finished trials are saved in {self.spec.run_dir}; rerun the "
                                    "same command when workers are back to finish the rest.") from None
             return lost_since
-
-
-class _Source:
-    """Grid and random search: the store's unfinished trials, in order."""
-
-    def __init__(self, pending: list[int]) -> None:
-        self.pending = list(pending)
-
-    def take(self) -> int | None:
-        return self.pending.pop(0) if self.pending else None
-
-    def requeue(self, number: int) -> None:
-        """A trial promoted to its next rung: it runs before new ones (ASHA favours the deepest)."""
-        self.pending.insert(0, number)
-
-    def finished(self, row: dict[str, Any]) -> None:
-        """Nothing to learn from a finished trial."""
-
-
-class _TpeSource(_Source):
-    """TPE: trials a killed client had started first (same parameters), then new ones asked of Optuna."""
-
-    def __init__(self, spec: SweepSpec, store: RunStore) -> None:
-        from .tpe import TpeSearch
-
-        self.store = store
-        self.search = TpeSearch(spec.name, spec.workload, spec.space, spec.params, int(spec.num_trials or 0),
-                                spec.mode or "min", spec.seed, spec.run_dir)
-        for number, params in self.search.unfinished():
-            store.add_trial(number, params)  # asked just before a client died: known to Optuna only
-        super().__init__(store.unfinished())
-
-    def take(self) -> int | None:
-        number = super().take()
-        if number is not None:
-            return number
-        asked = self.search.ask()
-        if asked is None:
-            return None
-        self.store.add_trial(*asked)
-        return asked[0]
-
-    def finished(self, row: dict[str, Any]) -> None:
-        self.search.tell(row["number"], row["best"] if row["state"] in ("completed", "pruned") else None)
-
-
-def _read_rung_checkpoint(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    from .loop import read_checkpoint
-
-    return read_checkpoint(path)
-
-
-def _write_rung_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    import os
-
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _source(spec: SweepSpec, store: RunStore) -> _Source:
-    return _TpeSource(spec, store) if spec.search == "tpe" else _Source(store.unfinished())
 
 
 def _report(run_dir: Path) -> None:

@@ -181,12 +181,8 @@ def _write(path, content):
     return path
 
 
-def test_a_killed_client_resumes_without_rerunning_finished_trials(client, tmp_path):
-    sweep_file = _write(tmp_path / "resume.yaml", {
-        "name": "resume", "workload": "xor", "space": {"lr": [0.1, 0.15, 0.2, 0.25, 0.3, 0.35]},
-        "params": XOR_LONG, "epochs": 12, "runs_dir": str(tmp_path / "runs")})
-    address = client.scheduler.address
-    run_dir = tmp_path / "runs" / "resume"
+def _kill_after_two_finished(sweep_file, address, run_dir):
+    """Run `dask-train sweep` and SIGKILL it once two trials are recorded finished; return the finished rows."""
     proc = start_cli("sweep", str(sweep_file), "--address", address)
     try:
         poll_for(lambda: (run_dir / "store.sqlite").exists()
@@ -198,6 +194,16 @@ def test_a_killed_client_resumes_without_rerunning_finished_trials(client, tmp_p
         if proc.poll() is None:
             proc.kill()
     finished = {r["number"]: r for r in _store_rows(run_dir) if r["state"] == "completed"}
+    return finished
+
+
+def test_a_killed_client_resumes_without_rerunning_finished_trials(client, tmp_path):
+    sweep_file = _write(tmp_path / "resume.yaml", {
+        "name": "resume", "workload": "xor", "space": {"lr": [0.1, 0.15, 0.2, 0.25, 0.3, 0.35]},
+        "params": XOR_LONG, "epochs": 12, "runs_dir": str(tmp_path / "runs")})
+    address = client.scheduler.address
+    run_dir = tmp_path / "runs" / "resume"
+    finished = _kill_after_two_finished(sweep_file, address, run_dir)
     assert 2 <= len(finished) < 6
     rerun = run_cli("sweep", str(sweep_file), "--address", address, timeout=240)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
@@ -269,17 +275,7 @@ def test_a_killed_tpe_sweep_resumes_the_same_study_without_extra_trials(client, 
         "space": {"lr": {"loguniform": [0.01, 1.0]}}, "params": XOR_LONG, "epochs": 12,
         "runs_dir": str(tmp_path / "runs")})
     run_dir = tmp_path / "runs" / "tpe"
-    proc = start_cli("sweep", str(sweep_file), "--address", client.scheduler.address)
-    try:
-        poll_for(lambda: (run_dir / "store.sqlite").exists()
-                 and sum(r["state"] == "completed" for r in _store_rows(run_dir)) >= 2, 180,
-                 what="two finished trials")
-        proc.kill()
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    finished = {r["number"]: r for r in _store_rows(run_dir) if r["state"] == "completed"}
+    finished = _kill_after_two_finished(sweep_file, client.scheduler.address, run_dir)
     rerun = run_cli("sweep", str(sweep_file), "--address", client.scheduler.address, timeout=240)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     rows = _store_rows(run_dir)

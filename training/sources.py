@@ -1,0 +1,76 @@
+"""Which trial runs next: the store's unfinished trials in order (grid, random), or trials asked of Optuna
+as slots free (TPE); and the rung checkpoints ASHA continues trials from."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .store import RunStore
+from .sweep_spec import SweepSpec
+
+
+class Source:
+    """Grid and random search: the store's unfinished trials, in order."""
+
+    def __init__(self, pending: list[int]) -> None:
+        self.pending = list(pending)
+
+    def take(self) -> int | None:
+        return self.pending.pop(0) if self.pending else None
+
+    def requeue(self, number: int) -> None:
+        """A trial promoted to its next rung: it runs before new ones (ASHA favours the deepest)."""
+        self.pending.insert(0, number)
+
+    def finished(self, row: dict[str, Any]) -> None:
+        """Nothing to learn from a finished trial."""
+
+
+class TpeSource(Source):
+    """TPE: trials a killed client had started first (same parameters), then new ones asked of Optuna."""
+
+    def __init__(self, spec: SweepSpec, store: RunStore) -> None:
+        from .tpe import TpeSearch
+
+        self.store = store
+        self.search = TpeSearch(spec.name, spec.workload, spec.space, spec.params, int(spec.num_trials or 0),
+                                spec.mode or "min", spec.seed, spec.run_dir)
+        for number, params in self.search.unfinished():
+            store.add_trial(number, params)  # asked just before a client died: known to Optuna only
+        super().__init__(store.unfinished())
+
+    def take(self) -> int | None:
+        number = super().take()
+        if number is not None:
+            return number
+        asked = self.search.ask()
+        if asked is None:
+            return None
+        self.store.add_trial(*asked)
+        return asked[0]
+
+    def finished(self, row: dict[str, Any]) -> None:
+        self.search.tell(row["number"], row["best"] if row["state"] in ("completed", "pruned") else None)
+
+
+def read_rung_checkpoint(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    from .loop import read_checkpoint
+
+    return read_checkpoint(path)
+
+
+def write_rung_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def make_source(spec: SweepSpec, store: RunStore) -> Source:
+    return TpeSource(spec, store) if spec.search == "tpe" else Source(store.unfinished())
