@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .store import RunStore
+from .store import FINISHED, RunStore
 from .sweep_spec import SweepSpec
 
 
@@ -39,8 +39,13 @@ class TpeSource(Source):
         self.store = store
         self.search = TpeSearch(spec.name, spec.workload, spec.space, spec.params, int(spec.num_trials or 0),
                                 spec.mode or "min", spec.seed, spec.run_dir)
+        # A killed client leaves Optuna trials RUNNING: asked but never recorded (run them now), or recorded
+        # as finished in the store but never told (tell Optuna now, from the store).
         for number, params in self.search.unfinished():
-            store.add_trial(number, params)  # asked just before a client died: known to Optuna only
+            store.add_trial(number, params)
+            row = store.trial(number)
+            if row["state"] in FINISHED:
+                self.finished(row)
         super().__init__(store.unfinished())
 
     def take(self) -> int | None:
