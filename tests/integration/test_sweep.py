@@ -32,9 +32,15 @@ def client():
 
 
 def _store_rows(run_dir):
+    """The store's trial rows, read as another process would ([] while the sweep is still creating it)."""
     with sqlite3.connect(run_dir / "store.sqlite", timeout=10) as db:
         db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute("SELECT * FROM trials ORDER BY number")]
+        try:
+            return [dict(r) for r in db.execute("SELECT * FROM trials ORDER BY number")]
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise
 
 
 class _Recorder(SweepProgress):
