@@ -122,8 +122,3 @@ def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[torch
 def take(tensors: Batch, index: torch.Tensor) -> Batch:
     """Rows ``index`` of every tensor."""
     return tuple(t[index] for t in tensors)
-
-
-def sum_dict(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Detach and cast every sum to float64 so many chunks add up without float32 error."""
-    return {k: v.detach().to(torch.float64) for k, v in sums.items()}
