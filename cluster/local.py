@@ -10,6 +10,7 @@ settings to the workers only, and leaves the caller's environment as it found it
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from .security import TLSFiles
 log = logging.getLogger(__name__)
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_WORKER_START_TIMEOUT = 120.0  # seconds for the worker processes to start and join
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,25 @@ def _start_cpu_cluster(spec: ClusterSpec) -> Cluster:
     workers = spec.workers or cpu_cores()
     threads = spec.torch_threads or max(1, cpu_cores() // workers)
     with _worker_config(threads), _environ_preserved():
-        return LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, resources={TRAINING_SLOT: 1},
+        cluster = LocalCluster(
+            n_workers=0, threads_per_worker=1, processes=True, resources={TRAINING_SLOT: 1},
             host=spec.host, scheduler_port=spec.scheduler_port, dashboard_address=spec.dashboard_address,
             **_security_kwargs(spec),
         )
+        try:
+            _start_named_workers(cluster, workers, "cpu")
+        except BaseException:
+            cluster.close()
+            raise
+        return cluster
+
+
+def _start_named_workers(cluster: LocalCluster, count: int, prefix: str) -> None:
+    """Workers named ``cpu-0``, ``cpu-1``...: what the dashboard's pages and the Training page show."""
+    for i in range(count):
+        cluster.worker_spec[f"{prefix}-{i}"] = copy.deepcopy(cluster.new_spec)
+    cluster.scale(count)
+    cluster.wait_for_workers(count, timeout=_WORKER_START_TIMEOUT)
 
 
 def _start_gpu_cluster(spec: ClusterSpec, gpus: list[str]) -> Cluster:

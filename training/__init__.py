@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .dashboard import enable_page
 from .ddp import DDPResult, train_ddp
 from .errors import ConfigError, DaskTrainError, DataError, DDPJobFailed, ModelFileError, TrainingDiverged
 from .loop import Callback, Shard, Trainer, pick_device, shard_batches, train
@@ -30,6 +31,7 @@ __all__ = [
     "TrainingDiverged",
     "Workload",
     "choice",
+    "enable_page",
     "get_workload",
     "grid",
     "load_model",

@@ -23,6 +23,7 @@ from distributed import Client, Future, wait
 
 from cluster import TRAINING_SLOT, Target, open_client, require_slots
 
+from .dashboard import enable_page, publish
 from .errors import ConfigError, DDPJobFailed
 from .events import Inbox
 from .loop import _check_epochs
@@ -93,6 +94,9 @@ class DDPProgress:
     def on_start(self, name: str, placements: list[Placement], backend: str, dashboard: str | None,
                  resumed: bool) -> None:
         """After rendezvous details are fixed, before the ranks start."""
+
+    def on_page(self, url: str | None) -> None:
+        """Right after on_start: the dashboard's Training page (None where the scheduler cannot serve it)."""
 
     def on_epoch(self, record: dict[str, Any]) -> None:
         """Rank 0 finished an epoch."""
@@ -174,22 +178,44 @@ class _Job:
         token = uuid.uuid4().hex[:6]
         from cluster import dashboard_url
 
+        page = enable_page(client)
         progress.on_start(self.name, placements, backend, dashboard_url(client), self.resume)
+        progress.on_page(page)
+        self._announce(client, token, placements)
         specs = [RankSpec(job=self.name, run=token, rank=p.rank, local_rank=p.local_rank, world_size=world,
                           init_method=init_method, backend=backend, workload=self.workload, params=self.params,
                           epochs=self.epochs, seed=self.seed, timeout=self.timeout,
                           checkpoint=str(self.checkpoint.resolve()), resume=self.resume,
-                          record_samples=self.record_samples) for p in placements]
+                          record_samples=self.record_samples, host=p.host) for p in placements]
         with Inbox(client, token) as inbox:
             futures = [client.submit(run_rank, spec, key=f"ddp-{self.name}-{token}-rank{spec.rank}",
                                      workers=[p.worker], allow_other_workers=False, pure=False,
                                      resources={TRAINING_SLOT: 1}, retries=0)
                        for spec, p in zip(specs, placements, strict=True)]
-            first_step = _Watcher(self, client, futures, placements, inbox, progress).watch()
+            try:
+                first_step = _Watcher(self, client, futures, placements, inbox, progress).watch()
+            except BaseException as exc:
+                self._publish(client, token, {"kind": "job-end", "state": "failed", "error": str(exc)})
+                raise
         outputs = client.gather(futures)
+        self._publish(client, token, {"kind": "job-end", "state": "finished"})
         for future in futures:
             future.release()
         return self._finish(outputs, placements, started, first_step)
+
+    def _announce(self, client: Client, token: str, placements: list[Placement]) -> None:
+        """Tell the Training page about this job: one row per rank, where it runs."""
+        work = get_workload(self.workload)
+        ranks = [{"number": p.rank, "worker": p.worker, "state": "running", "params": self.params}
+                 for p in placements]
+        self._publish(client, token, {"kind": "job", "type": "ddp", "workload": self.workload,
+                                      "metric": work.metric, "mode": work.mode, "epochs": self.epochs,
+                                      "total": len(placements), "client": client.id, "params": self.params,
+                                      "started": time.time(), "trials": ranks})
+
+    def _publish(self, client: Client, token: str, message: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):  # the page is a view: never let it stop the job
+            publish(client, {"job": self.name, "run": token, **message})
 
     def _finish(self, outputs: list[dict[str, Any]], placements: list[Placement], started: float,
                 first_step: float | None) -> DDPResult:

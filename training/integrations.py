@@ -100,6 +100,10 @@ class _Fanout(SweepProgress):
         for part in self.parts:
             part.on_start(spec, total, todo, dashboard)
 
+    def on_page(self, url: str | None) -> None:
+        for part in self.parts:
+            part.on_page(url)
+
     def on_trial_start(self, number: int, worker: str) -> None:
         for part in self.parts:
             part.on_trial_start(number, worker)

@@ -8,6 +8,7 @@ error instead of a hang. Nothing here writes ``os.environ``: the rendezvous is `
 from __future__ import annotations
 
 import datetime
+import re
 import socket
 import time
 import traceback
@@ -42,6 +43,8 @@ class RankSpec:
     checkpoint: str
     resume: bool
     record_samples: bool = False
+    #: The address the cluster knows this rank's worker by: gloo's sockets use it (see _gloo_bound_to).
+    host: str = ""
 
 
 class _RankZeroEvents(Callback):
@@ -77,8 +80,9 @@ def run_rank(spec: RankSpec) -> dict[str, Any]:
     worker = _worker_address()
     device = pick_device("cuda" if spec.backend == "nccl" else "cpu")
     timeout = datetime.timedelta(seconds=spec.timeout)
-    dist.init_process_group(spec.backend, init_method=spec.init_method, rank=spec.rank,
-                            world_size=spec.world_size, timeout=timeout)
+    backend = _gloo_bound_to(spec.host) if spec.backend == "gloo" and spec.host else spec.backend
+    dist.init_process_group(backend, init_method=spec.init_method, rank=spec.rank, world_size=spec.world_size,
+                            timeout=timeout)
     try:
         return _train_rank(spec, worker, device)
     except Exception as exc:
@@ -113,6 +117,26 @@ def _train_rank(spec: RankSpec, worker: str, device: torch.device) -> dict[str, 
         out.update(state_dict=result.model.state_dict(), meta=result.meta, artifacts=result.artifacts,
                    first_step_at=getattr(events, "first_step_at", None))
     return out
+
+
+def _gloo_bound_to(host: str) -> str:
+    """A gloo backend whose sockets use ``host``, the address the cluster reaches this worker at.
+
+    Left alone, gloo uses whatever this machine's hostname resolves to, which on many machines (Debian's
+    127.0.1.1, containers, network namespaces) is a loopback address no peer on another host can reach:
+    the job then dies in ``connectFullMesh``. ``GLOO_SOCKET_IFNAME`` would fix it through ``os.environ``,
+    which a long-lived worker must not write; a registered backend with an explicit device does not.
+    """
+    name = "gloo-" + re.sub(r"[^a-z0-9]+", "-", host.lower()).strip("-")
+    if name not in dist.Backend.backend_list:
+        def create(store: Any, rank: int, size: int, timeout: datetime.timedelta) -> Any:
+            options = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]  # not in the stubs
+            options._timeout = timeout
+            options._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
+            return dist.ProcessGroupGloo(store, rank, size, options)
+
+        dist.Backend.register_backend(name, create, devices=["cpu"])
+    return name
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

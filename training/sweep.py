@@ -23,6 +23,7 @@ from distributed import Client, Future, wait
 
 from cluster import TRAINING_SLOT, ClusterError, Target, open_client, require_slots
 
+from .dashboard import enable_page, publish
 from .events import Inbox
 from .model_file import TrainedModel, load_model, save_model
 from .sources import Source, make_source, read_rung_checkpoint, write_rung_checkpoint
@@ -43,6 +44,9 @@ class SweepProgress:
 
     def on_start(self, spec: SweepSpec, total: int, todo: int, dashboard: str | None) -> None:
         """Before submitting: ``todo`` of ``total`` trials will run now."""
+
+    def on_page(self, url: str | None) -> None:
+        """Right after on_start: the dashboard's Training page (None where the scheduler cannot serve it)."""
 
     def on_trial_start(self, number: int, worker: str) -> None:
         """A trial began on ``worker``."""
@@ -165,19 +169,40 @@ class _Coordinator:
             self.best = _best_row(store.trials(), spec)
             from cluster import dashboard_url
 
+            page = enable_page(self.client)
+            self._announce(store, total)
             self.progress.on_start(spec, total or 0, (total or 0) - finished, dashboard_url(self.client))
+            self.progress.on_page(page)
             # Grid and random: every trial is submitted up front (slots keep each worker to one at a time), so
             # the scheduler hands the next one over the moment a slot frees. TPE asks as slots free, so each
             # ask sees the results so far.
             window = spec.max_concurrent or (slots if spec.search == "tpe" else max(1, len(trials)))
             with Inbox(self.client, self.run_token) as self.inbox:
+                ended = "stopped"
                 try:
                     self._run_trials(store, source, attempt, window)
+                    ended = "finished"
                 finally:
                     self._drain(store)
+                    self._publish({"kind": "job-end", "state": ended})
             rows = store.trials()
         _report(spec.run_dir)
         return result_of(spec, rows)
+
+    def _publish(self, message: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):  # the page is a view: never let it stop the sweep
+            publish(self.client, {"job": self.spec.name, "run": self.run_token, **message})
+
+    def _announce(self, store: RunStore, total: int | None) -> None:
+        """Tell the Training page about this sweep, with what the store already knows of its trials."""
+        spec, metric = self.spec, self.spec.metric or ""
+        trials = [{k: row[k] for k in ("number", "state", "params", "worker", "best")}
+                  | {"epoch": row["epochs"] or None, "metrics": row["metrics"],
+                     "curve": [[r["epoch"], r[metric]] for r in store.history(row["number"]) if metric in r]}
+                  for row in store.trials()]
+        self._publish({"kind": "job", "type": "sweep", "workload": spec.workload, "metric": metric,
+                       "mode": spec.mode, "epochs": spec.epochs, "total": total, "client": self.client.id,
+                       "started": time.time(), "trials": trials})
 
     def _run_trials(self, store: RunStore, source: Source, attempt: int, window: int) -> None:
         running: dict[Future, int] = {}
@@ -212,6 +237,7 @@ class _Coordinator:
             key += f"-to{trial.until_epoch}"
         # Readable keys for the dashboard; a later run of the same sweep gets its own keys.
         key += f"-run{attempt}" if attempt > 1 else ""
+        self._publish({"kind": "queued", "trial": number, "params": trial.params})
         return self.client.submit(run_trial, trial, key=key, pure=False, resources={TRAINING_SLOT: 1})
 
     def _rung_path(self, number: int) -> Path:
@@ -263,6 +289,8 @@ class _Coordinator:
         best = best_of(outcome.get("history", []), self.spec.metric or "", self.spec.mode or "min")
         store.finish_trial(number, outcome, best, model_dir)
         row = store.trial(number)
+        self._publish({"kind": "end", "trial": number, "state": row["state"], "best": row["best"],
+                       "error": outcome.get("error")})
         if outcome["state"] in ("completed", "pruned") and _better(row, self.best, self.spec):
             self.best = row
         self.progress.on_trial_end(row, store.counts(), self.best)

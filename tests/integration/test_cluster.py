@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import ssl
 import time
@@ -150,12 +151,14 @@ def test_cluster_up_and_cluster_info_work_together_and_sigint_stops_cleanly(tmp_
         assert info.returncode == 0, info.stderr
         assert info.stdout.count("127.0.0.1") >= 3 and "2 workers" in info.stdout
         assert info.stdout.count("cpu (1 thread)") == 2
+        assert re.search(r"Training page: http://127\.0\.0\.1:\d+/training", info.stdout), info.stdout
         code, output = _stop(proc, signal.SIGINT, group)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert code == 0, output
     assert "Cluster stopped." in output and "Traceback" not in output
+    assert re.search(r"Training page:\s+http://127\.0\.0\.1:\d+/training", output), output
     assert not scheduler_file.exists()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import threading
@@ -214,6 +215,8 @@ def test_a_killed_client_resumes_without_rerunning_finished_trials(client, tmp_p
     rerun = run_cli("sweep", str(sweep_file), "--address", address, timeout=240)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"{len(finished)} already finished" in rerun.stdout
+    assert re.search(r"Dashboard: http://127\.0\.0\.1:\d+/status", rerun.stdout), rerun.stdout
+    assert re.search(r"Training page: http://127\.0\.0\.1:\d+/training", rerun.stdout), rerun.stdout
     rows = _store_rows(run_dir)
     assert [r["state"] for r in rows] == ["completed"] * 6
     for number, before in finished.items():  # not run again: same start count, same end time

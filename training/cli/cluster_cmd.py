@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from cluster import (
+    ClusterError,
     ClusterSpec,
     Target,
     TLSFiles,
@@ -25,8 +26,11 @@ from cluster import (
     write_scheduler_file,
 )
 from cluster.connect import prepare_workers
+from cluster.slurm import SlurmSpec, slurm_cluster
 
+from ..dashboard import enable_page, page_url
 from . import display
+from .deploy_cmd import manifest_command, sbatch_command, slurm_options
 
 DEFAULT_SCHEDULER_FILE = "dask-train-scheduler.json"
 
@@ -89,9 +93,12 @@ def cluster_group() -> None:
 @click.option("--tls-ca-file", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--slurm", "use_slurm", is_flag=True,
+              help="Workers as Slurm jobs (dask-jobqueue), one per node, with the Slurm options below.")
+@slurm_options
 def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_address: str | None,
                scheduler_file: Path, use_tls: bool, tls_ca_file: str | None, tls_cert: str | None,
-               tls_key: str | None) -> None:
+               tls_key: str | None, use_slurm: bool, slurm: SlurmSpec) -> None:
     """Start a scheduler and one worker per GPU (or CPU slot); stay up until Ctrl-C."""
     tls = _tls_files(tls_ca_file, tls_cert, tls_key)
     temporary = None
@@ -100,16 +107,24 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
         tls = make_tls_files(temporary, hosts=("127.0.0.1", "localhost", host))
     spec = ClusterSpec(workers=workers, gpus=gpus, host=host, tls=tls, scheduler_port=port,
                        dashboard_address=dashboard_address or f"{host}:8787")
+    if use_slurm and (use_tls or workers):
+        raise click.UsageError("--slurm takes the Slurm options (--nodes, --gpus-per-node, ...), not --workers "
+                               "or --tls.")
     stop = _stop_on_signals()
-    display.console.print(f"Starting {'TLS ' if tls else ''}cluster on {host} ...")
+    display.console.print(f"Starting {'TLS ' if tls else ''}cluster on {'Slurm' if use_slurm else host} ...")
     try:
-        with _started(spec) as cluster:
+        with (_started_on_slurm(slurm) if use_slurm else _started(spec)) as cluster:
             url = cluster.dashboard_link
             write_scheduler_file(scheduler_file, cluster.scheduler_address, url, tls)
             display.console.print(f"Scheduler:      {cluster.scheduler_address}")
             display.console.print(f"Dashboard:      {url}")
+            display.console.print(f"Training page:  {page_url(url)}")
             display.console.print(f"Scheduler file: {scheduler_file.resolve()}")
-            display.console.print(f"Workers:        {len(cluster.workers)} (training_slot=1 each)")
+            if use_slurm:
+                display.console.print(f"Workers:        {slurm.slots} in {slurm.nodes} Slurm job(s), joining as "
+                                      "the jobs start (squeue shows them; training_slot=1 each)")
+            else:
+                display.console.print(f"Workers:        {len(cluster.workers)} (training_slot=1 each)")
             display.console.print("Press Ctrl-C to stop.")
             while not stop.wait(0.5):
                 pass
@@ -128,6 +143,22 @@ def _started(spec: ClusterSpec):
     try:
         with Client(cluster) as client:
             prepare_workers(client)
+            enable_page(client)
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def _started_on_slurm(spec: SlurmSpec):
+    """dask-jobqueue's SLURMCluster (scheduler here, workers as one Slurm job per node), jobs submitted."""
+    if shutil.which("sbatch") is None:
+        raise ClusterError("--slurm needs Slurm's `sbatch` on PATH: run this on a login node of the Slurm "
+                           "cluster, or write a whole-cluster job script with `dask-train cluster sbatch` and "
+                           "submit that.")
+    cluster = slurm_cluster(spec)
+    try:
+        cluster.scale(jobs=spec.nodes)
     except BaseException:
         cluster.close()
         raise
@@ -154,7 +185,9 @@ def cluster_info(target: Target) -> None:
     with open_client(target) as client:
         url = dashboard_url(client)
         rows = describe_workers(client)
-        display.console.print(f"Scheduler: {client.scheduler_info()['address']}   Dashboard: {url}")
+        page = enable_page(client)
+        display.console.print(f"Scheduler: {client.scheduler_info()['address']}   Dashboard: {url}   "
+                              f"Training page: {page}")
         display.table(
             f"{len(rows)} workers ({time.perf_counter() - started:.1f}s)",
             ["worker", "host", "device", "slot", "memory", "tasks running"],
@@ -162,3 +195,7 @@ def cluster_info(target: Target) -> None:
               f"{r['memory_used'] / 2**30:.1f} / {r['memory_limit'] / 2**30:.1f} GiB", r["tasks_running"]]
              for r in rows),
         )
+
+
+cluster_group.add_command(sbatch_command, "sbatch")
+cluster_group.add_command(manifest_command, "manifest")

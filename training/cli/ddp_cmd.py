@@ -23,9 +23,13 @@ class DDPDisplay(DDPProgress):
     def on_start(self, name: str, placements: list[Placement], backend: str, dashboard: str | None,
                  resumed: bool) -> None:
         display.console.print(f"DDP job '{name}': {len(placements)} ranks, {backend}"
-                              f"{', resuming from its checkpoint' if resumed else ''}. Dashboard: {dashboard}")
+                              f"{', resuming from its checkpoint' if resumed else ''}.")
         for p in placements:
             display.console.print(f"  rank {p.rank} (local {p.local_rank}) on {p.worker}")
+        display.console.print(f"Dashboard: {dashboard}")
+
+    def on_page(self, url: str | None) -> None:
+        display.console.print(f"Training page: {url or 'not available on this scheduler'}")
 
     def on_epoch(self, record: dict[str, Any]) -> None:
         self._rows.print(record, display.console)

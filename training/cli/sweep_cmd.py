@@ -63,6 +63,9 @@ class SweepDisplay(SweepProgress):
         self._print(f"Dashboard: {dashboard}")
         self.task = self.progress.add_task("trials", total=total, completed=total - todo)
 
+    def on_page(self, url: str | None) -> None:
+        self._print(f"Training page: {url or 'not available on this scheduler'}")
+
     def on_trial_start(self, number: int, worker: str) -> None:
         self._print(f"  trial {number:04d} started on {worker}")
 

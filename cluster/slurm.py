@@ -1,0 +1,184 @@
+"""Workers on Slurm: a whole-cluster sbatch script, or dask-jobqueue's ``SLURMCluster`` with the same workers.
+
+Either way every worker offers one ``training_slot``: on GPU nodes one ``dask cuda worker`` process per GPU
+(dask-cuda pins each to its device), on CPU nodes ``workers_per_node`` plain ``dask worker`` processes.
+The sbatch script also starts the scheduler (with the Training page) on the job's first node and writes a
+scheduler file on the shared filesystem, which ``dask-train ... --scheduler-file`` reads from a login node.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from dask.utils import format_bytes, parse_bytes
+
+from .plugin import TRAINING_SLOT
+
+_WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$")
+_WORD = re.compile(r"^[A-Za-z0-9_.:@+-]+$")
+SCHEDULER_PORT = 8786
+
+
+@dataclass(frozen=True)
+class SlurmSpec:
+    """What to ask Slurm for. Validated on construction.
+
+    Examples
+    --------
+    >>> SlurmSpec(nodes=2, gpus_per_node=4).slots
+    8
+    """
+
+    nodes: int = 1
+    gpus_per_node: int = 0
+    workers_per_node: int = 1  # CPU nodes only: worker processes (training slots) per node
+    cpus_per_worker: int = 4
+    memory_per_worker: str = "16GB"
+    walltime: str = "01:00:00"
+    partition: str | None = None
+    account: str | None = None
+    job_name: str = "dask-train"
+    python: str = "python"
+    setup: tuple[str, ...] = ()  # shell lines run first: `module load ...`, `source .venv/bin/activate`
+    interface: str | None = None  # network interface for scheduler and workers (e.g. ib0)
+    scheduler_file: str = "dask-train-scheduler.json"
+    dashboard_address: str = "127.0.0.1:8787"
+
+    def __post_init__(self) -> None:
+        for name in ("nodes", "workers_per_node", "cpus_per_worker"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: need at least 1.")
+        if self.gpus_per_node < 0:
+            raise ValueError(f"gpus_per_node={self.gpus_per_node!r}: 0 (CPU nodes) or more.")
+        if not _WALLTIME.match(self.walltime):
+            raise ValueError(f"walltime={self.walltime!r}: use Slurm's [D-]HH:MM[:SS], e.g. 04:00:00.")
+        try:
+            parse_bytes(self.memory_per_worker)
+        except ValueError:
+            raise ValueError(f"memory_per_worker={self.memory_per_worker!r}: use a size such as 16GB.") from None
+        for name in ("partition", "account", "job_name", "interface"):
+            value = getattr(self, name)
+            if value is not None and not _WORD.match(value):
+                raise ValueError(f"{name}={value!r}: letters, digits and _.:@+- only.")
+
+    @property
+    def workers(self) -> int:
+        """Worker processes per node: one per GPU, or ``workers_per_node`` on CPU nodes."""
+        return self.gpus_per_node or self.workers_per_node
+
+    @property
+    def slots(self) -> int:
+        return self.nodes * self.workers
+
+
+def sbatch_directives(spec: SlurmSpec) -> list[str]:
+    """The ``#SBATCH`` lines: one task per node holding every CPU, GPU and byte its workers need.
+
+    Examples
+    --------
+    >>> "#SBATCH --gres=gpu:4" in sbatch_directives(SlurmSpec(nodes=2, gpus_per_node=4))
+    True
+    """
+    lines = [f"--job-name={spec.job_name}", f"--nodes={spec.nodes}", "--ntasks-per-node=1",
+             f"--cpus-per-task={spec.cpus_per_worker * spec.workers}",
+             f"--mem={parse_bytes(spec.memory_per_worker) * spec.workers // 2**20}M",
+             f"--time={spec.walltime}", "--output=%x_%j.out", "--error=%x_%j.err"]
+    if spec.gpus_per_node:
+        lines.append(f"--gres=gpu:{spec.gpus_per_node}")
+    if spec.partition:
+        lines.append(f"--partition={spec.partition}")
+    if spec.account:
+        lines.append(f"--account={spec.account}")
+    return [f"#SBATCH {line}" for line in lines]
+
+
+def scheduler_command(spec: SlurmSpec) -> list[str]:
+    """``dask scheduler`` with the Training page, writing the scheduler file."""
+    command = [spec.python, "-m", "distributed.cli.dask_scheduler", "--scheduler-file", "$SCHEDULER_FILE",
+               "--port", str(SCHEDULER_PORT), "--dashboard-address", spec.dashboard_address,
+               "--preload", "training.dashboard"]
+    return command + (["--interface", spec.interface] if spec.interface else [])
+
+
+def worker_command(spec: SlurmSpec) -> list[str]:
+    """One node's workers: ``dask cuda worker`` (a process per GPU) or ``dask worker --nworkers N``."""
+    if spec.gpus_per_node:
+        command = [spec.python, "-m", "dask", "cuda", "worker"]
+    else:
+        command = [spec.python, "-m", "distributed.cli.dask_worker", "--nworkers", str(spec.workers_per_node)]
+    command += ["--scheduler-file", "$SCHEDULER_FILE", "--nthreads", "1", "--resources", f"{TRAINING_SLOT}=1",
+                "--memory-limit", spec.memory_per_worker, "--death-timeout", "120"]
+    return command + (["--interface", spec.interface] if spec.interface else [])
+
+
+def sbatch_script(spec: SlurmSpec) -> str:
+    """The whole-cluster job script: ``sbatch`` it, then point dask-train at its scheduler file.
+
+    Examples
+    --------
+    >>> script = sbatch_script(SlurmSpec(nodes=2, gpus_per_node=4, partition="gpu"))
+    >>> "#SBATCH --partition=gpu" in script and "dask cuda worker" in script
+    True
+    """
+    kind = f"{spec.gpus_per_node} GPUs" if spec.gpus_per_node else f"{spec.workers_per_node} CPU workers"
+    setup = "\n".join(spec.setup) or "# source ~/env/bin/activate    # the environment with dask-train installed"
+    return f"""#!/usr/bin/env bash
+# dask-train cluster: {spec.nodes} node(s) x {kind}, one training slot per worker ({spec.slots} in all).
+# Submit with `sbatch {spec.job_name}.sbatch`; when {spec.scheduler_file} appears, from a login node:
+#   dask-train sweep SWEEP.yaml --scheduler-file {spec.scheduler_file}
+# The dashboard listens on {spec.dashboard_address} of the first node (ssh -L 8787:localhost:8787 NODE).
+{chr(10).join(sbatch_directives(spec))}
+set -euo pipefail
+{setup}
+
+# On the shared filesystem: the workers and your dask-train commands read it.
+SCHEDULER_FILE="$SLURM_SUBMIT_DIR/{spec.scheduler_file}"
+rm -f "$SCHEDULER_FILE"
+{_shell(scheduler_command(spec))} &
+SCHEDULER_PID=$!
+for _ in $(seq 120); do [ -s "$SCHEDULER_FILE" ] && break; sleep 1; done
+[ -s "$SCHEDULER_FILE" ] || {{ echo "The scheduler did not write $SCHEDULER_FILE within 120 s" >&2; exit 1; }}
+
+# One task per node starts that node's workers.
+srun --ntasks-per-node=1 --kill-on-bad-exit=1 {_shell(worker_command(spec))} &
+WORKERS_PID=$!
+# Until the time limit or scancel; if the scheduler or the workers stop, the job ends.
+wait -n "$SCHEDULER_PID" "$WORKERS_PID"
+"""
+
+
+def _shell(command: list[str]) -> str:
+    """A command line with its words quoted, except the ``$SCHEDULER_FILE`` variable (quoted for the shell)."""
+    return " ".join('"$SCHEDULER_FILE"' if word == "$SCHEDULER_FILE" else shlex.quote(word) for word in command)
+
+
+def slurm_cluster(spec: SlurmSpec, **kwargs: Any):
+    """dask-jobqueue's ``SLURMCluster`` with one job per node and this spec's workers (call ``scale(jobs=N)``).
+
+    The scheduler runs in this process (as dask-jobqueue does); the workers are Slurm jobs.
+
+    Examples
+    --------
+    >>> cluster = slurm_cluster(SlurmSpec(gpus_per_node=4, partition="gpu"))  # doctest: +SKIP
+    >>> cluster.scale(jobs=2)  # doctest: +SKIP
+    """
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise ImportError("Slurm clusters need dask-jobqueue: pip install 'dask-train[slurm]'") from None
+    gpu = bool(spec.gpus_per_node)
+    return SLURMCluster(
+        cores=spec.workers, processes=spec.workers,
+        memory=format_bytes(parse_bytes(spec.memory_per_worker) * spec.workers),
+        job_cpu=spec.cpus_per_worker * spec.workers, walltime=spec.walltime, queue=spec.partition,
+        account=spec.account, job_name=spec.job_name, python=spec.python, interface=spec.interface,
+        job_script_prologue=list(spec.setup),
+        job_extra_directives=[f"--gres=gpu:{spec.gpus_per_node}"] if gpu else [],
+        worker_command="dask cuda worker" if gpu else "distributed.cli.dask_worker",
+        worker_extra_args=["--resources", f"{TRAINING_SLOT}=1"],
+        scheduler_options={"dashboard_address": spec.dashboard_address, "preload": ["training.dashboard"]},
+        **kwargs,
+    )

@@ -1,0 +1,77 @@
+"""The Training page's board: how training events become the picture the page shows (no cluster needed;
+tests/integration/test_dashboard.py runs it on a real one)."""
+
+from __future__ import annotations
+
+import json
+
+from training.dashboard import _MAX_JOBS, Board
+
+
+def job(board: Board, run: str = "r1") -> dict:
+    return next(j for j in board.snapshot()["jobs"] if j["run"] == run)
+
+
+def test_epochs_that_arrive_before_the_job_announcement_are_kept():
+    board = Board()
+    board.apply({"kind": "epoch", "job": "s", "run": "r1", "trial": 2, "worker": "tcp://w:1",
+                 "record": {"epoch": 1, "val_loss": 0.9}})
+    board.apply({"kind": "job", "job": "s", "run": "r1", "type": "sweep", "metric": "val_loss", "mode": "min",
+                 "epochs": 3, "trials": [{"number": 2, "params": {"lr": 0.1}},
+                                         {"number": 3, "params": {"lr": 1}}]})
+    view = job(board)
+    assert [t["number"] for t in view["trials"]] == [2, 3]
+    assert view["trials"][0]["curve"] == [[1, 0.9]] and view["trials"][0]["state"] == "running"
+    assert view["trials"][1]["state"] == "queued" and view["counts"] == {"running": 1, "queued": 1}
+
+
+def test_a_repeated_epoch_replaces_its_point_and_the_curve_stays_in_epoch_order():
+    board = Board()
+    board.apply({"kind": "job", "job": "s", "run": "r1", "type": "sweep", "metric": "val_loss", "mode": "min"})
+    for epoch, value in ((2, 0.5), (1, 0.8), (2, 0.4)):
+        board.apply({"kind": "epoch", "job": "s", "run": "r1", "trial": 0, "record": {"epoch": epoch,
+                                                                                      "val_loss": value}})
+    trial = job(board)["trials"][0]
+    assert trial["curve"] == [[1, 0.8], [2, 0.4]] and trial["epoch"] == 2 and trial["metrics"]["val_loss"] == 0.4
+
+
+def test_best_follows_the_mode_and_ties_go_to_the_lower_trial_number():
+    board = Board()
+    board.apply({"kind": "job", "job": "s", "run": "r1", "type": "sweep", "metric": "acc", "mode": "max"})
+    for trial, value in ((0, 0.7), (1, 0.9), (2, 0.9)):
+        board.apply({"kind": "epoch", "job": "s", "run": "r1", "trial": trial,
+                     "record": {"epoch": 1, "acc": value}})
+    assert job(board)["best"] == 1
+
+
+def test_job_end_closes_unfinished_trials_and_a_vanished_client_is_shown():
+    board = Board()
+    board.apply({"kind": "job", "job": "a", "run": "r1", "type": "sweep", "client": "c1",
+                 "trials": [{"number": 0}, {"number": 1}]})
+    board.apply({"kind": "end", "job": "a", "run": "r1", "trial": 0, "state": "completed", "best": 0.1})
+    board.apply({"kind": "job-end", "job": "a", "run": "r1", "state": "stopped"})
+    assert [t["state"] for t in job(board)["trials"]] == ["completed", "stopped"]
+    board.apply({"kind": "job", "job": "b", "run": "r2", "type": "ddp", "client": "c2",
+                 "trials": [{"number": 0, "state": "running"}, {"number": 1, "state": "running"}]})
+    board.remove_client(None, "c2")
+    assert job(board, "r2")["state"] == "client gone" and job(board)["state"] == "stopped"
+
+
+def test_old_finished_jobs_are_forgotten_but_running_ones_never():
+    board = Board()
+    board.apply({"kind": "job", "job": "long", "run": "running", "type": "sweep"})
+    for i in range(_MAX_JOBS + 10):
+        board.apply({"kind": "job", "job": f"j{i}", "run": f"r{i}", "type": "sweep"})
+        board.apply({"kind": "job-end", "job": f"j{i}", "run": f"r{i}", "state": "finished"})
+    runs = [j["run"] for j in board.snapshot()["jobs"]]
+    assert len(runs) <= _MAX_JOBS + 1 and "running" in runs and f"r{_MAX_JOBS + 9}" in runs and "r0" not in runs
+
+
+def test_data_is_json_with_no_markup_even_for_markup_in_parameters():
+    board = Board()
+    board.apply({"kind": "job", "job": "s", "run": "r1", "type": "sweep",
+                 "trials": [{"number": 0, "params": {"tag": "</script><script>alert(1)</script>"}}]})
+    text = board.snapshot_json()
+    assert "<" not in text
+    assert json.loads(text)["jobs"][0]["trials"][0]["params"]["tag"] == "</script><script>alert(1)</script>"
+    assert board.snapshot_json() is text  # unchanged state: the same text, not serialised again

@@ -1,0 +1,180 @@
+"""Slurm, Kubernetes and Docker: generated text tested as text (like dask-jobqueue's header tests), the
+files in deploy/ checked against their generators, and every dask command line parsed by dask's own CLI."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+from distributed.cli.dask_scheduler import main as scheduler_cli
+from distributed.cli.dask_worker import main as worker_cli
+
+from cluster import TRAINING_SLOT
+from cluster.kubernetes import dask_cluster
+from cluster.slurm import SlurmSpec, sbatch_script, slurm_cluster
+from tests.helpers import run_cli
+from training.cli import cli
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+# The exact commands that wrote the files in deploy/ (README shows them too).
+GENERATED = {
+    "slurm/dask-train-gpu.sbatch": ["cluster", "sbatch", "--nodes", "2", "--gpus-per-node", "4",
+                                    "--cpus-per-worker", "8", "--memory-per-worker", "32GB", "--time", "08:00:00",
+                                    "--setup", "source ~/env/bin/activate"],
+    "slurm/dask-train-cpu.sbatch": ["cluster", "sbatch", "--nodes", "4", "--workers-per-node", "8",
+                                    "--cpus-per-worker", "4", "--memory-per-worker", "8GB", "--time", "04:00:00",
+                                    "--setup", "source ~/env/bin/activate"],
+    "kubernetes/daskcluster-gpu.yaml": ["cluster", "manifest", "--workers", "4", "--gpu"],
+    "kubernetes/daskcluster-cpu.yaml": ["cluster", "manifest", "--workers", "4", "--cpu"],
+}
+
+
+def parses_as(command: click.Command, args: list[str]) -> None:
+    """dask's own CLI accepts these arguments (unknown options or bad values raise)."""
+    command.make_context("dask", list(args), resilient_parsing=False)
+
+
+def words_after(line: str, start: str) -> list[str]:
+    """The arguments of the command that begins with ``start`` on a shell line (quotes undone)."""
+    words = shlex.split(line.replace('"$SCHEDULER_FILE"', "scheduler.json"))
+    begin = words.index(start.split()[-1]) + 1
+    return [w for w in words[begin:] if w != "&"]
+
+
+@pytest.mark.parametrize("path", sorted(GENERATED))
+def test_files_in_deploy_are_what_the_generators_write_today(path):
+    result = CliRunner().invoke(cli, GENERATED[path])
+    assert result.exit_code == 0, result.output
+    regenerate = f"dask-train {shlex.join(GENERATED[path])} --out deploy/{path}"
+    assert (DEPLOY / path).read_text() == result.output, f"out of date: {regenerate}"
+
+
+def test_gpu_sbatch_header_and_commands():
+    script = sbatch_script(SlurmSpec(nodes=2, gpus_per_node=4, cpus_per_worker=8, memory_per_worker="32GB",
+                                     walltime="08:00:00", partition="gpu", account="ml", interface="ib0"))
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=32",
+                 "#SBATCH --gres=gpu:4", "#SBATCH --time=08:00:00", "#SBATCH --partition=gpu",
+                 "#SBATCH --account=ml", f"#SBATCH --mem={4 * 32 * 10**9 // 2**20}M"):
+        assert line in script.splitlines()
+    assert script.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in script
+    worker = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert "-m dask cuda worker" in worker and "--nworkers" not in worker
+    args = words_after(worker, "dask cuda worker")
+    assert args[args.index("--resources") + 1] == f"{TRAINING_SLOT}=1"
+    assert args[args.index("--interface") + 1] == "ib0"
+    # dask cuda worker takes dask worker's options; dask-cuda is not installed here, so parse with dask worker's.
+    parses_as(worker_cli, args)
+    scheduler = next(line for line in script.splitlines() if "dask_scheduler" in line)
+    parses_as(scheduler_cli, words_after(scheduler, "distributed.cli.dask_scheduler"))
+    assert "--preload training.dashboard" in scheduler and "--dashboard-address 127.0.0.1:8787" in scheduler
+
+
+def test_cpu_sbatch_runs_n_plain_workers_per_node_and_no_gres():
+    script = sbatch_script(SlurmSpec(nodes=3, workers_per_node=8, cpus_per_worker=2))
+    assert "--gres" not in script and "--partition" not in script and "--account" not in script
+    assert "#SBATCH --cpus-per-task=16" in script.splitlines()
+    worker = next(line for line in script.splitlines() if line.startswith("srun "))
+    args = words_after(worker, "distributed.cli.dask_worker")
+    parses_as(worker_cli, args)
+    assert args[args.index("--nworkers") + 1] == "8" and args[args.index("--nthreads") + 1] == "1"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"walltime": "5h"}, "walltime='5h'"),
+    ({"memory_per_worker": "lots"}, "memory_per_worker='lots'"),
+    ({"partition": "gpu\n#SBATCH --nodes=99"}, "partition="),
+    ({"nodes": 0}, "nodes=0"),
+    ({"gpus_per_node": -1}, "gpus_per_node=-1"),
+])
+def test_bad_slurm_specs_fail_with_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SlurmSpec(**kwargs)
+
+
+def test_slurm_cluster_from_dask_jobqueue_has_the_same_workers():
+    pytest.importorskip("dask_jobqueue")
+    gpu = slurm_cluster(SlurmSpec(nodes=2, gpus_per_node=4, partition="gpu", dashboard_address="127.0.0.1:0"))
+    try:
+        script = gpu.job_script()
+        assert "#SBATCH --gres=gpu:4" in script and "#SBATCH -p gpu" in script
+        assert "-m dask cuda worker" in script and f"--resources {TRAINING_SLOT}=1" in script
+        assert "--nthreads 1" in script
+    finally:
+        gpu.close()
+    cpu = slurm_cluster(SlurmSpec(workers_per_node=4, dashboard_address="127.0.0.1:0"))
+    try:
+        script = cpu.job_script()
+        assert "-m distributed.cli.dask_worker" in script and "--nworkers 4" in script and "--gres" not in script
+        assert f"--resources {TRAINING_SLOT}=1" in script
+    finally:
+        cpu.close()
+
+
+def test_cluster_up_slurm_without_sbatch_says_where_to_run_it(tmp_path):
+    result = run_cli("cluster", "up", "--slurm", "--nodes", "2", "--scheduler-file", str(tmp_path / "s.json"))
+    assert result.returncode == 1
+    assert "--slurm needs Slurm's `sbatch` on PATH" in result.stderr
+    assert "dask-train cluster sbatch" in result.stderr
+
+
+@pytest.mark.parametrize("gpu", [True, False])
+def test_kubernetes_manifest(gpu):
+    path = DEPLOY / "kubernetes" / f"daskcluster-{'gpu' if gpu else 'cpu'}.yaml"
+    manifest = yaml.safe_load(path.read_text())
+    assert manifest == dask_cluster(workers=4, gpu=gpu)
+    assert manifest["apiVersion"] == "kubernetes.dask.org/v1" and manifest["kind"] == "DaskCluster"
+    worker = manifest["spec"]["worker"]["spec"]["containers"][0]
+    assert worker["image"] == f"dask-train:{'cuda' if gpu else 'cpu'}"
+    assert worker["resources"]["limits"].get("nvidia.com/gpu") == (1 if gpu else None)
+    args = worker["args"]
+    assert args[:3] == (["dask", "cuda", "worker"] if gpu else ["dask", "worker", "--name"])
+    assert args[args.index("--resources") + 1] == f"{TRAINING_SLOT}=1"
+    parses_as(worker_cli, args[3:] if gpu else args[2:])
+    scheduler = manifest["spec"]["scheduler"]
+    container = scheduler["spec"]["containers"][0]
+    assert container["args"][:2] == ["dask", "scheduler"] and "training.dashboard" in container["args"]
+    parses_as(scheduler_cli, container["args"][2:])
+    assert {p["port"] for p in scheduler["service"]["ports"]} == {8786, 8787}
+    assert {p["name"] for p in container["ports"]} == {p["targetPort"] for p in scheduler["service"]["ports"]}
+
+
+def test_kubernetes_names_are_checked():
+    with pytest.raises(ValueError, match="name='Pets_Sweep'"):
+        dask_cluster("Pets_Sweep")
+
+
+def test_compose_file_runs_a_scheduler_and_two_slot_workers():
+    compose = yaml.safe_load((DEPLOY / "docker" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"scheduler", "worker-1", "worker-2"}
+    scheduler = services["scheduler"]
+    assert scheduler["command"][:2] == ["dask", "scheduler"] and "training.dashboard" in scheduler["command"]
+    parses_as(scheduler_cli, scheduler["command"][2:])
+    assert all(port.startswith("127.0.0.1:") for port in scheduler["ports"])  # loopback only
+    for name in ("worker-1", "worker-2"):
+        command = services[name]["command"]
+        assert command[:3] == ["dask", "worker", "tcp://scheduler:8786"]
+        assert command[command.index("--resources") + 1] == f"{TRAINING_SLOT}=1"
+        parses_as(worker_cli, command[2:])
+        assert services[name]["depends_on"]["scheduler"]["condition"] == "service_healthy"
+    build = scheduler["build"]
+    dockerfile = (DEPLOY / "docker" / build["context"] / build["dockerfile"]).resolve()
+    assert dockerfile == DEPLOY / "docker" / "Dockerfile"
+
+
+def test_dockerfile_has_cpu_and_cuda_variants_and_copies_what_exists():
+    text = (DEPLOY / "docker" / "Dockerfile").read_text()
+    assert "ARG VARIANT=cpu" in text and "FROM torch-${VARIANT} AS final" in text
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", text, flags=re.M))
+    assert {"torch-cpu", "torch-cuda"} <= stages
+    assert "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in text  # the CPU wheel, as in CI
+    assert re.search(r"^USER (?!root)\w+", text, flags=re.M)  # not root
+    root = DEPLOY.parent
+    for line in re.findall(r"^COPY (.+) /opt/dask-train/?\S*$", text, flags=re.M):
+        for source in line.split():
+            assert (root / source).exists(), source

@@ -1,0 +1,88 @@
+"""``dask-train cluster sbatch|manifest``: job scripts and manifests for Slurm and Kubernetes, and the
+Slurm options of ``cluster up --slurm``."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from cluster.kubernetes import dask_cluster
+from cluster.slurm import SlurmSpec, sbatch_script
+
+from . import display
+
+
+def slurm_options(command: Callable) -> Callable:
+    """Adds the Slurm job options to a command and hands it ``slurm: SlurmSpec``."""
+
+    @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Slurm nodes.")
+    @click.option("--gpus-per-node", type=click.IntRange(min=0), default=0, show_default=True,
+                  help="GPUs per node, one worker each (0: CPU nodes).")
+    @click.option("--workers-per-node", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="CPU nodes: worker processes (training slots) per node.")
+    @click.option("--cpus-per-worker", type=click.IntRange(min=1), default=4, show_default=True)
+    @click.option("--memory-per-worker", default="16GB", show_default=True)
+    @click.option("--time", "walltime", default="01:00:00", show_default=True, help="Slurm time limit.")
+    @click.option("--partition", default=None, help="Slurm partition.")
+    @click.option("--account", default=None, help="Slurm account.")
+    @click.option("--python", default="python", show_default=True, help="Python of the dask-train environment.")
+    @click.option("--setup", multiple=True, help="A shell line run first on each node (repeatable), e.g. "
+                  "'source ~/env/bin/activate'.")
+    @click.option("--interface", default=None, help="Network interface for scheduler and workers (e.g. ib0).")
+    @functools.wraps(command)
+    def wrapper(*args: Any, nodes: int, gpus_per_node: int, workers_per_node: int, cpus_per_worker: int,
+                memory_per_worker: str, walltime: str, partition: str | None, account: str | None, python: str,
+                setup: tuple[str, ...], interface: str | None, **kwargs: Any) -> Any:
+        try:
+            spec = SlurmSpec(nodes=nodes, gpus_per_node=gpus_per_node, workers_per_node=workers_per_node,
+                             cpus_per_worker=cpus_per_worker, memory_per_worker=memory_per_worker,
+                             walltime=walltime, partition=partition, account=account, python=python,
+                             setup=setup, interface=interface)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        return command(*args, slurm=spec, **kwargs)
+
+    return wrapper
+
+
+@click.command()
+@slurm_options
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the script here (default: print it).")
+def sbatch_command(slurm: SlurmSpec, out: Path | None) -> None:
+    """A whole-cluster Slurm job: scheduler on the first node, one worker per GPU (or CPU slot) on each."""
+    _emit(sbatch_script(slurm), out)
+
+
+@click.command()
+@click.option("--name", default="dask-train", show_default=True, help="The DaskCluster's name.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Worker pods.")
+@click.option("--gpu/--cpu", default=True, show_default=True, help="GPU workers (nvidia.com/gpu: 1 each) or CPU.")
+@click.option("--image", default=None, help="Image with dask-train (default dask-train:cuda / dask-train:cpu, "
+              "built from deploy/docker/Dockerfile).")
+@click.option("--worker-cpu", default="4", show_default=True)
+@click.option("--worker-memory", default="16Gi", show_default=True)
+@click.option("--namespace", default=None)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the manifest here (default: print it).")
+def manifest_command(name: str, workers: int, gpu: bool, image: str | None, worker_cpu: str, worker_memory: str,
+                     namespace: str | None, out: Path | None) -> None:
+    """A DaskCluster manifest for the dask-kubernetes operator (kubectl apply -f it)."""
+    try:
+        manifest = dask_cluster(name, workers, gpu, image, worker_cpu, worker_memory, namespace)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    _emit(yaml.safe_dump(manifest, sort_keys=False), out)
+
+
+def _emit(text: str, out: Path | None) -> None:
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    out.write_text(text)
+    display.console.print(f"Wrote {out}")
