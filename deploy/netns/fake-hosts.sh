@@ -12,6 +12,7 @@
 #   ip netns exec NAME-2 dask worker tcp://SUBNET.2:8786 --host SUBNET.3 --nthreads 1 --resources training_slot=1
 #   dask-train sweep pets-quick --address tcp://SUBNET.2:8786
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"  # where iproute2 lives, even for a non-login root shell
 
 usage() { echo "usage: $0 up|down NAME COUNT [SUBNET]" >&2; exit 2; }
 [ $# -ge 3 ] || usage

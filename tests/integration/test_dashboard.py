@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -54,6 +55,17 @@ def job_named(page: str, name: str) -> dict[str, Any] | None:
     return next((j for j in data(page)["jobs"] if j["name"] == name), None)
 
 
+def _non_loopback_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
 class Background:
     """A sweep running in a thread, so the test can look at the page while it trains."""
 
@@ -99,6 +111,11 @@ def test_training_page_and_data_over_http_during_and_after_a_sweep(client, tmp_p
     status, headers, html = get(page)
     assert status == 200 and b"<title>Training" in html and "text/html" in headers["Content-Type"]
     assert "script-src 'self'" in headers["Content-Security-Policy"]
+    # Served only where the dashboard is: loopback. The machine's other addresses do not answer.
+    outside = _non_loopback_address()
+    if outside is not None:
+        with pytest.raises(urllib.error.URLError):
+            get(page.replace("127.0.0.1", outside))
 
     result = running.join()
     after = poll_for(lambda: (j := job_named(page, "http-page")) and j["state"] == "finished" and j,

@@ -22,21 +22,22 @@ from training.space import choice
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "netns" / "fake-hosts.sh"
+IP = shutil.which("ip", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")  # iproute2
 NAME = f"dt{os.getpid() % 100000}"
 SUBNET = f"10.213.{os.getpid() % 200 + 20}"
 pytestmark = pytest.mark.slow
 
 
 def _cannot_make_namespaces() -> str | None:
-    if sys.platform != "linux" or shutil.which("ip") is None:
+    if sys.platform != "linux" or IP is None:
         return "needs Linux with iproute2 (`ip`)"
     if os.geteuid() != 0:
         return "needs root to create network namespaces"
     probe = f"{NAME}-probe"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    made = subprocess.run([IP, "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:
         return f"cannot create network namespaces here: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], check=False)
+    subprocess.run([IP, "netns", "del", probe], check=False)
     return None
 
 
@@ -61,7 +62,7 @@ def hosts(tmp_path_factory) -> Iterator[dict[str, str]]:
 
         def start(namespace: str, *command: str) -> None:
             log = (logs / f"{namespace}.log").open("w")
-            processes.append(subprocess.Popen(["ip", "netns", "exec", namespace, sys.executable, "-m", *command],
+            processes.append(subprocess.Popen([IP, "netns", "exec", namespace, sys.executable, "-m", *command],
                                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
 
         start(f"{NAME}-1", "distributed.cli.dask_scheduler", "--host", scheduler_ip, "--port", "8786",
@@ -81,7 +82,7 @@ def hosts(tmp_path_factory) -> Iterator[dict[str, str]]:
                 process.kill()
         fake_hosts("down")
         for namespace in (f"{NAME}-{i}" for i in (1, 2, 3)):
-            assert namespace not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+            assert namespace not in subprocess.run([IP, "netns", "list"], capture_output=True, text=True).stdout
 
 
 def host_of(address: str) -> str:
