@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 from cluster import ClusterSpec, Target, open_client
 from tests.browser import Browser, find_chromium
-from tests.helpers import poll_for
+from tests.helpers import poll_for, run_cli
 from training import Sweep, train_ddp
 from training.dashboard import NAME, enable_page
 from training.space import choice
@@ -142,6 +143,21 @@ def test_ddp_job_shows_its_ranks_and_curve(client, tmp_path):
     assert job["type"] == "ddp" and [t["number"] for t in job["trials"]] == [0, 1]
     assert len({t["worker"] for t in job["trials"]}) == 2
     assert [p[0] for p in job["trials"][0]["curve"]] == [1, 2, 3] and job["trials"][0]["epoch"] == 3
+
+
+def test_ddp_command_prints_the_dashboard_and_training_page_at_start(client, tmp_path):
+    address = client.scheduler.address
+    done = run_cli("ddp", "xor", "--epochs", "2", "--workers", "2", "--address", address, "--name", "cli-page",
+                   "--runs-dir", str(tmp_path), timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    dashboard = next(i for i, line in enumerate(lines) if line.startswith("Dashboard: http://127.0.0.1:"))
+    assert re.fullmatch(r"Training page: http://127\.0\.0\.1:\d+/training", lines[dashboard + 1])
+    first_epoch = next(i for i, line in enumerate(lines) if line.split()[:1] == ["1"])
+    assert dashboard < first_epoch  # at start, before training output
+    page = lines[dashboard + 1].split()[-1]
+    poll_for(lambda: (job_named(page, "cli-page") or {}).get("state") == "finished", timeout=30,
+             what="the CLI's DDP job shown as finished")
 
 
 def test_page_in_headless_chromium_during_a_sweep(client, tmp_path):
