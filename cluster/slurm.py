@@ -19,7 +19,6 @@ from .plugin import TRAINING_SLOT
 
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$")
 _WORD = re.compile(r"^[A-Za-z0-9_.:@+-]+$")
-SCHEDULER_PORT = 8786
 
 
 @dataclass(frozen=True)
@@ -46,6 +45,7 @@ class SlurmSpec:
     interface: str | None = None  # network interface for scheduler and workers (e.g. ib0)
     scheduler_file: str = "dask-train-scheduler.json"
     dashboard_address: str = "127.0.0.1:8787"
+    scheduler_port: int = 8786  # 0: any free port (the scheduler file says which)
 
     def __post_init__(self) -> None:
         for name in ("nodes", "workers_per_node", "cpus_per_worker"):
@@ -98,7 +98,7 @@ def sbatch_directives(spec: SlurmSpec) -> list[str]:
 def scheduler_command(spec: SlurmSpec) -> list[str]:
     """``dask scheduler`` with the Training page, writing the scheduler file."""
     command = [spec.python, "-m", "distributed.cli.dask_scheduler", "--scheduler-file", "$SCHEDULER_FILE",
-               "--port", str(SCHEDULER_PORT), "--dashboard-address", spec.dashboard_address,
+               "--port", str(spec.scheduler_port), "--dashboard-address", spec.dashboard_address,
                "--preload", "training.dashboard"]
     return command + (["--interface", spec.interface] if spec.interface else [])
 

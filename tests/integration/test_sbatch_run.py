@@ -1,0 +1,58 @@
+"""The generated Slurm job script, run for real on this machine: ``srun`` is replaced by a shim that runs
+its command once (one node), everything else is the script as users submit it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+
+from cluster import connect, require_slots
+from cluster.slurm import SlurmSpec, sbatch_script
+from tests.helpers import poll_for
+
+SRUN = """#!/bin/sh
+# One "node": drop srun's own options and run the command.
+while [ "${1#--}" != "$1" ]; do shift; done
+exec "$@"
+"""
+
+
+def test_cpu_job_script_starts_a_scheduler_and_slot_workers(tmp_path):
+    spec = SlurmSpec(workers_per_node=2, cpus_per_worker=1, memory_per_worker="2GB", python=sys.executable,
+                     dashboard_address="127.0.0.1:0", scheduler_port=0, job_name="dt-test")
+    script = tmp_path / "dask-train.sbatch"
+    script.write_text(sbatch_script(spec))
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "srun").write_text(SRUN)
+    (shims / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(tmp_path)}
+    job = subprocess.Popen(["bash", str(script)], env=env, cwd=tmp_path, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    scheduler_file = tmp_path / spec.scheduler_file
+    try:
+        def started() -> bool:
+            return (scheduler_file.exists() and scheduler_file.stat().st_size > 0) or job.poll() is not None
+
+        poll_for(started, timeout=60, what="the job's scheduler file")
+        assert job.poll() is None, job.stdout.read() if job.stdout else ""
+        with connect(scheduler_file=str(scheduler_file), timeout=60, min_workers=2) as client:
+            assert len(require_slots(client, 2)) == 2  # --nworkers 2, one training slot each
+            port = client.scheduler_info()["services"]["dashboard"]  # on the node's loopback, as the script says
+            page = f"http://127.0.0.1:{port}/training/data.json"
+            with urllib.request.urlopen(page, timeout=10) as response:  # served: --preload training.dashboard
+                assert json.load(response)["jobs"] == []
+            info = client.scheduler_info(n_workers=-1)["workers"].values()
+            assert {w["nthreads"] for w in info} == {1}
+            assert {round(w["memory_limit"] / 1e9) for w in info} == {2}
+    finally:
+        os.killpg(job.pid, signal.SIGTERM)
+        try:
+            job.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait(timeout=30)
