@@ -116,7 +116,9 @@ function table(job) {
   const unit = job.type === "ddp" ? "rank" : "trial";
   const head = el("tr", {}, el("th", {}, unit), el("th", {class: "text"}, "state"), el("th", {class: "text"}, "worker"),
                   ...params.map((p) => el("th", {class: "text"}, p)), el("th", {}, "epoch"),
-                  ...metrics.map((m) => el("th", {}, m)), el("th", {class: "text"}, "error"));
+                  // A metric named like a hyperparameter (lr under a schedule) is its value this epoch.
+                  ...metrics.map((m) => el("th", {}, params.includes(m) ? `${m} now` : m)),
+                  el("th", {class: "text"}, "error"));
   const rows = job.trials.map((t) => {
     const worker = t.worker_name && t.worker_name !== t.worker ? `${t.worker_name} (${t.worker})` : (t.worker || "");
     const epoch = t.epoch === null || t.epoch === undefined ? "" : `${t.epoch}${job.epochs ? "/" + job.epochs : ""}`;
