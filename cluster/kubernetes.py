@@ -1,6 +1,7 @@
 """Workers on Kubernetes: a ``DaskCluster`` resource for the dask-kubernetes operator.
 
-The operator (``helm install dask-kubernetes-operator dask/dask-kubernetes-operator``) turns it into a
+The operator (``helm install --repo https://helm.dask.org --create-namespace -n dask-operator
+--generate-name dask-kubernetes-operator``) turns it into a
 scheduler pod with its service (comm port 8786, dashboard 8787, the Training page preloaded) and
 ``workers`` worker pods, each offering one ``training_slot``; GPU workers request ``nvidia.com/gpu: 1``
 and run ``dask cuda worker``. The service is ClusterIP: reach it from inside the cluster, or with

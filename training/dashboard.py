@@ -81,7 +81,8 @@ class Board(SchedulerPlugin):
         job = self.jobs.get(str(msg["run"])) or self._new_job(msg)
         if kind == "job":
             job.update({k: msg[k] for k in ("type", "workload", "metric", "mode", "epochs", "total", "client",
-                                              "started", "params") if k in msg})
+                                              "params") if k in msg})
+            job["started"] = msg.get("time", job["started"])
             for row in msg.get("trials", ()):
                 self._trial(job, row["number"]).update(row)
         elif kind == "job-end":
@@ -147,7 +148,7 @@ class Board(SchedulerPlugin):
         if self.scheduler is not None:
             names = {address: str(ws.name) for address, ws in self.scheduler.workers.items()}
         jobs = [_view(job, names) for job in reversed(self.jobs.values())]
-        return {"jobs": jobs, "version": self.version, "time": time.time()}
+        return {"jobs": jobs, "version": self.version}
 
     def snapshot_json(self) -> str:
         """:meth:`snapshot` as JSON, reused until something changes (the page asks every second)."""
@@ -205,9 +206,13 @@ def page_url(dashboard: str) -> str:
     return f"{base}/training"
 
 
-def publish(client: Client, message: dict[str, Any]) -> None:
-    """Send a coordinator's announcement (job, queued trial, end) on the training topic."""
-    client.log_event(TOPIC, plain({**message, "time": time.time()}))
+def publish(client: Client, job: str, run: str, message: dict[str, Any]) -> None:
+    """Send a coordinator's announcement (job, queued trial, end) about ``job``'s ``run`` on the training
+    topic. The page is a view: a failure to send is logged, never raised into the training."""
+    try:
+        client.log_event(TOPIC, plain({**message, "job": job, "run": run, "time": time.time()}))
+    except Exception as exc:
+        log.debug("Could not send %s to the Training page: %s", message.get("kind"), exc)
 
 
 def dask_setup(scheduler: Scheduler) -> None:

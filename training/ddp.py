@@ -195,10 +195,10 @@ class _Job:
             try:
                 first_step = _Watcher(self, client, futures, placements, inbox, progress).watch()
             except BaseException as exc:
-                self._publish(client, token, {"kind": "job-end", "state": "failed", "error": str(exc)})
+                publish(client, self.name, token, {"kind": "job-end", "state": "failed", "error": str(exc)})
                 raise
         outputs = client.gather(futures)
-        self._publish(client, token, {"kind": "job-end", "state": "finished"})
+        publish(client, self.name, token, {"kind": "job-end", "state": "finished"})
         for future in futures:
             future.release()
         return self._finish(outputs, placements, started, first_step)
@@ -208,14 +208,10 @@ class _Job:
         work = get_workload(self.workload)
         ranks = [{"number": p.rank, "worker": p.worker, "state": "running", "params": self.params}
                  for p in placements]
-        self._publish(client, token, {"kind": "job", "type": "ddp", "workload": self.workload,
-                                      "metric": work.metric, "mode": work.mode, "epochs": self.epochs,
-                                      "total": len(placements), "client": client.id, "params": self.params,
-                                      "started": time.time(), "trials": ranks})
-
-    def _publish(self, client: Client, token: str, message: dict[str, Any]) -> None:
-        with contextlib.suppress(Exception):  # the page is a view: never let it stop the job
-            publish(client, {"job": self.name, "run": token, **message})
+        publish(client, self.name, token, {"kind": "job", "type": "ddp", "workload": self.workload,
+                                           "metric": work.metric, "mode": work.mode, "epochs": self.epochs,
+                                           "total": len(placements), "client": client.id, "params": self.params,
+                                           "trials": ranks})
 
     def _finish(self, outputs: list[dict[str, Any]], placements: list[Placement], started: float,
                 first_step: float | None) -> DDPResult:

@@ -190,8 +190,7 @@ class _Coordinator:
         return result_of(spec, rows)
 
     def _publish(self, message: dict[str, Any]) -> None:
-        with contextlib.suppress(Exception):  # the page is a view: never let it stop the sweep
-            publish(self.client, {"job": self.spec.name, "run": self.run_token, **message})
+        publish(self.client, self.spec.name, self.run_token, message)
 
     def _announce(self, store: RunStore, total: int | None) -> None:
         """Tell the Training page about this sweep, with what the store already knows of its trials."""
@@ -202,7 +201,7 @@ class _Coordinator:
                   for row in store.trials()]
         self._publish({"kind": "job", "type": "sweep", "workload": spec.workload, "metric": metric,
                        "mode": spec.mode, "epochs": spec.epochs, "total": total, "client": self.client.id,
-                       "started": time.time(), "trials": trials})
+                       "trials": trials})
 
     def _run_trials(self, store: RunStore, source: Source, attempt: int, window: int) -> None:
         running: dict[Future, int] = {}

@@ -21,7 +21,7 @@ from cluster import ClusterSpec, Target, open_client
 from tests.browser import Browser, find_chromium
 from tests.helpers import poll_for, run_cli
 from training import Sweep, train_ddp
-from training.dashboard import NAME, enable_page
+from training.dashboard import NAME, enable_page, page_url
 from training.space import choice
 
 
@@ -234,7 +234,7 @@ def test_scheduler_started_with_the_preload_serves_the_page_from_the_start(tmp_p
         poll_for(scheduler_file.exists, timeout=60, what="the scheduler file")
         with Client(scheduler_file=str(scheduler_file), timeout=30) as client:
             assert NAME in client.run_on_scheduler(_plugins)  # installed by the preload, no client asked
-            page = client.dashboard_link.removesuffix("/status") + "/training"
+            page = page_url(client.dashboard_link)
             assert json.loads(get(page + "/data.json")[2])["jobs"] == []
             status, _, html = get(page)
             assert status == 200 and b"No sweep or DDP job has run" in html

@@ -18,6 +18,7 @@ import pytest
 from cluster import connect
 from tests.helpers import poll_for
 from training import Sweep, train_ddp
+from training.dashboard import page_url
 from training.space import choice
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,7 +115,7 @@ def test_sweep_and_ddp_across_namespaces(hosts, tmp_path):
         assert ddp.history[-1]["val_accuracy"] > 0.9
         assert (ddp.model_dir / "model.safetensors").is_file()
         # The scheduler in its own namespace serves the Training page; the client here reaches it.
-        page = client.dashboard_link.removesuffix("/status") + "/training/data.json"
+        page = page_url(client.dashboard_link) + "/data.json"
         jobs = poll_for(lambda: json.load(urllib.request.urlopen(page, timeout=10))["jobs"], timeout=30,
                         what="the Training page's jobs")
         assert {j["name"] for j in jobs} >= {"multihost", "multihost-ddp"}
