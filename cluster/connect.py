@@ -111,7 +111,10 @@ def require_slots(client: Client, needed: int = 1) -> list[str]:
 
 
 def prepare_workers(client: Client, torch_threads: int | None = None, preload: tuple[str, ...] = ()) -> None:
-    """Register the dask-train worker plugin (replacing an earlier one: workers keep a single copy)."""
+    """Register the dask-train worker plugin (replacing an earlier one: workers keep a single copy).
+
+    ``torch_threads`` forces one count on every worker; by default each worker sizes torch to its own CPUs.
+    """
     client.register_plugin(TrainingWorkerPlugin(torch_threads=torch_threads, preload=preload), name=PLUGIN_NAME)
 
 
@@ -134,14 +137,8 @@ def open_client(target: Target | None = None) -> Iterator[Client]:
         return
     with start_local_cluster(target.local) as cluster, Client(cluster, timeout=target.timeout) as client:
         _wait_for_slots(client, len(cluster.workers), target.timeout)
-        prepare_workers(client, target.local.torch_threads or _local_threads(cluster), target.preload)
+        prepare_workers(client, preload=target.preload)  # threads: from the environment the workers start with
         yield client
-
-
-def _local_threads(cluster: Any) -> int:
-    from .devices import cpu_cores
-
-    return max(1, cpu_cores() // max(1, len(cluster.workers)))
 
 
 def dashboard_url(client: Client) -> str | None:

@@ -1,8 +1,11 @@
 """Which GPUs this machine offers, and how to give each worker its own. Pure functions first; the
-detection wrapper asks NVML (or nvidia-smi) and never initialises CUDA in the calling process."""
+detection wrapper asks NVML (or nvidia-smi) and never initialises CUDA in the calling process. Last, whether
+dask-cuda can be used here, and why not."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -93,9 +96,25 @@ def detect_gpus(environ: Mapping[str, str] | None = None,
     return visible_gpus(environ.get("CUDA_VISIBLE_DEVICES"), count())
 
 
-def cpu_cores() -> int:
-    """Cores this process may run on (its CPU affinity), at least 1."""
+def dask_cuda_problem() -> str | None:
+    """Why ``dask_cuda`` cannot be used in this environment, as a sentence with the fix; None when it can.
+
+    Tells "not installed" from "installed but failed to import" (typically CUDA bindings missing, or built
+    for another CUDA than torch's), since the fixes differ.
+
+    Examples
+    --------
+    >>> problem = dask_cuda_problem()
+    >>> problem is None or problem.startswith("dask-cuda is")
+    True
+    """
+    if importlib.util.find_spec("dask_cuda") is None:
+        return ("dask-cuda is not installed: `pip install 'dask-train[gpu]'` (CUDA 12; for a CUDA 13 torch "
+                "`pip install 'dask-cuda[cu13]' nvidia-ml-py`) for one worker per GPU.")
     try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        importlib.import_module("dask_cuda")
+    except Exception as exc:  # an ImportError for its CUDA bindings, or whatever its own imports raise
+        return (f"dask-cuda is installed but failed to import ({type(exc).__name__}: {exc}). Install it with the "
+                "CUDA bindings that match torch's CUDA (`python -c 'import torch; print(torch.version.cuda)'`): "
+                "`pip install 'dask-cuda[cu12]'` for CUDA 12, `pip install 'dask-cuda[cu13]'` for CUDA 13.")
+    return None

@@ -3,9 +3,14 @@
 The operator (``helm install --repo https://helm.dask.org --create-namespace -n dask-operator
 --generate-name dask-kubernetes-operator``) turns it into a
 scheduler pod with its service (comm port 8786, dashboard 8787, the Training page preloaded) and
-``workers`` worker pods, each offering one ``training_slot``; GPU workers request ``nvidia.com/gpu: 1``
+``workers`` worker pods, each offering one ``training_slot``; GPU workers request ``nvidia.com/gpu: "1"``
 and run ``dask cuda worker``. The service is ClusterIP: reach it from inside the cluster, or with
 ``kubectl port-forward svc/NAME-scheduler 8786 8787`` from your machine.
+
+The manifest follows the operator's CRD schema (every resource quantity a string, nothing the API server
+would prune; the tests validate it against the CRDs the dask-kubernetes package ships). A worker's CPU limit
+equals its request, so its container's CPU quota is the request: one worker per pod uses all of it for
+torch (``cluster.cpus``). CPU workers start with ``CUDA_VISIBLE_DEVICES`` empty.
 """
 
 from __future__ import annotations
@@ -16,8 +21,12 @@ from typing import Any
 from .plugin import TRAINING_SLOT
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
+# Kubernetes' resource.Quantity: a decimal number with an optional SI or binary suffix ("4", "500m", "16Gi").
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 API_VERSION = "kubernetes.dask.org/v1"
 SCHEDULER_PORT, DASHBOARD_PORT = 8786, 8787
+#: The scheduler pod's requests: it holds task metadata and serves the dashboard, no training.
+SCHEDULER_REQUESTS = {"cpu": "1", "memory": "2Gi"}
 
 
 def dask_cluster(name: str = "dask-train", workers: int = 2, gpu: bool = True,
@@ -31,13 +40,14 @@ def dask_cluster(name: str = "dask-train", workers: int = 2, gpu: bool = True,
     >>> manifest["kind"], manifest["spec"]["worker"]["replicas"]
     ('DaskCluster', 4)
     >>> manifest["spec"]["worker"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
-    1
+    '1'
     """
     if not _NAME.match(name):
         raise ValueError(f"name={name!r}: Kubernetes names are lowercase letters, digits and '-', at most 42 "
                          "characters, starting and ending with a letter or digit.")
     if workers < 1:
         raise ValueError(f"workers={workers!r}: need at least 1.")
+    cpu, memory = _quantity("cpu", cpu, "'4' or '500m'"), _quantity("memory", memory, "'16Gi' or '8G'")
     image = image or f"dask-train:{'cuda' if gpu else 'cpu'}"  # built from deploy/docker/Dockerfile
     metadata: dict[str, Any] = {"name": name, **({"namespace": namespace} if namespace else {})}
     return {"apiVersion": API_VERSION, "kind": "DaskCluster", "metadata": metadata,
@@ -56,23 +66,38 @@ def scheduler_args() -> list[str]:
             "--preload", "training.dashboard"]
 
 
+def _quantity(name: str, value: Any, example: str) -> str:
+    """A resource quantity as the CRD wants it: a string (the schema rejects the integer 4)."""
+    text = str(value)
+    if not _QUANTITY.match(text):
+        raise ValueError(f"{name}={value!r}: use a Kubernetes quantity such as {example}.")
+    return text
+
+
 def _worker(workers: int, gpu: bool, image: str, cpu: str, memory: str) -> dict[str, Any]:
-    limits: dict[str, Any] = {"cpu": cpu, "memory": memory, **({"nvidia.com/gpu": 1} if gpu else {})}
-    container = {"name": "worker", "image": image, "imagePullPolicy": "IfNotPresent", "args": worker_args(gpu),
-                 "ports": [{"name": "http-dashboard", "containerPort": 8788, "protocol": "TCP"}],
-                 "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}}
+    limits = {"cpu": cpu, "memory": memory, **({"nvidia.com/gpu": "1"} if gpu else {})}
+    container: dict[str, Any] = {
+        "name": "worker", "image": image, "imagePullPolicy": "IfNotPresent", "args": worker_args(gpu),
+        "ports": [{"name": "http-dashboard", "containerPort": 8788, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}}
+    if not gpu:  # a CPU pod on a GPU node must not train on a GPU the runtime exposes
+        container["env"] = [{"name": "CUDA_VISIBLE_DEVICES", "value": ""}]
     return {"replicas": workers, "spec": {"containers": [container]}}
 
 
-def _scheduler(name: str, image: str) -> dict[str, Any]:
-    def probe() -> dict[str, Any]:  # a fresh dict each: shared ones become YAML anchors
-        return {"httpGet": {"port": "http-dashboard", "path": "/health"}, "initialDelaySeconds": 5,
-                "periodSeconds": 10}
+def _probe(initial_delay: int, period: int) -> dict[str, Any]:
+    """A fresh dict each call (shared ones become YAML anchors)."""
+    return {"httpGet": {"port": "http-dashboard", "path": "/health"}, "initialDelaySeconds": initial_delay,
+            "periodSeconds": period}
 
+
+def _scheduler(name: str, image: str) -> dict[str, Any]:
     ports = [{"name": "tcp-comm", "containerPort": SCHEDULER_PORT, "protocol": "TCP"},
              {"name": "http-dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"}]
+    # Probe timings as in the operator's own examples: ready within seconds, liveness after the start-up.
     container = {"name": "scheduler", "image": image, "imagePullPolicy": "IfNotPresent", "args": scheduler_args(),
-                 "ports": ports, "readinessProbe": probe(), "livenessProbe": probe()}
+                 "ports": ports, "resources": {"requests": dict(SCHEDULER_REQUESTS)},
+                 "readinessProbe": _probe(5, 10), "livenessProbe": _probe(15, 20)}
     service_ports = [{"name": p["name"], "protocol": "TCP", "port": p["containerPort"], "targetPort": p["name"]}
                      for p in ports]
     return {"spec": {"containers": [container]},

@@ -5,6 +5,9 @@ and CPU. Two Dask defaults that cost torch throughput are switched off for these
 ``MALLOC_TRIM_THRESHOLD_=65536`` (~13% slower torch) and the worker's statistical profiler. Dask also writes
 ``OMP_NUM_THREADS=1`` and friends into the *creating* process's environment; this module passes thread
 settings to the workers only, and leaves the caller's environment as it found it.
+
+CPU workers are started with ``CUDA_VISIBLE_DEVICES`` empty, so none of them trains on a GPU this machine
+may have (``--gpus off``, or dask-cuda missing); their torch threads follow ``cluster.cpus``' rule.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import dask
 from distributed import LocalCluster
 from distributed.deploy.cluster import Cluster
 
-from .devices import cpu_cores, detect_gpus
+from .cpus import cpu_cores, thread_environ
+from .cpus import torch_threads as threads_for_environ
+from .devices import dask_cuda_problem, detect_gpus
 from .plugin import TRAINING_SLOT
 from .security import TLSFiles
 
@@ -33,6 +38,9 @@ _WORKER_START_TIMEOUT = 120.0  # seconds for the worker processes to start and j
 @dataclass(frozen=True)
 class ClusterSpec:
     """What to start. Validated on construction: bad values fail before any process starts.
+
+    ``torch_threads`` sets every worker's torch threads (as ``DASK_TRAIN_TORCH_THREADS`` in the environment
+    they start with); None leaves each its share of this machine's CPUs (see ``cluster.cpus``).
 
     Examples
     --------
@@ -61,9 +69,10 @@ class ClusterSpec:
 def start_local_cluster(spec: ClusterSpec | None = None) -> Cluster:
     """Start the embedded cluster described by ``spec`` and return it (a context manager too).
 
-    With GPUs visible and dask-cuda installed: ``LocalCUDACluster``, one process per GPU, one thread each.
+    With GPUs visible and dask-cuda importable: ``LocalCUDACluster``, one process per GPU, one thread each.
     Otherwise a process-based ``LocalCluster`` with one worker per core (or ``spec.workers``), each with
-    a one-thread Dask executor and its share of the cores for torch.
+    a one-thread Dask executor, its share of the cores for torch, and no GPU in sight (started with
+    ``CUDA_VISIBLE_DEVICES`` empty). GPUs left unused because of dask-cuda are logged with the reason.
 
     Examples
     --------
@@ -73,22 +82,42 @@ def start_local_cluster(spec: ClusterSpec | None = None) -> Cluster:
     """
     spec = spec or ClusterSpec()
     gpus = detect_gpus() if spec.gpus == "auto" else []
-    if gpus and _has_dask_cuda():
+    problem = dask_cuda_problem() if gpus else None
+    if gpus and problem is None:
         return _start_gpu_cluster(spec, gpus)
     if gpus:
-        log.warning("GPUs %s are visible but dask-cuda is not installed: starting CPU workers. "
-                    "`pip install 'dask-train[gpu]'` for one worker per GPU.", gpus)
+        log.warning("GPUs %s are visible but %s Starting CPU workers, with the GPUs hidden from them.",
+                    gpus, problem)
     return _start_cpu_cluster(spec)
+
+
+def _cpu_worker_environ(workers: int, torch_threads: int | None = None) -> dict[str, str]:
+    """The environment CPU workers start with: no GPU, their share of the CPUs for torch and OpenMP.
+
+    Examples
+    --------
+    >>> env = _cpu_worker_environ(2, torch_threads=3)
+    >>> env["CUDA_VISIBLE_DEVICES"], env["DASK_TRAIN_SLOT_WORKERS"], env["OMP_NUM_THREADS"]
+    ('', '2', '3')
+    """
+    environ = {"CUDA_VISIBLE_DEVICES": "", **thread_environ(workers, torch_threads)}
+    return {**environ, **_openmp_environ(environ)}
+
+
+def _openmp_environ(worker_environ: dict[str, str]) -> dict[str, str]:
+    """OpenMP/BLAS pool sizes equal to the torch threads the workers will use (they inherit our CPUs)."""
+    threads = str(threads_for_environ({**os.environ, **worker_environ}))
+    return dict.fromkeys(_THREAD_VARIABLES, threads)
 
 
 def _start_cpu_cluster(spec: ClusterSpec) -> Cluster:
     workers = spec.workers or cpu_cores()
-    threads = spec.torch_threads or max(1, cpu_cores() // workers)
-    with _worker_config(threads), _environ_preserved():
+    # The nanny's env= outranks this process's own variables (distributed.nanny.environ does not).
+    with _worker_config({}), _environ_preserved():
         cluster = LocalCluster(
             n_workers=0, threads_per_worker=1, processes=True, resources={TRAINING_SLOT: 1},
             host=spec.host, scheduler_port=spec.scheduler_port, dashboard_address=spec.dashboard_address,
-            **_security_kwargs(spec),
+            env=_cpu_worker_environ(workers, spec.torch_threads), **_security_kwargs(spec),
         )
         try:
             _start_named_workers(cluster, workers, "cpu")
@@ -110,21 +139,14 @@ def _start_gpu_cluster(spec: ClusterSpec, gpus: list[str]) -> Cluster:
     from dask_cuda import LocalCUDACluster
 
     chosen = gpus[: spec.workers] if spec.workers else gpus
-    threads = spec.torch_threads or max(1, cpu_cores() // len(chosen))
-    with _worker_config(threads), _environ_preserved():
+    # dask-cuda replaces the nanny's env= with CUDA_VISIBLE_DEVICES: the rest travels as Dask config.
+    environ = thread_environ(len(chosen), spec.torch_threads)
+    with _worker_config({**environ, **_openmp_environ(environ)}), _environ_preserved():
         return LocalCUDACluster(
             CUDA_VISIBLE_DEVICES=",".join(chosen), n_workers=len(chosen), threads_per_worker=1,
             resources={TRAINING_SLOT: 1}, host=spec.host, scheduler_port=spec.scheduler_port,
             dashboard_address=spec.dashboard_address, **_security_kwargs(spec),
         )
-
-
-def _has_dask_cuda() -> bool:
-    try:
-        import dask_cuda  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _security_kwargs(spec: ClusterSpec) -> dict:
@@ -134,11 +156,11 @@ def _security_kwargs(spec: ClusterSpec) -> dict:
 
 
 @contextlib.contextmanager
-def _worker_config(torch_threads: int) -> Iterator[None]:
+def _worker_config(worker_environ: dict[str, str]) -> Iterator[None]:
     """Dask config the nannies capture at creation and hand to their worker processes."""
     unset = {f"distributed.nanny.pre-spawn-environ.{name}": None
              for name in ("MALLOC_TRIM_THRESHOLD_", *_THREAD_VARIABLES)}
-    child_env = {f"distributed.nanny.environ.{name}": str(torch_threads) for name in _THREAD_VARIABLES}
+    child_env = {f"distributed.nanny.environ.{name}": value for name, value in worker_environ.items()}
     with dask.config.set({**unset, **child_env, "distributed.worker.profile.enabled": False}):
         yield
 

@@ -1,6 +1,10 @@
 """Worker setup as a Dask worker plugin: record the worker's device, size torch's thread pool, and allow
 DataLoader subprocesses (Dask workers are daemonic, and daemonic processes may not have children).
 
+Torch's thread count follows ``cluster.cpus``: ``DASK_TRAIN_TORCH_THREADS`` in the environment the worker
+was started with, else the CPUs the worker process may use divided among the ``DASK_TRAIN_SLOT_WORKERS``
+started on them. The plugin only reads the environment; it never writes it.
+
 Importing torch takes seconds, so setup starts it on a background thread and returns at once: the
 cluster is usable immediately and the first task finds torch already (or nearly) imported.
 """
@@ -18,6 +22,8 @@ from typing import Any
 from distributed import WorkerPlugin
 from distributed.worker import Worker
 
+from .cpus import torch_threads as threads_for_environ
+
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "dask-train"
@@ -32,7 +38,8 @@ class TrainingWorkerPlugin(WorkerPlugin):
     Parameters
     ----------
     torch_threads : int, optional
-        Intra-op threads for torch on this worker. Default: the worker's ``--nthreads``.
+        Intra-op threads for torch on every worker. Default: each worker's own, from its environment and
+        CPUs (``DASK_TRAIN_TORCH_THREADS``, else its share of its CPUs; see ``cluster.cpus``).
     allow_subprocesses : bool
         Let training code start processes (``DataLoader(num_workers=...)``) on a daemonic worker.
     preload : tuple of str
@@ -64,7 +71,7 @@ class TrainingWorkerPlugin(WorkerPlugin):
             # Ctrl-C in a terminal signals the whole process group. A nanny owns this process and closes
             # it; without this, every worker prints a KeyboardInterrupt traceback on the way down.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-        self.threads = self.torch_threads or _default_threads(worker)
+        self.threads = self.torch_threads or threads_for_environ()
         self._ready = threading.Event()
         threading.Thread(target=self._warm_up, name="dask-train-warm-up", daemon=True).start()
 
@@ -98,11 +105,6 @@ def _allow_children() -> None:
     process = multiprocessing.current_process()
     if process.daemon:
         process._config["daemon"] = False  # type: ignore[attr-defined]  # the setter refuses a started process
-
-
-def _default_threads(worker: Worker) -> int:
-    """The worker's own thread count (``dask worker --nthreads``): size it to the cores each worker owns."""
-    return max(1, int(worker.state.nthreads))
 
 
 def describe_device(threads: int) -> dict[str, Any]:

@@ -4,6 +4,11 @@ Either way every worker offers one ``training_slot``: on GPU nodes one ``dask cu
 (dask-cuda pins each to its device), on CPU nodes ``workers_per_node`` plain ``dask worker`` processes.
 The sbatch script also starts the scheduler (with the Training page) on the job's first node and writes a
 scheduler file on the shared filesystem, which ``dask-train ... --scheduler-file`` reads from a login node.
+
+A node's workers share the CPUs Slurm gives the node's task (``--cpus-per-task``, passed to ``srun`` too:
+``srun`` does not inherit it from ``sbatch``), and are started with ``DASK_TRAIN_SLOT_WORKERS`` set to their
+number, so each uses its share for torch (``cluster.cpus``). CPU workers are started with
+``CUDA_VISIBLE_DEVICES`` empty: they never train on a GPU the node may have.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 
 from dask.utils import format_bytes, parse_bytes
 
+from .cpus import thread_environ
 from .plugin import TRAINING_SLOT
 
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$")
@@ -73,6 +79,11 @@ class SlurmSpec:
     def slots(self) -> int:
         return self.nodes * self.workers
 
+    @property
+    def cpus_per_node(self) -> int:
+        """CPUs of the one task per node that runs all of the node's workers."""
+        return self.cpus_per_worker * self.workers
+
 
 def sbatch_directives(spec: SlurmSpec) -> list[str]:
     """The ``#SBATCH`` lines: one task per node holding every CPU, GPU and byte its workers need.
@@ -83,7 +94,7 @@ def sbatch_directives(spec: SlurmSpec) -> list[str]:
     True
     """
     lines = [f"--job-name={spec.job_name}", f"--nodes={spec.nodes}", "--ntasks-per-node=1",
-             f"--cpus-per-task={spec.cpus_per_worker * spec.workers}",
+             f"--cpus-per-task={spec.cpus_per_node}",
              f"--mem={parse_bytes(spec.memory_per_worker) * spec.workers // 2**20}M",
              f"--time={spec.walltime}", "--output=%x_%j.out", "--error=%x_%j.err"]
     if spec.gpus_per_node:
@@ -114,6 +125,23 @@ def worker_command(spec: SlurmSpec) -> list[str]:
     return command + (["--interface", spec.interface] if spec.interface else [])
 
 
+def worker_environ(spec: SlurmSpec) -> dict[str, str]:
+    """What a node's workers are started with: how many share the node's CPUs; no GPU for CPU workers.
+
+    Examples
+    --------
+    >>> worker_environ(SlurmSpec(workers_per_node=8))
+    {'DASK_TRAIN_SLOT_WORKERS': '8', 'CUDA_VISIBLE_DEVICES': ''}
+    >>> worker_environ(SlurmSpec(gpus_per_node=4))
+    {'DASK_TRAIN_SLOT_WORKERS': '4'}
+    """
+    return {**thread_environ(spec.workers), **({} if spec.gpus_per_node else {"CUDA_VISIBLE_DEVICES": ""})}
+
+
+def _export(environ: dict[str, str]) -> str:
+    return "export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in environ.items())
+
+
 def sbatch_script(spec: SlurmSpec) -> str:
     """The whole-cluster job script: ``sbatch`` it, then point dask-train at its scheduler file.
 
@@ -125,6 +153,7 @@ def sbatch_script(spec: SlurmSpec) -> str:
     """
     kind = f"{spec.gpus_per_node} GPUs" if spec.gpus_per_node else f"{spec.workers_per_node} CPU workers"
     setup = "\n".join(spec.setup) or "# source ~/env/bin/activate    # the environment with dask-train installed"
+    gpu_note = "" if spec.gpus_per_node else "\n# CPU workers: any GPU on the node is hidden from them."
     return f"""#!/usr/bin/env bash
 # dask-train cluster: {spec.nodes} node(s) x {kind}, one training slot per worker ({spec.slots} in all).
 # Submit with `sbatch {spec.job_name}.sbatch`; when {spec.scheduler_file} appears, from a login node:
@@ -142,8 +171,10 @@ SCHEDULER_PID=$!
 for _ in $(seq 120); do [ -s "$SCHEDULER_FILE" ] && break; sleep 1; done
 [ -s "$SCHEDULER_FILE" ] || {{ echo "The scheduler did not write $SCHEDULER_FILE within 120 s" >&2; exit 1; }}
 
-# One task per node starts that node's workers.
-srun --ntasks-per-node=1 --kill-on-bad-exit=1 {_shell(worker_command(spec))} &
+# One task per node starts that node's workers with all its CPUs: torch threads per worker = those CPUs
+# divided among its {spec.workers} slot workers (--setup 'export DASK_TRAIN_TORCH_THREADS=N' overrides).{gpu_note}
+{_export(worker_environ(spec))}
+srun --ntasks-per-node=1 --cpus-per-task={spec.cpus_per_node} --kill-on-bad-exit=1 {_shell(worker_command(spec))} &
 WORKERS_PID=$!
 # Until the time limit or scancel; if the scheduler or the workers stop, the job ends.
 wait -n "$SCHEDULER_PID" "$WORKERS_PID"
@@ -175,7 +206,7 @@ def slurm_cluster(spec: SlurmSpec, **kwargs: Any):
         memory=format_bytes(parse_bytes(spec.memory_per_worker) * spec.workers),
         job_cpu=spec.cpus_per_worker * spec.workers, walltime=spec.walltime, queue=spec.partition,
         account=spec.account, job_name=spec.job_name, python=spec.python, interface=spec.interface,
-        job_script_prologue=list(spec.setup),
+        job_script_prologue=[*spec.setup, _export(worker_environ(spec))],
         job_extra_directives=[f"--gres=gpu:{spec.gpus_per_node}"] if gpu else [],
         worker_command="dask cuda worker" if gpu else "distributed.cli.dask_worker",
         worker_extra_args=["--resources", f"{TRAINING_SLOT}=1"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -49,7 +50,14 @@ def _worker_facts(dask_worker):
         "omp": os.environ.get("OMP_NUM_THREADS"),
         "daemon": multiprocessing.current_process().daemon,
         "profiling": "profile" in dask_worker.periodic_callbacks,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
+
+
+def _gpus_this_task_may_see():
+    import os
+
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
 def _where_am_i():
@@ -82,7 +90,8 @@ def test_a_slot_task_runs_on_each_worker(client):
 def test_workers_skip_the_defaults_that_slow_torch(client):
     facts = client.run(_worker_facts)
     for fact in facts.values():
-        assert fact == {"malloc_trim": None, "omp": "1", "daemon": False, "profiling": False}
+        assert fact == {"malloc_trim": None, "omp": "1", "daemon": False, "profiling": False,
+                        "cuda_visible_devices": ""}
 
 
 def test_starting_a_cluster_leaves_this_process_environment_alone():
@@ -90,6 +99,44 @@ def test_starting_a_cluster_leaves_this_process_environment_alone():
     with start_local_cluster(ClusterSpec(workers=1, gpus="off", dashboard_address="127.0.0.1:0")):
         assert dict(os.environ) == before
     assert dict(os.environ) == before
+
+
+def test_cpu_workers_never_see_the_gpus_this_process_sees(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    before = dict(os.environ)
+    with open_client(Target(local=ClusterSpec(workers=1, gpus="off", dashboard_address="127.0.0.1:0"))) as c:
+        seen = c.submit(_gpus_this_task_may_see, resources={TRAINING_SLOT: 1}, pure=False).result(timeout=60)
+        assert dict(os.environ) == before
+    assert seen == ""  # CUDA's "no device": torch.cuda.is_available() is False in every CPU worker
+    assert dict(os.environ) == before
+
+
+NVIDIA_SMI = """#!/bin/sh
+# Two GPUs, as `nvidia-smi -L` lists them.
+echo "GPU 0: NVIDIA H100 (UUID: GPU-00000000-0000-0000-0000-000000000000)"
+echo "GPU 1: NVIDIA H100 (UUID: GPU-11111111-1111-1111-1111-111111111111)"
+"""
+
+
+def test_gpus_without_a_working_dask_cuda_give_cpu_workers_that_see_none_and_say_why(tmp_path, monkeypatch,
+                                                                                     caplog):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nvidia-smi").write_text(NVIDIA_SMI)
+    (tmp_path / "bin" / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    # dask-cuda installed without its CUDA bindings fails to import like this.
+    (tmp_path / "dask_cuda").mkdir()
+    (tmp_path / "dask_cuda" / "__init__.py").write_text("from cuda.core import Device\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with (caplog.at_level(logging.WARNING, logger="cluster.local"),
+          start_local_cluster(ClusterSpec(workers=1, dashboard_address="127.0.0.1:0")) as cluster,
+          Client(cluster, timeout=30) as c):
+        seen = c.submit(_gpus_this_task_may_see, resources={TRAINING_SLOT: 1}, pure=False).result(timeout=60)
+    assert seen == ""
+    assert ("GPUs ['0', '1'] are visible but dask-cuda is installed but failed to import (ModuleNotFoundError: "
+            "No module named 'cuda').") in caplog.text
+    assert "Starting CPU workers, with the GPUs hidden from them." in caplog.text
 
 
 def test_dashboard_status_page_answers_while_up(client):

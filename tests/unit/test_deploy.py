@@ -16,7 +16,7 @@ from distributed.cli.dask_worker import main as worker_cli
 
 from cluster import TRAINING_SLOT
 from cluster.kubernetes import dask_cluster
-from cluster.slurm import SlurmSpec, sbatch_script, slurm_cluster
+from cluster.slurm import SlurmSpec, sbatch_script, slurm_cluster, worker_environ
 from tests.helpers import run_cli
 from training.cli import cli
 
@@ -37,6 +37,12 @@ GENERATED = {
 def parses_as(command: click.Command, args: list[str]) -> None:
     """dask's own CLI accepts these arguments (unknown options or bad values raise)."""
     command.make_context("dask", list(args), resilient_parsing=False)
+
+
+def cuda_worker_cli() -> click.Command:
+    """``dask cuda worker``'s own parser (dask-cuda needs CUDA bindings: where it is missing, skip)."""
+    cli_module = pytest.importorskip("dask_cuda.cli", reason="dask-cuda (the [gpu] extra) is not installed here")
+    return cli_module.worker
 
 
 def words_after(line: str, start: str) -> list[str]:
@@ -64,6 +70,9 @@ def test_gpu_sbatch_header_and_commands():
     assert script.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in script
     worker = next(line for line in script.splitlines() if line.startswith("srun "))
     assert "-m dask cuda worker" in worker and "--nworkers" not in worker
+    assert "--cpus-per-task=32" in shlex.split(worker)[: shlex.split(worker).index("-m")]  # srun's own option
+    assert "export DASK_TRAIN_SLOT_WORKERS=4" in script.splitlines()  # 4 GPU workers share the task's CPUs
+    assert "CUDA_VISIBLE_DEVICES" not in script  # dask-cuda gives each worker its GPU
     args = words_after(worker, "dask cuda worker")
     assert args[args.index("--resources") + 1] == f"{TRAINING_SLOT}=1"
     assert args[args.index("--interface") + 1] == "ib0"
@@ -79,9 +88,19 @@ def test_cpu_sbatch_runs_n_plain_workers_per_node_and_no_gres():
     assert "--gres" not in script and "--partition" not in script and "--account" not in script
     assert "#SBATCH --cpus-per-task=16" in script.splitlines()
     worker = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert worker.startswith("srun --ntasks-per-node=1 --cpus-per-task=16 ")  # srun does not inherit it
     args = words_after(worker, "distributed.cli.dask_worker")
     parses_as(worker_cli, args)
     assert args[args.index("--nworkers") + 1] == "8" and args[args.index("--nthreads") + 1] == "1"
+    # The 8 workers divide the task's 16 CPUs for torch; none of them sees a GPU.
+    export = script.splitlines()[script.splitlines().index(worker) - 1]
+    assert export == "export DASK_TRAIN_SLOT_WORKERS=8 CUDA_VISIBLE_DEVICES=''"
+
+
+def test_slurm_worker_environment_names_the_slot_workers_and_hides_gpus_from_cpu_workers():
+    assert worker_environ(SlurmSpec(workers_per_node=3)) == {"DASK_TRAIN_SLOT_WORKERS": "3",
+                                                             "CUDA_VISIBLE_DEVICES": ""}
+    assert worker_environ(SlurmSpec(gpus_per_node=8, workers_per_node=3)) == {"DASK_TRAIN_SLOT_WORKERS": "8"}
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -104,15 +123,23 @@ def test_slurm_cluster_from_dask_jobqueue_has_the_same_workers():
         assert "#SBATCH --gres=gpu:4" in script and "#SBATCH -p gpu" in script
         assert "-m dask cuda worker" in script and f"--resources {TRAINING_SLOT}=1" in script
         assert "--nthreads 1" in script
+        assert "export DASK_TRAIN_SLOT_WORKERS=4" in script.splitlines()
+        parses_as(worker_cli, words_after(_worker_line(script), "dask cuda worker")[1:])  # after the address
     finally:
         gpu.close()
-    cpu = slurm_cluster(SlurmSpec(workers_per_node=4, dashboard_address="127.0.0.1:0"))
+    cpu = slurm_cluster(SlurmSpec(workers_per_node=4, cpus_per_worker=2, dashboard_address="127.0.0.1:0"))
     try:
         script = cpu.job_script()
         assert "-m distributed.cli.dask_worker" in script and "--nworkers 4" in script and "--gres" not in script
-        assert f"--resources {TRAINING_SLOT}=1" in script
+        assert f"--resources {TRAINING_SLOT}=1" in script and "#SBATCH --cpus-per-task=8" in script
+        assert "export DASK_TRAIN_SLOT_WORKERS=4 CUDA_VISIBLE_DEVICES=''" in script.splitlines()
+        parses_as(worker_cli, words_after(_worker_line(script), "distributed.cli.dask_worker")[1:])
     finally:
         cpu.close()
+
+
+def _worker_line(job_script: str) -> str:
+    return next(line for line in job_script.splitlines() if "worker" in line and " -m " in line)
 
 
 def test_cluster_up_slurm_without_sbatch_says_where_to_run_it(tmp_path):
@@ -130,7 +157,9 @@ def test_kubernetes_manifest(gpu):
     assert manifest["apiVersion"] == "kubernetes.dask.org/v1" and manifest["kind"] == "DaskCluster"
     worker = manifest["spec"]["worker"]["spec"]["containers"][0]
     assert worker["image"] == f"dask-train:{'cuda' if gpu else 'cpu'}"
-    assert worker["resources"]["limits"].get("nvidia.com/gpu") == (1 if gpu else None)
+    assert worker["resources"]["limits"].get("nvidia.com/gpu") == ("1" if gpu else None)  # a string: see the CRD
+    assert worker["resources"]["limits"]["cpu"] == worker["resources"]["requests"]["cpu"]  # quota = request
+    assert worker.get("env", []) == ([] if gpu else [{"name": "CUDA_VISIBLE_DEVICES", "value": ""}])
     args = worker["args"]
     assert args[:3] == (["dask", "cuda", "worker"] if gpu else ["dask", "worker", "--name"])
     assert args[args.index("--resources") + 1] == f"{TRAINING_SLOT}=1"
@@ -143,9 +172,21 @@ def test_kubernetes_manifest(gpu):
     assert {p["name"] for p in container["ports"]} == {p["targetPort"] for p in scheduler["service"]["ports"]}
 
 
-def test_kubernetes_names_are_checked():
+def test_kubernetes_names_and_quantities_are_checked():
     with pytest.raises(ValueError, match="name='Pets_Sweep'"):
         dask_cluster("Pets_Sweep")
+    with pytest.raises(ValueError, match=r"cpu='four': use a Kubernetes quantity such as '4' or '500m'"):
+        dask_cluster(cpu="four")
+    container = dask_cluster(gpu=False, cpu=2, memory="8Gi")["spec"]["worker"]["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}
+
+
+def test_dask_cuda_worker_command_lines_parse_with_dask_cuda_cli():
+    cuda_worker = cuda_worker_cli()
+    sbatch = sbatch_script(SlurmSpec(gpus_per_node=4, interface="ib0"))
+    parses_as(cuda_worker, words_after(next(line for line in sbatch.splitlines() if line.startswith("srun ")),
+                                       "dask cuda worker"))
+    parses_as(cuda_worker, dask_cluster(gpu=True)["spec"]["worker"]["spec"]["containers"][0]["args"][3:])
 
 
 def test_compose_file_runs_a_scheduler_and_two_slot_workers():
@@ -156,12 +197,18 @@ def test_compose_file_runs_a_scheduler_and_two_slot_workers():
     assert scheduler["command"][:2] == ["dask", "scheduler"] and "training.dashboard" in scheduler["command"]
     parses_as(scheduler_cli, scheduler["command"][2:])
     assert all(port.startswith("127.0.0.1:") for port in scheduler["ports"])  # loopback only
-    for name in ("worker-1", "worker-2"):
+    workers = sorted(name for name in services if name.startswith("worker-"))
+    for name in workers:
         command = services[name]["command"]
         assert command[:3] == ["dask", "worker", "tcp://scheduler:8786"]
         assert command[command.index("--resources") + 1] == f"{TRAINING_SLOT}=1"
         parses_as(worker_cli, command[2:])
         assert services[name]["depends_on"]["scheduler"]["condition"] == "service_healthy"
+        assert services[name]["restart"] == "on-failure"
+        # The workers share the host's CPUs (no `cpus:` limit): each takes its share; none sees a GPU.
+        assert "cpus" not in services[name]
+        assert services[name]["environment"] == {"DASK_TRAIN_SLOT_WORKERS": str(len(workers)),
+                                                 "CUDA_VISIBLE_DEVICES": ""}
     build = scheduler["build"]
     dockerfile = (DEPLOY / "docker" / build["context"] / build["dockerfile"]).resolve()
     assert dockerfile == DEPLOY / "docker" / "Dockerfile"
@@ -173,8 +220,18 @@ def test_dockerfile_has_cpu_and_cuda_variants_and_copies_what_exists():
     stages = set(re.findall(r"^FROM \S+ AS (\S+)$", text, flags=re.M))
     assert {"torch-cpu", "torch-cuda"} <= stages
     assert "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in text  # the CPU wheel, as in CI
+    cuda_stage = text[text.index("AS torch-cuda"):text.index("AS final")]
+    # The same tested torch, pinned (PyPI's 2.13.0 wheel is CUDA 13.0), with dask-cuda's CUDA 13 bindings.
+    assert re.search(r"^RUN pip install torch==2\.13\.0 \"dask-cuda\[cu13\]>=25\.10\"", cuda_stage, flags=re.M)
     assert re.search(r"^USER (?!root)\w+", text, flags=re.M)  # not root
     root = DEPLOY.parent
     for line in re.findall(r"^COPY (.+) /opt/dask-train/?\S*$", text, flags=re.M):
         for source in line.split():
             assert (root / source).exists(), source
+
+
+def test_gpu_extra_installs_dask_cuda_with_its_cuda_12_bindings():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    extras = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    # dask-cuda has had the cu12 / cu13 extras since 25.10; without one `import dask_cuda` fails.
+    assert [r for r in extras["gpu"] if r.startswith("dask-cuda")] == ["dask-cuda[cu12]>=25.10"]

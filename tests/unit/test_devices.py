@@ -1,13 +1,28 @@
-"""GPU detection and assignment (pure functions: no GPU needed), cluster specs, TLS files."""
+"""GPU detection and assignment (pure functions: no GPU needed), whether dask-cuda can be used, the torch
+threads rule, cluster specs, TLS files."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import re
 import ssl
+import subprocess
+import sys
 
 import pytest
 
-from cluster import ClusterSpec, cuda_visible_devices, detect_gpus, make_tls_files, visible_gpus
+from cluster import (
+    ClusterSpec,
+    cuda_visible_devices,
+    dask_cuda_problem,
+    detect_gpus,
+    make_tls_files,
+    torch_threads,
+    visible_gpus,
+)
+from cluster.cpus import thread_environ, threads_per_worker
 from cluster.errors import ClusterConnectError
 from cluster.security import read_scheduler_file, write_scheduler_file
 
@@ -51,6 +66,67 @@ def test_detection_here_finds_no_gpu_and_does_not_initialise_cuda():
 
     assert detect_gpus() == ([] if not torch.cuda.is_available() else detect_gpus())
     assert not torch.cuda.is_initialized()
+
+
+def test_missing_dask_cuda_is_told_apart_from_one_that_fails_to_import(tmp_path, monkeypatch):
+    if importlib.util.find_spec("dask_cuda") is None:
+        problem = dask_cuda_problem()
+        assert problem is not None and problem.startswith("dask-cuda is not installed: ")
+        assert "pip install 'dask-train[gpu]'" in problem and "dask-cuda[cu13]" in problem
+    # An installed dask-cuda whose CUDA bindings are missing fails the way the real one does (cuda.core).
+    (tmp_path / "dask_cuda").mkdir()
+    (tmp_path / "dask_cuda" / "__init__.py").write_text("from cuda.core import Device\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "dask_cuda", raising=False)
+    problem = dask_cuda_problem()
+    assert problem is not None and problem.startswith(
+        "dask-cuda is installed but failed to import (ModuleNotFoundError: No module named 'cuda').")
+    assert "'dask-cuda[cu12]'" in problem and "'dask-cuda[cu13]'" in problem and "torch.version.cuda" in problem
+
+
+@pytest.mark.parametrize(
+    ("environ", "cpus", "expected"),
+    [
+        ({}, 8, 8),  # one worker per pod / container / hand-started `dask worker`: all of its CPUs
+        ({"DASK_TRAIN_SLOT_WORKERS": "8"}, 32, 4),  # sbatch: --nworkers 8 on a 32-CPU task
+        ({"DASK_TRAIN_SLOT_WORKERS": "2"}, 1, 1),  # never 0
+        ({"DASK_TRAIN_SLOT_WORKERS": "2", "DASK_TRAIN_TORCH_THREADS": "6"}, 1, 6),  # the override wins
+        ({"DASK_TRAIN_TORCH_THREADS": " ", "DASK_TRAIN_SLOT_WORKERS": ""}, 3, 3),  # empty means unset
+    ],
+)
+def test_torch_threads_are_the_workers_share_of_its_cpus(environ, cpus, expected):
+    assert torch_threads(environ, cpus=lambda: cpus) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"DASK_TRAIN_TORCH_THREADS": "four"},
+         "DASK_TRAIN_TORCH_THREADS='four' in the workers' environment: need a whole number of at least 1 "
+         "(e.g. DASK_TRAIN_TORCH_THREADS=4), or unset"),
+        ({"DASK_TRAIN_SLOT_WORKERS": "0"}, "DASK_TRAIN_SLOT_WORKERS='0' in the workers' environment"),
+    ],
+)
+def test_bad_thread_settings_fail_with_the_value_and_the_fix(environ, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        torch_threads(environ, cpus=lambda: 4)
+
+
+def test_thread_rule_helpers_refuse_nonsense():
+    assert threads_per_worker(7, 2) == 3
+    with pytest.raises(ValueError, match="slot_workers=0"):
+        threads_per_worker(8, 0)
+    with pytest.raises(ValueError, match="torch_threads=0"):
+        thread_environ(2, torch_threads=0)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to take one away")
+def test_cpu_cores_follows_the_cpu_affinity_the_process_is_given():
+    code = "from cluster.cpus import cpu_cores; print(cpu_cores())"
+    first = min(os.sched_getaffinity(0))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                         preexec_fn=lambda: os.sched_setaffinity(0, {first}))
+    assert out.stdout.strip() == "1"
 
 
 @pytest.mark.parametrize(
