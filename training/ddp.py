@@ -23,14 +23,15 @@ from distributed import Client, Future, wait
 
 from cluster import TRAINING_SLOT, Target, open_client, require_slots
 
-from .dashboard import enable_page, publish
+from .dashboard import enable_page
 from .errors import ConfigError, DDPJobFailed
-from .events import Inbox
+from .events import Inbox, publish
 from .loop import _check_epochs
 from .model_file import TrainedModel, save_model
 from .params import resolve
+from .protocol import EpochEnded, FirstStep, JobAnnounced, JobEnded, JobState, RankOutcome, TrialState
 from .rank import RankSpec, free_port, run_rank
-from .sweep_spec import _NAME
+from .sweep_spec import NAME_PATTERN
 from .workloads import get_workload, workload_ref
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class DDPResult:
     placements: list[Placement]
     seconds: float
     first_step_seconds: float | None
-    rank_outputs: list[dict[str, Any]]
+    rank_outputs: list[RankOutcome]
 
     @property
     def model(self):
@@ -152,7 +153,7 @@ class _Job:
         return self.run_dir / "checkpoint.pt"
 
     def validate(self) -> None:
-        if not _NAME.match(self.name):
+        if not NAME_PATTERN.match(self.name):
             raise ConfigError(f"Job name {self.name!r} must be 1-64 letters, digits, '_', '.' or '-'.")
         if not self.timeout > 0:
             raise ConfigError(f"timeout={self.timeout!r}: must be a positive number of seconds.")
@@ -195,10 +196,10 @@ class _Job:
             try:
                 first_step = _Watcher(self, client, futures, placements, inbox, progress).watch()
             except BaseException as exc:
-                publish(client, self.name, token, {"kind": "job-end", "state": "failed", "error": str(exc)})
+                publish(client, JobEnded(self.name, token, state=JobState.FAILED, error=str(exc)))
                 raise
         outputs = client.gather(futures)
-        publish(client, self.name, token, {"kind": "job-end", "state": "finished"})
+        publish(client, JobEnded(self.name, token, state=JobState.FINISHED))
         for future in futures:
             future.release()
         return self._finish(outputs, placements, started, first_step)
@@ -206,22 +207,22 @@ class _Job:
     def _announce(self, client: Client, token: str, placements: list[Placement]) -> None:
         """Tell the Training page about this job: one row per rank, where it runs."""
         work = get_workload(self.workload)
-        ranks = [{"number": p.rank, "worker": p.worker, "state": "running", "params": self.params}
+        ranks = [{"number": p.rank, "worker": p.worker, "state": TrialState.RUNNING.value, "params": self.params}
                  for p in placements]
-        publish(client, self.name, token, {"kind": "job", "type": "ddp", "workload": self.workload,
-                                           "metric": work.metric, "mode": work.mode, "epochs": self.epochs,
-                                           "total": len(placements), "client": client.id, "params": self.params,
-                                           "trials": ranks})
+        publish(client, JobAnnounced(self.name, token, time=time.time(), type="ddp", workload=self.workload,
+                                     metric=work.metric, mode=work.mode, epochs=self.epochs, total=len(placements),
+                                     client=client.id, params=self.params, trials=ranks))
 
-    def _finish(self, outputs: list[dict[str, Any]], placements: list[Placement], started: float,
+    def _finish(self, outputs: list[RankOutcome], placements: list[Placement], started: float,
                 first_step: float | None) -> DDPResult:
+        """The model of rank 0's best epoch (``model/``); the last epoch's state stays in checkpoint.pt."""
         head = outputs[0]
         work = get_workload(self.workload)
-        model = work.build_model(self.params, head["meta"])
-        model.load_state_dict(head["state_dict"])
-        trained = TrainedModel(self.workload, self.params, head["meta"], head["artifacts"], head["history"],
-                               model.eval(), self.seed,
-                               extra={"ddp": self.name, "world_size": len(placements)})
+        model = work.build_model(self.params, head.meta)
+        model.load_state_dict(head.state_dict or {})
+        trained = TrainedModel(self.workload, self.params, head.meta, head.artifacts, list(head.history),
+                               model.eval(), self.seed, extra={"ddp": self.name, "world_size": len(placements)},
+                               best_epoch=head.best_epoch)
         model_dir = save_model(trained, self.run_dir / "model")
         return DDPResult(trained, self.run_dir, model_dir, placements, time.time() - started,
                          None if first_step is None else first_step - started, outputs)
@@ -255,11 +256,11 @@ class _Watcher:
         return self.first_step
 
     def _drain(self) -> None:
-        for message in self.inbox.drain():
-            if message.get("kind") == "first-step":
-                self.first_step = message["time"]
-            elif message.get("kind") == "epoch":
-                self.progress.on_epoch(message["record"])
+        for event in self.inbox.drain():
+            if isinstance(event, FirstStep):
+                self.first_step = event.time
+            elif isinstance(event, EpochEnded):
+                self.progress.on_epoch(event.record)
 
     def _lost_ranks(self) -> list[Placement]:
         """Ranks whose worker has left the cluster (remembered: their futures get cancelled)."""

@@ -1,37 +1,56 @@
-"""Training metrics as Dask events: workers ``log_event`` plain dicts on one topic; the client (and the
-dashboard page) subscribe. Dask's Pub/Sub was removed in 2025.4; events are its supported replacement.
+"""Training metrics as Dask events: workers send them with ``log_event`` on one topic, coordinators
+publish their announcements on the same topic, and the client (and the Training page) subscribe. Dask's
+Pub/Sub was removed in 2025.4; events are its supported replacement.
 
-Every message is msgpack-serialisable: a dict of strings, numbers, lists and dicts, with at least
-``kind`` ("start", "epoch", "end"), ``job`` (sweep or DDP job name) and ``run`` (one client run's token,
-so events from an earlier, killed client are told apart).
+What travels is :mod:`training.protocol`'s events as plain dicts (msgpack-serialisable); readers get the
+typed events back, and drop what does not parse.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import queue
 import threading
+import time
 from typing import Any
+
+from .protocol import Event, parse_event
 
 log = logging.getLogger(__name__)
 
 TOPIC = "dask-train"
 
 
-def emit(message: dict[str, Any]) -> None:
-    """Send ``message`` from the worker running this task; a no-op outside a Dask worker."""
+def emit(event: Event) -> None:
+    """Send ``event`` from the worker running this task; a no-op outside a Dask worker."""
     from distributed import get_worker
 
     try:
         worker = get_worker()
     except ValueError:
         return
-    worker.log_event(TOPIC, plain(message))
+    worker.log_event(TOPIC, plain(event.to_dict()))
+
+
+def publish(client: Any, event: Event) -> None:
+    """Send a coordinator's announcement (job, queued trial, trial end, job end) from the client.
+
+    The Training page is a view: a failure to send is logged, never raised into the training.
+    """
+    message = plain(event.to_dict())
+    message["time"] = message.get("time") or time.time()
+    try:
+        client.log_event(TOPIC, message)
+    except Exception as exc:
+        log.debug("Could not send %s to the Training page: %s", event.kind, exc)
 
 
 def plain(value: Any) -> Any:
     """``value`` with tuples as lists, numpy/torch scalars as Python numbers, NaN/inf as strings."""
+    if isinstance(value, enum.Enum):
+        return plain(value.value)
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -54,7 +73,7 @@ class Inbox:
     Examples
     --------
     >>> with Inbox(client, run="a1b2c3") as inbox:  # doctest: +SKIP
-    ...     for message in inbox.drain(): ...
+    ...     for event in inbox.drain(): ...
     """
 
     def __init__(self, client: Any, run: str) -> None:
@@ -68,14 +87,19 @@ class Inbox:
     def __exit__(self, *exc: object) -> None:
         _Router.of(self.client).remove(self)
 
-    def drain(self) -> list[dict[str, Any]]:
-        """The messages that arrived since the last call, oldest first."""
-        out = []
+    def drain(self) -> list[Event]:
+        """The events that arrived since the last call, oldest first (malformed messages dropped)."""
+        out: list[Event] = []
         while True:
             try:
-                out.append(self._queue.get_nowait())
+                message = self._queue.get_nowait()
             except queue.Empty:
                 return out
+            event = parse_event(message)
+            if event is None:
+                log.debug("Dropped a malformed training event: %.200r", message)
+            else:
+                out.append(event)
 
 
 class _Router:

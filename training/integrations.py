@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .protocol import TrialRecord, TrialState
 from .sweep import SweepProgress
 from .sweep_spec import SweepSpec
 
-_FINAL = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "diverged": "FAILED"}
+#: MLflow's run status for a trial's final state (FAILED for the rest).
+_MLFLOW_STATUS = {TrialState.COMPLETED: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.CANCELLED: "KILLED"}
 
 
 class TensorBoardLogger(SweepProgress):
@@ -43,12 +45,12 @@ class TensorBoardLogger(SweepProgress):
             writer.add_scalar(key, value, global_step=int(record["epoch"]))
         writer.flush()
 
-    def on_trial_end(self, row: dict[str, Any], counts: dict[str, int], best: dict[str, Any] | None) -> None:
-        writer = self.writers.get(row["number"])
-        if writer is not None and row["state"] != "running":  # "running": promoted by ASHA, more to come
-            writer.add_text("params", str(row["params"]))
+    def on_trial_end(self, row: TrialRecord, counts: dict[TrialState, int], best: TrialRecord | None) -> None:
+        writer = self.writers.get(row.number)
+        if writer is not None and row.state != TrialState.PROMOTED:  # promoted by ASHA: more to come
+            writer.add_text("params", str(row.params))
             writer.close()
-            del self.writers[row["number"]]
+            del self.writers[row.number]
 
 
 class MlflowLogger(SweepProgress):
@@ -82,14 +84,14 @@ class MlflowLogger(SweepProgress):
         for key, value in _numeric(record).items():
             self.client.log_metric(run_id, key, value, step=int(record["epoch"]))
 
-    def on_trial_end(self, row: dict[str, Any], counts: dict[str, int], best: dict[str, Any] | None) -> None:
-        if row["state"] == "running":
+    def on_trial_end(self, row: TrialRecord, counts: dict[TrialState, int], best: TrialRecord | None) -> None:
+        if row.state == TrialState.PROMOTED:
             return
-        run_id = self._run(row["number"])
-        for key, value in row["params"].items():
+        run_id = self._run(row.number)
+        for key, value in row.params.items():
             self.client.log_param(run_id, key, value)
-        self.client.set_terminated(run_id, status=_FINAL.get(row["state"], "FAILED"))
-        self.runs.pop(row["number"], None)
+        self.client.set_terminated(run_id, status=_MLFLOW_STATUS.get(row.state, "FAILED"))
+        self.runs.pop(row.number, None)
 
 
 class _Fanout(SweepProgress):
@@ -112,7 +114,7 @@ class _Fanout(SweepProgress):
         for part in self.parts:
             part.on_epoch(number, record)
 
-    def on_trial_end(self, row: dict[str, Any], counts: dict[str, int], best: dict[str, Any] | None) -> None:
+    def on_trial_end(self, row: TrialRecord, counts: dict[TrialState, int], best: TrialRecord | None) -> None:
         for part in self.parts:
             part.on_trial_end(row, counts, best)
 

@@ -20,6 +20,7 @@ import torch
 from .errors import ConfigError, TrainingDiverged
 from .model_file import TrainedModel
 from .params import resolve
+from .protocol import better
 from .workloads import Data, Workload, get_workload, workload_ref
 from .workloads.base import Batch, take
 
@@ -91,14 +92,44 @@ def shard_batches(perm: torch.Tensor, batch_size: int, shard: Shard) -> list[tor
     return list(grid[:, shard.rank])
 
 
+@dataclass
+class BestEpoch:
+    """The best epoch so far by ``metric`` under ``mode``, with a CPU copy of its weights (like Lightning's
+    ModelCheckpoint with ``save_top_k=1``): what a trial's or job's model directory holds."""
+
+    metric: str
+    mode: str
+    epoch: int | None = None
+    value: float | None = None
+    weights: dict[str, torch.Tensor] | None = None
+
+    def offer(self, record: Mapping[str, Any], model: torch.nn.Module) -> None:
+        """Keep ``model``'s weights if ``record`` (its epoch's metrics) beats the best so far."""
+        if better(record.get(self.metric), self.value, self.mode):
+            self.epoch, self.value = int(record["epoch"]), float(record[self.metric])
+            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def state(self) -> dict[str, Any]:
+        return {"metric": self.metric, "mode": self.mode, "epoch": self.epoch, "value": self.value,
+                "weights": self.weights}
+
+    def load(self, state: Mapping[str, Any] | None) -> None:
+        """Continue from :meth:`state` (a checkpoint's); one kept for another metric starts afresh."""
+        if state and state.get("metric") == self.metric and state.get("mode") == self.mode:
+            self.epoch, self.value, self.weights = state["epoch"], state["value"], state["weights"]
+
+
 class Trainer:
     """Trains one model: :meth:`train` runs epochs; :meth:`save_checkpoint` / :meth:`load_checkpoint`
-    make it resumable. ``reduce`` sums a tensor over DDP ranks (identity outside DDP)."""
+    make it resumable. ``reduce`` sums a tensor over DDP ranks (identity outside DDP). The weights of the
+    best epoch by ``metric`` / ``mode`` (default: the workload's) are kept for :meth:`result`."""
 
     def __init__(self, workload: Workload, params: Mapping[str, Any], data: Data, *, seed: int = 0,
                  device: torch.device | None = None, shard: Shard = Shard(), wrap: Callable | None = None,
-                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, metric: str | None = None,
+                 mode: str | None = None) -> None:
         self.workload, self.params, self.seed, self.shard = workload, dict(params), seed, shard
+        self.best = BestEpoch(metric or workload.metric, mode or workload.mode)
         self.device = device or pick_device()
         self.data = data.to(self.device)
         self.model = workload.build_model(self.params, data.meta).to(self.device)
@@ -121,6 +152,8 @@ class Trainer:
             record = self._run_epoch(self.epoch + 1, callback)
             self.epoch += 1
             self.history.append(record)
+            if self.shard.rank == 0:  # every rank has the same metrics; one keeps the weights
+                self.best.offer(record, self.model)
             if checkpoint is not None and self.shard.rank == 0:
                 self.save_checkpoint(checkpoint)
             callback.on_epoch_end(record)
@@ -205,6 +238,7 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "rng_perm": self.generator.get_state(),
             "history": self.history,
+            "best": self.best.state(),
         }
 
     def load_checkpoint(self, path: Path) -> None:
@@ -227,14 +261,21 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.generator.set_state(state["rng_perm"])
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
+        self.best.load(state.get("best"))
+
+    def best_weights(self) -> dict[str, torch.Tensor]:
+        """The best epoch's weights on the CPU (the current ones before any epoch has a metric value)."""
+        if self.best.weights is not None:
+            return self.best.weights
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
     def result(self) -> TrainedModel:
-        """The trained model on the CPU, with what rebuilds it and its history."""
+        """The model of the best epoch on the CPU, with what rebuilds it and the whole history."""
         model = self.workload.build_model(self.params, self.data.meta)
-        model.load_state_dict({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        model.load_state_dict(self.best_weights())
         return TrainedModel(workload_ref(self.workload), self.params, dict(self.data.meta),
-                            dict(self.data.artifacts),
-                            list(self.history), model.eval(), self.seed)
+                            dict(self.data.artifacts), list(self.history), model.eval(), self.seed,
+                            best_epoch=self.best.epoch)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

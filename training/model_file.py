@@ -44,11 +44,13 @@ class TrainedModel:
     model: nn.Module
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The epoch whose weights ``model`` holds (the best by the run's metric); None: the last one.
+    best_epoch: int | None = None
 
     @property
     def metrics(self) -> dict[str, Any]:
-        """The last epoch's record (empty before any epoch)."""
-        return dict(self.history[-1]) if self.history else {}
+        """The record of the epoch whose weights the model holds (empty before any epoch)."""
+        return epoch_record(self.history, self.best_epoch)
 
     def save(self, path: str | Path) -> Path:
         """Write the model directory (created if needed) and return its path."""
@@ -69,28 +71,52 @@ class TrainedModel:
         return get_workload(self.workload)
 
 
+def epoch_record(history: list[dict[str, Any]], epoch: int | None) -> dict[str, Any]:
+    """The record of ``epoch`` in ``history`` (the last one when ``epoch`` is None or absent).
+
+    Examples
+    --------
+    >>> epoch_record([{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 3.0}], 1)
+    {'epoch': 1, 'loss': 2.0}
+    """
+    found = next((r for r in history if r.get("epoch") == epoch), None) if epoch is not None else None
+    return dict(found if found is not None else history[-1]) if history else {}
+
+
 def save_model(trained: TrainedModel, path: str | Path) -> Path:
     """Write ``trained`` as a model directory: weights, metadata, history, artifacts."""
+    return write_model_dir(path, trained.model.state_dict(), workload=trained.workload, params=trained.params,
+                           meta=trained.meta, artifacts=trained.artifacts, history=trained.history,
+                           seed=trained.seed, extra=trained.extra, best_epoch=trained.best_epoch)
+
+
+def write_model_dir(path: str | Path, state_dict: dict[str, torch.Tensor], *, workload: str,
+                    params: dict[str, Any], meta: dict[str, Any], artifacts: dict[str, Any],
+                    history: list[dict[str, Any]], seed: int = 0, extra: dict[str, Any] | None = None,
+                    best_epoch: int | None = None) -> Path:
+    """Write a model directory straight from a state dict (no model is built: a sweep's coordinator saves
+    what a worker sent). ``best_epoch``: the epoch the weights are from (None: the last)."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in trained.model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     save_file(state, str(folder / WEIGHTS))
     metadata = {
         "format": FORMAT,
         "version": VERSION,
-        "workload": trained.workload,
-        "params": trained.params,
-        "meta": trained.meta,
-        "seed": trained.seed,
-        "metrics": trained.metrics,
-        "epochs": len(trained.history),
+        "workload": workload,
+        "params": params,
+        "meta": meta,
+        "seed": seed,
+        "metrics": epoch_record(history, best_epoch),
+        "best_epoch": best_epoch,
+        "epochs": len(history),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "torch": torch.__version__,
-        **({"extra": trained.extra} if trained.extra else {}),
+        **({"extra": extra} if extra else {}),
     }
     _write_json(folder / METADATA, metadata)
-    _write_json(folder / HISTORY, trained.history)
-    _write_json(folder / ARTIFACTS, trained.artifacts)
+    _write_json(folder / HISTORY, history)
+    _write_json(folder / ARTIFACTS, artifacts)
     return folder
 
 
@@ -127,6 +153,7 @@ def load_model(path: str | Path) -> TrainedModel:
         workload=metadata["workload"], params=metadata["params"], meta=metadata["meta"],
         artifacts=_read_json(folder / ARTIFACTS, default={}), history=_read_json(folder / HISTORY, default=[]),
         model=model.eval(), seed=int(metadata.get("seed", 0)), extra=metadata.get("extra", {}),
+        best_epoch=metadata.get("best_epoch"),
     )
 
 

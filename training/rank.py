@@ -7,6 +7,7 @@ error instead of a hang. Nothing here writes ``os.environ``: the rendezvous is `
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import re
 import socket
@@ -21,6 +22,7 @@ import torch.distributed as dist
 
 from .events import emit
 from .loop import Callback, Shard, build_trainer, isolated_rng, pick_device
+from .protocol import EpochEnded, FirstStep, RankOutcome
 from .workloads import get_workload
 
 
@@ -57,11 +59,11 @@ class _RankZeroEvents(Callback):
     def on_batch_end(self, epoch: int, batch: int) -> None:
         if self.first_step_at is None:
             self.first_step_at = time.time()
-            emit({"kind": "first-step", "job": self.spec.job, "run": self.spec.run, "time": self.first_step_at})
+            emit(FirstStep(self.spec.job, self.spec.run, time=self.first_step_at))
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
-        emit({"kind": "epoch", "job": self.spec.job, "run": self.spec.run, "trial": -1, "rank": 0,
-              "worker": self.worker, "record": record})
+        emit(EpochEnded(self.spec.job, self.spec.run, time=time.time(), trial=-1, rank=0, worker=self.worker,
+                        record=record))
 
 
 def free_port(host: str) -> int:
@@ -72,7 +74,7 @@ def free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def run_rank(spec: RankSpec) -> dict[str, Any]:
+def run_rank(spec: RankSpec) -> RankOutcome:
     """Join the process group, train this rank's shards, and return (rank 0: the model) or raise."""
     from cluster.plugin import prepare_task_thread
 
@@ -92,7 +94,7 @@ def run_rank(spec: RankSpec) -> dict[str, Any]:
         dist.destroy_process_group()
 
 
-def _train_rank(spec: RankSpec, worker: str, device: torch.device) -> dict[str, Any]:
+def _train_rank(spec: RankSpec, worker: str, device: torch.device) -> RankOutcome:
     from torch.nn.parallel import DistributedDataParallel
 
     work = get_workload(spec.workload)
@@ -108,15 +110,16 @@ def _train_rank(spec: RankSpec, worker: str, device: torch.device) -> dict[str, 
         events = _RankZeroEvents(spec, worker) if spec.rank == 0 else Callback()
         started_epoch = trainer.epoch
         trainer.train(spec.epochs, events, checkpoint)
-    out: dict[str, Any] = {"rank": spec.rank, "worker": worker, "history": trainer.history,
-                           "resumed_from": started_epoch}
+    samples = None
     if spec.record_samples:  # which training samples this rank saw in its last epoch
-        out["samples"] = torch.cat(trainer.last_batches).cpu() if trainer.last_batches else torch.zeros(0)
-    if spec.rank == 0:
-        result = trainer.result()
-        out.update(state_dict=result.model.state_dict(), meta=result.meta, artifacts=result.artifacts,
-                   first_step_at=getattr(events, "first_step_at", None))
-    return out
+        samples = torch.cat(trainer.last_batches).cpu() if trainer.last_batches else torch.zeros(0)
+    outcome = RankOutcome(rank=spec.rank, worker=worker, history=list(trainer.history),
+                          resumed_from=started_epoch, samples=samples)
+    if spec.rank != 0:
+        return outcome
+    return dataclasses.replace(outcome, state_dict=trainer.best_weights(), best_epoch=trainer.best.epoch,
+                               meta=dict(trainer.data.meta), artifacts=dict(trainer.data.artifacts),
+                               first_step_at=getattr(events, "first_step_at", None))
 
 
 def _gloo_bound_to(host: str) -> str:

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .protocol import TrialRecord, best_trial, is_number
 from .store import RunStore
 
 REPORT_DIR = "report"
@@ -26,7 +26,7 @@ class RunSummary:
 
     run_dir: Path
     spec: dict[str, Any]
-    trials: list[dict[str, Any]]
+    trials: list[TrialRecord]
     histories: dict[int, list[dict[str, Any]]]
 
     @property
@@ -38,12 +38,9 @@ class RunSummary:
         return self.spec.get("mode") or "min"
 
     @property
-    def best(self) -> dict[str, Any] | None:
-        done = [t for t in self.trials if t["state"] == "completed" and _finite(t["best"])]
-        if not done:
-            return None
-        key = (lambda t: t["best"]) if self.mode == "min" else (lambda t: -t["best"])
-        return min(done, key=key)
+    def best(self) -> TrialRecord | None:
+        """The sweep's best trial, by the one rule (:func:`training.protocol.best_trial`)."""
+        return best_trial(self.trials, self.mode)
 
 
 def read_run(run_dir: str | Path) -> RunSummary:
@@ -54,8 +51,7 @@ def read_run(run_dir: str | Path) -> RunSummary:
                           "Pass runs/<sweep name>, as written by `dask-train sweep`.")
     spec = yaml.safe_load((run_dir / "sweep.yaml").read_text())
     with RunStore(run_dir / "store.sqlite") as store:
-        trials = store.trials()
-        histories = {t["number"]: store.history(t["number"]) for t in trials}
+        trials, histories = store.trials(), store.histories()
     return RunSummary(run_dir, spec, trials, histories)
 
 
@@ -78,18 +74,18 @@ def summary_markdown(run: RunSummary) -> str:
     if best is None:
         lines += ["No trial completed.", ""]
     else:
-        searched = {k: best["params"].get(k) for k in spec.get("space", {})}
-        lines += [f"## Best trial: {best['number']:04d}", "",
-                  f"- {run.metric}: {best['best']:.6g} "
-                  f"(final {best['metrics'].get(run.metric, float('nan')):.6g})",
-                  f"- params: {searched}", f"- worker: {best['worker']}, {best['seconds']:.1f} s",
-                  f"- model: `{best['model_dir']}`", ""]
+        searched = {k: best.params.get(k) for k in spec.get("space", {})}
+        lines += [f"## Best trial: {best.number:04d}", "",
+                  f"- {run.metric}: {_cell(best.best)} at epoch {best.best_epoch} of {best.epochs} "
+                  f"(last epoch: {_cell(best.metrics.get(run.metric))})",
+                  f"- params: {_escape(str(searched))}", f"- worker: {_escape(best.worker or '')}, "
+                  f"{_cell(best.seconds)} s", f"- model: `{_escape(str(best.model_dir))}` (its best epoch)", ""]
     names = list(spec.get("space", {}))
-    header = ["trial", "state", *names, f"best {run.metric}", "epochs", "seconds", "worker"]
-    lines += ["## Trials", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = ["trial", "state", *names, f"best {run.metric}", "best epoch", "epochs", "seconds", "worker"]
+    lines += ["## Trials", "", "| " + " | ".join(map(_escape, header)) + " |", "|" + "---|" * len(header)]
     for t in run.trials:
-        cells = [f"{t['number']:04d}", t["state"], *(_cell(t["params"].get(n)) for n in names),
-                 _cell(t["best"]), str(t["epochs"]), _cell(t["seconds"]), str(t["worker"] or "")]
+        cells = [f"{t.number:04d}", t.state.value, *(_cell(t.params.get(n)) for n in names), _cell(t.best),
+                 _cell(t.best_epoch), str(t.epochs), _cell(t.seconds), _cell(t.worker)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -102,7 +98,7 @@ def _plot_curves(run: RunSummary, path: Path) -> None:
         points = [(r["epoch"], r[run.metric]) for r in history if _finite(r.get(run.metric))]
         if not points:
             continue
-        is_best = best is not None and number == best["number"]
+        is_best = best is not None and number == best.number
         ax.plot(*zip(*points, strict=True), linewidth=3 if is_best else 1, alpha=1 if is_best else 0.45,
                 color="tab:red" if is_best else None, label=f"best: trial {number:04d}" if is_best else None,
                 zorder=3 if is_best else 2, marker="o" if len(points) < 30 else None, markersize=3)
@@ -119,12 +115,12 @@ def _plot_params(run: RunSummary, path: Path) -> None:
     plt = _pyplot()
     names = list(run.spec.get("space", {})) or ["trial"]
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), squeeze=False)
-    done = [t for t in run.trials if _finite(t["metrics"].get(run.metric))]
+    done = [t for t in run.trials if _finite(t.best)]
     best = run.best
-    colors = ["tab:red" if best is not None and t["number"] == best["number"] else "tab:blue" for t in done]
+    colors = ["tab:red" if best is not None and t.number == best.number else "tab:blue" for t in done]
     for ax, name in zip(axes[0], names, strict=True):
-        values = [t["params"].get(name, t["number"]) for t in done]
-        ys = [t["metrics"][run.metric] for t in done]
+        values = [t.params.get(name, t.number) for t in done]
+        ys = [t.best for t in done]
         if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
             ax.scatter(values, ys, c=colors)
             positive = [v for v in values if v > 0]
@@ -134,9 +130,9 @@ def _plot_params(run: RunSummary, path: Path) -> None:
             labels = sorted({str(v) for v in values})
             ax.scatter([labels.index(str(v)) for v in values], ys, c=colors)
             ax.set_xticks(range(len(labels)), labels)
-        ax.set(xlabel=name, ylabel=f"final {run.metric}")
+        ax.set(xlabel=name, ylabel=f"best {run.metric}")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{run.spec['name']}: final {run.metric} by hyperparameter (best in red)")
+    fig.suptitle(f"{run.spec['name']}: each trial's best {run.metric} by hyperparameter (best trial in red)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -152,10 +148,21 @@ def _pyplot():
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return is_number(value)
 
 
 def _cell(value: Any) -> str:
+    """A table cell: numbers to 4 significant digits, anything else as escaped text."""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return "" if value is None else str(value)
+    return "" if value is None else _escape(str(value))
+
+
+def _escape(text: str) -> str:
+    """Text the report did not write (parameters, worker names), made inert in Markdown: no table breaks,
+    no markup, no HTML, kept to one line."""
+    text = " ".join(text.split())[:200]
+    return "".join(f"\\{c}" if c in _MARKDOWN else "&lt;" if c == "<" else c for c in text)
+
+
+_MARKDOWN = set("\\`*_[]|")

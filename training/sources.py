@@ -7,9 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .store import FINISHED, RunStore
+from .protocol import TrialRecord
+from .store import RunStore
 from .sweep_spec import SweepSpec
 
 
@@ -26,7 +25,7 @@ class Source:
         """A trial promoted to its next rung: it runs before new ones (ASHA favours the deepest)."""
         self.pending.insert(0, number)
 
-    def finished(self, row: dict[str, Any]) -> None:
+    def finished(self, row: TrialRecord) -> None:
         """Nothing to learn from a finished trial."""
 
 
@@ -38,13 +37,13 @@ class TpeSource(Source):
 
         self.store = store
         self.search = TpeSearch(spec.name, spec.workload, spec.space, spec.params, int(spec.num_trials or 0),
-                                spec.mode or "min", spec.seed, spec.run_dir)
+                                spec.mode, spec.seed, spec.run_dir)
         # A killed client leaves Optuna trials RUNNING: asked but never recorded (run them now), or recorded
         # as finished in the store but never told (tell Optuna now, from the store).
         for number, params in self.search.unfinished():
             store.add_trial(number, params)
             row = store.trial(number)
-            if row["state"] in FINISHED:
+            if row.state.is_finished:
                 self.finished(row)
         super().__init__(store.unfinished())
 
@@ -58,8 +57,9 @@ class TpeSource(Source):
         self.store.add_trial(*asked)
         return asked[0]
 
-    def finished(self, row: dict[str, Any]) -> None:
-        self.search.tell(row["number"], row["best"] if row["state"] in ("completed", "pruned") else None)
+    def finished(self, row: TrialRecord) -> None:
+        """Tell Optuna the trial's best-epoch value (None: it ended without a model)."""
+        self.search.tell(row.number, row.best if row.state.has_model else None)
 
 
 def read_rung_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -71,6 +71,8 @@ def read_rung_checkpoint(path: Path) -> dict[str, Any] | None:
 
 
 def write_rung_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)

@@ -1,7 +1,7 @@
 """The run store: SQLite in the run directory (WAL mode), one row per trial and one per reported epoch.
 
 Only the coordinating client writes it, from one thread. It is what makes a sweep resumable: trials
-recorded as finished are not run again.
+recorded as finished are not run again. Rows come back as :class:`~training.protocol.TrialRecord`.
 """
 
 from __future__ import annotations
@@ -10,25 +10,27 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .protocol import TrialOutcome, TrialRecord, TrialState, finished_states
 
-FINISHED = ("completed", "failed", "diverged", "pruned")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweep (
     id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL, fingerprint TEXT NOT NULL,
     spec TEXT NOT NULL, created REAL NOT NULL, runs INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS trials (
-    number INTEGER PRIMARY KEY, params TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending',
+    number INTEGER PRIMARY KEY, params TEXT NOT NULL, state TEXT NOT NULL,
     worker TEXT, starts INTEGER NOT NULL DEFAULT 0, started REAL, finished REAL, seconds REAL,
     epochs INTEGER NOT NULL DEFAULT 0, metrics TEXT, best REAL, error_type TEXT, error TEXT,
-    traceback TEXT, model_dir TEXT);
+    traceback TEXT, model_dir TEXT, best_epoch INTEGER);
 CREATE TABLE IF NOT EXISTS epochs (
     trial INTEGER NOT NULL, epoch INTEGER NOT NULL, record TEXT NOT NULL, PRIMARY KEY (trial, epoch));
 """
+_FINISHED = finished_states()
+_NOT_FINISHED = f"state NOT IN ({','.join('?' * len(_FINISHED))})"
 
 
 class RunStore:
@@ -42,6 +44,9 @@ class RunStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        columns = {r["name"] for r in self.db.execute("PRAGMA table_info(trials)")}
+        if "best_epoch" not in columns:  # a store written before best epochs were recorded
+            self.db.execute("ALTER TABLE trials ADD COLUMN best_epoch INTEGER")
 
     def __enter__(self) -> RunStore:
         return self
@@ -77,72 +82,76 @@ class RunStore:
             if row is None:
                 self.db.execute("INSERT INTO sweep (id, name, fingerprint, spec, created, runs) "
                                 "VALUES (1, ?, ?, ?, ?, 0)", (name, fingerprint, json.dumps(spec), time.time()))
-                self.db.executemany("INSERT INTO trials (number, params) VALUES (?, ?)",
-                                    [(i, json.dumps(p)) for i, p in enumerate(trials)])
+                self.db.executemany("INSERT INTO trials (number, params, state) VALUES (?, ?, ?)",
+                                    [(i, json.dumps(p), TrialState.PENDING.value) for i, p in enumerate(trials)])
             self.db.execute("UPDATE sweep SET runs = runs + 1 WHERE id = 1")
         return int(self.db.execute("SELECT runs FROM sweep WHERE id = 1").fetchone()[0])
 
     def unfinished(self) -> list[int]:
-        marks = ",".join("?" * len(FINISHED))
-        rows = self.db.execute(f"SELECT number FROM trials WHERE state NOT IN ({marks}) ORDER BY number", FINISHED)
+        rows = self.db.execute(f"SELECT number FROM trials WHERE {_NOT_FINISHED} ORDER BY number", _FINISHED)
         return [r[0] for r in rows]
 
     def add_trial(self, number: int, params: dict[str, Any]) -> None:
         """Record a trial created during the run (TPE asks); a no-op if it is already there."""
-        self.db.execute("INSERT OR IGNORE INTO trials (number, params) VALUES (?, ?)",
-                        (number, json.dumps(params)))
+        self.db.execute("INSERT OR IGNORE INTO trials (number, params, state) VALUES (?, ?, ?)",
+                        (number, json.dumps(params), TrialState.PENDING.value))
 
     def params(self, number: int) -> dict[str, Any]:
         return json.loads(self.db.execute("SELECT params FROM trials WHERE number = ?", (number,)).fetchone()[0])
 
     def trial_started(self, number: int, worker: str, when: float) -> None:
-        self.db.execute("UPDATE trials SET state = 'running', worker = ?, started = ?, starts = starts + 1 "
-                        "WHERE number = ? AND state NOT IN ('completed', 'failed', 'diverged', 'pruned')",
-                        (worker, when, number))
+        """A run of the trial began: count it; the trial's start is its first run's."""
+        self.db.execute(f"UPDATE trials SET state = ?, worker = ?, started = COALESCE(started, ?), "
+                        f"starts = starts + 1 WHERE number = ? AND {_NOT_FINISHED}",
+                        (TrialState.RUNNING.value, worker, when, number, *_FINISHED))
 
     def record_epoch(self, number: int, record: dict[str, Any]) -> None:
         self.db.execute("INSERT OR REPLACE INTO epochs (trial, epoch, record) VALUES (?, ?, ?)",
                         (number, int(record["epoch"]), json.dumps(record)))
 
-    def finish_trial(self, number: int, outcome: dict[str, Any], best: float | None,
+    def finish_trial(self, outcome: TrialOutcome, state: TrialState, best: tuple[int, float] | None,
                      model_dir: str | None) -> None:
-        """Record a trial's end (state, metrics, error) and its full history in one transaction."""
-        history = outcome.get("history", [])
+        """Record the end of a run of a trial (``state``: the outcome's, or the coordinator's verdict:
+        promoted, pruned), its full history and its best epoch, in one transaction. Seconds add up over
+        the runs of a trial that runs in stretches."""
+        history, number = outcome.history, outcome.number
         with self._transaction():
             self.db.execute("DELETE FROM epochs WHERE trial = ?", (number,))
             self.db.executemany("INSERT INTO epochs (trial, epoch, record) VALUES (?, ?, ?)",
                                 [(number, int(r["epoch"]), json.dumps(r)) for r in history])
             self.db.execute(
-                "UPDATE trials SET state = ?, worker = COALESCE(?, worker), started = COALESCE(?, started), "
-                "finished = ?, seconds = ?, epochs = ?, metrics = ?, best = ?, error_type = ?, error = ?, "
-                "traceback = ?, model_dir = ? WHERE number = ?",
-                (outcome["state"], outcome.get("worker"), outcome.get("started"), outcome.get("finished"),
-                 outcome.get("seconds"), len(history), json.dumps(history[-1] if history else {}), best,
-                 outcome.get("error_type"), outcome.get("error"), outcome.get("traceback"), model_dir, number))
+                "UPDATE trials SET state = ?, worker = COALESCE(?, worker), started = COALESCE(started, ?), "
+                "finished = ?, seconds = COALESCE(seconds, 0) + ?, epochs = ?, metrics = ?, best = ?, "
+                "best_epoch = ?, error_type = ?, error = ?, traceback = ?, model_dir = ? WHERE number = ?",
+                (state.value, outcome.worker or None, outcome.started, outcome.finished, outcome.seconds,
+                 len(history), json.dumps(history[-1] if history else {}), None if best is None else best[1],
+                 None if best is None else best[0], outcome.error_type, outcome.error, outcome.traceback,
+                 model_dir, number))
 
-    def trials(self) -> list[dict[str, Any]]:
-        """Every trial row, parameters and last metrics decoded."""
+    def trials(self) -> list[TrialRecord]:
+        """Every trial, in number order."""
         return [_decode(r) for r in self.db.execute("SELECT * FROM trials ORDER BY number")]
 
-    def trial(self, number: int) -> dict[str, Any]:
-        """One trial row, decoded."""
+    def trial(self, number: int) -> TrialRecord:
+        """One trial."""
         return _decode(self.db.execute("SELECT * FROM trials WHERE number = ?", (number,)).fetchone())
 
     def history(self, number: int) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT record FROM epochs WHERE trial = ? ORDER BY epoch", (number,))
         return [json.loads(r[0]) for r in rows]
 
-    def counts(self) -> dict[str, int]:
-        return {r[0]: r[1] for r in self.db.execute("SELECT state, COUNT(*) FROM trials GROUP BY state")}
+    def histories(self) -> dict[int, list[dict[str, Any]]]:
+        """Every trial's history in one query, by trial number."""
+        out: dict[int, list[dict[str, Any]]] = {}
+        for trial, record in self.db.execute("SELECT trial, record FROM epochs ORDER BY trial, epoch"):
+            out.setdefault(trial, []).append(json.loads(record))
+        return out
+
+    def counts(self) -> dict[TrialState, int]:
+        rows = self.db.execute("SELECT state, COUNT(*) FROM trials GROUP BY state")
+        return {TrialState(state): count for state, count in rows}
 
 
-def _decode(row: sqlite3.Row) -> dict[str, Any]:
-    return {**dict(row), "params": json.loads(row["params"]), "metrics": json.loads(row["metrics"] or "{}")}
-
-
-def best_of(history: Iterable[dict[str, Any]], metric: str, mode: str) -> float | None:
-    """The best value of ``metric`` over a history (None when it was never finite)."""
-    values = [r[metric] for r in history if isinstance(r.get(metric), int | float)]
-    if not values:
-        return None
-    return min(values) if mode == "min" else max(values)
+def _decode(row: sqlite3.Row) -> TrialRecord:
+    return TrialRecord.from_dict({**dict(row), "params": json.loads(row["params"]),
+                                  "metrics": json.loads(row["metrics"] or "{}")})

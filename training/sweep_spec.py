@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,31 +18,33 @@ from .space import Domain, grid_trials, random_trials, space_to_json, validate_s
 from .workloads import get_workload
 
 SEARCHES = ("grid", "random", "tpe")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_FIELDS = ("name", "workload", "space", "params", "search", "num_trials", "metric", "mode", "epochs", "seed",
-           "max_concurrent", "runs_dir", "scheduler", "grace_epochs", "reduction_factor")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: What does not change a sweep's trials or results: left out of its fingerprint.
+_NOT_FINGERPRINTED = ("name", "runs_dir", "max_concurrent")
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """What a sweep trains. Every field is checked here, before any worker is involved.
+    """What a sweep trains, every field normalised and checked. Build it with :meth:`create` (Python,
+    YAML and the CLI all do), which fills in the workload's defaults and parses the search space.
 
     Examples
     --------
-    >>> spec = SweepSpec(name="demo", workload="xor", space={"lr": [0.05, 0.1]}, epochs=3)
-    >>> [t["lr"] for t in spec.trials()]
-    [0.05, 0.1]
+    >>> spec = SweepSpec.create(name="demo", workload="xor", space={"lr": [0.05, 0.1]}, epochs=3)
+    >>> [t["lr"] for t in spec.trials()], spec.metric, spec.mode
+    ([0.05, 0.1], 'val_accuracy', 'max')
     """
 
     name: str
     workload: str
+    #: Parsed: hyperparameter -> Domain (searched) or a fixed value.
     space: Mapping[str, Any] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
     search: str = "grid"
     num_trials: int | None = None
-    metric: str | None = None
-    mode: str | None = None
-    epochs: int | None = None
+    metric: str = "val_loss"
+    mode: str = "min"
+    epochs: int = 1
     seed: int = 0
     max_concurrent: int | None = None
     runs_dir: str = "runs"
@@ -51,38 +53,50 @@ class SweepSpec:
     grace_epochs: int = 1
     reduction_factor: int = 3
 
+    @classmethod
+    def create(cls, *, workload: str, name: str | None = None, space: Mapping[str, Any] | None = None,
+               params: Mapping[str, Any] | None = None, metric: str | None = None, mode: str | None = None,
+               epochs: int | None = None, **rest: Any) -> SweepSpec:
+        """Validate user input (Python, YAML, CLI) and return the normalised spec: the workload's metric,
+        mode and epochs where none were given, the space and fixed params parsed against its hyperparameters.
+        """
+        work = get_workload(workload)
+        space, params = dict(space or {}), dict(params or {})
+        overlap = sorted(set(space) & set(params))
+        _check(not overlap, f"{overlap} appear in both space and params; give each hyperparameter once.")
+        metric = metric or work.metric
+        known = ("train_loss", *work.metrics)
+        _check(metric in known, f"metric={metric!r} is not reported by '{work.name}': use one of "
+                                f"{', '.join(known)}.")
+        if mode is None:
+            mode = work.mode if metric == work.metric else "min" if metric.endswith("loss") else "max"
+        _check_int("epochs", epochs, allow_none=True)
+        return cls(name=name or f"{work.name}-sweep", workload=workload,
+                   space=validate_space(space, work.params, work.name),
+                   params=validate_space(params, work.params, work.name), metric=metric, mode=mode,
+                   epochs=epochs or work.default_epochs, **rest)
+
     def __post_init__(self) -> None:
-        work = get_workload(self.workload)
-        _check(isinstance(self.name, str) and bool(_NAME.match(self.name)),
+        raw = [k for k, v in self.space.items() if isinstance(v, Mapping | list | tuple)]
+        _check(not raw, f"space entries {raw} are not parsed: build the spec with SweepSpec.create(...), "
+                        "which checks them against the workload.")
+        _check(isinstance(self.name, str) and bool(NAME_PATTERN.match(self.name)),
                f"Sweep name {self.name!r} must be 1-64 letters, digits, '_', '.' or '-' (it names a folder).")
         _check(self.search in SEARCHES, f"search={self.search!r}: use one of {', '.join(SEARCHES)}.")
-        overlap = sorted(set(self.space) & set(self.params))
-        _check(not overlap, f"{overlap} appear in both space and params; give each hyperparameter once.")
-        object.__setattr__(self, "space", validate_space(self.space, work.params, work.name))
-        object.__setattr__(self, "params", validate_space(self.params, work.params, work.name))
         _check(all(not isinstance(v, Domain) for v in self.params.values()),
                "params holds fixed values only; put ranges and lists under space.")
-        _check_int("epochs", self.epochs, allow_none=True)
+        _check(self.mode in ("min", "max"), f"mode={self.mode!r}: use 'min' or 'max'.")
+        for name in ("epochs", "grace_epochs"):
+            _check_int(name, getattr(self, name))
         _check_int("seed", self.seed, low=0)
         _check_int("max_concurrent", self.max_concurrent, allow_none=True)
+        _check_int("reduction_factor", self.reduction_factor, low=2)
         if self.search in ("random", "tpe"):
             _check_int("num_trials", self.num_trials)
         elif self.num_trials is not None:
             raise ConfigError("num_trials is for search: random or tpe; grid search runs every combination once.")
-        metric = self.metric or work.metric
-        known = ("train_loss", *work.metrics)
-        _check(metric in known,
-               f"metric={metric!r} is not reported by '{work.name}': use one of {', '.join(known)}.")
-        mode = self.mode or (work.mode if metric == work.metric else "min" if metric.endswith("loss") else "max")
-        _check(mode in ("min", "max"), f"mode={mode!r}: use 'min' or 'max'.")
-        object.__setattr__(self, "metric", metric)
-        object.__setattr__(self, "mode", mode)
-        object.__setattr__(self, "epochs", self.epochs or work.default_epochs)
         _check(self.scheduler in (None, "asha"), f"scheduler={self.scheduler!r}: use 'asha' or leave it out.")
-        _check_int("grace_epochs", self.grace_epochs)
-        _check_int("reduction_factor", self.reduction_factor, low=2)
-        if self.scheduler == "asha":
-            self.asha()  # grace_epochs beyond epochs fails here
+        self.asha()  # grace_epochs beyond epochs fails here
         self.trials()  # a grid over continuous ranges fails here, not on a worker
 
     def asha(self):
@@ -91,7 +105,7 @@ class SweepSpec:
 
         if self.scheduler != "asha":
             return None
-        return Asha(self.grace_epochs, self.reduction_factor, int(self.epochs or 1), self.mode or "min")
+        return Asha(self.grace_epochs, self.reduction_factor, self.epochs, self.mode)
 
     def trials(self) -> list[dict[str, Any]]:
         """Every trial's full hyperparameters (defaults filled in), in trial-number order. Empty for TPE,
@@ -111,21 +125,22 @@ class SweepSpec:
                         owner=work.name) for t in raw]
 
     def to_json(self) -> dict[str, Any]:
-        """The spec as plain JSON, ranges written as ``{kind: [...]}``."""
-        return {"name": self.name, "workload": self.workload, "space": space_to_json(self.space),
-                "params": dict(self.params), "search": self.search, "num_trials": self.num_trials,
-                "metric": self.metric, "mode": self.mode, "epochs": self.epochs, "seed": self.seed,
-                "max_concurrent": self.max_concurrent, "runs_dir": self.runs_dir, "scheduler": self.scheduler,
-                "grace_epochs": self.grace_epochs, "reduction_factor": self.reduction_factor}
+        """The spec as plain JSON, ranges written as ``{kind: [...]}``: :meth:`create` reads it back."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**out, "space": space_to_json(self.space), "params": dict(self.params)}
 
     def fingerprint(self) -> str:
         """A hash of what decides the trials and their results (not the name, folder or concurrency)."""
-        content = {k: v for k, v in self.to_json().items() if k not in ("name", "runs_dir", "max_concurrent")}
+        content = {k: v for k, v in self.to_json().items() if k not in _NOT_FINGERPRINTED}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
+
+
+#: The fields a sweep file may set: the dataclass's own.
+FIELDS = tuple(f.name for f in fields(SweepSpec))
 
 
 def _coerce(param: Param, value: Any) -> Any:
@@ -165,16 +180,16 @@ def load_sweep_file(path: str | Path, **overrides: Any) -> SweepSpec:
         raise ConfigError(f"Sweep file {str(path)!r} is not valid YAML: {exc}") from None
     if not isinstance(content, dict):
         raise ConfigError(f"Sweep file {str(path)!r} must be a mapping with name, workload, space, ...")
-    unknown = sorted(set(content) - set(_FIELDS))
+    unknown = sorted(set(content) - set(FIELDS))
     if unknown:
-        raise ConfigError(f"Sweep file {str(path)!r}: unknown field(s) {', '.join(unknown)}; "
-                          f"known: {', '.join(_FIELDS)}.")
+        raise ConfigError(f"Sweep file {str(path)!r}: unknown field(s) {', '.join(map(str, unknown))}; "
+                          f"known: {', '.join(FIELDS)}.")
     for required in ("workload",):
         if required not in content:
             raise ConfigError(f"Sweep file {str(path)!r} has no '{required}'.")
     content.setdefault("name", path.stem)
     content.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return SweepSpec(**content)
+        return SweepSpec.create(**content)
     except TypeError as exc:
         raise ConfigError(f"Sweep file {str(path)!r}: {exc}") from None

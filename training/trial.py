@@ -1,8 +1,9 @@
 """The trial runner: one sweep trial as one Dask task on one training slot.
 
 It trains with the Foundation loop on the worker's device, emits an event when it starts and after every
-epoch, and returns a small result: state, history and the model's CPU state dict. A failure is a result
-too (state, error type and message, traceback, worker), never a crash of the sweep.
+epoch, and returns a :class:`~training.protocol.TrialOutcome`: state, history and the CPU state dict of
+its best epoch by the sweep's metric. A failure is an outcome too (state, error type and message,
+traceback, worker), never a crash of the sweep.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 from .errors import TrainingDiverged
 from .events import emit
-from .loop import Callback, build_trainer, isolated_rng, pick_device
+from .loop import Callback, Trainer, build_trainer, isolated_rng, pick_device
+from .protocol import EpochEnded, TrialOutcome, TrialStarted, TrialState
 from .workloads import get_workload
 
 
@@ -29,6 +31,9 @@ class TrialSpec:
     params: dict[str, Any]
     epochs: int
     seed: int = 0
+    #: What "best epoch" means: the model returned is the one of the best epoch by this metric.
+    metric: str | None = None
+    mode: str | None = None
     #: Early stopping: run only up to this epoch, starting from ``start_state`` (a Trainer state), and
     #: return the state so the next stretch can continue from it.
     until_epoch: int | None = None
@@ -44,47 +49,52 @@ class _EpochEvents(Callback):
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         self.history.append(record)
-        emit({"kind": "epoch", "job": self.spec.job, "run": self.spec.run, "trial": self.spec.number,
-              "worker": self.worker, "record": record})
+        emit(EpochEnded(job=self.spec.job, run=self.spec.run, time=time.time(), trial=self.spec.number,
+                        worker=self.worker, record=record))
 
 
-def run_trial(spec: TrialSpec) -> dict[str, Any]:
-    """Train one trial here (a Dask worker, or this process) and report how it went."""
+def run_trial(spec: TrialSpec) -> TrialOutcome:
+    """Train one trial here (a Dask worker, or this process) and report how it went: a failure is an
+    outcome too (state, error, traceback), never an exception."""
     from cluster.plugin import prepare_task_thread
 
     worker = _worker_address()
-    device = prepare_task_thread()
+    device = str(prepare_task_thread().get("name", ""))
     started = time.time()
-    emit({"kind": "start", "job": spec.job, "run": spec.run, "trial": spec.number, "worker": worker,
-          "time": started, "device": device.get("name", "")})
+    emit(TrialStarted(job=spec.job, run=spec.run, time=started, trial=spec.number, worker=worker,
+                      device=device))
     events = _EpochEvents(spec, worker)
-    outcome: dict[str, Any] = {"number": spec.number, "worker": worker, "started": started,
-                               "device": device.get("name", "")}
-    trainer = None
+    trainer: Trainer | None = None
+    ended: dict[str, Any]
     try:
         work = get_workload(spec.workload)
         dev = pick_device()
         with isolated_rng(dev):
-            trainer = build_trainer(work, spec.params, spec.seed, dev)
+            trainer = build_trainer(work, spec.params, spec.seed, dev, metric=spec.metric, mode=spec.mode)
             if spec.start_state is not None:
-                trainer.load_state(spec.start_state, f"trial {spec.number}'s last rung")
+                trainer.load_state(spec.start_state, f"trial {spec.number}'s last stretch")
             trainer.train(spec.until_epoch or spec.epochs, events)
-            trained = trainer.result()
-            if spec.until_epoch is not None:
-                outcome["checkpoint"] = _to_cpu(trainer.state())
+            ended = _trained(trainer, keep_state=spec.until_epoch is not None)
     except TrainingDiverged as exc:
-        outcome.update(state="diverged", error_type="TrainingDiverged", error=str(exc),
-                       traceback=traceback.format_exc())
+        ended = _error(TrialState.DIVERGED, exc)
     except Exception as exc:  # recorded with its traceback: one bad trial must not end the sweep
-        outcome.update(state="failed", error_type=type(exc).__name__, error=str(exc),
-                       traceback=traceback.format_exc())
-    else:
-        outcome.update(state="completed", state_dict=trained.model.state_dict(), meta=trained.meta,
-                       artifacts=trained.artifacts)
+        ended = _error(TrialState.FAILED, exc)
     finished = time.time()
     history = trainer.history if trainer is not None else events.history
-    outcome.update(history=history, finished=finished, seconds=round(finished - started, 4))
-    return outcome
+    return TrialOutcome(number=spec.number, worker=worker, device=device, started=started, finished=finished,
+                        seconds=round(finished - started, 4), history=list(history), **ended)
+
+
+def _trained(trainer: Trainer, keep_state: bool) -> dict[str, Any]:
+    """A completed trial's part of the outcome: its best epoch's weights (and its state for a next stretch)."""
+    return {"state": TrialState.COMPLETED, "state_dict": trainer.best_weights(), "best_epoch": trainer.best.epoch,
+            "meta": dict(trainer.data.meta), "artifacts": dict(trainer.data.artifacts),
+            "checkpoint": _to_cpu(trainer.state()) if keep_state else None}
+
+
+def _error(state: TrialState, exc: Exception) -> dict[str, Any]:
+    return {"state": state, "error_type": type(exc).__name__, "error": str(exc),
+            "traceback": traceback.format_exc()}
 
 
 def _to_cpu(value: Any) -> Any:

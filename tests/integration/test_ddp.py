@@ -3,6 +3,7 @@ a killed rank worker and --resume, a raising rank, concurrent jobs, and requests
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -16,6 +17,10 @@ from tests.helpers import poll_for
 from training import train
 from training.ddp import DDPProgress, assign_ranks, train_ddp
 from training.errors import ConfigError, DDPJobFailed
+from training.loop import Trainer, read_checkpoint
+from training.model_file import load_model
+from training.protocol import best_epoch
+from training.workloads import get_workload
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -65,10 +70,24 @@ def test_names_ddp_trains_and_returns_a_model_that_generates(client, tmp_path):
     assert (tmp_path / "pets" / "checkpoint.pt").is_file()
 
 
+def test_the_job_model_is_its_best_epoch_and_the_checkpoint_its_last(client, tmp_path):
+    params = {"train_size": 40, "noise": 0.5, "hidden": 64, "batch_size": 8, "lr": 2.0}  # overfits: peaks early
+    result = train_ddp(client, "xor", params, epochs=20, workers=2, runs_dir=str(tmp_path), name="peak")
+    epoch, value = best_epoch(result.history, "val_accuracy", "max")
+    assert result.trained.best_epoch == epoch and result.trained.metrics["val_accuracy"] == value
+    saved = json.loads((result.model_dir / "model.json").read_text())
+    assert saved["best_epoch"] == epoch and saved["epochs"] == 20
+    assert read_checkpoint(tmp_path / "peak" / "checkpoint.pt")["epoch"] == 20  # resume goes on from the last
+    work = get_workload("xor")
+    trainer = Trainer(work, result.trained.params, work.load_data(result.trained.params, 0))
+    trainer.model.load_state_dict(load_model(result.model_dir).model.state_dict())
+    assert trainer.evaluate()["val_accuracy"] == pytest.approx(value)
+
+
 def test_a_real_run_gives_ranks_disjoint_shards_covering_the_epoch(client, tmp_path):
     params = {"train_size": 1000, "batch_size": 100}
     result = train_ddp(client, "xor", params, epochs=2, workers=2, runs_dir=str(tmp_path), record_samples=True)
-    shards = [set(out["samples"].tolist()) for out in result.rank_outputs]
+    shards = [set(out.samples.tolist()) for out in result.rank_outputs]
     assert len(shards[0]) == len(shards[1]) == 500
     assert not shards[0] & shards[1]
     assert shards[0] | shards[1] == set(range(1000))
@@ -111,7 +130,7 @@ def test_a_killed_rank_worker_ends_the_job_clearly_and_resume_finishes_it(client
     resumed = train_ddp(client, "names", params, epochs=4, workers=2, runs_dir=str(tmp_path), name="kill",
                         resume=True, timeout=30)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
-    assert resumed.rank_outputs[0]["resumed_from"] >= 1  # continued from the checkpoint, not epoch 0
+    assert resumed.rank_outputs[0].resumed_from >= 1  # continued from the checkpoint, not epoch 0
 
 
 def test_a_raising_rank_ends_the_job_and_leaves_the_workers_usable(client, tmp_path):

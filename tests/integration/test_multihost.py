@@ -63,8 +63,10 @@ def hosts(tmp_path_factory) -> Iterator[dict[str, str]]:
 
         def start(namespace: str, *command: str) -> None:
             log = (logs / f"{namespace}.log").open("w")
+            # Two "hosts" share this machine's CPUs: each worker takes its share of them.
+            env = {**os.environ, "DASK_TRAIN_SLOT_WORKERS": "2"}
             processes.append(subprocess.Popen([IP, "netns", "exec", namespace, sys.executable, "-m", *command],
-                                              stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
+                                              stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env))
 
         start(f"{NAME}-1", "distributed.cli.dask_scheduler", "--host", scheduler_ip, "--port", "8786",
               "--dashboard-address", f"{scheduler_ip}:8787", "--preload", "training.dashboard")

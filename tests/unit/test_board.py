@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
-from training.dashboard import _MAX_JOBS, Board
+import pytest
+
+from training.board import MAX_JOBS, Board
 
 
 def job(board: Board, run: str = "r1") -> dict:
@@ -35,13 +37,18 @@ def test_a_repeated_epoch_replaces_its_point_and_the_curve_stays_in_epoch_order(
     assert trial["curve"] == [[1, 0.8], [2, 0.4]] and trial["epoch"] == 2 and trial["metrics"]["val_loss"] == 0.4
 
 
-def test_best_follows_the_mode_and_ties_go_to_the_lower_trial_number():
+def test_best_follows_the_mode_among_trials_with_a_model_and_ties_go_to_the_lower_trial_number():
     board = Board()
     board.apply({"kind": "job", "job": "s", "run": "r1", "type": "sweep", "metric": "acc", "mode": "max"})
-    for trial, value in ((0, 0.7), (1, 0.9), (2, 0.9)):
+    for trial, value in ((0, 0.7), (1, 0.9), (2, 0.9), (3, 0.95)):
         board.apply({"kind": "epoch", "job": "s", "run": "r1", "trial": trial,
                      "record": {"epoch": 1, "acc": value}})
-    assert job(board)["best"] == 1
+    assert job(board)["best"] is None  # nothing has ended: no trial has a model yet
+    for trial, state in ((0, "completed"), (1, "pruned"), (2, "completed"), (3, "failed")):
+        board.apply({"kind": "end", "job": "s", "run": "r1", "trial": trial, "state": state,
+                     "best": 0.7 if trial == 0 else 0.9 if trial < 3 else None})
+    view = job(board)
+    assert view["best"] == 1 and view["best_value"] == 0.9  # trial 3's curve was higher, but it failed
 
 
 def test_job_end_closes_unfinished_trials_and_a_vanished_client_is_shown():
@@ -50,7 +57,7 @@ def test_job_end_closes_unfinished_trials_and_a_vanished_client_is_shown():
                  "trials": [{"number": 0}, {"number": 1}]})
     board.apply({"kind": "end", "job": "a", "run": "r1", "trial": 0, "state": "completed", "best": 0.1})
     board.apply({"kind": "job-end", "job": "a", "run": "r1", "state": "stopped"})
-    assert [t["state"] for t in job(board)["trials"]] == ["completed", "stopped"]
+    assert [t["state"] for t in job(board)["trials"]] == ["completed", "cancelled"]
     board.apply({"kind": "job", "job": "b", "run": "r2", "type": "ddp", "client": "c2",
                  "trials": [{"number": 0, "state": "running"}, {"number": 1, "state": "running"}]})
     board.remove_client(None, "c2")
@@ -60,11 +67,11 @@ def test_job_end_closes_unfinished_trials_and_a_vanished_client_is_shown():
 def test_old_finished_jobs_are_forgotten_but_running_ones_never():
     board = Board()
     board.apply({"kind": "job", "job": "long", "run": "running", "type": "sweep"})
-    for i in range(_MAX_JOBS + 10):
+    for i in range(MAX_JOBS + 10):
         board.apply({"kind": "job", "job": f"j{i}", "run": f"r{i}", "type": "sweep"})
         board.apply({"kind": "job-end", "job": f"j{i}", "run": f"r{i}", "state": "finished"})
     runs = [j["run"] for j in board.snapshot()["jobs"]]
-    assert len(runs) <= _MAX_JOBS + 1 and "running" in runs and f"r{_MAX_JOBS + 9}" in runs and "r0" not in runs
+    assert len(runs) <= MAX_JOBS + 1 and "running" in runs and f"r{MAX_JOBS + 9}" in runs and "r0" not in runs
 
 
 def test_data_is_json_with_no_markup_even_for_markup_in_parameters():
@@ -75,3 +82,21 @@ def test_data_is_json_with_no_markup_even_for_markup_in_parameters():
     assert "<" not in text
     assert json.loads(text)["jobs"][0]["trials"][0]["params"]["tag"] == "</script><script>alert(1)</script>"
     assert board.snapshot_json() is text  # unchanged state: the same text, not serialised again
+
+
+@pytest.mark.parametrize("bad", [
+    None, "text", [1, 2], {"kind": "epoch"}, {"kind": "nonsense", "job": "s", "run": "r1"},
+    {"kind": "epoch", "job": "s", "run": "r1", "trial": "zero", "record": {"epoch": 1}},
+    {"kind": "epoch", "job": "s", "run": "r1", "trial": 0, "record": "not a dict"},
+    {"kind": "end", "job": "s", "run": "r1", "trial": 0, "state": "exploded"},
+    {"kind": "job", "job": "s", "run": "r1", "trials": "many"},
+    {"kind": "job", "job": ["s"], "run": "r1"},
+])
+def test_a_malformed_event_is_dropped_and_the_page_keeps_working(bad):
+    board = Board()
+    board.apply({"kind": "job", "job": "s", "run": "r1", "type": "sweep", "trials": [{"number": 0}]})
+    board.apply(bad)
+    board.apply({"kind": "job", "job": "s", "run": "r1", "trials": [{"number": 1, "state": "bogus"}]})
+    board.apply({"kind": "epoch", "job": "s", "run": "r1", "trial": 0, "record": {"epoch": "one"}})
+    view = json.loads(board.snapshot_json())["jobs"][0]
+    assert [t["number"] for t in view["trials"]] == [0] and view["trials"][0]["state"] == "queued"

@@ -14,6 +14,7 @@ from cluster import Target
 
 from ..errors import ConfigError
 from ..integrations import MlflowLogger, TensorBoardLogger, combine
+from ..protocol import TrialRecord, TrialState
 from ..sweep import Sweep, SweepProgress, SweepResult
 from ..sweep_spec import SweepSpec, load_sweep_file
 from ..workloads import get_workload
@@ -69,18 +70,18 @@ class SweepDisplay(SweepProgress):
     def on_trial_start(self, number: int, worker: str) -> None:
         self._print(f"  trial {number:04d} started on {worker}")
 
-    def on_trial_end(self, row: dict[str, Any], counts: dict[str, int], best: dict[str, Any] | None) -> None:
-        value = row["metrics"].get(self.metric)
-        shown = f"{self.metric}={display.format_value(value)}" if value is not None else row["error_type"] or ""
-        state = f"promoted at epoch {row['epochs']}" if row["state"] == "running" else row["state"]
-        self._print(f"  trial {row['number']:04d} {state} {shown} ({display.format_value(row['seconds'])} s"
-                    f" on {row['worker']})")
-        finished = sum(counts.get(s, 0) for s in ("completed", "failed", "diverged", "pruned"))
-        best_text = (f", best #{best['number']} {self.metric}={display.format_value(best['best'])}"
-                     if best else "")
+    def on_trial_end(self, row: TrialRecord, counts: dict[TrialState, int], best: TrialRecord | None) -> None:
+        shown = (f"best {self.metric}={display.format_value(row.best)} (epoch {row.best_epoch})"
+                 if row.best is not None else row.error_type or "")
+        state = f"promoted at epoch {row.epochs}" if row.state == TrialState.PROMOTED else row.state.value
+        self._print(f"  trial {row.number:04d} {state} {shown} ({display.format_value(row.seconds)} s"
+                    f" on {row.worker})")
+        finished = sum(n for state, n in counts.items() if state.is_finished)
+        errors = sum(n for state, n in counts.items() if state.is_error)
+        best_text = f", best #{best.number} {self.metric}={display.format_value(best.best)}" if best else ""
         self.progress.update(self.task, completed=finished, description=(
-            f"trials: {counts.get('completed', 0)} done, {counts.get('running', 0)} running, "
-            f"{counts.get('failed', 0) + counts.get('diverged', 0)} failed{best_text}"))
+            f"trials: {finished - errors} done, {counts.get(TrialState.RUNNING, 0)} running, "
+            f"{errors} failed{best_text}"))
 
     def _print(self, line: str) -> None:
         self.progress.console.print(line)
@@ -125,7 +126,7 @@ def _list_examples() -> None:
     rows = []
     for name, path in sorted(example_files().items()):
         content = yaml.safe_load(path.read_text())
-        trials = content.get("num_trials") or len(SweepSpec(**content).trials())
+        trials = content.get("num_trials") or len(SweepSpec.create(**content).trials())
         rows.append([name, content["workload"], content.get("search", "grid"), trials, str(path)])
     display.table("Shipped sweeps (run one with `dask-train sweep NAME`)",
                   ["name", "workload", "search", "trials", "file"], rows)
@@ -140,31 +141,31 @@ def results_command(run_dir: Path, plot: bool) -> None:
     from ..sweep import result_of
 
     run = read_run(run_dir)
-    spec = SweepSpec(**{**run.spec, "runs_dir": str(run_dir.parent)})
-    show_result(result_of(spec, run.trials), sum(t["seconds"] or 0 for t in run.trials))
+    spec = SweepSpec.create(**{**run.spec, "runs_dir": str(run_dir.parent)})
+    show_result(result_of(spec, run.trials, run_dir), sum(t.seconds or 0 for t in run.trials),
+                label="trial time summed")
     if plot:
         folder = write_report(run)
         display.console.print(f"Report: {', '.join(str(p) for p in sorted(folder.iterdir()))}")
 
 
-def show_result(result: SweepResult, seconds: float) -> None:
+def show_result(result: SweepResult, seconds: float, label: str = "wall time") -> None:
     """The table, failures (first traceback in full), the best trial, and its model put to use."""
-    table = result.table.drop(columns=["started", "finished"], errors="ignore")
-    display.table(f"Sweep '{result.spec.name}' ({seconds:.1f} s): {result.run_dir / 'results.csv'}, "
+    table = result.table.drop(columns=["started", "finished", "best"], errors="ignore")
+    display.table(f"Sweep '{result.spec.name}' ({label} {seconds:.1f} s): {result.run_dir / 'results.csv'}, "
                   f"report in {result.run_dir / 'report'}",
                   list(table.columns), table.itertuples(index=False))
     if result.failed:
         first = result.failed[0]
-        display.console.print(f"{len(result.failed)} trial(s) failed. First: trial {first['number']:04d} on "
-                              f"{first['worker']} with params {first['params']}:\n{first['traceback']}",
-                              style="red")
-    if result.best is None:
+        display.console.print(f"{len(result.failed)} trial(s) failed. First: trial {first.number:04d} on "
+                              f"{first.worker} with params {first.params}:\n{first.traceback}", style="red")
+    if result.best is None or result.best_trial is None:
         return
-    best = result.best
-    display.console.print(f"Best trial: {result.best_trial:04d} {result.spec.metric}="
-                          f"{display.format_value(best.metrics.get(result.spec.metric or ''))} params "
-                          f"{ {k: best.params[k] for k in result.spec.space} } -> "
-                          f"{result.run_dir / 'trials' / f'{result.best_trial:04d}'}")
+    best, number = result.best, result.best_trial
+    display.console.print(f"Best trial: {number:04d} {result.spec.metric}="
+                          f"{display.format_value(best.metrics.get(result.spec.metric))} at epoch "
+                          f"{best.best_epoch} params { {k: best.params[k] for k in result.spec.space} } -> "
+                          f"{result.run_dir / 'trials' / f'{number:04d}'}")
     if get_workload(best.workload).use == "generate":
         samples = best.generate(20 if best.workload == "names" else 300, seed=0)
         display.console.print("Generated by the best model: " + ", ".join(samples))

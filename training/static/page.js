@@ -56,11 +56,12 @@ function summary(job) {
   const counts = Object.entries(job.counts).map(([state, n]) => `${n} ${state}`).join(", ");
   const unit = job.type === "ddp" ? "ranks" : "trials";
   const parts = [`${job.total ?? job.trials.length} ${unit}: ${counts}`, `metric ${job.metric} (${job.mode})`];
+  // The best trial is decided on the scheduler, by the same rule as the sweep: its best epoch's value.
   const best = job.trials.find((t) => t.number === job.best);
-  if (best) {
-    const values = best.curve.map((p) => p[1]);
-    const value = job.mode === "min" ? Math.min(...values) : Math.max(...values);
-    parts.push(job.type === "ddp" ? `best ${fmt(value)}` : `best trial ${best.number}: ${fmt(value)}`);
+  if (best && typeof job.best_value === "number") {
+    const at = best.best_epoch ? ` (epoch ${best.best_epoch})` : "";
+    parts.push(job.type === "ddp" ? `best ${fmt(job.best_value)}${at}`
+                                  : `best trial ${best.number}: ${fmt(job.best_value)}${at}`);
   }
   if (job.workload) parts.push(`workload ${job.workload}`);
   parts.push(`started ${new Date(job.started * 1000).toLocaleTimeString()}`);

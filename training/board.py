@@ -1,0 +1,209 @@
+"""The Training page's picture: a scheduler plugin that folds the training events into jobs and trials.
+
+Workers' starts and epochs and the coordinators' announcements (job, queued, trial end, job end) arrive
+on the training topic; :class:`Board` keeps every job's trials, their latest metrics and curves, and
+decides the best trial with the same rule as the sweep (:func:`training.protocol.best_trial`). A message
+that does not parse as an event is dropped: the page never goes blank because one field had the wrong type.
+Imports neither torch nor pandas: it runs inside the scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from distributed import Scheduler
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from .events import TOPIC, plain
+from .protocol import (
+    EpochEnded,
+    Event,
+    FirstStep,
+    JobAnnounced,
+    JobEnded,
+    JobState,
+    TrialEnded,
+    TrialQueued,
+    TrialStarted,
+    TrialState,
+    best_epoch,
+    best_trial,
+    parse_event,
+)
+
+log = logging.getLogger(__name__)
+
+NAME = "dask-train-board"
+MAX_JOBS = 50  # finished jobs beyond this many are forgotten, oldest first
+_MAX_EPOCHS = 2000  # points kept per curve
+_STATES = {s.value for s in TrialState}
+_TRIAL_FIELDS = ("state", "params", "worker", "best", "best_epoch", "epoch", "metrics", "curve", "error")
+
+
+class Board(SchedulerPlugin):
+    """The live state of every training job the scheduler has seen, built from the training events.
+
+    Examples
+    --------
+    >>> board = Board()
+    >>> board.apply({"kind": "job", "job": "demo", "run": "r1", "type": "sweep", "metric": "val_loss",
+    ...              "mode": "min", "trials": [{"number": 0, "params": {"lr": 0.1}}]})
+    >>> board.apply({"kind": "epoch", "job": "demo", "run": "r1", "trial": 0, "worker": "w",
+    ...              "record": {"epoch": 1, "val_loss": 0.5}})
+    >>> board.apply({"kind": "end", "job": "demo", "run": "r1", "trial": 0, "state": "completed", "best": 0.5})
+    >>> job = json.loads(board.snapshot_json())["jobs"][0]
+    >>> job["trials"][0]["state"], job["trials"][0]["curve"], job["best"], job["best_value"]
+    ('completed', [[1, 0.5]], 0, 0.5)
+    """
+
+    name = NAME
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict[str, Any]] = {}  # by run token, oldest first
+        self.scheduler: Scheduler | None = None
+        self._cache: tuple[int, str] | None = None
+        self.version = 0
+
+    def attach(self, scheduler: Scheduler) -> None:
+        """Watch ``scheduler``, starting with the training events it already holds."""
+        self.scheduler = scheduler
+        for _, message in scheduler.get_events(TOPIC):
+            self.log_event(TOPIC, message)
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        if topic == TOPIC:
+            self.apply(msg)
+
+    def remove_client(self, scheduler: Scheduler, client: str) -> None:
+        """A client that was running jobs left without saying they ended: they are not running any more."""
+        for job in self.jobs.values():
+            if job["client"] == client and job["state"] == JobState.RUNNING:
+                job.update(state=JobState.CLIENT_GONE, finished=time.time())
+                self.version += 1
+
+    def apply(self, message: Any) -> None:
+        """Fold one event into the picture (a message that is not a valid event is dropped)."""
+        event = parse_event(message)
+        if event is None:
+            log.debug("Training page: dropped a malformed event %.200r", message)
+            return
+        job = self.jobs.get(event.run) or self._new_job(event)
+        if isinstance(event, JobAnnounced):
+            self._announced(job, event)
+        elif isinstance(event, JobEnded):
+            self._ended(job, event)
+        elif not isinstance(event, FirstStep):
+            self._trial_event(job, event)
+        self.version += 1
+
+    @staticmethod
+    def _announced(job: dict[str, Any], event: JobAnnounced) -> None:
+        job.update(type=event.type, workload=event.workload, metric=event.metric, mode=event.mode,
+                   epochs=event.epochs, total=event.total, client=event.client, params=event.params,
+                   started=event.time or job["started"])
+        for row in event.trials:
+            if isinstance(row, dict) and isinstance(row.get("number"), int):
+                known = {k: row[k] for k in _TRIAL_FIELDS if k in row}
+                if "state" in known and known["state"] not in _STATES:
+                    continue
+                if "state" in known:
+                    known["state"] = TrialState(known["state"])
+                _trial(job, row["number"]).update(known)
+
+    @staticmethod
+    def _ended(job: dict[str, Any], event: JobEnded) -> None:
+        job.update(state=event.state, error=event.error, finished=time.time())
+        # Ranks of a finished DDP job completed; trials a stopped job never finished were cancelled.
+        left = TrialState.COMPLETED if event.state == JobState.FINISHED else TrialState.CANCELLED
+        for trial in job["trials"].values():
+            if not TrialState(trial["state"]).is_finished:
+                trial["state"] = left
+                if left == TrialState.COMPLETED:
+                    _best_from_curve(job, trial)
+
+    def _trial_event(self, job: dict[str, Any], event: Event) -> None:
+        rank, number = getattr(event, "rank", None), int(getattr(event, "trial", 0))
+        trial = _trial(job, rank if job["type"] == "ddp" and rank is not None else number)
+        worker = getattr(event, "worker", "")
+        if worker:
+            trial["worker"] = worker
+        if isinstance(event, TrialQueued):
+            trial.update(params=event.params or trial["params"], state=TrialState.QUEUED)
+        elif isinstance(event, TrialStarted):
+            trial["state"] = TrialState.RUNNING
+        elif isinstance(event, EpochEnded):
+            _epoch(job, trial, event.record)
+        elif isinstance(event, TrialEnded):
+            trial.update(state=event.state, best=event.best, best_epoch=event.best_epoch, error=event.error)
+
+    def _new_job(self, event: Event) -> dict[str, Any]:
+        ddp = getattr(event, "type", "") == "ddp" or getattr(event, "trial", None) == -1
+        job: dict[str, Any] = {
+            "name": event.job, "run": event.run, "type": "ddp" if ddp else "sweep",
+            "workload": "", "metric": "val_loss", "mode": "min", "epochs": None, "total": None, "client": None,
+            "params": {}, "state": JobState.RUNNING, "error": None, "started": time.time(), "finished": None,
+            "trials": {},
+        }
+        self.jobs[job["run"]] = job
+        finished = [run for run, j in self.jobs.items() if j["state"] != JobState.RUNNING]
+        for run in finished[: max(0, len(self.jobs) - MAX_JOBS)]:
+            del self.jobs[run]
+        return job
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the page shows: jobs newest first, each with its trials and the best one."""
+        names = {}
+        if self.scheduler is not None:
+            names = {address: str(ws.name) for address, ws in self.scheduler.workers.items()}
+        jobs = [_view(job, names) for job in reversed(self.jobs.values())]
+        return {"jobs": jobs, "version": self.version}
+
+    def snapshot_json(self) -> str:
+        """:meth:`snapshot` as JSON, reused until something changes (the page asks every second)."""
+        if self._cache is None or self._cache[0] != self.version:
+            text = json.dumps(plain(self.snapshot()), allow_nan=False)
+            self._cache = (self.version, text.replace("<", "\\u003c"))  # never markup, even if misread as HTML
+        return self._cache[1]
+
+
+def _trial(job: dict[str, Any], number: int) -> dict[str, Any]:
+    if number not in job["trials"]:
+        job["trials"][number] = {"number": number, "state": TrialState.QUEUED, "worker": None, "params": {},
+                                 "epoch": None, "metrics": {}, "best": None, "best_epoch": None, "error": None,
+                                 "curve": []}
+    return job["trials"][number]
+
+
+def _epoch(job: dict[str, Any], trial: dict[str, Any], record: dict[str, Any]) -> None:
+    epoch = record.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        return
+    if not TrialState(trial["state"]).is_finished:
+        trial["state"] = TrialState.RUNNING
+    if epoch >= (trial["epoch"] or 0):
+        trial.update(epoch=epoch, metrics=record)
+    value = record.get(job["metric"])
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        curve = [p for p in trial["curve"] if p[0] != epoch] + [[epoch, value]]
+        trial["curve"] = sorted(curve)[-_MAX_EPOCHS:]
+
+
+def _best_from_curve(job: dict[str, Any], trial: dict[str, Any]) -> None:
+    """A DDP rank's best epoch, from its curve (ranks send no end event of their own)."""
+    found = best_epoch(({"epoch": e, "v": v} for e, v in trial["curve"]), "v", job["mode"])
+    if found is not None:
+        trial["best_epoch"], trial["best"] = found
+
+
+def _view(job: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    trials = [dict(t, worker_name=names.get(t["worker"] or "", "")) for _, t in sorted(job["trials"].items())]
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[str(trial["state"])] = counts.get(str(trial["state"]), 0) + 1
+    best = best_trial(trials, job["mode"]) if job["mode"] in ("min", "max") else None
+    return {**{k: v for k, v in job.items() if k not in ("trials", "client")}, "trials": trials,
+            "counts": counts, "best": None if best is None else best["number"],
+            "best_value": None if best is None else best["best"]}

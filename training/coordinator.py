@@ -1,0 +1,283 @@
+"""The sweep coordinator: one client run of a sweep, as Dask tasks on training slots.
+
+It submits each trial as one task (``pure=False``, key ``trial-<sweep>-<n>``, one ``training_slot``),
+applies the trials' events (starts, epochs) to the run store and the progress hooks while they run,
+records each outcome with its best epoch, writes the model directory of each trial that has a model,
+and announces it all to the Training page. Rerunning the same sweep finishes only what is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from distributed import Client, Future, wait
+
+from cluster import TRAINING_SLOT, ClusterError, dashboard_url, require_slots
+
+from .dashboard import enable_page
+from .events import Inbox, publish
+from .model_file import write_model_dir
+from .protocol import (
+    EpochEnded,
+    JobAnnounced,
+    JobEnded,
+    JobState,
+    TrialEnded,
+    TrialOutcome,
+    TrialQueued,
+    TrialRecord,
+    TrialStarted,
+    TrialState,
+    best_epoch,
+    best_trial,
+)
+from .sources import Source, make_source, read_rung_checkpoint, write_rung_checkpoint
+from .store import RunStore
+from .sweep_spec import SweepSpec
+from .trial import TrialSpec, run_trial
+
+if TYPE_CHECKING:
+    from .sweep import SweepProgress
+
+log = logging.getLogger(__name__)
+
+_POLL = 0.2  # seconds between checks of the futures and the event queue
+_NO_WORKERS_GRACE = 60.0  # how long a sweep waits for a slot worker to come back before giving up
+_WORKER_CHECK_EVERY = 5.0  # seconds between checks that slot workers are still there
+_RESULT_TIMEOUT = 120.0  # fetching a finished trial's result (its weights) from its worker
+
+
+class Coordinator:
+    """One client run of a sweep: submit trials as slots free, apply events, record outcomes."""
+
+    def __init__(self, spec: SweepSpec, client: Client, progress: SweepProgress) -> None:
+        self.spec, self.client, self.progress = spec, client, progress
+        self.run_token = uuid.uuid4().hex[:8]
+        self.stretches = _Stretches(spec)
+        self.best: TrialRecord | None = None
+
+    def run(self, store: RunStore) -> list[TrialRecord]:
+        """Run what the store does not record as finished; return every trial's record."""
+        self.store, spec = store, self.spec
+        slots = len(require_slots(self.client))
+        trials = spec.trials()
+        attempt = store.begin_run(spec.name, spec.fingerprint(), spec.to_json(), trials)
+        _write_spec(spec)  # after the store accepted it: a refused spec must not replace the run's own
+        source = make_source(spec, store)
+        self.stretches.replay(store)
+        self.best = best_trial(store.trials(), spec.mode)
+        _announce(self, total=spec.num_trials if spec.search == "tpe" else len(trials))
+        with Inbox(self.client, self.run_token) as inbox:
+            self.events = _Events(inbox, store, self.progress)
+            ended = JobState.STOPPED
+            try:
+                self._run_trials(source, attempt, _window(spec, slots, len(store.unfinished())))
+                ended = JobState.FINISHED
+            finally:
+                self.events.apply()
+                publish(self.client, JobEnded(spec.name, self.run_token, state=ended))
+        return store.trials()
+
+    def _run_trials(self, source: Source, attempt: int, window: int) -> None:
+        running: dict[Future, int] = {}
+        watch = _SlotWatch(self.client, self.spec.run_dir)
+        while True:
+            while len(running) < window and (number := source.take()) is not None:
+                running[self._submit(number, attempt)] = number
+            if not running:
+                return
+            with contextlib.suppress(TimeoutError):  # distributed's wait raises when nothing finished
+                wait(list(running), timeout=_POLL, return_when="FIRST_COMPLETED")
+            self.events.apply()
+            for future in [f for f in running if f.done()]:
+                record = self._record(_outcome_of(running.pop(future), future))
+                future.release()
+                if record.state == TrialState.PROMOTED:  # its next stretch goes first
+                    source.requeue(record.number)
+                else:
+                    source.finished(record)
+            watch.check()
+
+    def _submit(self, number: int, attempt: int) -> Future:
+        spec = self.spec
+        trial = TrialSpec(job=spec.name, run=self.run_token, number=number, workload=spec.workload,
+                          params=self.store.params(number), epochs=spec.epochs, seed=spec.seed, metric=spec.metric,
+                          mode=spec.mode)
+        trial, suffix = self.stretches.next_stretch(trial)
+        # Readable keys for the dashboard; a later run of the same sweep gets its own keys.
+        key = f"trial-{spec.name}-{number:04d}{suffix}" + (f"-run{attempt}" if attempt > 1 else "")
+        publish(self.client, TrialQueued(spec.name, self.run_token, trial=number, params=trial.params))
+        return self.client.submit(run_trial, trial, key=key, pure=False, resources={TRAINING_SLOT: 1})
+
+    def _record(self, outcome: TrialOutcome) -> TrialRecord:
+        """Record a finished task: its verdict, history, best epoch and model; announce it."""
+        spec, number = self.spec, outcome.number
+        state = self.stretches.verdict(outcome)
+        self.events.deliver(outcome, final=state != TrialState.PROMOTED)
+        best = best_epoch(outcome.history, spec.metric, spec.mode)
+        model_dir = _save_model(spec, outcome, self.store.params(number)) if state.has_model else None
+        self.store.finish_trial(outcome, state, best, model_dir)
+        row = self.store.trial(number)
+        publish(self.client, TrialEnded(spec.name, self.run_token, trial=number, state=state, best=row.best,
+                                        best_epoch=row.best_epoch, error=row.error))
+        self.best = best_trial([r for r in (self.best, row) if r is not None], spec.mode)
+        self.progress.on_trial_end(row, self.store.counts(), self.best)
+        return row
+
+
+class _Events:
+    """The workers' events (trial starts, epoch records) into the store and the progress hooks, each epoch
+    once: events can trail a trial's result, whose history then delivers what had not arrived."""
+
+    def __init__(self, inbox: Inbox, store: RunStore, progress: SweepProgress) -> None:
+        self.inbox, self.store, self.progress = inbox, store, progress
+        self.seen: set[tuple[int, int]] = set()  # (trial, epoch) records delivered
+        self.ended: set[int] = set()  # trials whose final outcome was recorded: later events are stale
+
+    def apply(self) -> None:
+        """The events that arrived since the last call."""
+        for event in self.inbox.drain():
+            if isinstance(event, TrialStarted) and event.trial not in self.ended:
+                self.store.trial_started(event.trial, event.worker, event.time)
+                self.progress.on_trial_start(event.trial, event.worker)
+            elif isinstance(event, EpochEnded) and event.trial not in self.ended:
+                self._epoch(event.trial, event.record)
+
+    def deliver(self, outcome: TrialOutcome, final: bool) -> None:
+        """The epochs of a finished task's history not yet delivered; ``final``: no more events count."""
+        for record in outcome.history:
+            self._epoch(outcome.number, record)
+        if final:
+            self.ended.add(outcome.number)
+
+    def _epoch(self, number: int, record: dict[str, Any]) -> None:
+        if (number, record["epoch"]) not in self.seen:
+            self.seen.add((number, record["epoch"]))
+            self.store.record_epoch(number, record)
+            self.progress.on_epoch(number, record)
+
+
+def _window(spec: SweepSpec, slots: int, unfinished: int) -> int:
+    """How many trials are submitted at once. Grid and random: all of them (each slot takes the next the
+    moment it frees); TPE: one per slot, so each ask sees the results so far."""
+    if spec.max_concurrent:
+        return spec.max_concurrent
+    return slots if spec.search == "tpe" else max(1, unfinished)
+
+
+def _announce(coordinator: Coordinator, total: int | None) -> None:
+    """Announce the sweep to the Training page (with what the store knows of its trials) and the progress."""
+    spec, client, store = coordinator.spec, coordinator.client, coordinator.store
+    trials = store.trials()
+    finished = sum(1 for t in trials if t.state.is_finished)
+    page = enable_page(client)
+    publish(client, _announcement(spec, coordinator.run_token, client.id, total, trials, store.histories()))
+    coordinator.progress.on_start(spec, total or 0, (total or 0) - finished, dashboard_url(client))
+    coordinator.progress.on_page(page)
+
+
+class _Stretches:
+    """ASHA's trials run in stretches between rungs: where each next stretch starts, and the verdict at a
+    rung (promote: its checkpoint is kept for the next stretch; prune: it ends with its best epoch)."""
+
+    def __init__(self, spec: SweepSpec) -> None:
+        self.spec, self.asha = spec, spec.asha()
+
+    def replay(self, store: RunStore) -> None:
+        """A resumed sweep: the rung records from what the store already has."""
+        if self.asha is not None:
+            self.asha.replay(store.histories().values(), self.spec.metric)
+
+    def next_stretch(self, trial: TrialSpec) -> tuple[TrialSpec, str]:
+        """``trial`` limited to its next stretch (from its rung checkpoint), and a key suffix for it."""
+        if self.asha is None:
+            return trial, ""
+        state = read_rung_checkpoint(self._path(trial.number))
+        until = self.asha.next_stop(int(state["epoch"]) if state else 0)
+        return dataclasses.replace(trial, until_epoch=until, start_state=state), f"-to{until}"
+
+    def verdict(self, outcome: TrialOutcome) -> TrialState:
+        """The trial's state after this stretch: the outcome's own, or PROMOTED / PRUNED at a rung."""
+        path = self._path(outcome.number)
+        if outcome.state != TrialState.COMPLETED or self.asha is None or \
+                outcome.last_epoch >= self.asha.max_epochs:
+            path.unlink(missing_ok=True)
+            return outcome.state
+        value = outcome.history[-1].get(self.spec.metric)
+        if isinstance(value, int | float) and self.asha.promote(outcome.last_epoch, float(value)) \
+                and outcome.checkpoint is not None:
+            write_rung_checkpoint(path, outcome.checkpoint)
+            return TrialState.PROMOTED
+        path.unlink(missing_ok=True)
+        return TrialState.PRUNED
+
+    def _path(self, number: int) -> Path:
+        return self.spec.run_dir / "trials" / f"{number:04d}" / "checkpoint.pt"
+
+
+class _SlotWatch:
+    """Fails the sweep clearly, instead of hanging, when no worker with a slot has been there for a while."""
+
+    def __init__(self, client: Client, run_dir: Path) -> None:
+        self.client, self.run_dir = client, run_dir
+        self.checked = time.monotonic()
+        self.lost_since: float | None = None
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now - self.checked < _WORKER_CHECK_EVERY:
+            return
+        self.checked = now
+        try:
+            require_slots(self.client)
+            self.lost_since = None
+        except ClusterError:
+            self.lost_since = self.lost_since or now
+            if now - self.lost_since > _NO_WORKERS_GRACE:
+                raise ClusterError(f"No worker with a training slot for {_NO_WORKERS_GRACE:.0f}s: the sweep "
+                                   f"stopped. Finished trials are saved in {self.run_dir}; rerun the "
+                                   "same command when workers are back to finish the rest.") from None
+
+
+def _announcement(spec: SweepSpec, run: str, client: str, total: int | None, trials: list[TrialRecord],
+                  histories: dict[int, list[dict[str, Any]]]) -> JobAnnounced:
+    """The sweep as the Training page first sees it, with each trial's state and curve so far."""
+    rows = [{"number": t.number, "state": t.state.value, "params": t.params, "worker": t.worker, "best": t.best,
+             "best_epoch": t.best_epoch, "epoch": t.epochs or None, "metrics": t.metrics,
+             "curve": [[r["epoch"], r[spec.metric]] for r in histories.get(t.number, []) if spec.metric in r]}
+            for t in trials]
+    return JobAnnounced(spec.name, run, time=time.time(), type="sweep", workload=spec.workload,
+                        metric=spec.metric, mode=spec.mode, epochs=spec.epochs, total=total, client=client,
+                        trials=rows)
+
+
+def _write_spec(spec: SweepSpec) -> None:
+    import yaml
+
+    (spec.run_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.to_json(), sort_keys=False))
+
+
+def _outcome_of(number: int, future: Future) -> TrialOutcome:
+    """The trial's outcome, or a failure built from the task's own error (e.g. a worker killed too often)."""
+    try:
+        return future.result(timeout=_RESULT_TIMEOUT)
+    except Exception as error:
+        return TrialOutcome(number, TrialState.FAILED, error_type=type(error).__name__, error=str(error),
+                            traceback="".join(traceback.format_exception(error)), finished=time.time())
+
+
+def _save_model(spec: SweepSpec, outcome: TrialOutcome, params: dict[str, Any]) -> str:
+    """Write the trial's model directory (its best epoch's weights, as the worker sent them) before the
+    store marks it finished, so a finished row always has its files; return its path in the run directory."""
+    relative = f"trials/{outcome.number:04d}"
+    write_model_dir(spec.run_dir / relative, outcome.state_dict or {}, workload=spec.workload, params=params,
+                    meta=outcome.meta, artifacts=outcome.artifacts, history=outcome.history, seed=spec.seed,
+                    extra={"sweep": spec.name, "trial": outcome.number}, best_epoch=outcome.best_epoch)
+    return relative
