@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import dask
 from distributed import LocalCluster
@@ -110,11 +111,31 @@ def _openmp_environ(worker_environ: dict[str, str]) -> dict[str, str]:
     return dict.fromkeys(_THREAD_VARIABLES, threads)
 
 
+class _NanniesRestart:
+    """For the embedded clusters (SpecClusters): a worker whose process ended is restarted by its nanny.
+
+    dask-train ends a worker's process to free a slot held by a stuck training thread. SpecCluster closes the
+    nanny of a worker name that is absent ``lost-worker-timeout`` after a removal, and when the same worker
+    is ended twice within that time its nanny can be closed just while it restarts the worker: the cluster
+    then has one worker fewer for good. The nanny restarts its worker on its own: leave it be.
+    """
+
+    def _update_worker_status(self, op: str, msg: Any) -> None:
+        if op == "remove":
+            Cluster._update_worker_status(self, op, msg)  # type: ignore[arg-type]  # not SpecCluster's
+        else:
+            super()._update_worker_status(op, msg)  # type: ignore[misc]
+
+
+class _CpuCluster(_NanniesRestart, LocalCluster):
+    """The embedded CPU cluster."""
+
+
 def _start_cpu_cluster(spec: ClusterSpec) -> Cluster:
     workers = spec.workers or cpu_cores()
     # The nanny's env= outranks this process's own variables (distributed.nanny.environ does not).
     with _worker_config({}), _environ_preserved():
-        cluster = LocalCluster(
+        cluster = _CpuCluster(
             n_workers=0, threads_per_worker=1, processes=True, resources={TRAINING_SLOT: 1},
             host=spec.host, scheduler_port=spec.scheduler_port, dashboard_address=spec.dashboard_address,
             env=_cpu_worker_environ(workers, spec.torch_threads), **_security_kwargs(spec),
@@ -141,8 +162,9 @@ def _start_gpu_cluster(spec: ClusterSpec, gpus: list[str]) -> Cluster:
     chosen = gpus[: spec.workers] if spec.workers else gpus
     # dask-cuda replaces the nanny's env= with CUDA_VISIBLE_DEVICES: the rest travels as Dask config.
     environ = thread_environ(len(chosen), spec.torch_threads)
+    cuda_cluster = type("_CudaCluster", (_NanniesRestart, LocalCUDACluster), {})
     with _worker_config({**environ, **_openmp_environ(environ)}), _environ_preserved():
-        return LocalCUDACluster(
+        return cuda_cluster(
             CUDA_VISIBLE_DEVICES=",".join(chosen), n_workers=len(chosen), threads_per_worker=1,
             resources={TRAINING_SLOT: 1}, host=spec.host, scheduler_port=spec.scheduler_port,
             dashboard_address=spec.dashboard_address, **_security_kwargs(spec),

@@ -13,6 +13,7 @@ from typing import Any
 import psutil
 
 EXE = shutil.which("dask-train")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cli_command(*args: str) -> list[str]:
@@ -24,10 +25,14 @@ def run_cli(*args: str, timeout: float = 120, cwd: Any = None) -> subprocess.Com
     return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
-def start_cli(*args: str, cwd: Any = None, new_session: bool = True) -> subprocess.Popen:
-    """Start ``dask-train ARGS`` in the background, in its own process group (like a terminal job)."""
+def start_cli(*args: str, cwd: Any = None, new_session: bool = True, importable: bool = False) -> subprocess.Popen:
+    """Start ``dask-train ARGS`` in the background, in its own process group (like a terminal job).
+    ``importable``: the CLI can import this checkout's test modules (workloads named ``tests....:Class``)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if importable:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     return subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=cwd, start_new_session=new_session, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            cwd=cwd, start_new_session=new_session, env=env)
 
 
 def poll_for(predicate: Callable[[], Any], timeout: float, period: float = 0.1, what: str = "condition") -> Any:

@@ -22,6 +22,7 @@ from distributed import Client, Future, wait
 from cluster import TRAINING_SLOT, ClusterError, dashboard_url, require_slots
 
 from .dashboard import enable_page
+from .errors import Interrupted
 from .events import Inbox, publish
 from .model_file import write_model_dir
 from .protocol import (
@@ -38,9 +39,10 @@ from .protocol import (
     best_epoch,
     best_trial,
 )
+from .slots import free_workers, second_interrupt_exits
 from .sources import Source, make_source, read_rung_checkpoint, write_rung_checkpoint
 from .store import RunStore
-from .sweep_spec import SweepSpec
+from .sweep_spec import NOT_FINGERPRINTED, SweepSpec
 from .trial import TrialSpec, run_trial
 
 if TYPE_CHECKING:
@@ -68,36 +70,43 @@ class Coordinator:
         self.store, spec = store, self.spec
         slots = len(require_slots(self.client))
         trials = spec.trials()
-        attempt = store.begin_run(spec.name, spec.fingerprint(), spec.to_json(), trials)
+        store.begin_run(spec.name, spec.fingerprint(), spec.to_json(), trials, NOT_FINGERPRINTED)
         _write_spec(spec)  # after the store accepted it: a refused spec must not replace the run's own
         source = make_source(spec, store)
         self.stretches.replay(store)
         self.best = best_trial(store.trials(), spec.mode)
         _announce(self, total=spec.num_trials if spec.search == "tpe" else len(trials))
+        self.running: dict[Future, int] = {}
         with Inbox(self.client, self.run_token) as inbox:
             self.events = _Events(inbox, store, self.progress)
+            self.stops = _Stops(self)
             ended = JobState.STOPPED
             try:
-                self._run_trials(source, attempt, _window(spec, slots, len(store.unfinished())))
+                self._run_trials(source, _window(spec, slots, len(store.unfinished())))
                 ended = JobState.FINISHED
+            except KeyboardInterrupt:
+                with second_interrupt_exits():
+                    cancelled = self.stops.cancel(self.running)
+                raise Interrupted(_interrupted(spec, store, cancelled)) from None
             finally:
                 self.events.apply()
                 publish(self.client, JobEnded(spec.name, self.run_token, state=ended))
         return store.trials()
 
-    def _run_trials(self, source: Source, attempt: int, window: int) -> None:
-        running: dict[Future, int] = {}
-        watch = _SlotWatch(self.client, self.spec.run_dir)
+    def _run_trials(self, source: Source, window: int) -> None:
+        running, watch = self.running, _SlotWatch(self.client, self.spec.run_dir)
         while True:
             while len(running) < window and (number := source.take()) is not None:
-                running[self._submit(number, attempt)] = number
+                running[self._submit(number)] = number
             if not running:
                 return
             with contextlib.suppress(TimeoutError):  # distributed's wait raises when nothing finished
                 wait(list(running), timeout=_POLL, return_when="FIRST_COMPLETED")
             self.events.apply()
-            for future in [f for f in running if f.done()]:
-                record = self._record(_outcome_of(running.pop(future), future))
+            ended = [(f, _outcome_of(n, f)) for f, n in running.items() if f.done()] + self.stops.overdue(running)
+            for future, outcome in ended:
+                del running[future]
+                record = self._record(outcome)
                 future.release()
                 if record.state == TrialState.PROMOTED:  # its next stretch goes first
                     source.requeue(record.number)
@@ -105,14 +114,16 @@ class Coordinator:
                     source.finished(record)
             watch.check()
 
-    def _submit(self, number: int, attempt: int) -> Future:
+    def _submit(self, number: int) -> Future:
         spec = self.spec
         trial = TrialSpec(job=spec.name, run=self.run_token, number=number, workload=spec.workload,
                           params=self.store.params(number), epochs=spec.epochs, seed=spec.seed, metric=spec.metric,
-                          mode=spec.mode)
+                          mode=spec.mode, checkpoint=str(self.stretches.path(number).resolve()),
+                          checkpoint_every=spec.checkpoint_every)
         trial, suffix = self.stretches.next_stretch(trial)
-        # Readable keys for the dashboard; a later run of the same sweep gets its own keys.
-        key = f"trial-{spec.name}-{number:04d}{suffix}" + (f"-run{attempt}" if attempt > 1 else "")
+        # Readable keys for the dashboard (grouped as trial-<sweep>); each client run gets its own, so a key
+        # is never reused while a cancelled task of an earlier run may still be winding down.
+        key = f"trial-{spec.name}-{number:04d}{suffix}-{self.run_token}"
         publish(self.client, TrialQueued(spec.name, self.run_token, trial=number, params=trial.params))
         return self.client.submit(run_trial, trial, key=key, pure=False, resources={TRAINING_SLOT: 1})
 
@@ -132,6 +143,53 @@ class Coordinator:
         return row
 
 
+class _Stops:
+    """Ending trials early: past their time (timed out), or all of them at Ctrl-C (cancelled). Either way
+    their workers are restarted, the only way to stop a training thread and give its slot back."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.client, self.spec, self.run = coordinator.client, coordinator.spec, coordinator.run_token
+        self.store, self.events = coordinator.store, coordinator.events
+
+    def overdue(self, running: dict[Future, int]) -> list[tuple[Future, TrialOutcome]]:
+        """Stop the running trials past their time. One whose worker was lost is not stalled: Dask runs it
+        again, and its clock restarts with its next start."""
+        late = [(f, n, why) for f, n in running.items()
+                if not f.done() and (why := self.events.overdue(n, self.spec))]
+        if not late:
+            return []
+        alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
+        for _, number, _ in late:
+            if self.events.worker_of.get(number) not in alive:
+                self.events.started.pop(number, None)
+        return [(f, self._stop(f, n, why)) for f, n, why in late if n in self.events.started]
+
+    def _stop(self, future: Future, number: int, why: str) -> TrialOutcome:
+        """A trial past its time: cancel it, restart its worker (a Python thread cannot be stopped), and
+        make it a timed-out outcome with the epochs it reported."""
+        worker, started = self.events.worker_of.get(number, ""), self.events.started.get(number, time.monotonic())
+        self.client.cancel([future], force=True)
+        free_workers(self.client, [worker])
+        error = f"Trial {number} {why}; stopped, and its worker {worker} restarted to free its slot."
+        return TrialOutcome(number, TrialState.TIMED_OUT, worker=worker, finished=time.time(),
+                            seconds=round(time.monotonic() - started, 4), history=self.store.history(number),
+                            error_type="TrialTimeout", error=error)
+
+    def cancel(self, running: dict[Future, int]) -> list[int]:
+        """Interrupted: cancel every submitted trial, record the running ones as cancelled (a rerun resumes
+        them from their checkpoints) and restart their workers. The trials that were running, in order."""
+        numbers = sorted(n for n in running.values() if n in self.events.started)
+        self.client.cancel(list(running), force=True)
+        workers = [self.events.worker_of[n] for n in numbers]
+        for number in numbers:
+            self.store.cancel_trial(number)
+            publish(self.client, TrialEnded(self.spec.name, self.run, trial=number,
+                                            state=TrialState.CANCELLED))
+        free_workers(self.client, workers)
+        running.clear()
+        return numbers
+
+
 class _Events:
     """The workers' events (trial starts, epoch records) into the store and the progress hooks, each epoch
     once: events can trail a trial's result, whose history then delivers what had not arrived."""
@@ -140,20 +198,40 @@ class _Events:
         self.inbox, self.store, self.progress = inbox, store, progress
         self.seen: set[tuple[int, int]] = set()  # (trial, epoch) records delivered
         self.ended: set[int] = set()  # trials whose final outcome was recorded: later events are stale
+        # By trial, for timeouts (this client's clock, when the event arrived): the current attempt's start,
+        # its last sign of life, and its worker.
+        self.started: dict[int, float] = {}
+        self.active: dict[int, float] = {}
+        self.worker_of: dict[int, str] = {}
 
     def apply(self) -> None:
         """The events that arrived since the last call."""
         for event in self.inbox.drain():
             if isinstance(event, TrialStarted) and event.trial not in self.ended:
+                self.started[event.trial] = self.active[event.trial] = time.monotonic()
+                self.worker_of[event.trial] = event.worker
                 self.store.trial_started(event.trial, event.worker, event.time)
                 self.progress.on_trial_start(event.trial, event.worker)
             elif isinstance(event, EpochEnded) and event.trial not in self.ended:
+                self.active[event.trial] = time.monotonic()
                 self._epoch(event.trial, event.record)
+
+    def overdue(self, number: int, spec: SweepSpec) -> str | None:
+        """Why trial ``number``'s running attempt is past its time (None: it is not, or has not started)."""
+        if number not in self.started:
+            return None  # still queued for a slot: waiting is not running
+        now = time.monotonic()
+        if spec.trial_timeout is not None and now - self.started[number] > spec.trial_timeout:
+            return f"ran longer than trial_timeout={spec.trial_timeout:g}s"
+        if spec.stall_timeout is not None and now - self.active[number] > spec.stall_timeout:
+            return f"sent no epoch for stall_timeout={spec.stall_timeout:g}s"
+        return None
 
     def deliver(self, outcome: TrialOutcome, final: bool) -> None:
         """The epochs of a finished task's history not yet delivered; ``final``: no more events count."""
         for record in outcome.history:
             self._epoch(outcome.number, record)
+        self.started.pop(outcome.number, None)  # the next stretch's start event starts its clock again
         if final:
             self.ended.add(outcome.number)
 
@@ -199,13 +277,14 @@ class _Stretches:
         """``trial`` limited to its next stretch (from its rung checkpoint), and a key suffix for it."""
         if self.asha is None:
             return trial, ""
-        state = read_rung_checkpoint(self._path(trial.number))
+        state = read_rung_checkpoint(self.path(trial.number))
         until = self.asha.next_stop(int(state["epoch"]) if state else 0)
         return dataclasses.replace(trial, until_epoch=until, start_state=state), f"-to{until}"
 
     def verdict(self, outcome: TrialOutcome) -> TrialState:
-        """The trial's state after this stretch: the outcome's own, or PROMOTED / PRUNED at a rung."""
-        path = self._path(outcome.number)
+        """The trial's state after this stretch: the outcome's own, or PROMOTED / PRUNED at a rung. A trial
+        that ends for good drops its resume checkpoint (its best epoch's model stays)."""
+        path = self.path(outcome.number)
         if outcome.state != TrialState.COMPLETED or self.asha is None or \
                 outcome.last_epoch >= self.asha.max_epochs:
             path.unlink(missing_ok=True)
@@ -218,7 +297,8 @@ class _Stretches:
         path.unlink(missing_ok=True)
         return TrialState.PRUNED
 
-    def _path(self, number: int) -> Path:
+    def path(self, number: int) -> Path:
+        """Trial ``number``'s resume checkpoint: its last finished epoch (or, with ASHA, its last rung)."""
         return self.spec.run_dir / "trials" / f"{number:04d}" / "checkpoint.pt"
 
 
@@ -256,6 +336,14 @@ def _announcement(spec: SweepSpec, run: str, client: str, total: int | None, tri
     return JobAnnounced(spec.name, run, time=time.time(), type="sweep", workload=spec.workload,
                         metric=spec.metric, mode=spec.mode, epochs=spec.epochs, total=total, client=client,
                         trials=rows)
+
+
+def _interrupted(spec: SweepSpec, store: RunStore, cancelled: list[int]) -> str:
+    """The one-line summary of a sweep stopped by Ctrl-C."""
+    finished = sum(t.state.is_finished for t in store.trials())
+    which = f" (trial{'s' if len(cancelled) > 1 else ''} {', '.join(map(str, cancelled))})" if cancelled else ""
+    return (f"sweep '{spec.name}': {finished} trials finished, {len(cancelled)} cancelled{which} and their "
+            f"workers freed; {spec.run_dir} keeps everything.")
 
 
 def _write_spec(spec: SweepSpec) -> None:

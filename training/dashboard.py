@@ -63,9 +63,13 @@ def dask_setup(scheduler: Any) -> None:
 
 
 def _install(dask_scheduler: Any) -> None:
-    """Runs on the scheduler: a board (kept if there is one already) and the page's routes."""
+    """Runs on the scheduler: a board (kept if there is one already), the page's routes, and the reaper
+    that frees the slots of clients that leave mid-trial."""
+    from . import reaper
+
     _board(dask_scheduler)
     _serve(dask_scheduler)
+    reaper.install(dask_scheduler)
 
 
 def _serve(scheduler: Any) -> None:

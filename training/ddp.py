@@ -24,13 +24,14 @@ from distributed import Client, Future, wait
 from cluster import TRAINING_SLOT, Target, open_client, require_slots
 
 from .dashboard import enable_page
-from .errors import ConfigError, DDPJobFailed
+from .errors import ConfigError, DDPJobFailed, Interrupted
 from .events import Inbox, publish
 from .loop import _check_epochs
 from .model_file import TrainedModel, save_model
 from .params import resolve
 from .protocol import EpochEnded, FirstStep, JobAnnounced, JobEnded, JobState, RankOutcome, TrialState
 from .rank import RankSpec, free_port, run_rank
+from .slots import free_workers, second_interrupt_exits
 from .sweep_spec import NAME_PATTERN
 from .workloads import get_workload, workload_ref
 
@@ -195,6 +196,15 @@ class _Job:
                        for spec, p in zip(specs, placements, strict=True)]
             try:
                 first_step = _Watcher(self, client, futures, placements, inbox, progress).watch()
+            except KeyboardInterrupt:
+                with second_interrupt_exits():
+                    client.cancel(futures, force=True)
+                    free_workers(client, [p.worker for p in placements])
+                publish(client, JobEnded(self.name, token, state=JobState.STOPPED, error="interrupted"))
+                epoch = _checkpoint_epoch(self.checkpoint)
+                raise Interrupted(f"DDP job '{self.name}' stopped and its {world} workers freed; "
+                                  + (f"{self.checkpoint} keeps epoch {epoch}." if epoch
+                                     else "no epoch had finished.")) from None
             except BaseException as exc:
                 publish(client, JobEnded(self.name, token, state=JobState.FAILED, error=str(exc)))
                 raise

@@ -40,5 +40,14 @@ class DDPJobFailed(DaskTrainError):
         self.worker = worker
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a sweep or a DDP job: its running work was cancelled and recorded, its workers freed;
+    rerunning the same command resumes it. ``summary`` says what was kept, in one sentence."""
+
+    def __init__(self, summary: str) -> None:
+        super().__init__(summary)
+        self.summary = summary
+
+
 def _rebuild_diverged(message: str, epoch: int, step: int) -> TrainingDiverged:
     return TrainingDiverged(message, epoch=epoch, step=step)

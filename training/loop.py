@@ -144,9 +144,11 @@ class Trainer:
         # A sync per step is free on the CPU; on a GPU check every few steps (NaN stays NaN in the sum).
         self._check_every = 1 if self.device.type == "cpu" else 16
 
-    def train(self, epochs: int, callback: Callback | None = None,
-              checkpoint: Path | None = None) -> list[dict[str, Any]]:
-        """Run until ``epochs`` epochs are done in total (a resumed trainer continues its count)."""
+    def train(self, epochs: int, callback: Callback | None = None, checkpoint: Path | None = None,
+              every: int = 1) -> list[dict[str, Any]]:
+        """Run until ``epochs`` epochs are done in total (a resumed trainer continues its count), saving
+        ``checkpoint`` after every ``every``-th epoch and the last (before the epoch is reported, so a
+        process lost after a report never has to train that epoch again)."""
         callback = callback or Callback()
         while self.epoch < epochs:
             record = self._run_epoch(self.epoch + 1, callback)
@@ -154,7 +156,8 @@ class Trainer:
             self.history.append(record)
             if self.shard.rank == 0:  # every rank has the same metrics; one keeps the weights
                 self.best.offer(record, self.model)
-            if checkpoint is not None and self.shard.rank == 0:
+            if checkpoint is not None and self.shard.rank == 0 and (self.epoch % every == 0
+                                                                    or self.epoch == epochs):
                 self.save_checkpoint(checkpoint)
             callback.on_epoch_end(record)
         return self.history

@@ -68,12 +68,14 @@ class RunStore:
             raise
         self.db.execute("COMMIT")
 
-    def begin_run(self, name: str, fingerprint: str, spec: dict[str, Any], trials: list[dict[str, Any]]) -> int:
-        """Record the sweep (or check it matches the one recorded) and its trials; return the run count."""
+    def begin_run(self, name: str, fingerprint: str, spec: dict[str, Any], trials: list[dict[str, Any]],
+                  free: tuple[str, ...] = ()) -> int:
+        """Record the sweep (or check it matches the one recorded: ``free`` fields may change between
+        runs) and its trials; return the run count."""
         row = self.db.execute("SELECT fingerprint, spec FROM sweep WHERE id = 1").fetchone()
         if row is not None and row["fingerprint"] != fingerprint:
             old = json.loads(row["spec"])
-            changed = sorted(k for k in spec if k not in ("runs_dir", "max_concurrent") and old.get(k) != spec[k])
+            changed = sorted(k for k in spec if k not in free and old.get(k) != spec[k])
             raise ConfigError(
                 f"A different sweep named '{name}' is already in {self.path.parent} (changed: "
                 f"{', '.join(changed) or 'trials'}). Rerun it unchanged to resume, pick another name, or pass "
@@ -104,6 +106,11 @@ class RunStore:
         self.db.execute(f"UPDATE trials SET state = ?, worker = ?, started = COALESCE(started, ?), "
                         f"starts = starts + 1 WHERE number = ? AND {_NOT_FINISHED}",
                         (TrialState.RUNNING.value, worker, when, number, *_FINISHED))
+
+    def cancel_trial(self, number: int) -> None:
+        """A running trial was stopped by the user: not finished (a rerun resumes it)."""
+        self.db.execute(f"UPDATE trials SET state = ? WHERE number = ? AND {_NOT_FINISHED}",
+                        (TrialState.CANCELLED.value, number, *_FINISHED))
 
     def record_epoch(self, number: int, record: dict[str, Any]) -> None:
         self.db.execute("INSERT OR REPLACE INTO epochs (trial, epoch, record) VALUES (?, ?, ?)",

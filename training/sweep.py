@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from cluster import Target, open_client
 
 from .protocol import TrialRecord, TrialState, best_trial
-from .sweep_spec import SweepSpec
+from .sweep_spec import STALL_TIMEOUT, SweepSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -90,6 +90,12 @@ class Sweep:
         Epochs per trial (the maximum with ASHA); the seed of sampling, data split and initial weights;
         how many trials may run at once (default: every trial, one per slot at a time); the run's name and
         parent folder.
+    trial_timeout, stall_timeout : float, optional
+        Seconds a trial may run, and may go without finishing an epoch (default 3600; None: no limit),
+        before it is stopped as ``timed_out`` and its worker restarted; the sweep goes on.
+    checkpoint_every : int
+        A running trial keeps a resume checkpoint every this many epochs (default 1): a trial whose worker
+        is lost, or whose client is killed, continues from it.
 
     Examples
     --------
@@ -104,11 +110,15 @@ class Sweep:
                  search: str = "grid", num_trials: int | None = None, metric: str | None = None,
                  mode: str | None = None, epochs: int | None = None, seed: int = 0,
                  max_concurrent: int | None = None, name: str | None = None, runs_dir: str = "runs",
-                 scheduler: str | None = None, grace_epochs: int = 1, reduction_factor: int = 3) -> None:
+                 scheduler: str | None = None, grace_epochs: int = 1, reduction_factor: int = 3,
+                 trial_timeout: float | None = None, stall_timeout: float | None = STALL_TIMEOUT,
+                 checkpoint_every: int = 1) -> None:
         self.spec = SweepSpec.create(name=name, workload=workload, space=space, params=params, search=search,
                                      num_trials=num_trials, metric=metric, mode=mode, epochs=epochs, seed=seed,
                                      max_concurrent=max_concurrent, runs_dir=runs_dir, scheduler=scheduler,
-                                     grace_epochs=grace_epochs, reduction_factor=reduction_factor)
+                                     grace_epochs=grace_epochs, reduction_factor=reduction_factor,
+                                     trial_timeout=trial_timeout, stall_timeout=stall_timeout,
+                                     checkpoint_every=checkpoint_every)
 
     @classmethod
     def from_spec(cls, spec: SweepSpec) -> Sweep:

@@ -19,8 +19,10 @@ from .workloads import get_workload
 
 SEARCHES = ("grid", "random", "tpe")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-#: What does not change a sweep's trials or results: left out of its fingerprint.
-_NOT_FINGERPRINTED = ("name", "runs_dir", "max_concurrent")
+#: What does not change a sweep's trials or results: left out of its fingerprint (a rerun may change it).
+NOT_FINGERPRINTED = ("name", "runs_dir", "max_concurrent", "trial_timeout", "stall_timeout", "checkpoint_every")
+#: A trial that sends no epoch for this long is stuck (a deadlock, an endless loop): stopped as timed_out.
+STALL_TIMEOUT = 3600.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,12 @@ class SweepSpec:
     scheduler: str | None = None
     grace_epochs: int = 1
     reduction_factor: int = 3
+    #: Seconds a trial may run (each attempt) before it is stopped as timed_out; None: no limit.
+    trial_timeout: float | None = None
+    #: Seconds without an epoch (or the start) before a trial is stopped as timed_out; None: never.
+    stall_timeout: float | None = STALL_TIMEOUT
+    #: A running trial saves its resume checkpoint every this many epochs (and at its last one).
+    checkpoint_every: int = 1
 
     @classmethod
     def create(cls, *, workload: str, name: str | None = None, space: Mapping[str, Any] | None = None,
@@ -91,6 +99,9 @@ class SweepSpec:
         _check_int("seed", self.seed, low=0)
         _check_int("max_concurrent", self.max_concurrent, allow_none=True)
         _check_int("reduction_factor", self.reduction_factor, low=2)
+        _check_int("checkpoint_every", self.checkpoint_every)
+        for name in ("trial_timeout", "stall_timeout"):
+            _check_seconds(name, getattr(self, name))
         if self.search in ("random", "tpe"):
             _check_int("num_trials", self.num_trials)
         elif self.num_trials is not None:
@@ -131,7 +142,7 @@ class SweepSpec:
 
     def fingerprint(self) -> str:
         """A hash of what decides the trials and their results (not the name, folder or concurrency)."""
-        content = {k: v for k, v in self.to_json().items() if k not in _NOT_FINGERPRINTED}
+        content = {k: v for k, v in self.to_json().items() if k not in NOT_FINGERPRINTED}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -158,6 +169,13 @@ def _check_int(name: str, value: Any, *, allow_none: bool = False, low: int = 1)
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{name}={value!r}: expected a whole number >= {low}.")
+
+
+def _check_seconds(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise ConfigError(f"{name}={value!r}: expected a number of seconds > 0 (or leave it out for no limit).")
 
 
 def load_sweep_file(path: str | Path, **overrides: Any) -> SweepSpec:

@@ -8,17 +8,20 @@ traceback, worker), never a crash of the sweep.
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from .errors import TrainingDiverged
+from .errors import ConfigError, TrainingDiverged
 from .events import emit
-from .loop import Callback, Trainer, build_trainer, isolated_rng, pick_device
+from .loop import Callback, Trainer, build_trainer, isolated_rng, pick_device, read_checkpoint
 from .protocol import EpochEnded, TrialOutcome, TrialStarted, TrialState
 from .workloads import get_workload
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrialSpec:
@@ -38,6 +41,10 @@ class TrialSpec:
     #: return the state so the next stretch can continue from it.
     until_epoch: int | None = None
     start_state: dict[str, Any] | None = None
+    #: The trial's resume checkpoint in the run directory: saved every ``checkpoint_every`` epochs where this
+    #: worker sees the run directory, and continued from by the trial's next attempt.
+    checkpoint: str | None = None
+    checkpoint_every: int = 1
 
 
 class _EpochEvents(Callback):
@@ -71,9 +78,11 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
         dev = pick_device()
         with isolated_rng(dev):
             trainer = build_trainer(work, spec.params, spec.seed, dev, metric=spec.metric, mode=spec.mode)
-            if spec.start_state is not None:
-                trainer.load_state(spec.start_state, f"trial {spec.number}'s last stretch")
-            trainer.train(spec.until_epoch or spec.epochs, events)
+            state, source = _start_state(spec)
+            if state is not None:
+                trainer.load_state(state, source)
+            trainer.train(spec.until_epoch or spec.epochs, events, _writable(spec.checkpoint),
+                          spec.checkpoint_every)
             ended = _trained(trainer, keep_state=spec.until_epoch is not None)
     except TrainingDiverged as exc:
         ended = _error(TrialState.DIVERGED, exc)
@@ -90,6 +99,35 @@ def _trained(trainer: Trainer, keep_state: bool) -> dict[str, Any]:
     return {"state": TrialState.COMPLETED, "state_dict": trainer.best_weights(), "best_epoch": trainer.best.epoch,
             "meta": dict(trainer.data.meta), "artifacts": dict(trainer.data.artifacts),
             "checkpoint": _to_cpu(trainer.state()) if keep_state else None}
+
+
+def _start_state(spec: TrialSpec) -> tuple[dict[str, Any] | None, str]:
+    """Where this attempt starts: the trial's own resume checkpoint if this worker sees a newer one than
+    the state the coordinator sent (a retry after a lost worker, a rerun after a killed client)."""
+    state, source = spec.start_state, f"trial {spec.number}'s last stretch"
+    path = Path(spec.checkpoint) if spec.checkpoint else None
+    if path is not None and path.is_file():
+        try:
+            saved = read_checkpoint(path)
+        except ConfigError as exc:  # damaged (e.g. a disk that filled up): start from what was sent
+            log.warning("Ignoring trial %s's checkpoint: %s", spec.number, exc)
+        else:
+            if state is None or int(saved["epoch"]) > int(state["epoch"]):
+                state, source = saved, str(path)
+    return state, source
+
+
+def _writable(checkpoint: str | None) -> Path | None:
+    """The checkpoint path, where this worker sees the run directory (the same machine or a shared
+    filesystem); None elsewhere: the trial then runs without a mid-trial resume point."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint)
+    run_dir = path.parent.parent.parent  # RUN_DIR/trials/NNNN/checkpoint.pt
+    if not run_dir.is_dir():
+        log.info("This worker does not see the run directory %s: trial checkpoints are not kept", run_dir)
+        return None
+    return path
 
 
 def _error(state: TrialState, exc: Exception) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import click
 from cluster import Target
 
 from ..ddp import DDPProgress, Placement, train_ddp
+from ..errors import Interrupted
 from . import display
 from .cluster_cmd import target_options
 from .train_cmd import _EXTRA, _show_use, parse_param_args
@@ -51,9 +52,12 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
     """Train WORKLOAD on several workers with DistributedDataParallel (--workers N ranks; default: every
     free worker). Hyperparameters: --name value, as for `dask-train train`."""
     params = parse_param_args(ctx.args)
-    result = train_ddp(None, workload, params, epochs=epochs, workers=target.local.workers, name=name,
-                       runs_dir=runs_dir, seed=seed, resume=resume, timeout=rank_timeout,
-                       progress=DDPDisplay(), target=target)
+    try:
+        result = train_ddp(None, workload, params, epochs=epochs, workers=target.local.workers, name=name,
+                           runs_dir=runs_dir, seed=seed, resume=resume, timeout=rank_timeout,
+                           progress=DDPDisplay(), target=target)
+    except Interrupted as stop:
+        display.interrupted(stop, add=("--resume",))
     display.console.print(f"Trained in {result.seconds:.1f} s on {len(result.placements)} ranks; model saved to "
                           f"{result.model_dir}")
     _show_use(result.trained, seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -98,6 +99,15 @@ def table(title: str, columns: list[str], rows: Iterable[Iterable[Any]]) -> None
     for row in rows:
         out.add_row(*(format_value(v) for v in row))
     console.print(out)
+
+
+def interrupted(stop: Any, drop: tuple[str, ...] = (), add: tuple[str, ...] = ()) -> None:
+    """Ctrl-C: one summary line with the command that resumes, then exit 130 (as a shell does for SIGINT).
+    The command is this one, less the ``drop`` flags, plus the ``add`` ones."""
+    args = [a for a in sys.argv[1:] if a not in drop]
+    command = shlex.join(["dask-train", *args, *(a for a in add if a not in args)])
+    console.print(f"Interrupted: {stop.summary} Resume with: {command}")
+    sys.exit(130)
 
 
 def report(values: Mapping[str, Any]) -> None:

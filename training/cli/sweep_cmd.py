@@ -12,11 +12,11 @@ import yaml
 
 from cluster import Target
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Interrupted
 from ..integrations import MlflowLogger, TensorBoardLogger, combine
 from ..protocol import TrialRecord, TrialState
 from ..sweep import Sweep, SweepProgress, SweepResult
-from ..sweep_spec import SweepSpec, load_sweep_file
+from ..sweep_spec import STALL_TIMEOUT, SweepSpec, load_sweep_file
 from ..workloads import get_workload
 from . import display
 from .cluster_cmd import target_options
@@ -94,13 +94,17 @@ class SweepDisplay(SweepProgress):
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override epochs per trial.")
 @click.option("--runs-dir", default=None, help="Parent folder of run directories (default: runs).")
 @click.option("--new", is_flag=True, help="Set an existing run of this name aside and start afresh.")
+@click.option("--trial-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Stop a trial running longer than this as timed_out (its worker is restarted).")
+@click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help=f"Stop a trial that finishes no epoch for this long (default {STALL_TIMEOUT:g}).")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard event files to RUN_DIR/tensorboard.")
 @click.option("--mlflow", "mlflow_experiment", default=None, metavar="EXPERIMENT",
               help="Also log each trial as an MLflow run (MLFLOW_TRACKING_URI, else RUN_DIR/mlflow.db).")
 @target_options
 def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epochs: int | None,
-                  runs_dir: str | None, new: bool, tensorboard: bool, mlflow_experiment: str | None,
-                  target: Target) -> None:
+                  runs_dir: str | None, new: bool, trial_timeout: float | None, stall_timeout: float | None,
+                  tensorboard: bool, mlflow_experiment: str | None, target: Target) -> None:
     """Run the hyperparameter sweep in SWEEP_FILE (YAML, or a shipped example's name) on a cluster.
 
     Rerunning the same sweep finishes only the trials not yet finished.
@@ -108,15 +112,19 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
     if examples or not sweep_file:
         _list_examples()
         return
-    spec = load_sweep_file(resolve_sweep_file(sweep_file), name=name, epochs=epochs, runs_dir=runs_dir)
+    spec = load_sweep_file(resolve_sweep_file(sweep_file), name=name, epochs=epochs, runs_dir=runs_dir,
+                           trial_timeout=trial_timeout, stall_timeout=stall_timeout)
     started = time.perf_counter()
-    with SweepDisplay() as shown:
-        loggers: list[SweepProgress] = []
-        if tensorboard:
-            loggers.append(TensorBoardLogger(spec.run_dir / "tensorboard"))
-        if mlflow_experiment:
-            loggers.append(MlflowLogger(mlflow_experiment, spec.run_dir))
-        result = Sweep.from_spec(spec).run(progress=combine(shown, *loggers), new=new, target=target)
+    try:
+        with SweepDisplay() as shown:
+            loggers: list[SweepProgress] = []
+            if tensorboard:
+                loggers.append(TensorBoardLogger(spec.run_dir / "tensorboard"))
+            if mlflow_experiment:
+                loggers.append(MlflowLogger(mlflow_experiment, spec.run_dir))
+            result = Sweep.from_spec(spec).run(progress=combine(shown, *loggers), new=new, target=target)
+    except Interrupted as stop:
+        display.interrupted(stop, drop=("--new",))
     show_result(result, time.perf_counter() - started)
     if result.best is None:
         raise click.ClickException(f"No trial of sweep '{spec.name}' completed.")

@@ -1,0 +1,30 @@
+"""Workloads that get stuck on purpose, importable by name (``tests.integration.hanging:HangingXor``)."""
+
+from __future__ import annotations
+
+import threading
+
+from training.params import Param
+from training.workloads.xor import Xor
+
+
+class HangingXor(Xor):
+    """xor whose trial blocks forever (like a deadlocked data loader) once it has taken ``hang_after``
+    optimizer steps; ``hang_after=0`` never blocks. ``hang_on_lr``: only the trial with this lr blocks."""
+
+    name = "hanging-xor"
+    params = (*Xor.params,
+              Param("hang_after", int, 0, "steps before blocking forever (0: never)", low=0, high=10**9),
+              Param("hang_on_lr", float, 0.0, "only the trial with this lr blocks (0: any)", low=0.0, high=100.0))
+
+    def loss(self, model, batch):
+        steps = getattr(self, "_steps", 0) + 1
+        self._steps = steps
+        hang = self._params["hang_after"]
+        if hang and steps > hang and self._params["hang_on_lr"] in (0.0, self._params["lr"]):
+            threading.Event().wait()  # forever: only a restart of the worker process ends this
+        return super().loss(model, batch)
+
+    def load_data(self, params, seed):
+        self._params = dict(params)
+        return super().load_data(params, seed)

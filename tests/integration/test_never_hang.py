@@ -1,0 +1,176 @@
+"""Sweeps that never hang and never lose an epoch: trial and stall timeouts free the stuck worker, Ctrl-C
+cancels and frees, and a trial whose worker or client is killed continues from its last finished epoch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+import time
+
+import pytest
+import yaml
+
+from cluster import ClusterSpec, Target, open_client
+from tests.helpers import poll_for, run_cli, start_cli
+from training import Sweep
+from training.protocol import EpochEnded, TrialState, parse_event
+
+pytestmark = pytest.mark.timeout(300)
+
+HANGING = "tests.integration.hanging:HangingXor"
+SLOW_EPOCHS = {"train_size": 150_000}  # about 1.5 s an epoch on one thread: room to act between epochs
+
+
+@pytest.fixture(scope="module")
+def client():
+    with open_client(Target(local=ClusterSpec(workers=2, gpus="off", dashboard_address="127.0.0.1:0"))) as c:
+        yield c
+
+
+def _both_workers_take_work_at_once(client, gone: str | None = None) -> None:
+    """A task pinned to each worker completes in seconds: no slot is held by a stuck thread. ``gone``: the
+    worker that was running the stuck trial, replaced by a fresh one."""
+    def two_workers():
+        workers = list(client.scheduler_info(n_workers=-1)["workers"])
+        return len(workers) == 2 and gone not in workers and workers
+    workers = poll_for(two_workers, 60, what="2 workers, the stuck one replaced")
+    futures = [client.submit(time.sleep, 0.1, workers=[w], allow_other_workers=False, pure=False,
+                             resources={"training_slot": 1}) for w in workers]
+    # A held slot would never run its task; a fresh worker still importing torch on a busy machine can take
+    # a few seconds: the bound is generous, the figure is printed.
+    started = time.monotonic()
+    for future in futures:
+        future.result(timeout=45)
+    print(f"a task pinned to each worker ran within {time.monotonic() - started:.1f} s")
+
+
+def _epochs_recorded(run_dir, trial) -> int:
+    try:
+        with sqlite3.connect(run_dir / "store.sqlite", timeout=10) as db:
+            return db.execute("SELECT COUNT(*) FROM epochs WHERE trial = ?", (trial,)).fetchone()[0]
+    except sqlite3.OperationalError:  # still being created
+        return 0
+
+
+@pytest.mark.parametrize(("hang_after", "limits"), [
+    (1, {"trial_timeout": 6.0}),  # blocks in its first epoch and never reports one
+    (45, {"stall_timeout": 4.0}),  # reports 2 epochs (20 steps each), then blocks: stops sending epochs
+])
+def test_a_stuck_trial_times_out_its_worker_is_freed_and_the_rest_complete(client, tmp_path, hang_after, limits):
+    sweep = Sweep(HANGING, {"lr": [0.1, 0.2, 0.3]}, params={"hang_after": hang_after, "hang_on_lr": 0.2},
+                  epochs=8, name="stuck", runs_dir=str(tmp_path), **limits)
+    started = time.monotonic()
+    result = sweep.run(client)
+    took = time.monotonic() - started
+    limit = next(iter(limits.values()))
+    print(f"sweep with a stuck trial ({limits}) ended in {took:.1f} s")
+    assert took < limit + 60  # the timeout plus a bounded margin (restart, two short trials, a loaded machine)
+    assert list(result.table["state"]) == ["completed", "timed_out", "completed"]
+    [stuck] = result.failed
+    assert stuck.state == TrialState.TIMED_OUT and stuck.error_type == "TrialTimeout"
+    assert ("trial_timeout=6s" if hang_after == 1 else "stall_timeout=4s") in stuck.error
+    assert stuck.epochs == (0 if hang_after == 1 else 2)  # its last metrics are kept
+    if hang_after > 1:
+        assert "val_accuracy" in stuck.metrics
+    _both_workers_take_work_at_once(client, gone=stuck.worker)
+
+
+def test_ctrl_c_cancels_frees_the_worker_and_says_how_to_resume(client, tmp_path):
+    sweep_file = tmp_path / "hang.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "name": "hang", "workload": HANGING, "space": {"lr": [0.2]}, "params": {"hang_after": 1},
+        "epochs": 4, "runs_dir": str(tmp_path / "runs")}))
+    run_dir = tmp_path / "runs" / "hang"
+    proc = start_cli("sweep", str(sweep_file), "--address", client.scheduler.address, importable=True)
+    try:
+        def running():
+            assert proc.poll() is None, proc.communicate()[0]
+            if not (run_dir / "store.sqlite").exists():
+                return False
+            with sqlite3.connect(run_dir / "store.sqlite", timeout=10) as db:
+                row = db.execute("SELECT state FROM trials WHERE number = 0").fetchone()
+            return row is not None and row[0] == "running"
+        poll_for(running, 120, what="the trial running")
+        time.sleep(1)  # let it block inside its first epoch
+        os.kill(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    assert "Interrupted: sweep 'hang': 0 trials finished, 1 cancelled (trial 0) and their workers freed" in output
+    assert f"Resume with: dask-train sweep {sweep_file} --address {client.scheduler.address}" in output
+    assert "Traceback" not in output and "Aborted!" not in output, output
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        [(state, worker)] = db.execute("SELECT state, worker FROM trials").fetchall()
+    assert state == "cancelled"
+    _both_workers_take_work_at_once(client, gone=worker)
+
+
+def _epoch_events(client, job: str, trial: int) -> list[EpochEnded]:
+    events = [parse_event(message) for _, message in client.get_events("dask-train")]
+    return [e for e in events if isinstance(e, EpochEnded) and e.job == job and e.trial == trial]
+
+
+def _assert_resumed(client, job, run_dir, rows_before_kill, killed_at, history):
+    """After the kill the trial trained on from its last checkpoint: every epoch once in its history, and
+    no more than one epoch reported twice."""
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
+    events = _epoch_events(client, job, 0)
+    after = sorted(e.record["epoch"] for e in events if e.time > killed_at)
+    before = {e.record["epoch"] for e in events if e.time <= killed_at}
+    print(f"epochs reported before the kill {sorted(before)}, by the next attempt {after}")
+    assert after and after[0] in (rows_before_kill + 1, rows_before_kill + 2)  # its checkpoint's next epoch
+    assert len(before & set(after)) <= 1 and after == sorted(set(after))
+
+
+def test_a_trial_whose_worker_is_killed_continues_from_its_last_epoch(tmp_path):
+    with open_client(Target(local=ClusterSpec(workers=2, gpus="off", dashboard_address="127.0.0.1:0"))) as c:
+        sweep = Sweep("xor", {"lr": [0.1]}, params=SLOW_EPOCHS, epochs=6, name="killw", runs_dir=str(tmp_path))
+        outcome: dict = {}
+        thread = threading.Thread(target=lambda: outcome.update(result=sweep.run(c)), daemon=True)
+        thread.start()
+        run_dir = tmp_path / "killw"
+        recorded = poll_for(lambda: _epochs_recorded(run_dir, 0) >= 3 and _epochs_recorded(run_dir, 0), 120,
+                            period=0.05, what="epoch 3 recorded")
+        with sqlite3.connect(run_dir / "store.sqlite") as db:
+            worker = db.execute("SELECT worker FROM trials WHERE number = 0").fetchone()[0]
+        killed_at = time.time()
+        os.kill(c.run(os.getpid)[worker], signal.SIGKILL)
+        thread.join(timeout=240)
+        assert not thread.is_alive()
+        result = outcome["result"]
+        assert list(result.table["state"]) == ["completed"] and int(result.table["starts"][0]) == 2
+        _assert_resumed(c, "killw", run_dir, recorded, killed_at, result.best.history)
+    assert not (run_dir / "trials" / "0000" / "checkpoint.pt").exists()  # dropped once the trial finished
+    assert (run_dir / "trials" / "0000" / "model.safetensors").is_file()
+
+
+def test_a_trial_whose_client_is_killed_continues_from_its_last_epoch_on_rerun(client, tmp_path):
+    sweep_file = tmp_path / "killc.yaml"
+    sweep_file.write_text(yaml.safe_dump({"name": "killc", "workload": "xor", "space": {"lr": [0.1]},
+                                          "params": SLOW_EPOCHS, "epochs": 6, "runs_dir": str(tmp_path / "runs")}))
+    run_dir = tmp_path / "runs" / "killc"
+    proc = start_cli("sweep", str(sweep_file), "--address", client.scheduler.address)
+    try:
+        recorded = poll_for(lambda: _epochs_recorded(run_dir, 0) >= 3 and _epochs_recorded(run_dir, 0), 120,
+                            period=0.05, what="epoch 3 recorded")
+        with sqlite3.connect(run_dir / "store.sqlite") as db:
+            worker = db.execute("SELECT worker FROM trials WHERE number = 0").fetchone()[0]
+        killed_at = time.time()
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # The scheduler restarts the worker that was training for the vanished client: its slot is free again.
+    _both_workers_take_work_at_once(client, gone=worker)
+    rerun = run_cli("sweep", str(sweep_file), "--address", client.scheduler.address, timeout=240)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        history = [yaml.safe_load(r[0]) for r in db.execute("SELECT record FROM epochs ORDER BY epoch")]
+        starts = db.execute("SELECT starts FROM trials").fetchone()[0]
+    assert starts == 2
+    _assert_resumed(client, "killc", run_dir, recorded, killed_at, history)

@@ -1,0 +1,61 @@
+"""Training slots given back: ending a worker whose training thread is stuck, and Ctrl-C while cleaning up.
+
+A Python thread cannot be stopped, so a trial or rank that hangs (or that nobody wants any more) keeps its
+worker's only slot until the process ends. Ending the process from its event loop is immediate, and the
+worker's nanny starts a fresh one in its place. Used by the coordinator (timeouts, Ctrl-C), DDP jobs
+(Ctrl-C) and the scheduler's reaper (clients that vanish). No torch here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_GONE_TIMEOUT = 60.0  # how long to wait for an ended worker to leave the scheduler
+_POLL = 0.2
+
+
+async def end_process() -> None:
+    """Runs on a worker's event loop (its task thread may be stuck): end the worker process at once; its
+    nanny sees it die and starts a fresh worker in its place. (A nanny's own restart first asks the worker
+    to close, which can wait on the stuck thread.)"""
+    os._exit(75)
+
+
+def free_workers(client: Any, workers: list[str]) -> None:
+    """End the processes of ``workers`` so their nannies start fresh ones: the only way to stop a training
+    thread, and so to give its slot back. Waits (bounded) until they are gone from the scheduler."""
+    workers = sorted({w for w in workers if w})
+    if not workers:
+        return
+    try:
+        client.run(end_process, workers=workers, wait=False)
+    except Exception as exc:  # e.g. the worker is already gone
+        log.warning("Could not end worker %s to free its slot: %s", workers, exc)
+        return
+    deadline = time.monotonic() + _GONE_TIMEOUT
+    while time.monotonic() < deadline and set(workers) & set(client.scheduler_info(n_workers=-1)["workers"]):
+        time.sleep(_POLL)
+
+
+@contextlib.contextmanager
+def second_interrupt_exits() -> Iterator[None]:
+    """While cleaning up after Ctrl-C, a second Ctrl-C exits at once (main thread only: where signals go)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
