@@ -4,6 +4,7 @@ cancels and frees, and a trial whose worker or client is killed continues from i
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import threading
@@ -174,3 +175,27 @@ def test_a_trial_whose_client_is_killed_continues_from_its_last_epoch_on_rerun(c
         starts = db.execute("SELECT starts FROM trials").fetchone()[0]
     assert starts == 2
     _assert_resumed(client, "killc", run_dir, recorded, killed_at, history)
+
+
+def test_ctrl_c_during_a_ddp_job_frees_its_workers_and_the_printed_command_resumes_it(client, tmp_path):
+    args = ["ddp", "xor", "--address", client.scheduler.address, "--workers", "2", "--epochs", "40",
+            "--runs-dir", str(tmp_path), "--name", "stopme", "--train-size", "150000", "--batch-size", "512"]
+    proc = start_cli(*args)
+    checkpoint = tmp_path / "stopme" / "checkpoint.pt"
+    try:
+        poll_for(lambda: proc.poll() is None and checkpoint.is_file(), 120, what="a DDP checkpoint")
+        os.kill(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    assert "Interrupted: DDP job 'stopme' stopped and its 2 workers freed" in output, output
+    assert "Traceback" not in output and "Aborted!" not in output, output
+    resume = output.split("Resume with: ", 1)[1].strip().split()
+    assert resume[:2] == ["dask-train", "ddp"] and resume[-1] == "--resume"
+    _both_workers_take_work_at_once(client)
+    epoch = int(re.search(r"keeps epoch (\d+)", output).group(1))
+    finished = run_cli(*resume[1:-1], "--epochs", str(epoch + 1), "--resume", timeout=240)  # one epoch more
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "resuming from its checkpoint" in finished.stdout
