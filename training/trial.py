@@ -111,9 +111,11 @@ def _to_cpu(value: Any) -> Any:
 
 
 def _worker_address() -> str:
+    """The worker's name (``cpu-0``) as people see it everywhere; its address where it has no name."""
     from distributed import get_worker
 
     try:
-        return get_worker().address
+        worker = get_worker()
     except ValueError:
         return "local"
+    return worker.address if worker.name in (None, "") else str(worker.name)

@@ -123,7 +123,7 @@ def test_a_failing_trial_is_recorded_and_the_others_complete(client, tmp_path):
     [failure] = result.failed
     assert failure.number == 1 and failure.error_type == "DataError" and failure.state == TrialState.FAILED
     assert "does not exist" in failure.error and "Traceback (most recent call last)" in failure.traceback
-    assert failure.worker.startswith("tcp://127.0.0.1:")
+    assert failure.worker in ("cpu-0", "cpu-1")  # worker names, as the dashboard shows them
     row = _store_rows(tmp_path / "failing")[1]
     assert row["state"] == "failed" and "DataError" in row["traceback"]
 
