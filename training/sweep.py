@@ -7,6 +7,7 @@ best epoch) and the failures. Rerunning the same sweep finishes only the trials 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from .model_file import TrainedModel
+    from .progress import LiveSweep
 
 log = logging.getLogger(__name__)
 
@@ -117,17 +119,43 @@ class Sweep:
         sweep.spec = spec
         return sweep
 
-    def run(self, client: Client | None = None, *, progress: SweepProgress | None = None, new: bool = False,
-            target: Target | None = None) -> SweepResult:
-        """Run the trials not yet finished and return the results. Without ``client``, the sweep runs on
-        ``target`` (default: an embedded local cluster started for it and closed after)."""
+    def run(self, client: Client | None = None, *, progress: SweepProgress | bool | None = None,
+            new: bool = False, target: Target | None = None) -> SweepResult:
+        """Run the trials not yet finished and return the results.
+
+        Without ``client``, the sweep runs on ``target`` (default: an embedded local cluster started for it
+        and closed after). ``progress``: by default (None or True) a live view is printed (the dashboard and
+        Training page URLs, the running trials with their latest epoch, counts by state, the best so far,
+        and the final table; :class:`training.progress.LiveSweep`); False prints nothing; or your own
+        :class:`SweepProgress` hooks.
+        """
+        view = _default_view(progress)
+        hooks = view or (progress if isinstance(progress, SweepProgress) else SweepProgress())
+        started = time.perf_counter()
+        with view or contextlib.nullcontext():
+            result = self._run_on(client, hooks, new, target)
+            if view is not None:
+                view.on_result(result, time.perf_counter() - started)
+        return result
+
+    def _run_on(self, client: Client | None, progress: SweepProgress, new: bool,
+                target: Target | None) -> SweepResult:
         if new:
             _set_aside(self.spec.run_dir)
         if client is not None:
-            return _run(self.spec, client, progress or SweepProgress())
+            return _run(self.spec, client, progress)
         target = dataclasses.replace(target or Target(), preload=("training.trial",))
         with open_client(target) as own:
-            return _run(self.spec, own, progress or SweepProgress())
+            return _run(self.spec, own, progress)
+
+
+def _default_view(progress: SweepProgress | bool | None) -> LiveSweep | None:
+    """The live view ``Sweep.run`` prints by default; None where the caller chose (False, or own hooks)."""
+    if progress is None or progress is True:
+        from .progress import LiveSweep
+
+        return LiveSweep()
+    return None
 
 
 def _run(spec: SweepSpec, client: Client, progress: SweepProgress) -> SweepResult:
@@ -136,9 +164,43 @@ def _run(spec: SweepSpec, client: Client, progress: SweepProgress) -> SweepResul
 
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     with RunStore(spec.run_dir / "store.sqlite") as store:
-        rows = Coordinator(spec, client, progress).run(store)
+        rows = Coordinator(spec, client, _WorkerNames(progress, client)).run(store)
     _report(spec.run_dir)
     return result_of(spec, rows)
+
+
+class _WorkerNames(SweepProgress):
+    """Passes the hooks on with workers by name (``cpu-0``): the scheduler stamps worker events with the
+    sending worker's address."""
+
+    def __init__(self, progress: SweepProgress, client: Client) -> None:
+        self.progress, self.client = progress, client
+        self.names: dict[str, str] = {}
+
+    def on_start(self, spec: SweepSpec, total: int, todo: int, dashboard: str | None) -> None:
+        self.progress.on_start(spec, total, todo, dashboard)
+
+    def on_page(self, url: str | None) -> None:
+        self.progress.on_page(url)
+
+    def on_trial_start(self, number: int, worker: str) -> None:
+        self.progress.on_trial_start(number, self.name(worker))
+
+    def on_epoch(self, number: int, record: dict[str, Any]) -> None:
+        self.progress.on_epoch(number, record)
+
+    def on_trial_end(self, row: TrialRecord, counts: dict[TrialState, int], best: TrialRecord | None) -> None:
+        self.progress.on_trial_end(row, counts, best)
+
+    def name(self, worker: str) -> str:
+        """The worker's name; its address where the scheduler gives none (or it has left)."""
+        if worker not in self.names:
+            try:
+                info = self.client.scheduler_info(n_workers=-1)["workers"]
+            except Exception:  # a view: never let a lookup break the sweep
+                return worker
+            self.names.update({a: str(w.get("name") or a) for a, w in info.items()})
+        return self.names.get(worker, worker)
 
 
 def _set_aside(run_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -13,8 +14,9 @@ from rich.table import Table
 
 from ..loop import Callback
 
-# Piped output (CI logs, files) gets wide tables instead of 80-column truncation.
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+# Piped output (CI logs, files) gets wide tables instead of 80-column truncation, unless COLUMNS says how wide.
+console = Console(highlight=False, soft_wrap=True,
+                  width=None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160)
 _FIRST = ("epoch", "train_loss")
 _LAST = ("lr", "seconds", "samples_per_s")
 
