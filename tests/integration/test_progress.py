@@ -79,3 +79,17 @@ def _cell_at(line: str, start: int, end: int) -> str:
         if match.start() < end and match.end() > start:
             return match.group()
     return ""
+
+
+def test_train_ddp_prints_its_urls_and_one_line_per_epoch_by_default(client, tmp_path, capsys):
+    from training import train_ddp
+
+    train_ddp(client, "xor", {"batch_size": 64}, epochs=2, workers=2, runs_dir=str(tmp_path), name="shown")
+    out = capsys.readouterr().out
+    assert "DDP job 'shown': 2 ranks, gloo." in out and re.search(r"^Training page: http.*/training$", out, re.M)
+    header = next(line.split() for line in out.splitlines() if line.split()[:2] == ["epoch", "train_loss"])
+    epochs = [line.split()[0] for line in out.splitlines() if re.match(r"\s+[12]\s+\d", line)]
+    assert epochs == ["1", "2"] and "val_accuracy" in header
+    train_ddp(client, "xor", {"batch_size": 64}, epochs=1, workers=2, runs_dir=str(tmp_path), name="quiet",
+              progress=False)
+    assert capsys.readouterr().out == ""

@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from cluster import Target
 
-from ..ddp import DDPProgress, Placement, train_ddp
+from ..ddp import train_ddp
+from ..ddp_progress import LiveDDP
 from . import display
 from .cluster_cmd import target_options
 from .train_cmd import _EXTRA, _show_use, parse_param_args
 
 
-class DDPDisplay(DDPProgress):
-    """Where the ranks run, then rank 0's epoch table as epochs finish."""
+class DDPDisplay(LiveDDP):
+    """Where the ranks run, then rank 0's epoch table as epochs finish, on the CLI's console."""
 
     def __init__(self) -> None:
-        self._rows = display.EpochRows()
-
-    def on_start(self, name: str, placements: list[Placement], backend: str, dashboard: str | None,
-                 resumed: bool) -> None:
-        display.console.print(f"DDP job '{name}': {len(placements)} ranks, {backend}"
-                              f"{', resuming from its checkpoint' if resumed else ''}.")
-        for p in placements:
-            display.console.print(f"  rank {p.rank} (local {p.local_rank}) on {p.worker}")
-        display.console.print(f"Dashboard: {dashboard}")
-
-    def on_page(self, url: str | None) -> None:
-        display.console.print(f"Training page: {url or 'not available on this scheduler'}")
-
-    def on_epoch(self, record: dict[str, Any]) -> None:
-        self._rows.print(record, display.console)
+        super().__init__(display.console)
 
 
 @click.command(context_settings=_EXTRA)
