@@ -18,7 +18,9 @@ import contextlib
 import copy
 import logging
 import os
+import re
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -89,12 +91,32 @@ def start_local_cluster(spec: ClusterSpec | None = None) -> Cluster:
     spec = spec or ClusterSpec()
     gpus = detect_gpus() if spec.gpus == "auto" else []
     problem = dask_cuda_problem() if gpus else None
-    if gpus and problem is None:
-        return _start_gpu_cluster(spec, gpus)
-    if gpus:
-        log.warning("GPUs %s are visible but %s Starting CPU workers, with the GPUs hidden from them.",
-                    gpus, problem)
-    return _start_cpu_cluster(spec)
+    with _known_warnings_as_one_line():
+        if gpus and problem is None:
+            return _start_gpu_cluster(spec, gpus)
+        if gpus:
+            log.warning("GPUs %s are visible but %s Starting CPU workers, with the GPUs hidden from them.",
+                        gpus, problem)
+        return _start_cpu_cluster(spec)
+
+
+_PORT_IN_USE = re.compile(r"Port (\d+) is already in use.*on port (\d+) instead", re.S)
+
+
+@contextlib.contextmanager
+def _known_warnings_as_one_line() -> Iterator[None]:
+    """Dask's three-line ``UserWarning`` about a dashboard port in use becomes one line of ours; any other
+    warning is shown as it was."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        found = _PORT_IN_USE.search(str(warning.message))
+        if found:
+            log.warning("Dashboard port %s is in use (another cluster?): this cluster's dashboard is on port %s.",
+                        *found.groups())
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def _cpu_worker_environ(workers: int, torch_threads: int | None = None) -> dict[str, str]:

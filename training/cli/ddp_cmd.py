@@ -38,7 +38,11 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
     params = parse_param_args(ctx.args)
     result = train_ddp(None, workload, params, epochs=epochs, workers=target.local.workers, name=name,
                        runs_dir=runs_dir, seed=seed, resume=resume, timeout=rank_timeout,
-                       progress=DDPDisplay(), target=target)
-    display.console.print(f"Trained in {result.seconds:.1f} s on {len(result.placements)} ranks; model saved to "
-                          f"{result.model_dir}")
+                       progress=(shown := DDPDisplay()), target=target)
+    if resume and shown.columns is None:  # no epoch ran
+        display.console.print(f"Nothing left to train: the checkpoint is already at epoch {len(result.history)} "
+                              f"of --epochs; pass a larger --epochs to train on. Model: {result.model_dir}")
+    else:
+        display.console.print(f"Trained in {result.seconds:.1f} s on {len(result.placements)} ranks; model "
+                              f"saved to {result.model_dir}")
     _show_use(result.trained, seed)
