@@ -130,8 +130,8 @@ class LiveSweep(SweepProgress):
         self.print(f"Sweep '{spec.name}': {total} trials of {spec.workload} ({spec.search} search), "
                    f"{spec.epochs} epochs each. Run directory: {spec.run_dir}")
         if finished and todo:
-            self.print(f"Reusing the earlier run in {spec.run_dir}: {finished} of {total} trials already "
-                       f"finished, {todo} to run (new=True, or --new, starts afresh).")
+            self.print(f"Reusing the earlier run in {spec.run_dir}: {finished} already finished, {todo} of "
+                       f"{total} trials to run (new=True, or --new, starts afresh).")
         elif finished:
             self.print(f"Nothing to run: all {total} trials in {spec.run_dir} already finished (new=True, or "
                        "--new, starts afresh).")
