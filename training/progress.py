@@ -191,6 +191,8 @@ class LiveSweep(SweepProgress):
         return table
 
     def status_line(self) -> str:
+        if self.task is None:
+            return "Waiting for the cluster's workers..."
         counts = self.state.counts()
         parts = [f"{n} {state.value}" for state, n in sorted(counts.items(), key=lambda i: _ORDER.index(i[0]))
                  if n or state in (TrialState.RUNNING, TrialState.PENDING)]
