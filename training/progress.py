@@ -109,9 +109,9 @@ class LiveSweep(SweepProgress):
         self.console = console or Console(highlight=False)
         self.live = self.console.is_terminal or self.console.is_jupyter
         self.state = SweepState(0, 1, 0)
+        self.task: Any = None
         self.progress = _Board(self, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                TextColumn("epochs"), TimeElapsedColumn(), console=self.console, transient=True)
-        self.task: Any = None
         self.metric, self.mode = "val_loss", "min"
         self._waiting: dict[str, list[tuple[int, str]]] = {}  # starts on a worker whose last trial has not ended
 
