@@ -113,7 +113,7 @@ class LiveSweep(SweepProgress):
         self.progress = _Board(self, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                TextColumn("epochs"), TimeElapsedColumn(), console=self.console, transient=True)
         self.metric, self.mode = "val_loss", "min"
-        self._waiting: dict[str, list[tuple[int, str]]] = {}  # starts on a worker whose last trial has not ended
+        self._waiting: dict[str, list[int]] = {}  # starts on a worker whose last trial has not ended
 
     def __enter__(self) -> LiveSweep:
         if self.live:
@@ -144,7 +144,7 @@ class LiveSweep(SweepProgress):
 
     def on_trial_start(self, number: int, worker: str) -> None:
         if self.state.worker_busy(worker) and number not in self.state.running:
-            self._waiting.setdefault(worker, []).append((number, worker))  # printed after that trial's end
+            self._waiting.setdefault(worker, []).append(number)  # shown after that worker's trial ends
             return
         self._start(number, worker)
 
@@ -162,8 +162,7 @@ class LiveSweep(SweepProgress):
                  else row.error_type or "")
         state = f"promoted at epoch {row.epochs}" if row.state == TrialState.PROMOTED else row.state.value
         self.print(f"  trial {row.number:04d} {state} {shown} ({duration(row.seconds)} on {row.worker})")
-        for number, worker in self._waiting.pop(row.worker or "", []):
-            self._start(number, worker)
+        self._start_waiting()
         self._update()
 
     def on_result(self, result: SweepResult, wall_seconds: float) -> None:
@@ -204,7 +203,14 @@ class LiveSweep(SweepProgress):
     def _start(self, number: int, worker: str) -> None:
         if self.state.started(number, worker):
             self.print(f"  trial {number:04d} started on {worker}")
+        self._start_waiting()
         self._update()
+
+    def _start_waiting(self) -> None:
+        """Show the starts held back for workers now free (their trial ended, or moved after a worker loss)."""
+        for worker in [w for w in self._waiting if not self.state.worker_busy(w)]:
+            for number in self._waiting.pop(worker):
+                self._start(number, worker)
 
     def _description(self) -> str:
         return "sweep"
