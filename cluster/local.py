@@ -183,7 +183,7 @@ def _wait_for_worker_processes(cluster: LocalCluster, count: int, timeout: float
         if exited:
             raise ClusterError(f"Worker process(es) {exited} (name: exit code) exited before joining the "
                                "embedded cluster; their error is printed above. Check that `python -m "
-                               "cluster.worker_process` can import dask-train in this environment.")
+                               "cluster.worker_main` can import dask-train in this environment.")
         if time.monotonic() > deadline:
             raise ClusterError(f"Only {len(cluster.scheduler_info.get('workers', {}))} of {count} workers "
                                f"joined the embedded cluster within {timeout:g}s. The machine may be "

@@ -24,7 +24,7 @@ from distributed.deploy.spec import ProcessInterface
 
 log = logging.getLogger(__name__)
 
-_CLOSE_GRACE = 10.0  # seconds a nanny gets to close its worker after the scheduler told it to
+_CLOSE_GRACE = 10.0  # seconds a nanny gets to close its worker
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)  # where `cluster` is importable from
 
 
@@ -71,15 +71,13 @@ class WorkerProcess(ProcessInterface):
         return None if self.process is None else self.process.returncode
 
     async def close(self) -> None:
-        """Let the nanny close its worker (the scheduler asked it to), then terminate, then kill."""
+        """Ask the nanny to close its worker (SIGTERM, handled in ``worker_main``); kill what is left after
+        ``_CLOSE_GRACE`` seconds."""
         process = self.process
         if process is not None and process.returncode is None:
+            _stop(process, signal.SIGTERM)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(process.wait(), _CLOSE_GRACE)
-            if process.returncode is None:
-                _stop(process, signal.SIGTERM)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(process.wait(), _CLOSE_GRACE)
             if process.returncode is None:
                 _kill_tree(process.pid)
                 await process.wait()
