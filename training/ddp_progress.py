@@ -35,8 +35,9 @@ class LiveDDP(DDPProgress):
                  resumed: bool) -> None:
         self.console.print(f"DDP job '{name}': {len(placements)} ranks, {backend}"
                            f"{', resuming from its checkpoint' if resumed else ''}.")
+        names = _worker_names()
         for p in placements:
-            self.console.print(f"  rank {p.rank} (local {p.local_rank}) on {p.worker}")
+            self.console.print(f"  rank {p.rank} (local {p.local_rank}) on {names.get(p.worker, p.worker)}")
         self.console.print(f"Dashboard: {dashboard or 'not available on this scheduler'}")
 
     def on_page(self, url: str | None) -> None:
@@ -61,6 +62,17 @@ def epoch_columns(record: dict[str, Any]) -> list[str]:
     keys = [k for k in record if k not in _HIDDEN]
     middle = sorted(k for k in keys if k not in _FIRST + _LAST)
     return [k for k in _FIRST if k in keys] + middle + [k for k in _LAST if k in keys]
+
+
+def _worker_names() -> dict[str, str]:
+    """Worker names (``cpu-0``) by address, from this process's default client; {} where there is none."""
+    try:
+        from distributed import default_client
+
+        workers = default_client().scheduler_info(n_workers=-1)["workers"]
+    except Exception:  # a view: no client, or a scheduler gone, leaves the addresses shown
+        return {}
+    return {address: str(w.get("name") or address) for address, w in workers.items()}
 
 
 def _line(columns: list[str], cells: dict[str, str]) -> str:

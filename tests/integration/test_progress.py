@@ -87,6 +87,7 @@ def test_train_ddp_prints_its_urls_and_one_line_per_epoch_by_default(client, tmp
     train_ddp(client, "xor", {"batch_size": 64}, epochs=2, workers=2, runs_dir=str(tmp_path), name="shown")
     out = capsys.readouterr().out
     assert "DDP job 'shown': 2 ranks, gloo." in out and re.search(r"^Training page: http.*/training$", out, re.M)
+    assert re.search(r"rank 0 \(local 0\) on cpu-[01]$", out, re.M) and "tcp://" not in out, out
     header = next(line.split() for line in out.splitlines() if line.split()[:2] == ["epoch", "train_loss"])
     epochs = [line.split()[0] for line in out.splitlines() if re.match(r"\s+[12]\s+\d", line)]
     assert epochs == ["1", "2"] and "val_accuracy" in header
