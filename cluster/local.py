@@ -6,6 +6,8 @@ and CPU. Two Dask defaults that cost torch throughput are switched off for these
 ``OMP_NUM_THREADS=1`` and friends into the *creating* process's environment; this module passes thread
 settings to the workers only, and leaves the caller's environment as it found it.
 
+CPU workers are started as their own programs (:mod:`cluster.worker_process`, as ``dask worker`` is), so
+they never re-import the caller's ``__main__``: a client script needs no ``__main__`` guard.
 CPU workers are started with ``CUDA_VISIBLE_DEVICES`` empty, so none of them trains on a GPU this machine
 may have (``--gpus off``, or dask-cuda missing); their torch threads follow ``cluster.cpus``' rule.
 """
@@ -16,6 +18,9 @@ import contextlib
 import copy
 import logging
 import os
+import re
+import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +32,10 @@ from distributed.deploy.cluster import Cluster
 from .cpus import cpu_cores, thread_environ
 from .cpus import torch_threads as threads_for_environ
 from .devices import dask_cuda_problem, detect_gpus
+from .errors import ClusterError
 from .plugin import TRAINING_SLOT
 from .security import TLSFiles
+from .worker_process import WorkerProcess
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +91,32 @@ def start_local_cluster(spec: ClusterSpec | None = None) -> Cluster:
     spec = spec or ClusterSpec()
     gpus = detect_gpus() if spec.gpus == "auto" else []
     problem = dask_cuda_problem() if gpus else None
-    if gpus and problem is None:
-        return _start_gpu_cluster(spec, gpus)
-    if gpus:
-        log.warning("GPUs %s are visible but %s Starting CPU workers, with the GPUs hidden from them.",
-                    gpus, problem)
-    return _start_cpu_cluster(spec)
+    with _known_warnings_as_one_line():
+        if gpus and problem is None:
+            return _start_gpu_cluster(spec, gpus)
+        if gpus:
+            log.warning("GPUs %s are visible but %s Starting CPU workers, with the GPUs hidden from them.",
+                        gpus, problem)
+        return _start_cpu_cluster(spec)
+
+
+_PORT_IN_USE = re.compile(r"Port (\d+) is already in use.*on port (\d+) instead", re.S)
+
+
+@contextlib.contextmanager
+def _known_warnings_as_one_line() -> Iterator[None]:
+    """Dask's three-line ``UserWarning`` about a dashboard port in use becomes one line of ours; any other
+    warning is shown as it was."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        found = _PORT_IN_USE.search(str(warning.message))
+        if found:
+            log.warning("Dashboard port %s is in use (another cluster?): this cluster's dashboard is on port %s.",
+                        *found.groups())
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def _cpu_worker_environ(workers: int, torch_threads: int | None = None) -> dict[str, str]:
@@ -133,27 +160,55 @@ class _CpuCluster(_NanniesRestart, LocalCluster):
 
 def _start_cpu_cluster(spec: ClusterSpec) -> Cluster:
     workers = spec.workers or cpu_cores()
-    # The nanny's env= outranks this process's own variables (distributed.nanny.environ does not).
-    with _worker_config({}), _environ_preserved():
+    with _environ_preserved():
         cluster = _CpuCluster(
             n_workers=0, threads_per_worker=1, processes=True, resources={TRAINING_SLOT: 1},
             host=spec.host, scheduler_port=spec.scheduler_port, dashboard_address=spec.dashboard_address,
-            env=_cpu_worker_environ(workers, spec.torch_threads), **_security_kwargs(spec),
+            **_security_kwargs(spec),
         )
         try:
-            _start_named_workers(cluster, workers, "cpu")
+            _start_named_workers(cluster, _worker_process_spec(spec, workers), workers, "cpu")
         except BaseException:
             cluster.close()
             raise
         return cluster
 
 
-def _start_named_workers(cluster: LocalCluster, count: int, prefix: str) -> None:
+def _worker_process_spec(spec: ClusterSpec, workers: int) -> dict[str, Any]:
+    """Each worker's nanny in its own process (``cluster.worker_process``): it never re-imports the
+    caller's ``__main__``, so client scripts need no ``if __name__ == "__main__":`` guard."""
+    nanny = {"nthreads": 1, "resources": {TRAINING_SLOT: 1}, "host": spec.host,
+             "env": _cpu_worker_environ(workers, spec.torch_threads)}  # outranks the nanny's own variables
+    if spec.tls is not None:
+        nanny["protocol"] = "tls://"
+    tls = None if spec.tls is None else {"ca_file": spec.tls.ca_file, "cert": spec.tls.cert, "key": spec.tls.key}
+    return {"cls": WorkerProcess, "options": {"nanny": nanny, "config": _worker_config_values({}), "tls": tls}}
+
+
+def _start_named_workers(cluster: LocalCluster, worker_spec: dict[str, Any], count: int, prefix: str) -> None:
     """Workers named ``cpu-0``, ``cpu-1``...: what the dashboard's pages and the Training page show."""
     for i in range(count):
-        cluster.worker_spec[f"{prefix}-{i}"] = copy.deepcopy(cluster.new_spec)
+        cluster.worker_spec[f"{prefix}-{i}"] = copy.deepcopy(worker_spec)
+    cluster.new_spec = copy.deepcopy(worker_spec)
     cluster.scale(count)
-    cluster.wait_for_workers(count, timeout=_WORKER_START_TIMEOUT)
+    _wait_for_worker_processes(cluster, count, _WORKER_START_TIMEOUT)
+
+
+def _wait_for_worker_processes(cluster: LocalCluster, count: int, timeout: float) -> None:
+    """Wait for ``count`` workers to join; fail at once, naming the worker, when a worker process exits."""
+    deadline = time.monotonic() + timeout
+    while len(cluster.scheduler_info.get("workers", {})) < count:
+        exited = {name: w.exit_code for name, w in cluster.workers.items()
+                  if isinstance(w, WorkerProcess) and w.exit_code is not None}
+        if exited:
+            raise ClusterError(f"Worker process(es) {exited} (name: exit code) exited before joining the "
+                               "embedded cluster; their error is printed above. Check that `python -m "
+                               "cluster.worker_main` can import dask-train in this environment.")
+        if time.monotonic() > deadline:
+            raise ClusterError(f"Only {len(cluster.scheduler_info.get('workers', {}))} of {count} workers "
+                               f"joined the embedded cluster within {timeout:g}s. The machine may be "
+                               "overloaded: retry, or start fewer workers (--workers).")
+        time.sleep(0.1)
 
 
 def _start_gpu_cluster(spec: ClusterSpec, gpus: list[str]) -> Cluster:
@@ -180,11 +235,16 @@ def _security_kwargs(spec: ClusterSpec) -> dict:
 @contextlib.contextmanager
 def _worker_config(worker_environ: dict[str, str]) -> Iterator[None]:
     """Dask config the nannies capture at creation and hand to their worker processes."""
+    with dask.config.set(_worker_config_values(worker_environ)):
+        yield
+
+
+def _worker_config_values(worker_environ: dict[str, str]) -> dict[str, Any]:
+    """No malloc trim or one-thread pools from the nanny, ``worker_environ`` for the worker, no profiler."""
     unset = {f"distributed.nanny.pre-spawn-environ.{name}": None
              for name in ("MALLOC_TRIM_THRESHOLD_", *_THREAD_VARIABLES)}
     child_env = {f"distributed.nanny.environ.{name}": value for name, value in worker_environ.items()}
-    with dask.config.set({**unset, **child_env, "distributed.worker.profile.enabled": False}):
-        yield
+    return {**unset, **child_env, "distributed.worker.profile.enabled": False}
 
 
 @contextlib.contextmanager

@@ -20,15 +20,22 @@ def cli_command(*args: str) -> list[str]:
     return [EXE, *args] if EXE else [sys.executable, "-c", "from training.cli import main; main()", *args]
 
 
+def cli_env() -> dict[str, str]:
+    """The environment for a CLI subprocess: this process's ``os.environ``, explicitly. (Left to inherit, a
+    child gets the C-level environment, where readline, loaded by pytest, has put COLUMNS=80 and LINES=24.)"""
+    return dict(os.environ)
+
+
 def run_cli(*args: str, timeout: float = 120, cwd: Any = None) -> subprocess.CompletedProcess:
     """Run ``dask-train ARGS`` to completion (bounded by ``timeout``)."""
-    return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=cli_env())
 
 
 def start_cli(*args: str, cwd: Any = None, new_session: bool = True, importable: bool = False) -> subprocess.Popen:
     """Start ``dask-train ARGS`` in the background, in its own process group (like a terminal job).
     ``importable``: the CLI can import this checkout's test modules (workloads named ``tests....:Class``)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**cli_env(), "PYTHONUNBUFFERED": "1"}
     if importable:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     return subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

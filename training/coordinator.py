@@ -167,11 +167,12 @@ class _Stops:
     def _stop(self, future: Future, number: int, why: str) -> TrialOutcome:
         """A trial past its time: cancel it, restart its worker (a Python thread cannot be stopped), and
         make it a timed-out outcome with the epochs it reported."""
-        worker, started = self.events.worker_of.get(number, ""), self.events.started.get(number, time.monotonic())
+        started = self.events.started.get(number, time.monotonic())
         self.client.cancel([future], force=True)
-        free_workers(self.client, [worker])
-        error = f"Trial {number} {why}; stopped, and its worker {worker} restarted to free its slot."
-        return TrialOutcome(number, TrialState.TIMED_OUT, worker=worker, finished=time.time(),
+        free_workers(self.client, [self.events.worker_of.get(number, "")])
+        name = self.events.name_of.get(number, "")
+        error = f"Trial {number} {why}; stopped, and its worker {name} restarted to free its slot."
+        return TrialOutcome(number, TrialState.TIMED_OUT, worker=name, finished=time.time(),
                             seconds=round(time.monotonic() - started, 4), history=self.store.history(number),
                             error_type="TrialTimeout", error=error)
 
@@ -199,19 +200,21 @@ class _Events:
         self.seen: set[tuple[int, int]] = set()  # (trial, epoch) records delivered
         self.ended: set[int] = set()  # trials whose final outcome was recorded: later events are stale
         # By trial, for timeouts (this client's clock, when the event arrived): the current attempt's start,
-        # its last sign of life, and its worker.
+        # its last sign of life, and its worker's address.
         self.started: dict[int, float] = {}
         self.active: dict[int, float] = {}
         self.worker_of: dict[int, str] = {}
+        self.name_of: dict[int, str] = {}
 
     def apply(self) -> None:
         """The events that arrived since the last call."""
         for event in self.inbox.drain():
             if isinstance(event, TrialStarted) and event.trial not in self.ended:
+                name = event.worker_name or event.worker
                 self.started[event.trial] = self.active[event.trial] = time.monotonic()
-                self.worker_of[event.trial] = event.worker
-                self.store.trial_started(event.trial, event.worker, event.time)
-                self.progress.on_trial_start(event.trial, event.worker)
+                self.worker_of[event.trial], self.name_of[event.trial] = event.worker, name
+                self.store.trial_started(event.trial, name, event.time)
+                self.progress.on_trial_start(event.trial, name)
             elif isinstance(event, EpochEnded) and event.trial not in self.ended:
                 self.active[event.trial] = time.monotonic()
                 self._epoch(event.trial, event.record)

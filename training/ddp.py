@@ -107,7 +107,7 @@ class DDPProgress:
 def train_ddp(client: Client | None = None, workload: str = "names", params: Mapping[str, Any] | None = None,
               *, epochs: int | None = None, workers: int | Sequence[str] | None = None, name: str | None = None,
               runs_dir: str = "runs", seed: int = 0, resume: bool = False, timeout: float = 60.0,
-              progress: DDPProgress | None = None, target: Target | None = None,
+              progress: DDPProgress | bool | None = None, target: Target | None = None,
               record_samples: bool = False) -> DDPResult:
     """Train ``workload`` with DDP on ``workers`` (a count or addresses; default every free slot worker).
 
@@ -126,11 +126,21 @@ def train_ddp(client: Client | None = None, workload: str = "names", params: Map
                epochs=_check_epochs(epochs if epochs is not None else work.default_epochs), seed=seed,
                resume=resume, timeout=float(timeout), record_samples=record_samples)
     job.validate()
+    hooks = _progress_hooks(progress)
     if client is not None:
-        return job.run(client, workers, progress or DDPProgress())
+        return job.run(client, workers, hooks)
     target = dataclasses.replace(target or Target(), preload=("training.rank",))
     with open_client(target) as own:
-        return job.run(own, workers, progress or DDPProgress())
+        return job.run(own, workers, hooks)
+
+
+def _progress_hooks(progress: DDPProgress | bool | None) -> DDPProgress:
+    """By default (None or True) the job's progress is printed (``training.ddp_progress``); False: silent."""
+    if progress is None or progress is True:
+        from .ddp_progress import LiveDDP
+
+        return LiveDDP()
+    return progress if isinstance(progress, DDPProgress) else DDPProgress()
 
 
 @dataclass

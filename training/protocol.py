@@ -268,8 +268,9 @@ class Event:
 class TrialStarted(Event):
     kind: ClassVar[str] = "start"
     trial: int = 0
-    worker: str = ""
+    worker: str = ""  # its address: Dask stamps every worker event's "worker" with it on the way
     device: str = ""
+    worker_name: str = ""  # as people see it (cpu-0)
 
 
 @dataclass(frozen=True)

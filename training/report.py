@@ -18,6 +18,7 @@ from .protocol import TrialRecord, best_trial, is_number
 from .store import RunStore
 
 REPORT_DIR = "report"
+_LEGEND_TRIALS = 5  # trials named in curves.png's legend: the best ones
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def summary_markdown(run: RunSummary) -> str:
 
 def _plot_curves(run: RunSummary, path: Path) -> None:
     plt = _pyplot()
-    best = run.best
+    best, labelled = run.best, _top_trials(run)
     fig, ax = plt.subplots(figsize=(8, 5))
     for number, history in run.histories.items():
         points = [(r["epoch"], r[run.metric]) for r in history if _finite(r.get(run.metric))]
@@ -100,15 +101,28 @@ def _plot_curves(run: RunSummary, path: Path) -> None:
             continue
         is_best = best is not None and number == best.number
         ax.plot(*zip(*points, strict=True), linewidth=3 if is_best else 1, alpha=1 if is_best else 0.45,
-                color="tab:red" if is_best else None, label=f"best: trial {number:04d}" if is_best else None,
+                color="tab:red" if is_best else None, label=labelled.get(number),
                 zorder=3 if is_best else 2, marker="o" if len(points) < 30 else None, markersize=3)
     ax.set(xlabel="epoch", ylabel=run.metric, title=f"{run.spec['name']}: {run.metric} by epoch, every trial")
-    if best is not None:
-        ax.legend()
+    if labelled:
+        ax.legend(title=f"top trials by best {run.metric}", fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _top_trials(run: RunSummary, count: int = _LEGEND_TRIALS) -> dict[int, str]:
+    """Legend labels of the best ``count`` trials (best first): number, searched values and best value."""
+    ranked = [t for t in run.trials if t.state.has_model and _finite(t.best)]
+    ranked.sort(key=lambda t: float(t.best or 0) * (1 if run.mode == "min" else -1))
+    names, best = list(run.spec.get("space", {})), run.best
+    labels = {}
+    for t in ranked[:count]:
+        searched = ", ".join(f"{n}={_cell(t.params.get(n))}" for n in names)
+        first = "best: " if best is not None and t.number == best.number else ""
+        labels[t.number] = f"{first}trial {t.number:04d} ({searched}): {_cell(t.best)}"
+    return labels
 
 
 def _plot_params(run: RunSummary, path: Path) -> None:

@@ -7,6 +7,7 @@ best epoch) and the failures. Rerunning the same sweep finishes only the trials 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from .model_file import TrainedModel
+    from .progress import LiveSweep
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +129,43 @@ class Sweep:
         sweep.spec = spec
         return sweep
 
-    def run(self, client: Client | None = None, *, progress: SweepProgress | None = None, new: bool = False,
-            target: Target | None = None) -> SweepResult:
-        """Run the trials not yet finished and return the results. Without ``client``, the sweep runs on
-        ``target`` (default: an embedded local cluster started for it and closed after)."""
+    def run(self, client: Client | None = None, *, progress: SweepProgress | bool | None = None,
+            new: bool = False, target: Target | None = None) -> SweepResult:
+        """Run the trials not yet finished and return the results.
+
+        Without ``client``, the sweep runs on ``target`` (default: an embedded local cluster started for it
+        and closed after). ``progress``: by default (None or True) a live view is printed (the dashboard and
+        Training page URLs, the running trials with their latest epoch, counts by state, the best so far,
+        and the final table; :class:`training.progress.LiveSweep`); False prints nothing; or your own
+        :class:`SweepProgress` hooks.
+        """
+        view = _default_view(progress)
+        hooks = view or (progress if isinstance(progress, SweepProgress) else SweepProgress())
+        started = time.perf_counter()
+        with view or contextlib.nullcontext():
+            result = self._run_on(client, hooks, new, target)
+            if view is not None:
+                view.on_result(result, time.perf_counter() - started)
+        return result
+
+    def _run_on(self, client: Client | None, progress: SweepProgress, new: bool,
+                target: Target | None) -> SweepResult:
         if new:
             _set_aside(self.spec.run_dir)
         if client is not None:
-            return _run(self.spec, client, progress or SweepProgress())
+            return _run(self.spec, client, progress)
         target = dataclasses.replace(target or Target(), preload=("training.trial",))
         with open_client(target) as own:
-            return _run(self.spec, own, progress or SweepProgress())
+            return _run(self.spec, own, progress)
+
+
+def _default_view(progress: SweepProgress | bool | None) -> LiveSweep | None:
+    """The live view ``Sweep.run`` prints by default; None where the caller chose (False, or own hooks)."""
+    if progress is None or progress is True:
+        from .progress import LiveSweep
+
+        return LiveSweep()
+    return None
 
 
 def _run(spec: SweepSpec, client: Client, progress: SweepProgress) -> SweepResult:

@@ -68,8 +68,8 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
     worker = _worker_address()
     device = str(prepare_task_thread().get("name", ""))
     started = time.time()
-    emit(TrialStarted(job=spec.job, run=spec.run, time=started, trial=spec.number, worker=worker,
-                      device=device))
+    emit(TrialStarted(job=spec.job, run=spec.run, time=started, trial=spec.number, worker=_own_address(),
+                      device=device, worker_name=worker))
     events = _EpochEvents(spec, worker)
     trainer: Trainer | None = None
     ended: dict[str, Any]
@@ -148,10 +148,22 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
-def _worker_address() -> str:
+def _own_address() -> str:
+    """This worker's address ("" outside a worker)."""
     from distributed import get_worker
 
     try:
-        return get_worker().address
+        return str(get_worker().address)
+    except ValueError:
+        return ""
+
+
+def _worker_address() -> str:
+    """The worker's name (``cpu-0``) as people see it everywhere; its address where it has no name."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
     except ValueError:
         return "local"
+    return worker.address if worker.name in (None, "") else str(worker.name)

@@ -102,7 +102,8 @@ def test_sweep_and_ddp_across_namespaces(hosts, tmp_path):
         result = Sweep("xor", {"lr": choice([0.1, 0.3, 1.0, 3.0])}, epochs=30, name="multihost",
                        runs_dir=str(tmp_path)).run(client)
         assert set(result.table["state"]) == {"completed"}
-        ran_on = {host_of(w) for w in result.table["worker"]}
+        by_name = {w["name"]: host_of(a) for a, w in workers.items()}  # the table names workers (host-a)
+        ran_on = {by_name[w] for w in result.table["worker"]}
         print("sweep trials ran on", sorted(ran_on), "best val_accuracy",
               result.table["best_val_accuracy"].max())
         assert ran_on == worker_ips

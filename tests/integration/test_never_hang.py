@@ -30,9 +30,14 @@ def client():
         yield c
 
 
+def _addresses(client) -> dict[str, str]:
+    """Worker name -> address."""
+    return {str(info["name"]): address for address, info in client.scheduler_info(n_workers=-1)["workers"].items()}
+
+
 def _both_workers_take_work_at_once(client, gone: str | None = None) -> None:
     """A task pinned to each worker completes in seconds: no slot is held by a stuck thread. ``gone``: the
-    worker that was running the stuck trial, replaced by a fresh one."""
+    address of the worker that was running the stuck trial, replaced by a fresh one."""
     def two_workers():
         workers = list(client.scheduler_info(n_workers=-1)["workers"])
         return len(workers) == 2 and gone not in workers and workers
@@ -62,6 +67,7 @@ def _epochs_recorded(run_dir, trial) -> int:
 def test_a_stuck_trial_times_out_its_worker_is_freed_and_the_rest_complete(client, tmp_path, hang_after, limits):
     sweep = Sweep(HANGING, {"lr": [0.1, 0.2, 0.3]}, params={"hang_after": hang_after, "hang_on_lr": 0.2},
                   epochs=8, name="stuck", runs_dir=str(tmp_path), **limits)
+    before = _addresses(client)
     started = time.monotonic()
     result = sweep.run(client)
     took = time.monotonic() - started
@@ -75,7 +81,8 @@ def test_a_stuck_trial_times_out_its_worker_is_freed_and_the_rest_complete(clien
     assert stuck.epochs == (0 if hang_after == 1 else 2)  # its last metrics are kept
     if hang_after > 1:
         assert "val_accuracy" in stuck.metrics
-    _both_workers_take_work_at_once(client, gone=stuck.worker)
+    assert stuck.worker in before and f"its worker {stuck.worker} restarted" in stuck.error
+    _both_workers_take_work_at_once(client, gone=before[stuck.worker])
 
 
 def test_ctrl_c_cancels_frees_the_worker_and_says_how_to_resume(client, tmp_path):
@@ -84,6 +91,7 @@ def test_ctrl_c_cancels_frees_the_worker_and_says_how_to_resume(client, tmp_path
         "name": "hang", "workload": HANGING, "space": {"lr": [0.2]}, "params": {"hang_after": 1},
         "epochs": 4, "runs_dir": str(tmp_path / "runs")}))
     run_dir = tmp_path / "runs" / "hang"
+    before = _addresses(client)
     proc = start_cli("sweep", str(sweep_file), "--address", client.scheduler.address, importable=True)
     try:
         def running():
@@ -106,8 +114,8 @@ def test_ctrl_c_cancels_frees_the_worker_and_says_how_to_resume(client, tmp_path
     assert "Traceback" not in output and "Aborted!" not in output, output
     with sqlite3.connect(run_dir / "store.sqlite") as db:
         [(state, worker)] = db.execute("SELECT state, worker FROM trials").fetchall()
-    assert state == "cancelled"
-    _both_workers_take_work_at_once(client, gone=worker)
+    assert state == "cancelled" and worker in before
+    _both_workers_take_work_at_once(client, gone=before[worker])
 
 
 def _epoch_events(client, job: str, trial: int) -> list[EpochEnded]:
@@ -139,7 +147,7 @@ def test_a_trial_whose_worker_is_killed_continues_from_its_last_epoch(tmp_path):
         with sqlite3.connect(run_dir / "store.sqlite") as db:
             worker = db.execute("SELECT worker FROM trials WHERE number = 0").fetchone()[0]
         killed_at = time.time()
-        os.kill(c.run(os.getpid)[worker], signal.SIGKILL)
+        os.kill(c.run(os.getpid)[_addresses(c)[worker]], signal.SIGKILL)
         thread.join(timeout=240)
         assert not thread.is_alive()
         result = outcome["result"]
@@ -159,7 +167,7 @@ def test_a_trial_whose_client_is_killed_continues_from_its_last_epoch_on_rerun(c
         recorded = poll_for(lambda: _epochs_recorded(run_dir, 0) >= 3 and _epochs_recorded(run_dir, 0), 120,
                             period=0.05, what="epoch 3 recorded")
         with sqlite3.connect(run_dir / "store.sqlite") as db:
-            worker = db.execute("SELECT worker FROM trials WHERE number = 0").fetchone()[0]
+            worker = _addresses(client)[db.execute("SELECT worker FROM trials WHERE number = 0").fetchone()[0]]
         killed_at = time.time()
         proc.kill()
         proc.wait(timeout=30)

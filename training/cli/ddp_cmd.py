@@ -2,38 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from cluster import Target
 
-from ..ddp import DDPProgress, Placement, train_ddp
+from ..ddp import train_ddp
+from ..ddp_progress import LiveDDP
 from ..errors import Interrupted
 from . import display
 from .cluster_cmd import target_options
 from .train_cmd import _EXTRA, _show_use, parse_param_args
 
 
-class DDPDisplay(DDPProgress):
-    """Where the ranks run, then rank 0's epoch table as epochs finish."""
+class DDPDisplay(LiveDDP):
+    """Where the ranks run, then rank 0's epoch table as epochs finish, on the CLI's console."""
 
     def __init__(self) -> None:
-        self._rows = display.EpochRows()
-
-    def on_start(self, name: str, placements: list[Placement], backend: str, dashboard: str | None,
-                 resumed: bool) -> None:
-        display.console.print(f"DDP job '{name}': {len(placements)} ranks, {backend}"
-                              f"{', resuming from its checkpoint' if resumed else ''}.")
-        for p in placements:
-            display.console.print(f"  rank {p.rank} (local {p.local_rank}) on {p.worker}")
-        display.console.print(f"Dashboard: {dashboard}")
-
-    def on_page(self, url: str | None) -> None:
-        display.console.print(f"Training page: {url or 'not available on this scheduler'}")
-
-    def on_epoch(self, record: dict[str, Any]) -> None:
-        self._rows.print(record, display.console)
+        super().__init__(display.console)
 
 
 @click.command(context_settings=_EXTRA)
@@ -55,9 +40,13 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
     try:
         result = train_ddp(None, workload, params, epochs=epochs, workers=target.local.workers, name=name,
                            runs_dir=runs_dir, seed=seed, resume=resume, timeout=rank_timeout,
-                           progress=DDPDisplay(), target=target)
+                           progress=(shown := DDPDisplay()), target=target)
     except Interrupted as stop:
         display.interrupted(stop, add=("--resume",))
-    display.console.print(f"Trained in {result.seconds:.1f} s on {len(result.placements)} ranks; model saved to "
-                          f"{result.model_dir}")
+    if resume and shown.columns is None:  # no epoch ran
+        display.console.print(f"Nothing left to train: the checkpoint is already at epoch {len(result.history)} "
+                              f"of --epochs; pass a larger --epochs to train on. Model: {result.model_dir}")
+    else:
+        display.console.print(f"Trained in {result.seconds:.1f} s on {len(result.placements)} ranks; model "
+                              f"saved to {result.model_dir}")
     _show_use(result.trained, seed)

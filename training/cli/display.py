@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from collections.abc import Iterable, Mapping
@@ -14,8 +15,9 @@ from rich.table import Table
 
 from ..loop import Callback
 
-# Piped output (CI logs, files) gets wide tables instead of 80-column truncation.
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+# Piped output (CI logs, files) gets wide tables instead of 80-column truncation, unless COLUMNS says how wide.
+console = Console(highlight=False, soft_wrap=True,
+                  width=None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160)
 _FIRST = ("epoch", "train_loss")
 _LAST = ("lr", "seconds", "samples_per_s")
 
@@ -56,11 +58,31 @@ class EpochRows:
                   soft_wrap=True)
 
 
+def shown_every(total: int, rows: int = 20) -> int:
+    """Show every k-th epoch, k in 1, 2, 5, 10, 20, 50..., so that about ``rows`` rows show.
+
+    Examples
+    --------
+    >>> shown_every(8), shown_every(100), shown_every(1000)
+    (1, 5, 50)
+    """
+    k, steps = 1, (2, 2.5, 2)
+    step = 0
+    while total / k > rows:
+        k = round(k * steps[step % 3])
+        step += 1
+    return k
+
+
 class EpochTable(Callback):
-    """A progress bar over each epoch's batches and one table row per finished epoch."""
+    """A progress bar over each epoch's batches and a compact table: the first epoch, every k-th, the last.
+
+    ``trained``: how many epochs this run trained (0: a resumed run had nothing left to do).
+    """
 
     def __init__(self, title: str, epochs: int) -> None:
         self.title, self.epochs = title, epochs
+        self.every, self.trained = shown_every(epochs), 0
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=console, transient=True)
         self._task: Any = None
@@ -84,7 +106,13 @@ class EpochTable(Callback):
         self.progress.update(self._task, completed=batch)
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
-        self._rows.print(record, self.progress.console)
+        self.trained += 1
+        epoch = int(record.get("epoch", 0))
+        if self.trained == 1 and self.every > 1:
+            self.progress.console.print(f"(epoch 1, then every {self.every} epochs and the last shown; all are "
+                                        "in the model's history.json)")
+        if self.trained == 1 or epoch % self.every == 0 or epoch == self.epochs:
+            self._rows.print(record, self.progress.console)
 
 
 def _width(column: str) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import click
 import yaml
@@ -14,7 +13,9 @@ from cluster import Target
 
 from ..errors import ConfigError, Interrupted
 from ..integrations import MlflowLogger, TensorBoardLogger, combine
-from ..protocol import TrialRecord, TrialState
+from ..progress import LiveSweep
+from ..protocol import TrialRecord
+from ..results_view import duration, results_table
 from ..sweep import Sweep, SweepProgress, SweepResult
 from ..sweep_spec import STALL_TIMEOUT, SweepSpec, load_sweep_file
 from ..workloads import get_workload
@@ -40,51 +41,11 @@ def resolve_sweep_file(name_or_path: str) -> Path:
                       f"(examples: {', '.join(sorted(examples))}; see `dask-train sweep --examples`).")
 
 
-class SweepDisplay(SweepProgress):
-    """A progress bar over trials, plus one line per trial start and end."""
+class SweepDisplay(LiveSweep):
+    """The CLI's live view (:class:`training.progress.LiveSweep`) on the CLI's console."""
 
     def __init__(self) -> None:
-        self.progress = display.Progress(display.TextColumn("{task.description}"), display.BarColumn(),
-                                         display.MofNCompleteColumn(), display.TimeElapsedColumn(),
-                                         console=display.console, transient=True)
-        self.task: Any = None
-        self.metric = "val_loss"
-
-    def __enter__(self) -> SweepDisplay:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def on_start(self, spec: SweepSpec, total: int, todo: int, dashboard: str | None) -> None:
-        self.metric = spec.metric or self.metric
-        self._print(f"Sweep '{spec.name}': {total} trials of {spec.workload} ({spec.search}), "
-                    f"{todo} to run, {total - todo} already finished. Run directory: {spec.run_dir}")
-        self._print(f"Dashboard: {dashboard}")
-        self.task = self.progress.add_task("trials", total=total, completed=total - todo)
-
-    def on_page(self, url: str | None) -> None:
-        self._print(f"Training page: {url or 'not available on this scheduler'}")
-
-    def on_trial_start(self, number: int, worker: str) -> None:
-        self._print(f"  trial {number:04d} started on {worker}")
-
-    def on_trial_end(self, row: TrialRecord, counts: dict[TrialState, int], best: TrialRecord | None) -> None:
-        shown = (f"best {self.metric}={display.format_value(row.best)} (epoch {row.best_epoch})"
-                 if row.best is not None else row.error_type or "")
-        state = f"promoted at epoch {row.epochs}" if row.state == TrialState.PROMOTED else row.state.value
-        self._print(f"  trial {row.number:04d} {state} {shown} ({display.format_value(row.seconds)} s"
-                    f" on {row.worker})")
-        finished = sum(n for state, n in counts.items() if state.is_finished)
-        errors = sum(n for state, n in counts.items() if state.is_error)
-        best_text = f", best #{best.number} {self.metric}={display.format_value(best.best)}" if best else ""
-        self.progress.update(self.task, completed=finished, description=(
-            f"trials: {finished - errors} done, {counts.get(TrialState.RUNNING, 0)} running, "
-            f"{errors} failed{best_text}"))
-
-    def _print(self, line: str) -> None:
-        self.progress.console.print(line)
+        super().__init__(display.console)
 
 
 @click.command()
@@ -130,6 +91,13 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
         raise click.ClickException(f"No trial of sweep '{spec.name}' completed.")
 
 
+def wall_time(trials: list[TrialRecord]) -> float | None:
+    """From the first trial's start to the last one's finish (the sweep's wall time over all its runs)."""
+    starts = [t.started for t in trials if t.started]
+    ends = [t.finished for t in trials if t.finished]
+    return max(ends) - min(starts) if starts and ends else None
+
+
 def _list_examples() -> None:
     rows = []
     for name, path in sorted(example_files().items()):
@@ -150,19 +118,21 @@ def results_command(run_dir: Path, plot: bool) -> None:
 
     run = read_run(run_dir)
     spec = SweepSpec.create(**{**run.spec, "runs_dir": str(run_dir.parent)})
-    show_result(result_of(spec, run.trials, run_dir), sum(t.seconds or 0 for t in run.trials),
-                label="trial time summed")
+    show_result(result_of(spec, run.trials, run_dir), wall_time(run.trials), label="first start to last finish")
     if plot:
         folder = write_report(run)
         display.console.print(f"Report: {', '.join(str(p) for p in sorted(folder.iterdir()))}")
 
 
-def show_result(result: SweepResult, seconds: float, label: str = "wall time") -> None:
-    """The table, failures (first traceback in full), the best trial, and its model put to use."""
-    table = result.table.drop(columns=["started", "finished", "best"], errors="ignore")
-    display.table(f"Sweep '{result.spec.name}' ({label} {seconds:.1f} s): {result.run_dir / 'results.csv'}, "
-                  f"report in {result.run_dir / 'report'}",
-                  list(table.columns), table.itertuples(index=False))
+def show_result(result: SweepResult, seconds: float | None, label: str = "wall time") -> None:
+    """The table (fitted to the terminal), failures (first traceback in full), the best trial, and its
+    model put to use. ``seconds``: the sweep's wall time, described by ``label``."""
+    trial_time = sum(t.seconds or 0 for t in result.trials)
+    title = (f"Sweep '{result.spec.name}': {label} {duration(seconds)}, trial time summed {duration(trial_time)}"
+             f" (* best). {result.run_dir / 'results.csv'}, report in {result.run_dir / 'report'}")
+    display.console.print(results_table(result.trials, result.spec.space, result.spec.metric or "val_loss",
+                                        result.spec.mode or "min", width=display.console.width, title=title),
+                          soft_wrap=False)
     if result.failed:
         first = result.failed[0]
         display.console.print(f"{len(result.failed)} trial(s) failed. First: trial {first.number:04d} on "

@@ -57,6 +57,9 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out: Pa
     with display.EpochTable(work.name, total) as progress:
         trained = train(work, params, epochs=total, seed=seed, device=device, callback=progress,
                         checkpoint=out / "checkpoint.pt", resume=resume)
+    if resume and progress.trained == 0:
+        display.console.print(f"Nothing left to train: the checkpoint in {out} is already at epoch "
+                              f"{len(trained.history)} of {total}; pass a larger --epochs to train on.")
     trained.save(out)
     display.console.print(f"Saved model to {out}")
     _show_use(trained, seed)

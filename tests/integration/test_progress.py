@@ -1,0 +1,96 @@
+"""What people see while a sweep runs and after: the Python API's default progress, and the CLI's table at
+80 columns. Real sweeps on a real LocalCluster; assertions hold whatever the timing (which worker runs which
+trial, in which order, is left free)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from cluster import ClusterSpec, Target, open_client
+from tests.helpers import run_cli
+from training import Sweep
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with open_client(Target(local=ClusterSpec(workers=2, gpus="off", dashboard_address="127.0.0.1:0"))) as c:
+        yield c
+
+
+def _sweep(tmp_path, name: str) -> Sweep:
+    return Sweep("xor", {"lr": [0.001, 0.01]}, epochs=2, name=name, runs_dir=str(tmp_path))
+
+
+def test_the_python_api_shows_progress_by_default(client, tmp_path, capsys):
+    _sweep(tmp_path, "shown").run(client)
+    out = capsys.readouterr().out
+    assert re.search(r"^Dashboard: http://127\.0\.0\.1:\d+/status$", out, re.M), out
+    assert re.search(r"^Training page: http://127\.0\.0\.1:\d+/training$", out, re.M), out
+    assert re.search(r"trial 000[01] started on cpu-[01]$", out, re.M), out
+    # A running trial's row: its worker's name, epoch n/N and that epoch's metrics.
+    assert re.search(r"trial 000[01] cpu-[01] epoch 1/2 val_accuracy=[0-9.]+ train_loss=[0-9.]+", out), out
+    final = out[out.index("trial time summed"):]
+    assert sorted(_column(final, "lr")) == ["0.001", "0.01"], final
+    assert set(_column(final, "worker")) <= {"cpu-0", "cpu-1"}, final
+
+
+def test_a_rerun_says_it_reuses_the_run_and_progress_false_prints_nothing(client, tmp_path, capsys):
+    sweep = _sweep(tmp_path, "quiet")
+    sweep.run(client, progress=False)
+    assert capsys.readouterr().out == ""
+    sweep.run(client)
+    assert "Nothing to run: all 2 trials in" in capsys.readouterr().out
+
+
+def test_the_cli_table_at_80_columns_shows_each_lr_and_the_worker_names(client, tmp_path, monkeypatch):
+    (tmp_path / "narrow.yaml").write_text("name: narrow\nworkload: xor\nspace:\n  lr: [0.001, 0.01]\n"
+                                          "  batch_size: [64]\nepochs: 2\n")
+    monkeypatch.setenv("COLUMNS", "80")
+    done = run_cli("sweep", str(tmp_path / "narrow.yaml"), "--runs-dir", str(tmp_path),
+                   "--address", client.scheduler.address, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = done.stdout[done.stdout.index("trial time summed"):done.stdout.index("Best trial")]
+    assert "…" not in table and all(len(line) <= 80 for line in table.splitlines()), table
+    assert sorted(_column(table, "lr")) == ["0.001", "0.01"], table
+    assert set(_column(table, "worker")) <= {"cpu-0", "cpu-1"}, table
+    assert "tcp://" not in done.stdout
+    assert re.search(r"wall time [0-9.]+ s, trial time summed [0-9.]+ s", done.stdout)
+    shown = run_cli("results", str(tmp_path / "narrow"), timeout=120)
+    assert re.search(r"first start to last finish [0-9.]+ s, trial time summed [0-9.]+ s", shown.stdout), \
+        shown.stdout
+
+
+def _column(table: str, header: str) -> list[str]:
+    """The cells under ``header`` in the rows of a printed results table (numbers right-aligned, text left)."""
+    lines = table.splitlines()
+    head = next(line for line in lines if re.search(r"\btrial\s+state\b", line))
+    start = re.search(rf"(?<!\S){re.escape(header)}(?!\S)", head).start()
+    rows = [line for line in lines if re.match(r"\s*\d+( \*)?\s+completed", line)]
+    return [_cell_at(row, start, start + len(header)) for row in rows]
+
+
+def _cell_at(line: str, start: int, end: int) -> str:
+    """The whitespace-delimited word overlapping columns ``start``..``end`` of ``line``."""
+    for match in re.finditer(r"\S+", line):
+        if match.start() < end and match.end() > start:
+            return match.group()
+    return ""
+
+
+def test_train_ddp_prints_its_urls_and_one_line_per_epoch_by_default(client, tmp_path, capsys):
+    from training import train_ddp
+
+    train_ddp(client, "xor", {"batch_size": 64}, epochs=2, workers=2, runs_dir=str(tmp_path), name="shown")
+    out = capsys.readouterr().out
+    assert "DDP job 'shown': 2 ranks, gloo." in out and re.search(r"^Training page: http.*/training$", out, re.M)
+    assert re.search(r"rank 0 \(local 0\) on cpu-[01]$", out, re.M) and "tcp://" not in out, out
+    header = next(line.split() for line in out.splitlines() if line.split()[:2] == ["epoch", "train_loss"])
+    epochs = [line.split()[0] for line in out.splitlines() if re.match(r"\s+[12]\s+\d", line)]
+    assert epochs == ["1", "2"] and "val_accuracy" in header
+    train_ddp(client, "xor", {"batch_size": 64}, epochs=1, workers=2, runs_dir=str(tmp_path), name="quiet",
+              progress=False)
+    assert capsys.readouterr().out == ""

@@ -1,0 +1,91 @@
+"""The live sweep view, fed the coordinator's hooks in the order they arrive from a real sweep."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from rich.console import Console
+
+from training.progress import LiveSweep
+from training.protocol import TrialRecord, TrialState
+from training.results_view import results_table
+from training.sweep_spec import SweepSpec
+
+
+def _spec() -> SweepSpec:
+    return SweepSpec.create(name="view", workload="xor", space={"lr": [0.001, 0.01, 0.1]}, epochs=2,
+                            runs_dir="runs")
+
+
+def _ended(number: int, worker: str, best: float) -> TrialRecord:
+    return TrialRecord(number=number, params={"lr": 0.001}, state=TrialState.COMPLETED, worker=worker, epochs=2,
+                       best=best, best_epoch=2, seconds=1.5, metrics={"val_accuracy": best})
+
+
+def _view(terminal: bool) -> tuple[LiveSweep, io.StringIO]:
+    out = io.StringIO()
+    view = LiveSweep(Console(file=out, width=80, force_terminal=terminal, highlight=False))
+    view.on_start(_spec(), total=3, todo=3, dashboard="http://127.0.0.1:8787/status")
+    view.on_page("http://127.0.0.1:8787/training")
+    return view, out
+
+
+def test_a_start_on_a_worker_is_shown_after_the_end_of_its_previous_trial():
+    view, out = _view(terminal=False)
+    view.on_trial_start(0, "cpu-0")
+    view.on_trial_start(1, "cpu-1")
+    view.on_epoch(0, {"epoch": 1, "val_accuracy": 0.5, "train_loss": 0.7})
+    view.on_trial_start(2, "cpu-0")  # its start event came in the same poll as trial 0's result
+    view.on_trial_end(_ended(0, "cpu-0", 0.6), {}, None)
+    lines = out.getvalue().splitlines()
+    started_2 = next(i for i, line in enumerate(lines) if "trial 0002 started on cpu-0" in line)
+    ended_0 = next(i for i, line in enumerate(lines) if "trial 0000 completed" in line)
+    assert ended_0 < started_2
+    assert any("trial 0000 cpu-0 epoch 1/2 val_accuracy=0.5 train_loss=0.7" in line for line in lines)
+
+
+def test_counts_follow_the_trials_actually_running_and_the_bar_moves_with_epochs():
+    view, _ = _view(terminal=True)
+    view.on_trial_start(0, "cpu-0")
+    view.on_trial_start(1, "cpu-1")
+    assert "2 running, 1 pending" in view.status_line()
+    view.on_epoch(0, {"epoch": 1, "val_accuracy": 0.5})
+    view.on_epoch(1, {"epoch": 1, "val_accuracy": 0.4})
+    assert view.progress.tasks[0].completed == 2 and view.progress.tasks[0].total == 6
+    view.on_epoch(0, {"epoch": 2, "val_accuracy": 0.6})  # the coordinator delivers a result's last epochs first
+    view.on_trial_end(_ended(0, "cpu-0", 0.6), {}, _ended(0, "cpu-0", 0.6))
+    assert view.status_line() == "trials: 1 running, 1 pending, 1 completed, best #0000 val_accuracy=0.6"
+    assert view.progress.tasks[0].completed == 3
+    pruned = TrialRecord(number=1, params={}, state=TrialState.PRUNED, worker="cpu-1", epochs=1, best=0.4)
+    view.on_trial_end(pruned, {}, _ended(0, "cpu-0", 0.6))
+    assert view.progress.tasks[0].completed == 4  # its epoch, and the one it will never train
+
+
+def test_the_running_table_has_one_row_per_running_trial_with_its_epoch_and_metrics():
+    view, _ = _view(terminal=True)
+    view.on_trial_start(0, "cpu-0")
+    view.on_trial_start(1, "cpu-1")
+    view.on_epoch(1, {"epoch": 1, "val_accuracy": 0.4, "train_loss": 0.69, "seconds": 0.2})
+    out = io.StringIO()
+    Console(file=out, width=80).print(view.running_table())
+    rows = [line for line in out.getvalue().splitlines() if "cpu-" in line]
+    assert len(rows) == 2
+    assert "0001" in rows[1] and "1/2" in rows[1] and "val_accuracy=0.4 train_loss=0.69" in rows[1]
+    assert "seconds" not in out.getvalue()
+
+
+def test_at_80_columns_every_searched_value_is_distinct_and_nothing_is_cut():
+    trials = [TrialRecord(number=i, params={"batch_size": b, "lr": lr, "dropout": 0.123456}, worker=f"cpu-{i % 2}",
+                          state=TrialState.COMPLETED, best=0.5 + i / 1000, best_epoch=8, epochs=8, seconds=71.25,
+                          metrics={"val_loss": 0.51})
+              for i, (b, lr) in enumerate([(4096, 0.001), (4096, 0.01), (16384, 0.001), (16384, 0.01)])]
+    out = io.StringIO()
+    Console(file=out, width=80).print(results_table(trials, ["batch_size", "lr", "dropout"], "val_loss", "min",
+                                                    width=80, title=f"Sweep in {Path('runs') / 'pets'}"))
+    text = out.getvalue()
+    assert "…" not in text and all(len(line) <= 80 for line in text.splitlines())
+    rows = [line.split() for line in text.splitlines() if "cpu-" in line]
+    assert [row[-1] if "cpu" in row[-1] else next(c for c in row if c.startswith("cpu-")) for row in rows] == \
+        ["cpu-0", "cpu-1", "cpu-0", "cpu-1"]
+    assert [next(c for c in row if c in ("0.001", "0.01")) for row in rows] == ["0.001", "0.01", "0.001", "0.01"]

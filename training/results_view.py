@@ -1,0 +1,122 @@
+"""A sweep's results as a table that fits the terminal: every searched value readable at 80 columns.
+
+Numbers are written compactly (4 significant digits: ``0.001`` and ``0.01`` stay distinct), cells fold
+instead of being cut to ``…``, and where the table is still too wide the secondary columns are dropped,
+least useful first; wider terminals show them all. Used by the CLI and by the Python API's progress.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+from .protocol import TrialRecord, best_trial
+
+
+@dataclass(frozen=True)
+class _Column:
+    header: str
+    key: str
+    keep: bool  # never dropped: trial, state, the searched values, the best metric, the worker
+    justify: str = "right"
+
+
+def compact(value: Any) -> str:
+    """A number in at most 4 significant digits (large ones grouped), anything else as text.
+
+    Examples
+    --------
+    >>> compact(0.001), compact(0.01), compact(16384), compact(1234.5), compact(0.000123456), compact(None)
+    ('0.001', '0.01', '16384', '1,234', '0.0001235', '')
+    """
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "nan"
+        return f"{value:,.0f}" if abs(value) >= 1e3 else f"{value:.4g}"
+    return str(value)
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds as ``4.2 s``, ``3m05s`` or ``1h02m``.
+
+    Examples
+    --------
+    >>> duration(4.21), duration(185), duration(3725)
+    ('4.2 s', '3m05s', '1h02m')
+    """
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def results_table(trials: Sequence[TrialRecord], space: Iterable[str], metric: str, mode: str, *,
+                  width: int, title: str | None = None) -> Table:
+    """The results as a rich ``Table`` no wider than ``width`` where that can be had.
+
+    Examples
+    --------
+    >>> table = results_table([], ["lr"], "val_loss", "min", width=80)
+    >>> [c.header for c in table.columns][:3]
+    ['trial', 'state', 'lr']
+    """
+    best = best_trial(trials, mode)
+    rows = [_row(t, best, metric) for t in trials]
+    columns = _columns(list(space), metric, rows)
+    while True:
+        table = _table(columns, rows, title)
+        secondary = [c for c in columns if not c.keep]
+        if not secondary or _minimum_width(table) <= width:
+            return table
+        columns = [c for c in columns if c is not secondary[-1]]
+
+
+def _columns(space: list[str], metric: str, rows: list[dict[str, Any]]) -> list[_Column]:
+    """Every column in order; the secondary ones are dropped from the end of this list first."""
+    columns = [_Column("trial", "trial", True), _Column("state", "state", True, "left"),
+               *(_Column(name, f"param:{name}", True) for name in space),
+               _Column(f"best {metric}", "best", True), _Column("worker", "worker", True, "left"),
+               _Column("@epoch", "best_epoch", False), _Column("seconds", "seconds", False),
+               _Column("epochs", "epochs", False), _Column(f"last {metric}", "last", False)]
+    if any(r["error"] for r in rows):
+        columns.insert(-4, _Column("error", "error", False, "left"))
+    return columns
+
+
+def _row(trial: TrialRecord, best: TrialRecord | None, metric: str) -> dict[str, Any]:
+    marked = best is not None and trial.number == best.number
+    return {"trial": f"{trial.number}{' *' if marked else ''}", "state": trial.state.value,
+            **{f"param:{k}": compact(v) for k, v in trial.params.items()}, "best": compact(trial.best),
+            "worker": trial.worker or "", "best_epoch": compact(trial.best_epoch),
+            "seconds": compact(trial.seconds), "epochs": compact(trial.epochs),
+            "last": compact(trial.metrics.get(metric)), "error": trial.error_type or ""}
+
+
+def _table(columns: list[_Column], rows: list[dict[str, Any]], title: str | None) -> Table:
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for column in columns:
+        # Values fold onto a second line rather than being cut: nothing searched is ever hidden behind "…".
+        table.add_column(column.header, justify=column.justify,  # type: ignore[arg-type]
+                         overflow="fold", min_width=min(len(column.header), 6))
+    for row in rows:
+        table.add_row(*(row.get(c.key, "") for c in columns))
+    return table
+
+
+def _minimum_width(table: Table) -> int:
+    """The width the table needs with every cell and header on one line."""
+    return sum(_column_width(table, i) for i in range(len(table.columns))) + 2 * (len(table.columns) - 1)
+
+
+def _column_width(table: Table, index: int) -> int:
+    """The widest cell of a column, its header included."""
+    column = table.columns[index]
+    return max([len(str(column.header)), *(len(str(c)) for c in column.cells)])
