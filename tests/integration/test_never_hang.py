@@ -98,8 +98,11 @@ def test_ctrl_c_cancels_frees_the_worker_and_says_how_to_resume(client, tmp_path
             assert proc.poll() is None, proc.communicate()[0]
             if not (run_dir / "store.sqlite").exists():
                 return False
-            with sqlite3.connect(run_dir / "store.sqlite", timeout=10) as db:
-                row = db.execute("SELECT state FROM trials WHERE number = 0").fetchone()
+            try:
+                with sqlite3.connect(run_dir / "store.sqlite", timeout=10) as db:
+                    row = db.execute("SELECT state FROM trials WHERE number = 0").fetchone()
+            except sqlite3.OperationalError:  # the sweep is still creating its tables
+                return False
             return row is not None and row[0] == "running"
         poll_for(running, 120, what="the trial running")
         time.sleep(1)  # let it block inside its first epoch
