@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import ConfigError
 from .protocol import TrialRecord, best_trial, is_number
+from .safe_yaml import read_yaml
 from .store import RunStore
 
 REPORT_DIR = "report"
@@ -49,7 +48,9 @@ def read_run(run_dir: str | Path) -> RunSummary:
     if not (run_dir / "store.sqlite").is_file() or not (run_dir / "sweep.yaml").is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a sweep run directory (no store.sqlite or sweep.yaml). "
                           "Pass runs/<sweep name>, as written by `dask-train sweep`.")
-    spec = yaml.safe_load((run_dir / "sweep.yaml").read_text())
+    spec = read_yaml(run_dir / "sweep.yaml", what="Run file")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{str(run_dir / 'sweep.yaml')!r} is not a sweep written by dask-train (not a mapping).")
     with RunStore(run_dir / "store.sqlite") as store:
         trials, histories = store.trials(), store.histories()
     return RunSummary(run_dir, spec, trials, histories)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,8 +120,11 @@ class Sweep:
             target: Target | None = None) -> SweepResult:
         """Run the trials not yet finished and return the results. Without ``client``, the sweep runs on
         ``target`` (default: an embedded local cluster started for it and closed after)."""
+        from .run_dirs import SWEEP_MARKERS, check_run_dir, set_aside
+
         if new:
-            _set_aside(self.spec.run_dir)
+            set_aside(self.spec.run_dir)
+        check_run_dir(self.spec.run_dir, SWEEP_MARKERS)  # before any cluster starts
         if client is not None:
             return _run(self.spec, client, progress or SweepProgress())
         target = dataclasses.replace(target or Target(), preload=("training.trial",))
@@ -139,13 +141,6 @@ def _run(spec: SweepSpec, client: Client, progress: SweepProgress) -> SweepResul
         rows = Coordinator(spec, client, progress).run(store)
     _report(spec.run_dir)
     return result_of(spec, rows)
-
-
-def _set_aside(run_dir: Path) -> None:
-    if run_dir.exists():
-        aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir.rename(aside)
-        log.warning("Moved the previous run %s to %s", run_dir, aside)
 
 
 def _report(run_dir: Path) -> None:
@@ -169,7 +164,7 @@ def result_of(spec: SweepSpec, rows: list[TrialRecord], run_dir: Path | None = N
     chosen = best_trial(rows, spec.mode)
     best = None
     if chosen is not None and chosen.model_dir and (run_dir / chosen.model_dir).is_dir():
-        best = load_model(run_dir / chosen.model_dir)
+        best = load_model(run_dir / chosen.model_dir, allow=(spec.workload,))  # the spec's: already trusted
     failed = [r for r in rows if r.state.is_error]
     return SweepResult(spec, run_dir, table, best, failed, rows)
 

@@ -20,6 +20,7 @@ from ..sweep_spec import SweepSpec, load_sweep_file
 from ..workloads import get_workload
 from . import display
 from .cluster_cmd import target_options
+from .train_cmd import allow_option
 
 
 def example_files() -> dict[str, Path]:
@@ -97,10 +98,11 @@ class SweepDisplay(SweepProgress):
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard event files to RUN_DIR/tensorboard.")
 @click.option("--mlflow", "mlflow_experiment", default=None, metavar="EXPERIMENT",
               help="Also log each trial as an MLflow run (MLFLOW_TRACKING_URI, else RUN_DIR/mlflow.db).")
+@allow_option
 @target_options
 def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epochs: int | None,
                   runs_dir: str | None, new: bool, tensorboard: bool, mlflow_experiment: str | None,
-                  target: Target) -> None:
+                  target: Target, allow: tuple[str, ...] = ()) -> None:
     """Run the hyperparameter sweep in SWEEP_FILE (YAML, or a shipped example's name) on a cluster.
 
     Rerunning the same sweep finishes only the trials not yet finished.
@@ -108,7 +110,8 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
     if examples or not sweep_file:
         _list_examples()
         return
-    spec = load_sweep_file(resolve_sweep_file(sweep_file), name=name, epochs=epochs, runs_dir=runs_dir)
+    spec = load_sweep_file(resolve_sweep_file(sweep_file), allow=allow, name=name, epochs=epochs,
+                           runs_dir=runs_dir)
     started = time.perf_counter()
     with SweepDisplay() as shown:
         loggers: list[SweepProgress] = []
@@ -135,12 +138,15 @@ def _list_examples() -> None:
 @click.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--plot", is_flag=True, help="Write the report (PNG plots, summary.md) again.")
-def results_command(run_dir: Path, plot: bool) -> None:
+@allow_option
+def results_command(run_dir: Path, plot: bool, allow: tuple[str, ...]) -> None:
     """Show a sweep's results table and best trial from its run directory (runs/NAME)."""
     from ..report import read_run, write_report
     from ..sweep import result_of
+    from ..workloads import trusted_workload
 
     run = read_run(run_dir)
+    trusted_workload(run.spec.get("workload"), allow, source=f"Run directory {str(run_dir)!r}")
     spec = SweepSpec.create(**{**run.spec, "runs_dir": str(run_dir.parent)})
     show_result(result_of(spec, run.trials, run_dir), sum(t.seconds or 0 for t in run.trials),
                 label="trial time summed")
