@@ -41,9 +41,8 @@ class _Group(click.Group):
             command = exc.ctx.command_path if exc.ctx else ctx.command_path
             raise display.BadInput(f"{one_line(exc.format_message())} (see `{command} --help`)") from None
         except click.ClickException as exc:
-            flat = click.ClickException(one_line(exc.format_message()))
-            flat.exit_code = exc.exit_code
-            raise flat from None
+            flat = display.BadInput if exc.exit_code == display.BadInput.exit_code else click.ClickException
+            raise flat(one_line(exc.format_message())) from None
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise

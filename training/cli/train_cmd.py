@@ -44,8 +44,7 @@ def parse_param_args(args: list[str]) -> dict[str, str]:
 
 @click.command(context_settings=_EXTRA)
 @click.argument("workload")
-@click.option("--epochs", type=click.IntRange(min=1, max=MAX_EPOCHS), default=None,
-              help="Epochs (default: the workload's).")
+@click.option("--epochs", type=int, default=None, help="Epochs (default: the workload's).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Model directory to write (default: runs/<workload>-<time>).")
 @click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True,
@@ -60,6 +59,8 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out: Pa
     work = get_workload(workload)
     params = parse_param_args(ctx.args)
     total = epochs if epochs is not None else work.default_epochs
+    if total > MAX_EPOCHS:
+        raise ConfigError(f"Invalid epochs {total}: at most {MAX_EPOCHS:,}.")
     if resume and out is None:
         raise ConfigError("--resume needs --out: the model directory whose checkpoint to continue.")
     out = out or Path("runs") / f"{work.name}-{time.strftime('%Y%m%d-%H%M%S')}"
