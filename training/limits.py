@@ -41,6 +41,17 @@ def short(value: object, limit: int = SHOWN_CHARS) -> str:
     return f"{text[:limit - 4]}...{quote} ({len(text)} characters)"
 
 
+def clip(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` as is, cut to ``limit`` characters with "..." when longer.
+
+    Examples
+    --------
+    >>> clip("lr, batch_size", 8)
+    'lr, b...'
+    """
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def max_trials() -> int:
     """The most trials one sweep may have: ``DASK_TRAIN_MAX_TRIALS`` if set, else 10,000.
 

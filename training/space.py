@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
-from .limits import check_trial_count, short
+from .limits import check_trial_count, clip, short
 from .params import Param
 
 _NUMERIC = (int, float)
@@ -125,7 +125,7 @@ def _validate_entry(param: Param, entry: Any) -> Any:
         values = tuple(param.parse(v) for v in entry.values)
         repeated = sorted({repr(v) for i, v in enumerate(values) if v in values[:i]})
         if repeated:
-            raise ConfigError(f"{where}: {short(', '.join(repeated))} given more than once; list each value once "
+            raise ConfigError(f"{where}: {clip(', '.join(repeated))} given more than once; list each value once "
                               "(a repeated value would train the same trial twice).")
         return Domain(entry.kind, values)
     if param.kind not in _NUMERIC:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .limits import MAX_EPOCHS, check_count, check_trial_count, short
+from .limits import MAX_EPOCHS, check_count, check_trial_count, clip, short
 from .params import Param
 from .safe_yaml import read_yaml
 from .space import Domain, grid_trials, random_trials, space_to_json, validate_space
@@ -200,7 +200,7 @@ def load_sweep_file(path: str | Path, *, allow: Iterable[str] = (), **overrides:
         raise ConfigError(f"{where} must be a mapping with name, workload, space, ...")
     unknown = sorted(map(str, set(content) - set(FIELDS)))
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {short(', '.join(unknown))}; known: {', '.join(FIELDS)}.")
+        raise ConfigError(f"{where}: unknown field(s) {clip(', '.join(unknown))}; known: {', '.join(FIELDS)}.")
     if "workload" not in content:
         raise ConfigError(f"{where} has no 'workload'.")
     content.setdefault("name", path.stem)
