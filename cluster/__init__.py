@@ -9,7 +9,7 @@ from .devices import cuda_visible_devices, dask_cuda_problem, detect_gpus, visib
 from .errors import ClusterConnectError, ClusterError, NoTrainingSlots
 from .local import ClusterSpec, start_local_cluster
 from .plugin import TRAINING_SLOT, TrainingWorkerPlugin, prepare_task_thread
-from .security import TLSFiles, make_tls_files, read_scheduler_file, write_scheduler_file
+from .security import TLSFiles, make_tls_files, read_scheduler_file, remove_tls_files, write_scheduler_file
 
 __all__ = [
     "SLOT_WORKERS_VARIABLE",
@@ -34,6 +34,7 @@ __all__ = [
     "prepare_task_thread",
     "prepare_workers",
     "read_scheduler_file",
+    "remove_tls_files",
     "require_slots",
     "start_local_cluster",
     "torch_threads",

@@ -70,8 +70,33 @@ class ClusterSpec:
         if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 1):
             raise ValueError(f"workers={self.workers!r}: need at least 1 worker (or None for one per "
                              "GPU / CPU core).")
+        if self.workers is not None and self.workers > max_local_workers():
+            raise ValueError(f"workers={self.workers}: this machine can run at most {max_local_workers()} "
+                             f"embedded workers ({WORKERS_PER_CPU} per CPU, {WORKER_MEMORY // 2**20} MiB of "
+                             "available memory each). Use fewer, or start workers on more machines and pass "
+                             "--address.")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads={self.torch_threads!r}: need at least 1.")
+
+
+#: The embedded cluster's bounds: worker processes per CPU this process may use, and memory each needs.
+WORKERS_PER_CPU = 4
+WORKER_MEMORY = 256 * 2**20
+
+
+def max_local_workers() -> int:
+    """The most worker processes the embedded cluster may start here: 4 per usable CPU, and no more than
+    the available memory holds at 256 MiB each (at least 1).
+
+    Examples
+    --------
+    >>> max_local_workers() >= 1
+    True
+    """
+    import psutil
+
+    by_memory = psutil.virtual_memory().available // WORKER_MEMORY
+    return max(1, min(WORKERS_PER_CPU * cpu_cores(), by_memory))
 
 
 def start_local_cluster(spec: ClusterSpec | None = None) -> Cluster:

@@ -3,6 +3,7 @@ scheduler file that tells another process how to connect (address plus certifica
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -13,7 +14,7 @@ from typing import Any
 
 from distributed.security import Security
 
-from .errors import ClusterConnectError
+from .errors import ClusterConnectError, ClusterError
 
 _VALID_DAYS = 30
 
@@ -42,22 +43,32 @@ class TLSFiles:
 
 
 def make_tls_files(folder: str | Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> TLSFiles:
-    """Write a fresh CA and a certificate it signs (valid for ``hosts``) into ``folder``; keys are 0600.
+    """Write a fresh CA and a certificate it signs (valid for ``hosts``) into ``folder``, a new private
+    directory (0700) created here; it must not exist. Every file is created exclusively; the key is 0600.
+    :func:`remove_tls_files` removes exactly what this wrote.
+
+    Raises
+    ------
+    ClusterError
+        ``folder`` already exists (nothing in it is touched).
 
     Examples
     --------
-    >>> import tempfile
-    >>> files = make_tls_files(tempfile.mkdtemp())
+    >>> import tempfile, pathlib
+    >>> files = make_tls_files(pathlib.Path(tempfile.mkdtemp()) / "tls")
     >>> open(files.cert).read().startswith("-----BEGIN CERTIFICATE-----")
     True
+    >>> key = pathlib.Path(files.key)
+    >>> oct(key.stat().st_mode & 0o777), oct(key.parent.stat().st_mode & 0o777)
+    ('0o600', '0o700')
+    >>> remove_tls_files(files)
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _private_folder(Path(folder))
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dask-train temporary CA")])
@@ -82,11 +93,32 @@ def make_tls_files(folder: str | Path, hosts: tuple[str, ...] = ("127.0.0.1", "l
     )
     pem = serialization.Encoding.PEM
     files = TLSFiles(str(folder / "ca.pem"), str(folder / "cert.pem"), str(folder / "key.pem"))
-    Path(files.ca_file).write_bytes(ca_cert.public_bytes(pem))
-    Path(files.cert).write_bytes(cert.public_bytes(pem))
-    _write_private(Path(files.key), key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                                      serialization.NoEncryption()))
+    _write_new(Path(files.ca_file), ca_cert.public_bytes(pem), 0o644)
+    _write_new(Path(files.cert), cert.public_bytes(pem), 0o644)
+    _write_new(Path(files.key), key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()), 0o600)
     return files
+
+
+def remove_tls_files(files: TLSFiles) -> None:
+    """Remove the three files :func:`make_tls_files` wrote, then their folder if nothing else is in it."""
+    for path in (files.ca_file, files.cert, files.key):
+        Path(path).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: someone put something there; leave it
+        Path(files.key).parent.rmdir()
+
+
+def _private_folder(folder: Path) -> Path:
+    """Create ``folder`` (0700) exclusively: an existing one is refused, never reused or removed."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        raise ClusterError(f"{str(folder)!r} already exists: dask-train puts temporary TLS files only in a "
+                           "folder it creates. Remove it if it is an old one, or choose another "
+                           "--scheduler-file.") from None
+    os.chmod(folder, 0o700)  # whatever the umask
+    return folder
 
 
 def _general_name(host: str):
@@ -98,9 +130,11 @@ def _general_name(host: str):
         return x509.DNSName(host)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` with ``mode`` (never opening an existing file or following a link) and write it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
     with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), mode)
         handle.write(data)
 
 

@@ -168,6 +168,9 @@ class _Job:
             raise ConfigError(f"Job name {self.name!r} must be 1-64 letters, digits, '_', '.' or '-'.")
         if not self.timeout > 0:
             raise ConfigError(f"timeout={self.timeout!r}: must be a positive number of seconds.")
+        from .run_dirs import DDP_MARKERS, check_run_dir
+
+        check_run_dir(self.run_dir, DDP_MARKERS)
         if self.resume and not self.checkpoint.is_file():
             raise ConfigError(f"Nothing to resume: {self.checkpoint} does not exist. Run without --resume first.")
         if not self.resume and self.checkpoint.is_file():

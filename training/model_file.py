@@ -8,16 +8,20 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import ConfigError, ModelFileError
+from .limits import short
+from .params import resolve
+from .workloads import trusted_workload
 
 FORMAT = "dask-train-model"
 VERSION = 1
@@ -120,13 +124,17 @@ def write_model_dir(path: str | Path, state_dict: dict[str, torch.Tensor], *, wo
     return folder
 
 
-def load_model(path: str | Path) -> TrainedModel:
+def load_model(path: str | Path, *, allow: Iterable[str] = ()) -> TrainedModel:
     """Rebuild a model saved by :func:`save_model`, on the CPU, in eval mode.
+
+    Reading the directory never runs code it names: its workload must be built in, or a ``module:Class``
+    in ``allow`` (one you name yourself); its hyperparameters must be in the workload's declared ranges,
+    and the model it describes must match the weights' shapes before anything is allocated.
 
     Raises
     ------
     ModelFileError
-        If ``path`` is not a dask-train model directory or its files are damaged.
+        If ``path`` is not a dask-train model directory, is damaged, or names code not in ``allow``.
 
     Examples
     --------
@@ -138,23 +146,57 @@ def load_model(path: str | Path) -> TrainedModel:
     """
     folder = Path(path)
     metadata = _read_metadata(folder)
-    from .workloads import get_workload
-
     try:
-        work = get_workload(metadata["workload"])
-        model = work.build_model(metadata["params"], metadata["meta"])
+        work = trusted_workload(metadata.get("workload"), allow, source=f"Model directory {str(folder)!r}")
+        params = resolve(work.params, _mapping(metadata, "params"), owner=work.name)
+        meta = _mapping(metadata, "meta")
+        _check_shapes(folder / WEIGHTS, _shapes_of(work, params, meta))
+        model = work.build_model(params, meta)
         model.load_state_dict(load_file(str(folder / WEIGHTS)))
+    except ModelFileError:
+        raise
     except ConfigError as exc:
         raise ModelFileError(f"Model directory {str(folder)!r} cannot be rebuilt: {exc}") from None
-    except (OSError, RuntimeError, KeyError, TypeError, SafetensorError) as exc:
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, SafetensorError) as exc:
         raise ModelFileError(f"Model directory {str(folder)!r} has damaged or mismatched weights "
-                             f"({type(exc).__name__}: {exc}).") from None
+                             f"({type(exc).__name__}: {short(str(exc), 200)}).") from None
     return TrainedModel(
-        workload=metadata["workload"], params=metadata["params"], meta=metadata["meta"],
+        workload=metadata["workload"], params=params, meta=meta,
         artifacts=_read_json(folder / ARTIFACTS, default={}), history=_read_json(folder / HISTORY, default=[]),
-        model=model.eval(), seed=int(metadata.get("seed", 0)), extra=metadata.get("extra", {}),
+        model=model.eval(), seed=_seed(metadata), extra=metadata.get("extra") or {},
         best_epoch=metadata.get("best_epoch"),
     )
+
+
+def _mapping(metadata: dict[str, Any], key: str) -> dict[str, Any]:
+    value = metadata.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{METADATA} field {key!r} is {short(value)}, not a mapping.")
+    return value
+
+
+def _seed(metadata: dict[str, Any]) -> int:
+    seed = metadata.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"{METADATA} field 'seed' is {short(seed)}, not a whole number.")
+    return seed
+
+
+def _shapes_of(work: Any, params: dict[str, Any], meta: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes the metadata describes, built on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = work.build_model(params, meta)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _check_shapes(weights: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """The weights file holds exactly the tensors ``expected`` (read from its header only)."""
+    with safe_open(str(weights), framework="pt") as handle:
+        found = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
+    if found != expected:
+        wrong = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+        raise ModelFileError(f"{str(weights)!r} does not match the model its {METADATA} describes "
+                             f"(tensors {short(wrong)} differ); the directory is damaged or was edited.")
 
 
 def _read_metadata(folder: Path) -> dict[str, Any]:

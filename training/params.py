@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .limits import short
 
 _KINDS: dict[type, str] = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 _TRUE = {"true", "yes", "1", "on"}
@@ -90,7 +91,7 @@ class Param:
                 raise self._error(value, f"expected {self.describe()}")
 
     def _error(self, value: Any, why: str) -> ConfigError:
-        return ConfigError(f"Invalid value {value!r} for hyperparameter '{self.name}': {why}.")
+        return ConfigError(f"Invalid value {short(value)} for hyperparameter '{self.name}': {why}.")
 
 
 def _to_int(value: Any) -> int:
@@ -116,7 +117,7 @@ def _to_bool(name: str, value: Any) -> bool:
         return value
     if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
         return value.lower() in _TRUE
-    raise ConfigError(f"Invalid value {value!r} for hyperparameter '{name}': expected true or false.")
+    raise ConfigError(f"Invalid value {short(value)} for hyperparameter '{name}': expected true or false.")
 
 
 def resolve(params: Iterable[Param], given: Mapping[str, Any], *, owner: str) -> dict[str, Any]:
@@ -143,6 +144,6 @@ def _unknown_message(name: str, known: list[str], owner: str) -> str:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return (
-        f"Unknown hyperparameter '{name}' for workload '{owner}'.{hint} "
+        f"Unknown hyperparameter {short(name)} for workload '{owner}'.{hint} "
         f"Known: {', '.join(known)} (see `dask-train workloads`)."
     )

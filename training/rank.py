@@ -2,11 +2,13 @@
 
 Runs on a worker. The process group is always destroyed (``finally``), so a failed job leaves the worker
 ready for the next one; every collective is bounded by the job's timeout, so a lost peer ends in an
-error instead of a hang. Nothing here writes ``os.environ``: the rendezvous is ``tcp://host:port``.
+error instead of a hang. Nothing here writes ``os.environ``: the rendezvous is a TCPStore at ``tcp://host:port``,
+listening on rank 0's own address only and closed at the end of every job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import re
@@ -16,6 +18,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
@@ -75,7 +78,11 @@ def free_port(host: str) -> int:
 
 
 def run_rank(spec: RankSpec) -> RankOutcome:
-    """Join the process group, train this rank's shards, and return (rank 0: the model) or raise."""
+    """Join the process group, train this rank's shards, and return (rank 0: the model) or raise.
+
+    The rendezvous store listens on rank 0's own address only (never the wildcard) and is closed when the
+    rank ends, whether it trained or failed.
+    """
     from cluster.plugin import prepare_task_thread
 
     prepare_task_thread()
@@ -83,15 +90,71 @@ def run_rank(spec: RankSpec) -> RankOutcome:
     device = pick_device("cuda" if spec.backend == "nccl" else "cpu")
     timeout = datetime.timedelta(seconds=spec.timeout)
     backend = _gloo_bound_to(spec.host) if spec.backend == "gloo" and spec.host else spec.backend
-    dist.init_process_group(backend, init_method=spec.init_method, rank=spec.rank, world_size=spec.world_size,
-                            timeout=timeout)
+    store: Any = None
+    listener: socket.socket | None = None
     try:
+        store, listener = rendezvous_store(spec.init_method, spec.world_size, spec.rank == 0, timeout)
+        dist.init_process_group(backend, store=store, rank=spec.rank, world_size=spec.world_size, timeout=timeout)
         return _train_rank(spec, worker, device)
     except Exception as exc:
+        text = traceback.format_exc()
+        traceback.clear_frames(exc.__traceback__)  # frames holding the store would keep it alive
         raise RuntimeError(f"DDP rank {spec.rank} on {worker} failed: {type(exc).__name__}: {exc}\n"
-                           f"{traceback.format_exc()}") from exc
+                           f"{text}") from None
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        del store
+        _close_listener(listener)
+
+
+def rendezvous_store(init_method: str, world_size: int, is_master: bool,
+                     timeout: datetime.timedelta) -> tuple[dist.TCPStore, socket.socket | None]:
+    """The job's TCPStore at ``tcp://HOST:PORT``, and (rank 0) a handle on its listening socket.
+
+    Rank 0's store listens on HOST only, through a socket bound here (a TCPStore left to itself listens on
+    every interface, IPv4 and IPv6). The handle closes that listener for certain when the job ends: torch's
+    DistributedDataParallel keeps its process group, and with it the store, alive after
+    ``destroy_process_group``.
+
+    Examples
+    --------
+    >>> import datetime
+    >>> url = f"tcp://127.0.0.1:{free_port('127.0.0.1')}"
+    >>> store, listener = rendezvous_store(url, 1, True, datetime.timedelta(seconds=5))
+    >>> store.set("k", "v"); store.get("k"), listener.getsockname()[0]
+    (b'v', '127.0.0.1')
+    >>> _close_listener(listener)
+    """
+    parts = urlsplit(init_method)
+    host, port = parts.hostname or "", int(parts.port or 0)
+    if not is_master:
+        return dist.TCPStore(host, port, world_size, False, timeout=timeout), None
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(max(128, world_size))
+        handle = sock.dup()
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        store = dist.TCPStore(host, port, world_size, True, timeout=timeout, wait_for_workers=False,
+                              master_listen_fd=sock.detach())
+    except BaseException:
+        _close_listener(handle)
+        raise
+    return store, handle
+
+
+def _close_listener(handle: socket.socket | None) -> None:
+    """Stop a listening socket whoever else holds it (shutdown acts on the socket, not on this fd)."""
+    if handle is None:
+        return
+    with contextlib.suppress(OSError):
+        handle.shutdown(socket.SHUT_RDWR)
+    handle.close()
 
 
 def _train_rank(spec: RankSpec, worker: str, device: torch.device) -> RankOutcome:

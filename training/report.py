@@ -7,14 +7,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import ConfigError
 from .protocol import TrialRecord, best_trial, is_number
+from .safe_yaml import read_yaml
 from .store import RunStore
 
 REPORT_DIR = "report"
@@ -47,13 +47,24 @@ class RunSummary:
 def read_run(run_dir: str | Path) -> RunSummary:
     """Read a sweep's run directory (``store.sqlite`` and ``sweep.yaml``)."""
     run_dir = Path(run_dir)
+    spec = read_spec(run_dir)
+    try:
+        with RunStore(run_dir / "store.sqlite") as store:
+            trials, histories = store.trials(), store.histories()
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"{str(run_dir / 'store.sqlite')!r} is not a dask-train run store ({exc}).") from None
+    return RunSummary(run_dir, spec, trials, histories)
+
+
+def read_spec(run_dir: Path) -> dict[str, Any]:
+    """A run directory's ``sweep.yaml``, read as untrusted data, without touching its store."""
     if not (run_dir / "store.sqlite").is_file() or not (run_dir / "sweep.yaml").is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a sweep run directory (no store.sqlite or sweep.yaml). "
                           "Pass runs/<sweep name>, as written by `dask-train sweep`.")
-    spec = yaml.safe_load((run_dir / "sweep.yaml").read_text())
-    with RunStore(run_dir / "store.sqlite") as store:
-        trials, histories = store.trials(), store.histories()
-    return RunSummary(run_dir, spec, trials, histories)
+    spec = read_yaml(run_dir / "sweep.yaml", what="Run file")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{str(run_dir / 'sweep.yaml')!r} is not a sweep written by dask-train (not a mapping).")
+    return spec
 
 
 def write_report(run: RunSummary) -> Path:

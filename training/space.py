@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .limits import check_trial_count, clip, short
 from .params import Param
 
 _NUMERIC = (int, float)
@@ -89,15 +90,15 @@ def parse_domain(name: str, raw: Any) -> Domain | Any:
         return raw
     if len(raw) != 1 or next(iter(raw)) not in _MAKERS:
         kinds = ", ".join(f"{{{k}: ...}}" for k in _MAKERS)
-        raise ConfigError(f"Search space entry '{name}': {dict(raw)!r} is not a domain. Write one of "
+        raise ConfigError(f"Search space entry {short(name)}: {short(dict(raw))} is not a domain. Write one of "
                           f"{kinds}, a list of grid values, or a fixed value.")
     kind, args = next(iter(raw.items()))
     if kind in ("grid", "choice"):
         if not isinstance(args, list | tuple):
-            raise ConfigError(f"Search space entry '{name}': {kind} needs a list of values, got {args!r}.")
+            raise ConfigError(f"Search space entry '{name}': {kind} needs a list of values, got {short(args)}.")
         return _MAKERS[kind](args)
     if not isinstance(args, list | tuple) or len(args) != 2:
-        raise ConfigError(f"Search space entry '{name}': {kind} needs [low, high], got {args!r}.")
+        raise ConfigError(f"Search space entry '{name}': {kind} needs [low, high], got {short(args)}.")
     return _MAKERS[kind](*args)
 
 
@@ -121,13 +122,18 @@ def _validate_entry(param: Param, entry: Any) -> Any:
     if entry.discrete:
         if not entry.values:
             raise ConfigError(f"{where}: {entry.kind} has no values; give at least one.")
-        return Domain(entry.kind, tuple(param.parse(v) for v in entry.values))
+        values = tuple(param.parse(v) for v in entry.values)
+        repeated = sorted({repr(v) for i, v in enumerate(values) if v in values[:i]})
+        if repeated:
+            raise ConfigError(f"{where}: {clip(', '.join(repeated))} given more than once; list each value once "
+                              "(a repeated value would train the same trial twice).")
+        return Domain(entry.kind, values)
     if param.kind not in _NUMERIC:
         raise ConfigError(f"{where}: {entry.kind} needs a numeric hyperparameter; '{param.name}' is "
                           f"{param.describe()}. Use choice: [...] instead.")
     for bound in (entry.low, entry.high):
         if isinstance(bound, bool) or not isinstance(bound, _NUMERIC):
-            raise ConfigError(f"{where}: {entry.kind} bounds must be numbers, got {bound!r}.")
+            raise ConfigError(f"{where}: {entry.kind} bounds must be numbers, got {short(bound)}.")
     if entry.low > entry.high:
         raise ConfigError(f"{where}: low {entry.low!r} is greater than high {entry.high!r}.")
     if entry.kind == "loguniform" and entry.low <= 0:
@@ -141,12 +147,25 @@ def _validate_entry(param: Param, entry: Any) -> Any:
     return entry
 
 
-def grid_trials(space: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every combination of the discrete dimensions (fixed values included), in a stable order."""
+def grid_size(space: Mapping[str, Any]) -> int:
+    """How many trials a grid over ``space`` has, computed without building them.
+
+    Examples
+    --------
+    >>> grid_size({"lr": grid([0.1, 0.2, 0.3]), "batch_size": choice([32, 64]), "epochs_x": 5})
+    6
+    """
     continuous = [n for n, d in space.items() if isinstance(d, Domain) and not d.discrete]
     if continuous:
         raise ConfigError(f"Grid search cannot enumerate {', '.join(continuous)} (continuous ranges): use "
                           "search: random, or give a list of values.")
+    return math.prod(len(d.values) for d in space.values() if isinstance(d, Domain))
+
+
+def grid_trials(space: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the discrete dimensions (fixed values included), in a stable order; refused
+    beyond the trial limit (:func:`training.limits.max_trials`) before any is built."""
+    check_trial_count(grid_size(space), "The grid")
     names = list(space)
     axes = [space[n].values if isinstance(space[n], Domain) else (space[n],) for n in names]
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes)]
@@ -154,6 +173,7 @@ def grid_trials(space: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def random_trials(space: Mapping[str, Any], count: int, seed: int) -> list[dict[str, Any]]:
     """``count`` samples of the space, reproducible under ``seed``."""
+    check_trial_count(count, f"num_trials={count}")
     rng = random.Random(seed)
     return [{n: (d.sample(rng) if isinstance(d, Domain) else d) for n, d in space.items()} for _ in range(count)]
 

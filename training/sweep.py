@@ -150,8 +150,11 @@ class Sweep:
 
     def _run_on(self, client: Client | None, progress: SweepProgress, new: bool,
                 target: Target | None) -> SweepResult:
+        from .run_dirs import SWEEP_MARKERS, check_run_dir, set_aside
+
         if new:
-            _set_aside(self.spec.run_dir)
+            set_aside(self.spec.run_dir)
+        check_run_dir(self.spec.run_dir, SWEEP_MARKERS)  # before any cluster starts
         if client is not None:
             return _run(self.spec, client, progress)
         target = dataclasses.replace(target or Target(), preload=("training.trial",))
@@ -179,13 +182,6 @@ def _run(spec: SweepSpec, client: Client, progress: SweepProgress) -> SweepResul
     return result_of(spec, rows)
 
 
-def _set_aside(run_dir: Path) -> None:
-    if run_dir.exists():
-        aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir.rename(aside)
-        log.warning("Moved the previous run %s to %s", run_dir, aside)
-
-
 def _report(run_dir: Path) -> None:
     """Plots and summary.md. Results are already saved, so a plotting failure is logged, not raised."""
     from .report import read_run, write_report
@@ -207,7 +203,7 @@ def result_of(spec: SweepSpec, rows: list[TrialRecord], run_dir: Path | None = N
     chosen = best_trial(rows, spec.mode)
     best = None
     if chosen is not None and chosen.model_dir and (run_dir / chosen.model_dir).is_dir():
-        best = load_model(run_dir / chosen.model_dir)
+        best = load_model(run_dir / chosen.model_dir, allow=(spec.workload,))  # the spec's: already trusted
     failed = [r for r in rows if r.state.is_error]
     return SweepResult(spec, run_dir, table, best, failed, rows)
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import ConfigError
+from .limits import MAX_EPOCHS, check_count, check_trial_count, clip, short
 from .params import Param
+from .safe_yaml import read_yaml
 from .space import Domain, grid_trials, random_trials, space_to_json, validate_space
-from .workloads import get_workload
+from .workloads import get_workload, trusted_workload
 
 SEARCHES = ("grid", "random", "tpe")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -74,7 +74,7 @@ class SweepSpec:
         _check(not overlap, f"{overlap} appear in both space and params; give each hyperparameter once.")
         metric = metric or work.metric
         known = ("train_loss", *work.metrics)
-        _check(metric in known, f"metric={metric!r} is not reported by '{work.name}': use one of "
+        _check(metric in known, f"metric={short(metric)} is not reported by '{work.name}': use one of "
                                 f"{', '.join(known)}.")
         if mode is None:
             mode = work.mode if metric == work.metric else "min" if metric.endswith("loss") else "max"
@@ -89,13 +89,15 @@ class SweepSpec:
         _check(not raw, f"space entries {raw} are not parsed: build the spec with SweepSpec.create(...), "
                         "which checks them against the workload.")
         _check(isinstance(self.name, str) and bool(NAME_PATTERN.match(self.name)),
-               f"Sweep name {self.name!r} must be 1-64 letters, digits, '_', '.' or '-' (it names a folder).")
-        _check(self.search in SEARCHES, f"search={self.search!r}: use one of {', '.join(SEARCHES)}.")
+               f"Sweep name {short(self.name)} must be 1-64 letters, digits, '_', '.' or '-' (it names a folder).")
+        _check(self.search in SEARCHES, f"search={short(self.search)}: use one of {', '.join(SEARCHES)}.")
+        _check(bool(self.space), "The search space is empty: give at least one hyperparameter under space "
+                                 "(a list of values, or a range for random and tpe search).")
         _check(all(not isinstance(v, Domain) for v in self.params.values()),
                "params holds fixed values only; put ranges and lists under space.")
-        _check(self.mode in ("min", "max"), f"mode={self.mode!r}: use 'min' or 'max'.")
+        _check(self.mode in ("min", "max"), f"mode={short(self.mode)}: use 'min' or 'max'.")
         for name in ("epochs", "grace_epochs"):
-            _check_int(name, getattr(self, name))
+            check_count(name, getattr(self, name), MAX_EPOCHS)
         _check_int("seed", self.seed, low=0)
         _check_int("max_concurrent", self.max_concurrent, allow_none=True)
         _check_int("reduction_factor", self.reduction_factor, low=2)
@@ -104,9 +106,10 @@ class SweepSpec:
             _check_seconds(name, getattr(self, name))
         if self.search in ("random", "tpe"):
             _check_int("num_trials", self.num_trials)
+            check_trial_count(self.num_trials or 0, f"num_trials={self.num_trials}")
         elif self.num_trials is not None:
             raise ConfigError("num_trials is for search: random or tpe; grid search runs every combination once.")
-        _check(self.scheduler in (None, "asha"), f"scheduler={self.scheduler!r}: use 'asha' or leave it out.")
+        _check(self.scheduler in (None, "asha"), f"scheduler={short(self.scheduler)}: use 'asha' or leave it out.")
         self.asha()  # grace_epochs beyond epochs fails here
         self.trials()  # a grid over continuous ranges fails here, not on a worker
 
@@ -168,18 +171,38 @@ def _check_int(name: str, value: Any, *, allow_none: bool = False, low: int = 1)
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name}={value!r}: expected a whole number >= {low}.")
+        raise ConfigError(f"{name}={short(value)}: expected a whole number >= {low}.")
 
 
 def _check_seconds(name: str, value: Any) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
-        raise ConfigError(f"{name}={value!r}: expected a number of seconds > 0 (or leave it out for no limit).")
+        raise ConfigError(f"{name}={short(value)}: expected a number of seconds > 0 (leave it out for no limit).")
 
 
-def load_sweep_file(path: str | Path, **overrides: Any) -> SweepSpec:
+#: What each sweep-file field must be, checked before anything is built: (types, description).
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "name": ((str,), "a name"), "workload": ((str,), "a workload name"), "space": ((dict,), "a mapping"),
+    "params": ((dict,), "a mapping"), "search": ((str,), "a string"), "metric": ((str,), "a metric name"),
+    "mode": ((str,), "min or max"), "runs_dir": ((str,), "a folder"), "scheduler": ((str,), "asha"),
+    "num_trials": ((int,), "a whole number"), "epochs": ((int,), "a whole number"),
+    "seed": ((int,), "a whole number"), "max_concurrent": ((int,), "a whole number"),
+    "grace_epochs": ((int,), "a whole number"), "reduction_factor": ((int,), "a whole number"),
+    "checkpoint_every": ((int,), "a whole number"), "trial_timeout": ((int, float), "a number of seconds"),
+    "stall_timeout": ((int, float), "a number of seconds"),
+}
+#: Bounds of the whole-number fields (num_trials: see training.limits.max_trials).
+_FIELD_RANGES = {"epochs": (1, MAX_EPOCHS), "grace_epochs": (1, MAX_EPOCHS), "seed": (0, 2**32 - 1),
+                 "max_concurrent": (1, 100_000), "reduction_factor": (2, 1_000), "num_trials": (1, 10**18),
+                 "checkpoint_every": (1, MAX_EPOCHS)}
+
+
+def load_sweep_file(path: str | Path, *, allow: Iterable[str] = (), **overrides: Any) -> SweepSpec:
     """A SweepSpec from a YAML file; ``overrides`` (from the CLI) win over the file.
+
+    The file is data: it is size-checked before it is read, every field is type- and range-checked before
+    anything is built, and a ``module:Class`` workload it names is imported only if it is in ``allow``.
 
     Examples
     --------
@@ -190,24 +213,35 @@ def load_sweep_file(path: str | Path, **overrides: Any) -> SweepSpec:
     'grid'
     """
     path = Path(path)
+    where = f"Sweep file {short(str(path))}"
     if not path.is_file():
-        raise ConfigError(f"Sweep file {str(path)!r} does not exist (see `dask-train sweep --examples`).")
-    try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"Sweep file {str(path)!r} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{where} does not exist (see `dask-train sweep --examples`).")
+    content = read_yaml(path)
     if not isinstance(content, dict):
-        raise ConfigError(f"Sweep file {str(path)!r} must be a mapping with name, workload, space, ...")
-    unknown = sorted(set(content) - set(FIELDS))
+        raise ConfigError(f"{where} must be a mapping with name, workload, space, ...")
+    unknown = sorted(map(str, set(content) - set(FIELDS)))
     if unknown:
-        raise ConfigError(f"Sweep file {str(path)!r}: unknown field(s) {', '.join(map(str, unknown))}; "
-                          f"known: {', '.join(FIELDS)}.")
-    for required in ("workload",):
-        if required not in content:
-            raise ConfigError(f"Sweep file {str(path)!r} has no '{required}'.")
+        raise ConfigError(f"{where}: unknown field(s) {clip(', '.join(unknown))}; known: {', '.join(FIELDS)}.")
+    if "workload" not in content:
+        raise ConfigError(f"{where} has no 'workload'.")
     content.setdefault("name", path.stem)
     content.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in content.items():
+        _check_field(where, key, value)
+    trusted_workload(content["workload"], allow, source=where)
     try:
         return SweepSpec.create(**content)
     except TypeError as exc:
-        raise ConfigError(f"Sweep file {str(path)!r}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _check_field(where: str, key: str, value: Any) -> None:
+    """One sweep-file field against its type and range (None leaves a field to its default)."""
+    if value is None:
+        return
+    types, expected = _FIELD_TYPES[key]
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise ConfigError(f"{where}: {key}={short(value)} is not {expected}.")
+    if key in _FIELD_RANGES:
+        low, high = _FIELD_RANGES[key]
+        check_count(f"{where}: {key}", value, high, low)

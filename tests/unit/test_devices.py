@@ -139,10 +139,10 @@ def test_cluster_spec_validates_before_anything_starts(kwargs, message):
 
 
 def test_tls_files_form_a_chain_a_tls_context_accepts(tmp_path):
-    files = make_tls_files(tmp_path, hosts=("127.0.0.1", "localhost", "node-7"))
+    files = make_tls_files(tmp_path / "tls", hosts=("127.0.0.1", "localhost", "node-7"))
     context = ssl.create_default_context(cafile=files.ca_file)
     context.load_cert_chain(files.cert, files.key)
-    assert oct((tmp_path / "key.pem").stat().st_mode & 0o777) == "0o600"
+    assert oct((tmp_path / "tls" / "key.pem").stat().st_mode & 0o777) == "0o600"
     security = files.security()
     assert security.require_encryption and security.tls_ca_file == files.ca_file
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 
@@ -9,7 +10,7 @@ import click
 
 from cluster import ClusterError
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DaskTrainError
 from . import display
 from .cluster_cmd import cluster_group
 from .ddp_cmd import ddp_command
@@ -20,22 +21,77 @@ __all__ = ["cli", "main"]
 
 
 class _Group(click.Group):
-    """Turns bad user input raised anywhere below into one clear message and exit code 2."""
+    """Turns every failure below into one line: exit code 2 for bad input (ConfigError, usage errors), 1 for
+    runtime failures (cluster, DDP job, disk, anything unexpected). ``--debug`` re-raises with the traceback."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:  # an option of dask-train itself (before any command)
+            raise display.BadInput(f"{one_line(exc.format_message())} (see `dask-train --help`)") from None
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except ConfigError as exc:
-            raise display.BadInput(str(exc)) from None
-        except ClusterError as exc:
-            raise click.ClickException(str(exc)) from None
+        except (click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except click.UsageError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            command = exc.ctx.command_path if exc.ctx else ctx.command_path
+            raise display.BadInput(f"{one_line(exc.format_message())} (see `{command} --help`)") from None
+        except click.ClickException as exc:
+            flat = display.BadInput if exc.exit_code == display.BadInput.exit_code else click.ClickException
+            raise flat(one_line(exc.format_message())) from None
+        except Exception as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            raise _one_line_error(exc) from None
+
+
+def _one_line_error(exc: Exception) -> click.ClickException:
+    """The ClickException (one line, right exit code) a failure is shown as."""
+    if isinstance(exc, ConfigError):
+        return display.BadInput(one_line(str(exc)))
+    if isinstance(exc, ClusterError | DaskTrainError):
+        return click.ClickException(one_line(str(exc)))
+    if isinstance(exc, OSError):
+        return click.ClickException(one_line(disk_message(exc)))
+    return click.ClickException(one_line(f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)"))
+
+
+def one_line(text: str, limit: int = 600) -> str:
+    """``text`` on one line, at most ``limit`` characters (the first line of a traceback-like text).
+
+    Examples
+    --------
+    >>> one_line("a\\n  b")
+    'a b'
+    """
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
+
+
+def disk_message(exc: OSError) -> str:
+    """What a failed read or write means and what to do (a full disk: free space, rerun to resume)."""
+    where = f" {exc.filename!r}" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return (f"No space left on the device holding{where or ' the run directory'}. Free some space and run the "
+                "same command again: a sweep finishes only what is missing, `--resume` continues a job.")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"Cannot write{where}: {exc.strerror}. Choose a folder you can write (--runs-dir, --out) or "
+                "fix its permissions.")
+    return f"{exc.strerror or type(exc).__name__}{where}: check the path and try again."
 
 
 @click.group(cls=_Group)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("--debug", is_flag=True, help="Show the full traceback of a failure instead of one line.")
 @click.version_option(package_name="dask-train")
-def cli(verbose: int) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
     """Distributed PyTorch training on Dask: sweeps and DDP jobs, one worker per GPU."""
+    ctx.obj = {"debug": debug}
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

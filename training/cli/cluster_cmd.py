@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import shutil
 import signal
@@ -22,6 +23,7 @@ from cluster import (
     describe_workers,
     make_tls_files,
     open_client,
+    remove_tls_files,
     start_local_cluster,
     write_scheduler_file,
 )
@@ -101,21 +103,26 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
                tls_key: str | None, use_slurm: bool, slurm: SlurmSpec) -> None:
     """Start a scheduler and one worker per GPU (or CPU slot); stay up until Ctrl-C."""
     tls = _tls_files(tls_ca_file, tls_cert, tls_key)
-    temporary = None
-    if use_tls and tls is None:
-        temporary = scheduler_file.parent / f"{scheduler_file.stem}-tls"
-        tls = make_tls_files(temporary, hosts=("127.0.0.1", "localhost", host))
-    spec = ClusterSpec(workers=workers, gpus=gpus, host=host, tls=tls, scheduler_port=port,
-                       dashboard_address=dashboard_address or f"{host}:8787")
     if use_slurm and (use_tls or workers):
         raise click.UsageError("--slurm takes the Slurm options (--nodes, --gpus-per-node, ...), not --workers "
                                "or --tls.")
+    try:
+        spec = ClusterSpec(workers=workers, gpus=gpus, host=host, tls=tls, scheduler_port=port,
+                           dashboard_address=dashboard_address or f"{host}:8787")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    temporary, written = None, False
+    if use_tls and tls is None:  # a fresh private folder; only what is created there is removed on exit
+        temporary = make_tls_files(scheduler_file.parent / f"{scheduler_file.stem}-tls",
+                                   hosts=("127.0.0.1", "localhost", host))
+        tls = temporary
+        spec = dataclasses.replace(spec, tls=tls)
     stop = _stop_on_signals()
     display.console.print(f"Starting {'TLS ' if tls else ''}cluster on {'Slurm' if use_slurm else host} ...")
     try:
         with (_started_on_slurm(slurm) if use_slurm else _started(spec)) as cluster:
             url = cluster.dashboard_link
-            write_scheduler_file(scheduler_file, cluster.scheduler_address, url, tls)
+            written = bool(write_scheduler_file(scheduler_file, cluster.scheduler_address, url, tls))
             display.console.print(f"Scheduler:      {cluster.scheduler_address}")
             display.console.print(f"Dashboard:      {url}")
             display.console.print(f"Training page:  {page_url(url)}")
@@ -130,9 +137,10 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
                 pass
             display.console.print("Stopping ...")
     finally:
-        scheduler_file.unlink(missing_ok=True)
+        if written:  # only the file this cluster wrote
+            scheduler_file.unlink(missing_ok=True)
         if temporary is not None:
-            shutil.rmtree(temporary, ignore_errors=True)
+            remove_tls_files(temporary)
     display.console.print("Cluster stopped.")
 
 

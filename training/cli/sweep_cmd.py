@@ -21,6 +21,7 @@ from ..sweep_spec import STALL_TIMEOUT, SweepSpec, load_sweep_file
 from ..workloads import get_workload
 from . import display
 from .cluster_cmd import target_options
+from .train_cmd import allow_option
 
 
 def example_files() -> dict[str, Path]:
@@ -62,10 +63,12 @@ class SweepDisplay(LiveSweep):
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard event files to RUN_DIR/tensorboard.")
 @click.option("--mlflow", "mlflow_experiment", default=None, metavar="EXPERIMENT",
               help="Also log each trial as an MLflow run (MLFLOW_TRACKING_URI, else RUN_DIR/mlflow.db).")
+@allow_option
 @target_options
 def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epochs: int | None,
                   runs_dir: str | None, new: bool, trial_timeout: float | None, stall_timeout: float | None,
-                  tensorboard: bool, mlflow_experiment: str | None, target: Target) -> None:
+                  tensorboard: bool, mlflow_experiment: str | None, target: Target,
+                  allow: tuple[str, ...] = ()) -> None:
     """Run the hyperparameter sweep in SWEEP_FILE (YAML, or a shipped example's name) on a cluster.
 
     Rerunning the same sweep finishes only the trials not yet finished.
@@ -73,8 +76,8 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
     if examples or not sweep_file:
         _list_examples()
         return
-    spec = load_sweep_file(resolve_sweep_file(sweep_file), name=name, epochs=epochs, runs_dir=runs_dir,
-                           trial_timeout=trial_timeout, stall_timeout=stall_timeout)
+    spec = load_sweep_file(resolve_sweep_file(sweep_file), allow=allow, name=name, epochs=epochs,
+                           runs_dir=runs_dir, trial_timeout=trial_timeout, stall_timeout=stall_timeout)
     started = time.perf_counter()
     try:
         with SweepDisplay() as shown:
@@ -111,11 +114,14 @@ def _list_examples() -> None:
 @click.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--plot", is_flag=True, help="Write the report (PNG plots, summary.md) again.")
-def results_command(run_dir: Path, plot: bool) -> None:
+@allow_option
+def results_command(run_dir: Path, plot: bool, allow: tuple[str, ...]) -> None:
     """Show a sweep's results table and best trial from its run directory (runs/NAME)."""
-    from ..report import read_run, write_report
+    from ..report import read_run, read_spec, write_report
     from ..sweep import result_of
+    from ..workloads import trusted_workload
 
+    trusted_workload(read_spec(run_dir).get("workload"), allow, source=f"Run directory {str(run_dir)!r}")
     run = read_run(run_dir)
     spec = SweepSpec.create(**{**run.spec, "runs_dir": str(run_dir.parent)})
     show_result(result_of(spec, run.trials, run_dir), wall_time(run.trials), label="first start to last finish")

@@ -9,12 +9,19 @@ from typing import Any
 import click
 
 from ..errors import ConfigError
+from ..limits import MAX_EPOCHS, MAX_GENERATE
 from ..loop import train
 from ..model_file import load_model
+from ..run_dirs import MODEL_MARKERS, check_run_dir
 from ..workloads import BUILTIN, get_workload
 from . import display
 
 _EXTRA = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+#: ``--allow-workload MODULE:CLASS``: the user's own workload that a file (model, run, sweep) may name.
+allow_option = click.option(
+    "--allow-workload", "allow", multiple=True, metavar="MODULE:CLASS",
+    help="Your own workload that the file may name (imported only when listed here; built-ins always are).")
 _GENERATE_DEFAULT = {"names": 20, "charlm": 400}
 
 
@@ -40,7 +47,8 @@ def parse_param_args(args: list[str]) -> dict[str, str]:
 @click.option("--epochs", type=int, default=None, help="Epochs (default: the workload's).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Model directory to write (default: runs/<workload>-<time>).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds data split, weights, batch order.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True,
+              help="Seeds data split, weights, batch order.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
 @click.pass_context
@@ -51,9 +59,12 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out: Pa
     work = get_workload(workload)
     params = parse_param_args(ctx.args)
     total = epochs if epochs is not None else work.default_epochs
+    if total > MAX_EPOCHS:
+        raise ConfigError(f"Invalid epochs {total}: at most {MAX_EPOCHS:,}.")
     if resume and out is None:
         raise ConfigError("--resume needs --out: the model directory whose checkpoint to continue.")
     out = out or Path("runs") / f"{work.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_run_dir(out, MODEL_MARKERS, what="model directory")
     with display.EpochTable(work.name, total) as progress:
         trained = train(work, params, epochs=total, seed=seed, device=device, callback=progress,
                         checkpoint=out / "checkpoint.pt", resume=resume)
@@ -77,13 +88,17 @@ def _show_use(trained: Any, seed: int) -> None:
 
 @click.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("-n", "count", type=click.IntRange(min=1), default=None,
-              help="How many names, or characters of text (default: 20 names, 400 characters).")
-@click.option("--seed", type=int, default=None, help="Sampling seed (default: random).")
+@click.option("-n", "count", type=click.IntRange(min=1, max=MAX_GENERATE), default=None,
+              help=f"How many names, or characters of text (default: 20 names, 400 characters; at most "
+                   f"{MAX_GENERATE:,}).")
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=None,
+              help="Sampling seed (default: random).")
 @click.option("--prompt", default="", help="Start of every sample.")
-def generate_command(model_dir: Path, count: int | None, seed: int | None, prompt: str) -> None:
+@allow_option
+def generate_command(model_dir: Path, count: int | None, seed: int | None, prompt: str,
+                     allow: tuple[str, ...]) -> None:
     """Sample names or text from a trained names/charlm model."""
-    trained = load_model(model_dir)
+    trained = load_model(model_dir, allow=allow)
     _require_use(trained.workload, "generate")
     samples = trained.generate(count or _GENERATE_DEFAULT.get(trained.workload, 10), seed=seed, prompt=prompt)
     for sample in samples:
@@ -92,9 +107,10 @@ def generate_command(model_dir: Path, count: int | None, seed: int | None, promp
 
 @click.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
-def evaluate_command(model_dir: Path) -> None:
+@allow_option
+def evaluate_command(model_dir: Path, allow: tuple[str, ...]) -> None:
     """Report a trained digits/xor/linreg model on its held-out test data."""
-    trained = load_model(model_dir)
+    trained = load_model(model_dir, allow=allow)
     _require_use(trained.workload, "evaluate")
     display.report({"workload": trained.workload, **trained.evaluate()})
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Iterable
 
 from ..errors import ConfigError
+from ..limits import short
 from .base import Batch, Data, Workload
 from .charlm import CharLM
 from .digits import Digits
@@ -13,7 +15,7 @@ from .linreg import LinReg
 from .names import Names
 from .xor import Xor
 
-__all__ = ["BUILTIN", "Batch", "Data", "Workload", "get_workload", "workload_ref"]
+__all__ = ["BUILTIN", "Batch", "Data", "Workload", "get_workload", "trusted_workload", "workload_ref"]
 
 #: Built-in workloads by name. Workloads are stateless, so one instance each is shared.
 BUILTIN: dict[str, Workload] = {w.name: w for w in (Names(), CharLM(), Digits(), Xor(), LinReg())}
@@ -37,6 +39,38 @@ def get_workload(name: str) -> Workload:
         f"Unknown workload '{name}'.{hint} Built-in: {', '.join(BUILTIN)}; "
         "or name your own as 'package.module:ClassName' (a Workload subclass importable on every worker)."
     )
+
+
+def trusted_workload(name: object, allow: Iterable[str] = (), *, source: str = "this file") -> Workload:
+    """The workload a *file* names (a model directory, a run directory, a sweep file), imported only if the
+    user allowed it: a built-in, or a ``module:Class`` listed in ``allow`` (what the user named on the
+    command line or in code). A file never makes dask-train import code by itself.
+
+    Raises
+    ------
+    ConfigError
+        If ``name`` is not a string, or names code that is not in ``allow``; nothing was imported.
+
+    Examples
+    --------
+    >>> trusted_workload("xor").name
+    'xor'
+    >>> try:
+    ...     trusted_workload("os:system")
+    ... except ConfigError as exc:
+    ...     print(str(exc)[:46])
+    this file names workload 'os:system', which is
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"{source} names workload {short(name)}: expected a workload name (a string). "
+                          f"Built-in: {', '.join(BUILTIN)}.")
+    if name in BUILTIN or name in set(allow):
+        return get_workload(name)
+    if ":" not in name:
+        return get_workload(name)  # unknown plain name: the usual "did you mean" error, nothing imported
+    raise ConfigError(f"{source} names workload {short(name)}, which is not built in; dask-train imports code "
+                      f"only where you name it: pass --allow-workload {short(name, 60)[1:-1]} "
+                      f"(Python: allow=[{short(name, 60)}]) if you trust it.")
 
 
 def workload_ref(work: Workload) -> str:

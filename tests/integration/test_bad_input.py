@@ -1,0 +1,236 @@
+"""Bad input of every kind, run as a user runs it: the `dask-train` console script in a subprocess.
+
+Each case exits with the right code (2: bad input, 1: a runtime failure), prints one line and no traceback,
+finishes within 10 s and 500 MB, and leaves no new file or process behind. Sweep files, CLI arguments,
+model directories and run directories are all covered, along with the rule that nothing a file names is
+ever imported (a module that would write a marker file when imported)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from training import train
+
+pytestmark = pytest.mark.timeout(60)
+
+MAX_SECONDS, MAX_MB = 10.0, 500
+MARKER_MODULE = "dasktrain_marker_mod"
+#: Runs the CLI and records the process's peak memory (and its children's) at exit.
+_RUNNER = ("import atexit, os, resource\n"
+           "def _peak():\n"
+           "    kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,\n"
+           "             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+           "    open(os.environ['DASK_TRAIN_TEST_PEAK'], 'w').write(str(kb))\n"
+           "atexit.register(_peak)\n"
+           "from training.cli import main\n"
+           "main()\n")
+
+
+def _sweep(**fields) -> str:
+    return "\n".join(f"{k}: {json.dumps(v)}" for k, v in {"workload": "xor", **fields}.items()) + "\n"
+
+
+GOOD_SPACE = {"lr": [0.1, 0.2]}
+#: name -> sweep file text (or bytes).
+SWEEP_FILES: dict[str, str | bytes] = {
+    "aliases.yaml": "a: &a [1, 1, 1]\nb: &b [*a, *a, *a]\nworkload: xor\nspace: {lr: *b}\n",
+    "duplicate.yaml": "workload: xor\nspace: {lr: [0.1]}\nspace: {lr: [0.2]}\n",
+    "big.yaml": "workload: xor\n# " + "x" * 70_000 + "\n",
+    "binary.yaml": b"\x7fELF\x02\x01\x01\x00\x00\x00" + bytes(range(256)) * 4,
+    "latin1.yaml": "workload: xor\nname: caf\xe9\n".encode("latin-1"),
+    "deep.yaml": "workload: xor\nspace: {lr: " + "[" * 200 + "]" * 200 + "}\n",
+    "python-tag.yaml": "workload: !!python/object/apply:os.system ['touch pwned']\nspace: {lr: [0.1]}\n",
+    "not-yaml.yaml": "workload: xor\nspace: {lr: [0.1, \n",
+    "a-list.yaml": "- workload\n- xor\n",
+    "unknown-field.yaml": _sweep(space=GOOD_SPACE, colour="red"),
+    "no-workload.yaml": "space: {lr: [0.1]}\n",
+    "workload-list.yaml": _sweep(workload=[1, 2], space=GOOD_SPACE),
+    "workload-module.yaml": _sweep(workload=f"{MARKER_MODULE}:Thing", space=GOOD_SPACE),
+    "huge-grid.yaml": _sweep(space={"lr": [round(0.001 * (i + 1), 3) for i in range(300)],
+                                    "batch_size": list(range(1, 301)), "hidden": list(range(1, 201))}),
+    "huge-num-trials.yaml": _sweep(search="random", num_trials=10**12, space={"lr": {"uniform": [0.1, 1]}}),
+    "repeated-values.yaml": _sweep(space={"lr": [0.1, 0.2, 0.1]}),
+    "empty-space.yaml": _sweep(space={}),
+    "epochs-text.yaml": _sweep(space=GOOD_SPACE, epochs="many"),
+    "epochs-huge.yaml": _sweep(space=GOOD_SPACE, epochs=10**9),
+    "epochs-bool.yaml": _sweep(space=GOOD_SPACE, epochs=True),
+    "seed-negative.yaml": _sweep(space=GOOD_SPACE, seed=-1),
+    "search-bogus.yaml": _sweep(space=GOOD_SPACE, search="exhaustive"),
+    "metric-bogus.yaml": _sweep(space=GOOD_SPACE, metric="happiness"),
+    "name-escapes.yaml": _sweep(space=GOOD_SPACE, name="../../etc"),
+    "long-value.yaml": _sweep(space={"lr": ["9" * 20_000]}),
+    "bad-domain.yaml": _sweep(space={"lr": {"gaussian": [0, 1]}}),
+    "loguniform-zero.yaml": _sweep(search="random", num_trials=2, space={"lr": {"loguniform": [0, 1]}}),
+    "space-a-string.yaml": _sweep(space="lr"),
+    "runs-dir-a-file.yaml": _sweep(space=GOOD_SPACE, runs_dir="plain-file.txt"),
+    "runs-dir-others.yaml": _sweep(space=GOOD_SPACE, runs_dir=".", name="someone-elses"),
+    "runs-dir-unwritable.yaml": _sweep(space=GOOD_SPACE, runs_dir="/proc/dask-train-test"),
+}
+
+#: (id, arguments, exit code). Paths are relative to the test's working folder (see ``workdir``).
+CASES: list[tuple[str, list[str], int]] = [
+    *[(f"sweep-{name}", ["sweep", f"inputs/{name}"], 2) for name in SWEEP_FILES],
+    ("sweep-missing-file", ["sweep", "inputs/nope.yaml"], 2),
+    ("sweep-unknown-scheme", ["sweep", "pets-quick", "--address", "carrier-pigeon://10.0.0.5:8786"], 2),
+    ("sweep-address-no-port", ["sweep", "pets-quick", "--address", "tcp://10.0.0.5"], 2),
+    ("sweep-too-many-workers", ["sweep", "pets-quick", "--workers", "100000"], 2),
+    ("sweep-new-on-others-dir", ["sweep", "inputs/good.yaml", "--runs-dir", ".", "--name", "someone-elses",
+                                 "--new"], 2),
+    ("ddp-too-many-workers", ["ddp", "xor", "--workers", "100000"], 2),
+    ("ddp-zero-workers", ["ddp", "xor", "--workers", "0"], 2),
+    ("train-unknown-workload", ["train", "xorr"], 2),
+    ("train-workload-module", ["train", "no_such_module_here:Thing"], 2),
+    ("train-bad-value", ["train", "xor", "--lr", "fast"], 2),
+    ("train-huge-batch", ["train", "xor", "--batch-size", "1" + "0" * 30], 2),
+    ("train-huge-epochs", ["train", "xor", "--epochs", str(10**9)], 2),
+    ("train-out-a-file", ["train", "xor", "--out", "plain-file.txt"], 2),
+    ("train-out-others-dir", ["train", "xor", "--out", "someone-elses"], 2),
+    ("generate-n-huge", ["generate", "models/xor", "-n", str(10**9)], 2),
+    ("generate-n-zero", ["generate", "models/xor", "-n", "0"], 2),
+    ("generate-from-xor", ["generate", "models/xor"], 2),
+    ("unknown-command", ["frobnicate"], 2),
+    ("unknown-option", ["--frobnicate"], 2),
+    ("evaluate-missing", ["evaluate", "models/nope"], 2),
+    ("evaluate-a-file", ["evaluate", "plain-file.txt"], 2),
+    ("evaluate-not-a-model", ["evaluate", "someone-elses"], 2),
+    ("evaluate-json-garbage", ["evaluate", "models/garbage-json"], 2),
+    ("evaluate-marker-module", ["evaluate", "models/marker"], 2),
+    ("evaluate-param-out-of-range", ["evaluate", "models/huge-hidden"], 2),
+    ("evaluate-meta-mismatch", ["evaluate", "models/huge-meta"], 2),
+    ("evaluate-newer-format", ["evaluate", "models/newer"], 2),
+    ("evaluate-params-not-mapping", ["evaluate", "models/params-list"], 2),
+    ("evaluate-garbage-weights", ["evaluate", "models/garbage-weights"], 2),
+    ("results-missing", ["results", "runs/nope"], 2),
+    ("results-not-a-run", ["results", "someone-elses"], 2),
+    ("results-marker-module", ["results", "runs/marker"], 2),
+    ("results-aliases", ["results", "runs/aliases"], 2),
+    ("results-not-mapping", ["results", "runs/not-mapping"], 2),
+    ("results-garbage-store", ["results", "runs/garbage-store"], 2),
+    ("cluster-info-no-scheduler-file", ["cluster", "info", "--scheduler-file", "nope.json"], 1),
+    ("cluster-info-nobody-there", ["cluster", "info", "--address", "tcp://127.0.0.1:9", "--timeout", "1"], 1),
+]
+
+
+def _marker_module(folder: Path) -> None:
+    """A module that writes ``marker`` in the working folder when imported (it must never be)."""
+    (folder / f"{MARKER_MODULE}.py").write_text("open('marker', 'w').write('imported')\nclass Thing: pass\n")
+
+
+def _model_dirs(models: Path) -> None:
+    good = train("xor", epochs=1).save(models / "xor")
+    train("digits", {"arch": "mlp", "hidden": 8}, epochs=1).save(models / "digits")
+
+    def variant(name: str, source: Path = good, **changes) -> Path:
+        folder = models / name
+        shutil.copytree(source, folder)
+        meta = json.loads((folder / "model.json").read_text())
+        for key, value in changes.items():
+            if isinstance(value, dict) and isinstance(meta.get(key), dict):
+                meta[key].update(value)
+            else:
+                meta[key] = value
+        (folder / "model.json").write_text(json.dumps(meta))
+        return folder
+
+    variant("marker", workload=f"{MARKER_MODULE}:Thing")
+    variant("huge-hidden", params={"hidden": 10**9})
+    variant("huge-meta", models / "digits", meta={"height": 10**6, "width": 10**6})
+    variant("newer", version=99)
+    variant("params-list", params=[1, 2])
+    (variant("garbage-json") / "model.json").write_text("{not json")
+    (variant("garbage-weights") / "model.safetensors").write_bytes(b"\x00" * 100)
+
+
+def _run_dirs(runs: Path) -> None:
+    def run(name: str, sweep_yaml: str, store: bytes | None = None) -> None:
+        folder = runs / name
+        folder.mkdir(parents=True)
+        (folder / "sweep.yaml").write_text(sweep_yaml)
+        if store is None:
+            sqlite3.connect(folder / "store.sqlite").close()
+        else:
+            (folder / "store.sqlite").write_bytes(store)
+
+    run("marker", _sweep(name="marker", workload=f"{MARKER_MODULE}:Thing", space=GOOD_SPACE))
+    run("aliases", SWEEP_FILES["aliases.yaml"])  # type: ignore[arg-type]
+    run("not-mapping", "- 1\n- 2\n")
+    run("garbage-store", _sweep(name="garbage-store", space=GOOD_SPACE), store=b"not a database" * 100)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A working folder holding every bad input (built once; each case checks that it changes nothing)."""
+    folder = tmp_path_factory.mktemp("bad-input")
+    inputs = folder / "inputs"
+    inputs.mkdir()
+    for name, content in SWEEP_FILES.items():
+        (inputs / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    (inputs / "good.yaml").write_text(_sweep(space=GOOD_SPACE))
+    (folder / "plain-file.txt").write_text("not yours\n")
+    (folder / "someone-elses").mkdir()
+    (folder / "someone-elses" / "thesis.tex").write_text("years of work\n")
+    _marker_module(folder)
+    _model_dirs(folder / "models")
+    _run_dirs(folder / "runs")
+    return folder
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, float]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime) for p in folder.rglob("*")}
+
+
+def run_cli(args: list[str], cwd: Path, peak_file: Path) -> tuple[subprocess.CompletedProcess, float]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), os.environ.get("PYTHONPATH", "")]),
+           "DASK_TRAIN_TEST_PEAK": str(peak_file), "COLUMNS": "200"}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", _RUNNER, *args], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=30)
+    return result, time.monotonic() - started
+
+
+@pytest.mark.parametrize(("args", "code"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_with_the_right_exit_code(workdir, tmp_path, args, code):
+    before, children = _tree(workdir), {p.pid for p in psutil.Process().children(recursive=True)}
+    peak_file = tmp_path / "peak"
+    result, seconds = run_cli(args, workdir, peak_file)
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == code, output
+    assert len(output.splitlines()) == 1, output
+    assert "Traceback" not in output and output.startswith("Error: "), output
+    assert len(output) < 1000, f"{len(output)} characters"
+    peak_mb = int(peak_file.read_text()) / 1024
+    print(f"figures: {seconds:.2f} s {peak_mb:.0f} MB")  # shown with -s
+    assert seconds < MAX_SECONDS, f"{seconds:.1f} s"
+    assert peak_mb < MAX_MB, f"{peak_mb:.0f} MB"
+    assert _tree(workdir) == before, "files changed"
+    assert not (workdir / "marker").exists() and not (workdir / "pwned").exists()
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= children, "processes left behind"
+
+
+def test_there_are_at_least_forty_cases():
+    assert len(CASES) >= 40
+
+
+def test_a_file_naming_a_module_never_imports_it(workdir):
+    """load_model in Python as well as `evaluate` and `results` above: refused, and the marker never appears."""
+    from training import load_model
+    from training.errors import ModelFileError
+
+    sys.path.insert(0, str(workdir))
+    try:
+        with pytest.raises(ModelFileError, match="not built in"):
+            load_model(workdir / "models" / "marker")
+    finally:
+        sys.path.remove(str(workdir))
+    assert MARKER_MODULE not in sys.modules
+    assert not (workdir / "marker").exists() and not Path("marker").exists()

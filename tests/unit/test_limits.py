@@ -1,0 +1,111 @@
+"""Bounded input, unit by unit: sweep-file YAML, trial counts, grid values, model.json ranges, addresses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cluster.connect import check_address
+from cluster.local import ClusterSpec, max_local_workers
+from training.errors import ConfigError, ModelFileError
+from training.limits import DEFAULT_MAX_TRIALS, max_trials, short
+from training.safe_yaml import read_yaml
+from training.space import choice, grid, grid_size
+from training.sweep_spec import SweepSpec, load_sweep_file
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a: &x [1]\nb: *x\n", "aliases"),
+    ("a: 1\na: 2\n", "appears twice"),
+    ("a: " + "[" * 40 + "]" * 40 + "\n", "nested more than"),
+    ("a: !!python/name:os.system\n", "not valid YAML"),
+])
+def test_yaml_that_could_hurt_is_refused(tmp_path, text, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        read_yaml(path)
+
+
+def test_a_big_or_binary_file_is_refused_before_parsing(tmp_path):
+    (tmp_path / "big.yaml").write_text("a: 1\n" + "#" * 70_000)
+    with pytest.raises(ConfigError, match="more than the 65,536"):
+        read_yaml(tmp_path / "big.yaml")
+    (tmp_path / "bin.yaml").write_bytes(b"a: 1\n\x00\x01")
+    with pytest.raises(ConfigError, match="binary"):
+        read_yaml(tmp_path / "bin.yaml")
+
+
+def test_the_grid_is_counted_not_built_and_capped(monkeypatch):
+    space = {"lr": grid([0.1 * i for i in range(1, 101)]), "batch_size": choice(list(range(1, 101))),
+             "hidden": grid(list(range(1, 101)))}
+    assert grid_size(space) == 10**6
+    with pytest.raises(ConfigError, match="makes 1,000,000 trials, more than the limit of 10,000"):
+        SweepSpec.create(workload="xor", space=space)
+    monkeypatch.setenv("DASK_TRAIN_MAX_TRIALS", "20")
+    assert max_trials() == 20
+    assert len(SweepSpec.create(workload="xor", space={"lr": [0.1, 0.2]}, search="random", num_trials=20)
+               .trials()) == 20
+    with pytest.raises(ConfigError, match="num_trials=21 makes 21 trials"):
+        SweepSpec.create(workload="xor", space={"lr": [0.1, 0.2]}, search="random", num_trials=21)
+
+
+def test_default_trial_limit_and_num_trials_of_a_trillion(monkeypatch):
+    monkeypatch.delenv("DASK_TRAIN_MAX_TRIALS", raising=False)
+    assert max_trials() == DEFAULT_MAX_TRIALS
+    with pytest.raises(ConfigError, match="more than the limit"):
+        SweepSpec.create(workload="xor", space={"lr": {"uniform": [0.1, 1]}}, search="random", num_trials=10**12)
+
+
+def test_repeated_values_and_an_empty_space_are_refused():
+    with pytest.raises(ConfigError, match=r"0\.1 given more than once"):
+        SweepSpec.create(workload="xor", space={"lr": [0.1, "0.1"]})
+    with pytest.raises(ConfigError, match="search space is empty"):
+        SweepSpec.create(workload="xor", space={})
+
+
+def test_sweep_file_fields_are_type_checked_before_building(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("workload: xor\nspace: {lr: [0.1]}\nepochs: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"epochs=\[1, 2\] is not a whole number"):
+        load_sweep_file(path)
+
+
+def test_a_file_named_workload_needs_the_allow_list(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("workload: tests.integration.tagged:TaggedXor\nspace: {lr: [0.1, 0.2]}\n")
+    with pytest.raises(ConfigError, match=r"--allow-workload tests\.integration\.tagged:TaggedXor"):
+        load_sweep_file(path)
+    assert load_sweep_file(path, allow=["tests.integration.tagged:TaggedXor"]).workload.endswith("TaggedXor")
+
+
+def test_model_json_hyperparameters_outside_the_declared_range_are_refused(tmp_path):
+    from training import load_model, train
+
+    folder = train("xor", epochs=1).save(tmp_path / "m")
+    meta = json.loads((folder / "model.json").read_text())
+    meta["params"]["hidden"] = 10**9
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="Invalid value 1000000000 for hyperparameter 'hidden'"):
+        load_model(folder)
+
+
+def test_messages_never_render_a_huge_value():
+    assert len(short("x" * 10**6)) < 120
+    with pytest.raises(ConfigError) as info:
+        SweepSpec.create(workload="xor", space={"lr": ["9" * 10**5]})
+    assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize("address", ["http://10.0.0.5:8786", "tcp://10.0.0.5", "tcp://:8786",
+                                     "tcp://10.0.0.5:99999"])
+def test_addresses_need_a_known_scheme_host_and_port(address):
+    with pytest.raises(ValueError, match="Address"):
+        check_address(address)
+    assert check_address("10.0.0.5:8786") == "10.0.0.5:8786"
+
+
+def test_more_workers_than_the_machine_can_run_are_refused():
+    with pytest.raises(ValueError, match="can run at most"):
+        ClusterSpec(workers=max_local_workers() + 1)

@@ -1,0 +1,105 @@
+"""Never overwrite what dask-train did not write: run directories, --new, model directories, TLS material."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+
+import pytest
+
+from cluster import ClusterError, make_tls_files, remove_tls_files
+from tests.helpers import run_cli
+from training.errors import ConfigError
+from training.run_dirs import DDP_MARKERS, MODEL_MARKERS, SWEEP_MARKERS, check_run_dir, set_aside
+from training.sweep import Sweep
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _sweep_run(folder):
+    folder.mkdir(parents=True)
+    (folder / "sweep.yaml").write_text("name: x\nworkload: xor\n")
+    sqlite3.connect(folder / "store.sqlite").close()
+    return folder
+
+
+def _someone_elses(folder):
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine\n")
+    return folder
+
+
+def test_a_run_directory_may_be_new_empty_or_ours(tmp_path):
+    assert check_run_dir(tmp_path / "new", SWEEP_MARKERS) == (tmp_path / "new").resolve()
+    (tmp_path / "empty").mkdir()
+    check_run_dir(tmp_path / "empty", SWEEP_MARKERS)
+    check_run_dir(_sweep_run(tmp_path / "ours"), SWEEP_MARKERS)
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+@pytest.mark.parametrize("markers", [SWEEP_MARKERS, DDP_MARKERS, MODEL_MARKERS])
+def test_someone_elses_directory_or_a_file_is_refused(tmp_path, markers):
+    with pytest.raises(ConfigError, match="holds files dask-train did not write"):
+        check_run_dir(_someone_elses(tmp_path / "theirs"), markers)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        check_run_dir(tmp_path / "file", markers)
+    assert (tmp_path / "theirs" / "notes.txt").read_text() == "mine\n"
+
+
+def test_an_unwritable_parent_is_refused():
+    with pytest.raises(ConfigError, match="Cannot write in"):
+        check_run_dir("/proc/dask-train-test/run", SWEEP_MARKERS)
+
+
+def test_new_sets_aside_only_a_dask_train_run(tmp_path):
+    theirs = _someone_elses(tmp_path / "theirs")
+    with pytest.raises(ConfigError, match="--new sets aside only a sweep run dask-train wrote"):
+        set_aside(theirs)
+    assert (theirs / "notes.txt").exists()
+    aside = set_aside(_sweep_run(tmp_path / "ours"))
+    assert aside is not None and (aside / "store.sqlite").exists() and not (tmp_path / "ours").exists()
+
+
+def test_a_sweep_into_someone_elses_directory_fails_before_any_cluster_starts(tmp_path):
+    _someone_elses(tmp_path / "theirs")
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="did not write"):
+        Sweep("xor", {"lr": [0.1]}, name="theirs", runs_dir=str(tmp_path)).run()
+    assert time.monotonic() - started < 5  # no cluster was started
+    assert sorted(os.listdir(tmp_path / "theirs")) == ["notes.txt"]
+
+
+def test_tls_material_goes_into_a_fresh_private_folder_and_only_it_is_removed(tmp_path):
+    files = make_tls_files(tmp_path / "tls")
+    folder = tmp_path / "tls"
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    assert oct(os.stat(files.key).st_mode & 0o777) == "0o600"
+    (folder / "yours.txt").write_text("keep")
+    remove_tls_files(files)
+    assert sorted(os.listdir(folder)) == ["yours.txt"]
+
+
+def test_an_existing_tls_folder_is_refused_and_left_alone(tmp_path):
+    folder = tmp_path / "tls"
+    folder.mkdir(mode=0o755)
+    (folder / "key.pem").write_text("someone's key")
+    os.chmod(folder / "key.pem", 0o644)
+    with pytest.raises(ClusterError, match="already exists"):
+        make_tls_files(folder)
+    assert (folder / "key.pem").read_text() == "someone's key"
+    assert oct((folder / "key.pem").stat().st_mode & 0o777) == "0o644"
+
+
+def test_cluster_up_tls_never_deletes_a_folder_it_did_not_create(tmp_path):
+    folder = tmp_path / "sched-tls"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("keep")
+    (tmp_path / "sched.json").write_text('{"address": "tcp://127.0.0.1:1"}')
+    result = run_cli("cluster", "up", "--tls", "--workers", "1", "--gpus", "off",
+                     "--scheduler-file", str(tmp_path / "sched.json"), timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "already exists" in result.stderr and "Traceback" not in result.stderr
+    assert (folder / "precious.txt").read_text() == "keep"
+    assert (tmp_path / "sched.json").exists()  # another cluster's scheduler file stays too

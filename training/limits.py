@@ -1,0 +1,87 @@
+"""The bounds dask-train puts on input it did not write, in one place, and how messages show big values.
+
+Every limit is checked before anything is built or allocated. ``DASK_TRAIN_MAX_TRIALS`` (read in the
+client's environment) raises the one limit a real sweep may need to go beyond.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import ConfigError
+
+#: A sweep file larger than this is refused before it is read (sweep files are a few hundred bytes).
+MAX_SWEEP_FILE_BYTES = 64 * 1024
+#: Nesting deeper than this in a sweep file is refused (a sweep file is two levels deep).
+MAX_YAML_DEPTH = 16
+#: The default cap on a sweep's trials (grid combinations or num_trials); DASK_TRAIN_MAX_TRIALS overrides.
+DEFAULT_MAX_TRIALS = 10_000
+#: Epochs per trial, DDP job or `train` run.
+MAX_EPOCHS = 100_000
+#: `dask-train generate -n`: names, or characters of text.
+MAX_GENERATE = 100_000
+#: Characters of a value shown in an error message.
+SHOWN_CHARS = 80
+
+
+def short(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)``, cut to ``limit`` characters so a message never renders a huge value.
+
+    Examples
+    --------
+    >>> short("x" * 1000, 12)
+    "'xxxxxxx...' (1002 characters)"
+    >>> short(0.5)
+    '0.5'
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    quote = text[0] if text[0] in "'\"" else ""
+    return f"{text[:limit - 4]}...{quote} ({len(text)} characters)"
+
+
+def clip(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` as is, cut to ``limit`` characters with "..." when longer.
+
+    Examples
+    --------
+    >>> clip("lr, batch_size", 8)
+    'lr, b...'
+    """
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def max_trials() -> int:
+    """The most trials one sweep may have: ``DASK_TRAIN_MAX_TRIALS`` if set, else 10,000.
+
+    Examples
+    --------
+    >>> max_trials() >= 1
+    True
+    """
+    raw = os.environ.get("DASK_TRAIN_MAX_TRIALS")
+    if raw is None:
+        return DEFAULT_MAX_TRIALS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"DASK_TRAIN_MAX_TRIALS={short(raw)}: expected a whole number >= 1.")
+    return value
+
+
+def check_trial_count(count: int, what: str) -> None:
+    """Refuse a sweep of more than :func:`max_trials` trials, before any trial is built."""
+    limit = max_trials()
+    if count > limit:
+        raise ConfigError(f"{what} makes {count:,} trials, more than the limit of {limit:,}. Make the space "
+                          "smaller, or raise the limit with DASK_TRAIN_MAX_TRIALS=N if you mean it.")
+
+
+def check_count(name: str, value: object, high: int, low: int = 1) -> int:
+    """``value`` as a whole number in ``[low, high]``, or a ConfigError naming it (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{name}={short(value)}: expected a whole number from {low:,} to {high:,}.")
+    return value

@@ -1,0 +1,96 @@
+"""Run directories dask-train writes into: checked before any cluster starts, never someone else's files.
+
+A run directory may be missing (it is created), empty, or one dask-train wrote (it holds one of the run's
+marker files); anything else is refused, as is a parent that cannot be written or is nearly full. ``--new``
+sets aside only a run dask-train wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import ConfigError
+from .limits import short
+
+log = logging.getLogger(__name__)
+
+#: Files that mark a directory as a dask-train sweep run, a DDP job's run, a model directory.
+SWEEP_MARKERS = ("store.sqlite", "sweep.yaml")
+DDP_MARKERS = ("checkpoint.pt", "model")
+MODEL_MARKERS = ("model.json", "checkpoint.pt")
+#: Free space a run needs on its filesystem before it starts.
+MIN_FREE_BYTES = 64 * 2**20
+
+
+def check_run_dir(run_dir: str | Path, markers: Sequence[str], what: str = "run directory") -> Path:
+    """``run_dir`` resolved, after checking dask-train may write there; nothing is created.
+
+    Raises
+    ------
+    ConfigError
+        ``run_dir`` is a file, holds files dask-train did not write, or its filesystem is not writable
+        or has less than 64 MiB free.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> check_run_dir(pathlib.Path(tempfile.mkdtemp()) / "new", SWEEP_MARKERS).name
+    'new'
+    """
+    path = Path(run_dir).expanduser().resolve()
+    shown = short(str(path))
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"The {what} {shown} is a file, not a directory: choose another name or folder.")
+    if path.is_dir() and not is_ours(path, markers):
+        raise ConfigError(f"The {what} {shown} holds files dask-train did not write (no {' or '.join(markers)}); "
+                          "it will not write there. Choose another name, --runs-dir or --out.")
+    _check_writable(_nearest_existing(path), what)
+    return path
+
+
+def is_ours(path: Path, markers: Sequence[str]) -> bool:
+    """Whether ``path`` is empty or holds one of ``markers`` (a directory dask-train wrote)."""
+    return not any(path.iterdir()) or any((path / m).exists() for m in markers)
+
+
+def set_aside(run_dir: Path) -> Path | None:
+    """Move a sweep run dask-train wrote to ``NAME.old-TIME`` (``--new``); refuse anything else."""
+    if not run_dir.exists():
+        return None
+    if not run_dir.is_dir() or not all((run_dir / m).exists() for m in SWEEP_MARKERS):
+        raise ConfigError(f"--new sets aside only a sweep run dask-train wrote; {short(str(run_dir))} is not one "
+                          f"(no {' and '.join(SWEEP_MARKERS)}). Move it yourself or choose another --name.")
+    aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    if aside.exists():
+        raise ConfigError(f"{short(str(aside))} already exists; wait a second and run again.")
+    run_dir.rename(aside)
+    log.warning("Moved the previous run %s to %s", run_dir, aside)
+    return aside
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Create and delete a probe file in ``folder`` (os.access says yes to root even where writes fail)."""
+    shown = short(str(folder))
+    if not folder.is_dir():
+        raise ConfigError(f"The {what}'s parent {shown} is not a directory: choose another folder.")
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".dask-train-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"Cannot write in {shown} ({exc.strerror}), where the {what} goes: choose a folder "
+                          "you can write (--runs-dir, --out) or fix its permissions.") from None
+    free = shutil.disk_usage(folder).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(f"Only {free // 2**20} MiB free on the filesystem of {shown}; a run needs at least "
+                          f"{MIN_FREE_BYTES // 2**20} MiB. Free some space or choose another --runs-dir.")
