@@ -19,7 +19,7 @@ import torch
 
 from .errors import ConfigError, TrainingDiverged
 from .model_file import TrainedModel
-from .params import resolve
+from .params import check_data_paths, resolve
 from .protocol import better
 from .workloads import Data, Workload, get_workload, workload_ref
 from .workloads.base import Batch, take
@@ -323,6 +323,7 @@ def train(workload: str | Workload, params: Mapping[str, Any] | None = None, *, 
     """
     work = get_workload(workload) if isinstance(workload, str) else workload
     resolved = resolve(work.params, params or {}, owner=work.name)
+    check_data_paths(work.params, [resolved], here=True)
     total = _check_epochs(epochs if epochs is not None else work.default_epochs)
     dev = pick_device(device)
     with isolated_rng(dev):

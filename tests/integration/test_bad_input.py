@@ -76,6 +76,10 @@ SWEEP_FILES: dict[str, str | bytes] = {
     "runs-dir-others.yaml": _sweep(space=GOOD_SPACE, runs_dir=".", name="someone-elses"),
     "runs-dir-unwritable.yaml": _sweep(space=GOOD_SPACE, runs_dir="/proc/dask-train-test"),
 }
+#: Sweep files of cases named in CASES directly (valid YAML, bad data paths: caught before a cluster starts).
+OTHER_SWEEP_FILES = {
+    "data-device.yaml": _sweep(workload="charlm", space={"lr": [0.01]}, params={"data": "/dev/zero"}),
+}
 
 #: (id, arguments, exit code). Paths are relative to the test's working folder (see ``workdir``).
 CASES: list[tuple[str, list[str], int]] = [
@@ -94,6 +98,12 @@ CASES: list[tuple[str, list[str], int]] = [
     ("train-huge-batch", ["train", "xor", "--batch-size", "1" + "0" * 30], 2),
     ("train-huge-epochs", ["train", "xor", "--epochs", str(10**9)], 2),
     ("train-out-a-file", ["train", "xor", "--out", "plain-file.txt"], 2),
+    ("train-data-missing", ["train", "charlm", "--data", "no-such-text.txt"], 2),
+    ("train-data-a-device", ["train", "charlm", "--data", "/dev/zero"], 2),
+    ("train-data-a-folder", ["train", "names", "--data", "someone-elses"], 2),
+    ("train-data-a-file-for-a-folder", ["train", "digits", "--data", "plain-file.txt"], 2),
+    ("ddp-data-a-device", ["ddp", "charlm", "--data", "/dev/zero", "--workers", "1"], 2),
+    ("sweep-data-a-device", ["sweep", "inputs/data-device.yaml"], 2),
     ("train-out-others-dir", ["train", "xor", "--out", "someone-elses"], 2),
     ("generate-n-huge", ["generate", "models/xor", "-n", str(10**9)], 2),
     ("generate-n-zero", ["generate", "models/xor", "-n", "0"], 2),
@@ -173,7 +183,7 @@ def workdir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("bad-input")
     inputs = folder / "inputs"
     inputs.mkdir()
-    for name, content in SWEEP_FILES.items():
+    for name, content in {**SWEEP_FILES, **OTHER_SWEEP_FILES}.items():
         (inputs / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     (inputs / "good.yaml").write_text(_sweep(space=GOOD_SPACE))
     (folder / "plain-file.txt").write_text("not yours\n")
