@@ -90,6 +90,10 @@ class Coordinator:
                 with second_interrupt_exits():
                     cancelled = self.stops.cancel(self.running)
                 raise Interrupted(_interrupted(spec, store, cancelled)) from None
+            except Exception:
+                with contextlib.suppress(Exception):
+                    self.stops.abandon(self.running)
+                raise
             finally:
                 self.events.apply()
                 publish(self.client, JobEnded(spec.name, self.run_token, state=ended))
@@ -177,6 +181,14 @@ class _Stops:
         return TrialOutcome(number, TrialState.TIMED_OUT, worker=name, finished=time.time(),
                             seconds=round(time.monotonic() - started, 4), history=self.store.history(number),
                             error_type="TrialTimeout", error=error)
+
+    def abandon(self, running: dict[Future, int]) -> None:
+        """The sweep failed (a full disk, a lost scheduler): cancel what was submitted and free the workers
+        of the running trials, writing nothing (the store keeps them running: a rerun resumes them)."""
+        workers = [self.events.worker_of[n] for n in running.values() if n in self.events.started]
+        self.client.cancel(list(running), force=True)
+        free_workers(self.client, workers)
+        running.clear()
 
     def cancel(self, running: dict[Future, int]) -> list[int]:
         """Interrupted: cancel every submitted trial, record the running ones as cancelled (a rerun resumes

@@ -157,7 +157,7 @@ class Sweep:
         if new:
             set_aside(self.spec.run_dir)
         check_run_dir(self.spec.run_dir, SWEEP_MARKERS)  # before any cluster starts
-        check_data_paths(get_workload(self.spec.workload).params, self.spec.trials() or [self.spec.params],
+        check_data_paths(get_workload(self.spec.workload).params, self.spec.trials() or [dict(self.spec.params)],
                          here=client is None and (target is None or target.embedded))
         if client is not None:
             return _run(self.spec, client, progress)

@@ -92,7 +92,8 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
             state, source = _start_state(spec, _sent_start(checkpoint) if relayed and checkpoint else None)
             if state is not None:
                 trainer.load_state(state, source)
-            trainer.train(spec.until_epoch or spec.epochs, events, checkpoint, spec.checkpoint_every)
+            trainer.train(spec.until_epoch or spec.epochs, events, checkpoint, spec.checkpoint_every,
+                          resume_point_only=True)
             ended = _trained(trainer, keep_state=spec.until_epoch is not None)
     except TrainingDiverged as exc:
         ended = _error(TrialState.DIVERGED, exc)
