@@ -130,6 +130,8 @@ CASES: list[tuple[str, list[str], int]] = [
     ("results-aliases", ["results", "runs/aliases"], 2),
     ("results-not-mapping", ["results", "runs/not-mapping"], 2),
     ("results-garbage-store", ["results", "runs/garbage-store"], 2),
+    ("cluster-up-file-not-ours", ["cluster", "up", "--scheduler-file", "plain-file.txt", "--workers", "1"], 2),
+    ("cluster-up-folder", ["cluster", "up", "--scheduler-file", "someone-elses", "--workers", "1"], 2),
     ("cluster-info-no-scheduler-file", ["cluster", "info", "--scheduler-file", "nope.json"], 1),
     ("cluster-info-nobody-there", ["cluster", "info", "--address", "tcp://127.0.0.1:9", "--timeout", "1"], 1),
 ]
