@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
 import traceback
 import uuid
@@ -61,8 +62,10 @@ _RELAY_TIMEOUT = 120.0  # moving one trial checkpoint between a worker and the r
 class Coordinator:
     """One client run of a sweep: submit trials as slots free, apply events, record outcomes."""
 
-    def __init__(self, spec: SweepSpec, client: Client, progress: SweepProgress) -> None:
+    def __init__(self, spec: SweepSpec, client: Client, progress: SweepProgress,
+                 stop: threading.Event | None = None) -> None:
         self.spec, self.client, self.progress = spec, client, progress
+        self.stop = stop  # set (a detached sweep's cancel): stop as at Ctrl-C
         self.run_token = uuid.uuid4().hex[:8]
         self.stretches = _Stretches(spec)
         self.best: TrialRecord | None = None
@@ -102,6 +105,8 @@ class Coordinator:
     def _run_trials(self, source: Source, window: int) -> None:
         running, watch = self.running, _SlotWatch(self.client, self.spec.run_dir)
         while True:
+            if self.stop is not None and self.stop.is_set():
+                raise KeyboardInterrupt  # handled as Ctrl-C is: cancel, record, free the workers
             while len(running) < window and (number := source.take()) is not None:
                 running[self._submit(number)] = number
             if not running:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from distributed import Client
 
+    from .detached import DetachedSweep
     from .model_file import TrainedModel
     from .progress import LiveSweep
 
@@ -148,6 +150,19 @@ class Sweep:
                 view.on_result(result, time.perf_counter() - started)
         return result
 
+    def submit(self, client: Client) -> DetachedSweep:
+        """Start the sweep detached, inside ``client``'s scheduler, and return its handle at once: the
+        sweep goes on if this process ends. ``handle.follow(LiveSweep())`` shows its progress,
+        ``handle.wait()`` waits, ``handle.cancel()`` stops it; :func:`training.detached.attach` finds it
+        again from another process. Its run directory is on the scheduler's machine."""
+        from .detached import submit
+        from .params import check_data_paths
+        from .workloads import get_workload
+
+        check_data_paths(get_workload(self.spec.workload).params, self.spec.trials() or [dict(self.spec.params)],
+                         here=False)
+        return submit(client, self.spec)
+
     def _run_on(self, client: Client | None, progress: SweepProgress, new: bool,
                 target: Target | None) -> SweepResult:
         from .params import check_data_paths
@@ -175,13 +190,15 @@ def _default_view(progress: SweepProgress | bool | None) -> LiveSweep | None:
     return None
 
 
-def _run(spec: SweepSpec, client: Client, progress: SweepProgress) -> SweepResult:
+def _run(spec: SweepSpec, client: Client, progress: SweepProgress,
+         stop: threading.Event | None = None) -> SweepResult:
+    """Run the sweep on ``client``; ``stop`` set: stop as Ctrl-C does (a detached sweep's cancel)."""
     from .coordinator import Coordinator
     from .store import RunStore
 
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     with RunStore(spec.run_dir / "store.sqlite") as store:
-        rows = Coordinator(spec, client, progress).run(store)
+        rows = Coordinator(spec, client, progress, stop=stop).run(store)
     _report(spec.run_dir)
     return result_of(spec, rows)
 

@@ -15,6 +15,7 @@ from ..errors import ConfigError, DaskTrainError
 from . import display
 from .cluster_cmd import cluster_group
 from .ddp_cmd import ddp_command
+from .detach_cmd import attach_command, cancel_command, runs_command
 from .sweep_cmd import results_command, sweep_command
 from .train_cmd import evaluate_command, generate_command, train_command, workloads_command
 
@@ -107,6 +108,9 @@ cli.add_command(cluster_group, "cluster")
 cli.add_command(sweep_command, "sweep")
 cli.add_command(ddp_command, "ddp")
 cli.add_command(results_command, "results")
+cli.add_command(attach_command, "attach")
+cli.add_command(runs_command, "runs")
+cli.add_command(cancel_command, "cancel")
 
 
 def main() -> None:

@@ -63,12 +63,14 @@ class SweepDisplay(LiveSweep):
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard event files to RUN_DIR/tensorboard.")
 @click.option("--mlflow", "mlflow_experiment", default=None, metavar="EXPERIMENT",
               help="Also log each trial as an MLflow run (MLFLOW_TRACKING_URI, else RUN_DIR/mlflow.db).")
+@click.option("--detach", is_flag=True, help="Run it inside the cluster's scheduler and return at once "
+              "(needs --address or --scheduler-file); follow with `dask-train attach NAME`.")
 @allow_option
 @target_options
 def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epochs: int | None,
                   runs_dir: str | None, new: bool, trial_timeout: float | None, stall_timeout: float | None,
                   tensorboard: bool, mlflow_experiment: str | None, target: Target,
-                  allow: tuple[str, ...] = ()) -> None:
+                  detach: bool = False, allow: tuple[str, ...] = ()) -> None:
     """Run the hyperparameter sweep in SWEEP_FILE (YAML, or a shipped example's name) on a cluster.
 
     Rerunning the same sweep finishes only the trials not yet finished.
@@ -78,6 +80,14 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
         return
     spec = load_sweep_file(resolve_sweep_file(sweep_file), allow=allow, name=name, epochs=epochs,
                            runs_dir=runs_dir, trial_timeout=trial_timeout, stall_timeout=stall_timeout)
+    if detach:
+        from .detach_cmd import detach_sweep
+
+        if new or tensorboard or mlflow_experiment:
+            raise click.UsageError("--detach runs the sweep as it is: --new, --tensorboard and --mlflow are for "
+                                   "foreground sweeps.")
+        detach_sweep(spec, target)
+        return
     started = time.perf_counter()
     try:
         with SweepDisplay() as shown:

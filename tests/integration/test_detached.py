@@ -1,0 +1,116 @@
+"""Detached sweeps: started with ``--detach`` (or ``Sweep.submit``), they run in the cluster's scheduler and
+finish after the submitting process is SIGKILLed; ``attach`` from a new process shows the progress and the
+final table; ``cancel`` stops one and frees its workers; ``runs`` lists them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster import connect
+from tests.helpers import cli_env, poll_for, run_cli, start_cli
+
+pytestmark = pytest.mark.timeout(300)
+
+#: Submits a sweep detached from Python, says so, then waits to be killed.
+_SUBMIT = """
+import sys, time
+from cluster import connect
+from training import Sweep
+client = connect(scheduler_file=sys.argv[1], timeout=60)
+sweep = Sweep("xor", {"lr": [0.05, 0.1, 0.2, 0.3]}, epochs=4, name="outlives", runs_dir="runs")
+handle = sweep.submit(client)
+print("submitted", handle.name, handle.run_dir, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[tuple[Path, str]]:
+    """`dask-train cluster up` with 2 CPU workers, in its own folder (where relative run directories go)."""
+    folder = tmp_path_factory.mktemp("detached")
+    scheduler_file = folder / "scheduler.json"
+    up = start_cli("cluster", "up", "--workers", "2", "--gpus", "off", "--dashboard-address", "127.0.0.1:0",
+                   "--scheduler-file", str(scheduler_file), cwd=folder)
+    try:
+        poll_for(scheduler_file.is_file, 120, what="the cluster's scheduler file")
+        yield folder, str(scheduler_file)
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+
+
+def test_a_detached_sweep_outlives_its_client_and_attach_shows_it(cluster):
+    folder, scheduler_file = cluster
+    submitter = subprocess.Popen([sys.executable, "-c", _SUBMIT, scheduler_file], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, env=cli_env(), cwd=folder)
+    try:
+        line = poll_for(lambda: submitter.stdout.readline(), 120, what="the submit")
+        assert line.startswith("submitted outlives"), line + submitter.stdout.read()
+        os.kill(submitter.pid, signal.SIGKILL)  # right after it returned
+        submitter.wait(timeout=30)
+    finally:
+        if submitter.poll() is None:
+            submitter.kill()
+    attached = run_cli("attach", "outlives", "--scheduler-file", scheduler_file, timeout=240)
+    output = attached.stdout + attached.stderr
+    assert attached.returncode == 0, output
+    assert "Sweep 'outlives': 4 trials of xor" in output  # from its start, whenever one attaches
+    table_rows = [line for line in output.splitlines() if line.strip().split(" ")[0].isdigit()
+                  and "completed" in line]
+    assert len(table_rows) >= 4, output
+    run_dir = folder / "runs" / "outlives"
+    assert (run_dir / "results.csv").is_file() and (run_dir / "store.sqlite").is_file()
+    listed = run_cli("runs", "--scheduler-file", scheduler_file)
+    assert listed.returncode == 0 and "outlives" in listed.stdout and "finished" in listed.stdout, listed.stdout
+
+
+def test_cancel_stops_a_detached_sweep_and_frees_its_workers(cluster):
+    folder, scheduler_file = cluster
+    sweep_file = folder / "slow.yaml"
+    sweep_file.write_text(yaml.safe_dump({"name": "slow", "workload": "xor", "space": {"lr": [0.1, 0.2, 0.3]},
+                                          "params": {"train_size": 150_000}, "epochs": 50}))
+    started = run_cli("sweep", str(sweep_file), "--detach", "--scheduler-file", scheduler_file, timeout=120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "dask-train attach slow --scheduler-file" in started.stdout
+    with connect(scheduler_file=scheduler_file, timeout=60) as client:
+        workers = list(client.scheduler_info(n_workers=-1)["workers"])
+        poll_for(lambda: _running(folder / "runs" / "slow") == 2, 120, what="both workers training for the sweep")
+        cancelled = run_cli("cancel", "slow", "--scheduler-file", scheduler_file, timeout=180)
+        assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+        assert "Cancelled: sweep 'slow': 0 trials finished, 2 cancelled" in cancelled.stdout, cancelled.stdout
+        assert "workers freed" in cancelled.stdout
+        # Both slots take new work at once: the cancelled trials' threads are gone with their restarted workers.
+        def fresh_workers():
+            now = list(client.scheduler_info(n_workers=-1)["workers"])
+            return len(now) == 2 and not set(now) & set(workers) and now
+        for address in poll_for(fresh_workers, 90, what="2 fresh workers"):
+            client.submit(time.sleep, 0.1, workers=[address], allow_other_workers=False, pure=False,
+                          resources={"training_slot": 1}).result(timeout=60)
+    listed = run_cli("runs", "--scheduler-file", scheduler_file)
+    assert "slow" in listed.stdout and "cancelled" in listed.stdout, listed.stdout
+
+
+def _running(run_dir: Path) -> int:
+    try:
+        with sqlite3.connect(run_dir / "store.sqlite", timeout=10) as db:
+            return db.execute("SELECT COUNT(*) FROM trials WHERE state = 'running'").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def test_detach_needs_a_running_cluster():
+    refused = run_cli("sweep", "pets-quick", "--detach")
+    assert refused.returncode == 2 and "needs a running cluster" in refused.stdout + refused.stderr

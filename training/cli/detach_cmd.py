@@ -1,0 +1,112 @@
+"""``dask-train sweep --detach``, ``attach``, ``runs``, ``cancel``: sweeps that run inside the cluster's
+scheduler and outlive the command that started them (:mod:`training.detached`)."""
+
+from __future__ import annotations
+
+import datetime
+
+import click
+
+from cluster import Target, dashboard_url, open_client
+
+from ..dashboard import page_url
+from ..errors import ConfigError
+from ..sweep_spec import SweepSpec
+from . import display
+from .cluster_cmd import target_options
+
+
+def _running_cluster(target: Target, command: str) -> None:
+    if target.embedded:
+        raise ConfigError(f"{command} needs a running cluster: pass --address or --scheduler-file (a detached "
+                          "sweep runs in the cluster's scheduler, which an embedded cluster is not).")
+
+
+def _where(target: Target) -> str:
+    return f"--address {target.address}" if target.address else f"--scheduler-file {target.scheduler_file}"
+
+
+def detach_sweep(spec: SweepSpec, target: Target) -> None:
+    """Start ``spec`` in the cluster's scheduler, say where to follow it, and return."""
+    from ..detached import submit
+
+    _running_cluster(target, "--detach")
+    with open_client(target) as client:
+        handle = submit(client, spec)
+        dashboard = dashboard_url(client)
+    where = _where(target)
+    display.console.print(f"Detached sweep '{handle.name}' is running in the cluster's scheduler; its run "
+                          f"directory (on the scheduler's machine): {handle.run_dir}")
+    display.console.print(f"Training page: {page_url(dashboard) if dashboard else 'not available'}")
+    display.console.print(f"Follow it: dask-train attach {handle.name} {where}")
+    display.console.print(f"Stop it:   dask-train cancel {handle.name} {where}")
+
+
+@click.command()
+@click.argument("name")
+@target_options
+def attach_command(name: str, target: Target) -> None:
+    """Show a detached sweep's live progress (from its start) and its final table."""
+    from ..detached import attach
+    from ..progress import LiveSweep
+
+    _running_cluster(target, "attach")
+    with open_client(target) as client:
+        handle = _handle(attach, client, name)
+        with LiveSweep(display.console) as shown:
+            status = handle.follow(shown)
+    if status["state"] != "finished":
+        raise click.ClickException(f"Sweep '{name}' {status['state']}: {status['error'] or 'no detail'}")
+
+
+@click.command()
+@target_options
+def runs_command(target: Target) -> None:
+    """List the detached sweeps of a running cluster."""
+    from rich.table import Table
+
+    from ..detached import list_runs
+
+    _running_cluster(target, "runs")
+    with open_client(target) as client:
+        found = list_runs(client)
+    if not found:
+        display.console.print("No detached sweeps on this cluster (start one with `dask-train sweep FILE "
+                              "--detach --address ...`).")
+        return
+    table = Table("name", "state", "started", "ended", "run directory", "error")
+    for run in found:
+        table.add_row(run["name"], run["state"], _clock(run["started"]), _clock(run["ended"]), run["run_dir"],
+                      run["error"] or "")
+    display.console.print(table)
+
+
+@click.command()
+@click.argument("name")
+@target_options
+def cancel_command(name: str, target: Target) -> None:
+    """Stop a detached sweep as Ctrl-C stops a foreground one: running trials cancelled and recorded, their
+    workers freed; rerunning the sweep finishes it."""
+    from ..detached import attach
+
+    _running_cluster(target, "cancel")
+    with open_client(target) as client:
+        handle = _handle(attach, client, name)
+        if not handle.cancel():
+            raise click.ClickException(f"Sweep '{name}' is not running ({handle.status()['state']}).")
+        status = handle.wait(timeout=120)
+    if status["state"] == "cancelled":
+        display.console.print(f"Cancelled: {status['error']}")
+    else:
+        display.console.print(f"Sweep '{name}' {status['state']} before it could be cancelled.")
+
+
+def _handle(attach, client, name: str):
+    try:
+        return attach(client, name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _clock(stamp: float | None) -> str:
+    return "" if stamp is None else datetime.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")

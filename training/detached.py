@@ -1,0 +1,280 @@
+"""Detached sweeps: the coordinator runs inside the scheduler's process, so the sweep outlives its client.
+
+Why there: the scheduler is the one process every cluster has and keeps for the cluster's life; a worker
+can be lost or restarted (a timed-out trial restarts its worker), and a detached coordinator must not die
+with it. The coordinator runs in a thread of the scheduler process with its own client, exactly as a
+foreground sweep runs in the user's process: same trials, store, checkpoints, Training page. Its run
+directory is on the scheduler's filesystem (``runs_dir`` must be writable there).
+
+Everything here is called through ``client.run_on_scheduler``: :func:`start` a run, :func:`runs` to list
+them, :func:`progress_since` to follow one (``dask-train attach`` replays its progress hooks) and
+:func:`cancel` one. The module imports nothing heavy at import time: the scheduler's event loop runs these
+calls, and the coordinator's imports (torch) happen in the sweep's own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from .protocol import TrialRecord, TrialState
+    from .sweep import SweepProgress, SweepResult
+    from .sweep_spec import SweepSpec
+
+log = logging.getLogger(__name__)
+
+#: Progress entries a run keeps for late attachers (a start, every epoch and every end); beyond this the
+#: oldest epoch records go first (starts and ends are always kept).
+MAX_ENTRIES = 200_000
+
+
+@dataclass
+class _Run:
+    """One detached sweep in this scheduler: its state and the progress hook calls so far."""
+
+    name: str
+    run_dir: str
+    started: float = field(default_factory=time.time)
+    state: str = "running"  # running, finished, cancelled, failed
+    error: str | None = None
+    ended: float | None = None
+    entries: list[tuple[int, str, list[Any]]] = field(default_factory=list)  # (seq, hook, args)
+    stop: threading.Event = field(default_factory=threading.Event)
+    seq: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, hook: str, *args: Any) -> None:
+        with self.lock:
+            self.seq += 1
+            self.entries.append((self.seq, hook, list(args)))
+            if len(self.entries) > MAX_ENTRIES:
+                drop = next((i for i, e in enumerate(self.entries) if e[1] == "epoch"), 0)
+                del self.entries[drop]
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "state": self.state, "run_dir": self.run_dir, "started": self.started,
+                "ended": self.ended, "error": self.error}
+
+
+_RUNS: dict[str, _Run] = {}
+_LOCK = threading.Lock()
+
+
+def start(spec_json: dict[str, Any], run_dir: str, dask_scheduler: Any = None) -> dict[str, Any]:
+    """Start a detached sweep here (the scheduler) from a spec the client validated; its summary. Raises
+    ConfigError where this machine cannot write ``run_dir`` (relative: to the scheduler's working folder)
+    and ValueError where a sweep of that name is running."""
+    from .run_dirs import SWEEP_MARKERS, check_run_dir
+
+    name = str(spec_json["name"])
+    resolved = check_run_dir(run_dir, SWEEP_MARKERS, what="run directory on the scheduler's machine")
+    with _LOCK:
+        if name in _RUNS and _RUNS[name].state == "running":
+            raise ValueError(f"A sweep named '{name}' is already running on this cluster: attach to it, "
+                             "cancel it, or give another --name.")
+        run = _RUNS[name] = _Run(name, str(resolved))
+    address, security = dask_scheduler.address, _client_security(dask_scheduler.security)
+    threading.Thread(target=_coordinate, args=(run, spec_json, address, security), name=f"dask-train-{name}",
+                     daemon=True).start()
+    return run.summary()
+
+
+def runs(dask_scheduler: Any = None) -> list[dict[str, Any]]:
+    """Every detached sweep this scheduler has run, oldest first."""
+    with _LOCK:
+        return [run.summary() for run in sorted(_RUNS.values(), key=lambda r: r.started)]
+
+
+def progress_since(name: str, seq: int, dask_scheduler: Any = None) -> dict[str, Any]:
+    """Run ``name``'s progress hook calls after ``seq`` and its state (``None`` for an unknown run)."""
+    run = _RUNS.get(name)
+    if run is None:
+        return {"run": None}
+    with run.lock:
+        entries = [e for e in run.entries if e[0] > seq][:5_000]
+    return {"run": run.summary(), "entries": entries}
+
+
+def cancel(name: str, dask_scheduler: Any = None) -> bool:
+    """Ask run ``name`` to stop as Ctrl-C stops a foreground sweep (cancel, record, free the workers)."""
+    run = _RUNS.get(name)
+    if run is None or run.state != "running":
+        return False
+    run.stop.set()
+    return True
+
+
+def _client_security(security: Any) -> Any:
+    """The scheduler's own TLS material, as a client's (dask-train uses one certificate for every party)."""
+    if security is None or not getattr(security, "require_encryption", False):
+        return None
+    from distributed.security import Security
+
+    return Security(tls_ca_file=security.tls_ca_file, tls_client_cert=security.tls_scheduler_cert,
+                    tls_client_key=security.tls_scheduler_key, require_encryption=True)
+
+
+def _coordinate(run: _Run, spec_json: dict[str, Any], address: str, security: Any) -> None:
+    """The sweep's thread: a client of this scheduler runs the coordinator, recording progress."""
+    from distributed import Client
+
+    from .errors import Interrupted
+    from .sweep import _run
+    from .sweep_spec import SweepSpec
+
+    try:
+        spec = SweepSpec.create(**{**spec_json, "runs_dir": str(Path(run.run_dir).parent)})
+        with Client(address, security=security, timeout=60, set_as_default=False) as client, client.as_current():
+            result = _run(spec, client, cast("SweepProgress", _Recorder(run)), stop=run.stop)
+        run.state = "finished"
+        run.add("rows", [row.to_dict() for row in result.trials], time.time() - run.started)
+    except Interrupted as stopped:
+        run.state, run.error = "cancelled", stopped.summary
+    except BaseException as exc:  # recorded for `dask-train runs` and attachers, never raised into the scheduler
+        log.exception("Detached sweep %s failed", run.name)
+        run.state, run.error = "failed", f"{type(exc).__name__}: {exc}"
+    run.ended = time.time()
+    run.add("end", run.state, run.error)
+
+
+class _Recorder:
+    """The coordinator's progress hooks, recorded as plain data for :func:`progress_since`."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+
+    def on_start(self, spec: SweepSpec, total: int, todo: int, dashboard: str | None) -> None:
+        self.run.add("start", spec.to_json(), total, todo, dashboard)
+
+    def on_page(self, url: str | None) -> None:
+        self.run.add("page", url)
+
+    def on_trial_start(self, number: int, worker: str) -> None:
+        self.run.add("trial_start", number, worker)
+
+    def on_epoch(self, number: int, record: dict[str, Any]) -> None:
+        self.run.add("epoch", number, record)
+
+    def on_trial_end(self, row: TrialRecord, counts: dict[TrialState, int], best: TrialRecord | None) -> None:
+        self.run.add("trial_end", row.to_dict(), {s.value: n for s, n in counts.items()},
+                     best.to_dict() if best is not None else None)
+
+
+# ------------------------------------------------------------------------------------------ the client's side
+_POLL = 0.5  # seconds between looks at a followed run's progress
+
+
+@dataclass(frozen=True)
+class DetachedSweep:
+    """A sweep running inside the cluster's scheduler (:meth:`training.Sweep.submit`): follow it, wait for
+    it or cancel it from any client of the same cluster; killing the client that submitted it changes
+    nothing."""
+
+    client: Client
+    name: str
+    run_dir: str
+
+    def status(self) -> dict[str, Any]:
+        """``name``, ``state`` (running, finished, cancelled, failed), ``run_dir``, ``started``, ``ended``,
+        ``error``."""
+        return _summary(self.client, self.name)
+
+    def cancel(self) -> bool:
+        """Stop it as Ctrl-C stops a foreground sweep; False where it was not running."""
+        return bool(self.client.run_on_scheduler(cancel, self.name))
+
+    def follow(self, progress: SweepProgress | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """Replay its progress into ``progress`` (e.g. a :class:`training.progress.LiveSweep`) until it
+        ends, from its start whenever you attach; its final status. ``timeout``: give up following
+        (TimeoutError) after that many seconds; the sweep goes on."""
+        seq, deadline, replay = 0, None if timeout is None else time.monotonic() + timeout, _Replay(progress)
+        while True:
+            answer = self.client.run_on_scheduler(progress_since, self.name, seq)
+            if answer["run"] is None:
+                raise ValueError(f"No detached sweep named '{self.name}' on this cluster (`dask-train runs`).")
+            for entry_seq, hook, args in answer["entries"]:
+                seq = entry_seq
+                replay.apply(hook, args)
+            if replay.ended is not None and not answer["entries"]:
+                return answer["run"]
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"Sweep '{self.name}' still running after {timeout:g} s of following.")
+            if not answer["entries"]:
+                time.sleep(_POLL)
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait (quietly) until it ends; its final status."""
+        return self.follow(None, timeout)
+
+
+def submit(client: Client, spec: SweepSpec) -> DetachedSweep:
+    """Start ``spec`` as a detached sweep in ``client``'s scheduler (see :class:`DetachedSweep`)."""
+    summary = client.run_on_scheduler(start, spec.to_json(), str(spec.run_dir))
+    return DetachedSweep(client, summary["name"], summary["run_dir"])
+
+
+def attach(client: Client, name: str) -> DetachedSweep:
+    """The handle of detached sweep ``name`` (ValueError where the cluster has none of that name)."""
+    return DetachedSweep(client, name, _summary(client, name)["run_dir"])
+
+
+def list_runs(client: Client) -> list[dict[str, Any]]:
+    """The detached sweeps the cluster's scheduler has run (since it started), oldest first."""
+    return list(client.run_on_scheduler(runs))
+
+
+def _summary(client: Client, name: str) -> dict[str, Any]:
+    answer = client.run_on_scheduler(progress_since, name, 10**18)
+    if answer["run"] is None:
+        raise ValueError(f"No detached sweep named '{name}' on this cluster (`dask-train runs` lists them).")
+    return dict(answer["run"])
+
+
+class _Replay:
+    """Recorded progress hook calls, made again on a client's progress hooks."""
+
+    def __init__(self, progress: SweepProgress | None) -> None:
+        self.progress = progress
+        self.spec: SweepSpec | None = None
+        self.ended: tuple[str, str | None] | None = None
+
+    def apply(self, hook: str, args: list[Any]) -> None:
+        from .protocol import TrialRecord, TrialState
+        from .sweep_spec import SweepSpec
+
+        shown = self.progress
+        if hook == "start":
+            spec = self.spec = SweepSpec.create(**args[0])
+            if shown is not None:
+                shown.on_start(spec, *args[1:])
+        elif hook == "end":
+            self.ended = (args[0], args[1])
+        elif hook == "rows" and self.spec is not None and callable(on_result := getattr(shown, "on_result", None)):
+            rows = [TrialRecord.from_dict(row) for row in args[0]]
+            on_result(_result(self.spec, rows), args[1])  # the sweep's own wall time
+        elif shown is not None and hook == "page":
+            shown.on_page(args[0])
+        elif shown is not None and hook == "trial_start":
+            shown.on_trial_start(args[0], args[1])
+        elif shown is not None and hook == "epoch":
+            shown.on_epoch(args[0], args[1])
+        elif shown is not None and hook == "trial_end":
+            best = TrialRecord.from_dict(args[2]) if args[2] is not None else None
+            counts = {TrialState(k): v for k, v in args[1].items()}
+            shown.on_trial_end(TrialRecord.from_dict(args[0]), counts, best)
+
+
+def _result(spec: SweepSpec, rows: list[TrialRecord]) -> SweepResult:
+    """The result as an attached client shows it: the table (the model stays in the run directory, on the
+    scheduler's machine)."""
+    from .sweep import SweepResult, results_table
+
+    return SweepResult(spec, spec.run_dir, results_table(rows, spec), None,
+                       [r for r in rows if r.state.is_error], rows)
