@@ -5,7 +5,8 @@ and Training page URLs, one line per trial start and end (in the order they happ
 keeps a live area under them: one row per running trial (worker, epoch n/N, latest metrics), the counts by
 state, the best trial so far, and a bar over every trial's epochs that moves as epochs finish. Where the
 output is no terminal (a log file, a captured stream) the live area is not drawn; each epoch is printed as
-a line instead. Rich renders both, and renders the live area in Jupyter as an updating cell output.
+a line instead. Rich renders both, and renders the live area in Jupyter as an updating cell output (with
+ipywidgets installed; without it, Jupyter gets the lines).
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ class LiveSweep(SweepProgress):
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(highlight=False)
-        self.live = self.console.is_terminal or self.console.is_jupyter
+        # Rich draws a live area in Jupyter through ipywidgets; without it (it warns at every refresh) the
+        # view prints lines, as it does into a log.
+        self.live = self.console.is_terminal or (self.console.is_jupyter and _has_ipywidgets())
         self.state = SweepState(0, 1, 0)
         self.task: Any = None
         self.progress = _Board(self, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -237,6 +240,12 @@ class _Board(Progress):
             parts.append(self.view.running_table())
         parts += [self.view.status_line(), self.make_tasks_table(self.tasks)]
         yield Group(*parts)
+
+
+def _has_ipywidgets() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ipywidgets") is not None
 
 
 def _metrics_text(metrics: dict[str, Any], metric: str) -> str:
