@@ -19,7 +19,8 @@ def test_summary_markdown_makes_foreign_text_inert():
                           model_dir=HOSTILE) for n in (0, 1)]
     text = summary_markdown(RunSummary(Path("run"), spec, trials, {}))
     assert "<" not in text  # no HTML
-    assert "](" not in text.replace("\\]", "") and "`" not in text.replace("\\`", "")  # no links, no code
+    assert "](" not in text.replace("\\]", "")  # no links
+    assert " `code` " not in text and "\\`code\\`" in text  # no code spans of theirs
     table = [line for line in text.splitlines() if line.startswith("| ")]
     header_cells = table[0].count(" | ") + 1
     for row in table:  # an unescaped "|" inside a cell would add a column
