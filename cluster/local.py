@@ -31,7 +31,7 @@ from distributed.deploy.cluster import Cluster
 
 from .cpus import cpu_cores, thread_environ
 from .cpus import torch_threads as threads_for_environ
-from .devices import dask_cuda_problem, detect_gpus
+from .devices import GPU_WORKER_ENVIRON, dask_cuda_problem, detect_gpus
 from .errors import ClusterError
 from .plugin import TRAINING_SLOT
 from .security import TLSFiles
@@ -243,7 +243,7 @@ def _start_gpu_cluster(spec: ClusterSpec, gpus: list[str]) -> Cluster:
     # dask-cuda replaces the nanny's env= with CUDA_VISIBLE_DEVICES: the rest travels as Dask config.
     environ = thread_environ(len(chosen), spec.torch_threads)
     cuda_cluster = type("_CudaCluster", (_NanniesRestart, LocalCUDACluster), {})
-    with _worker_config({**environ, **_openmp_environ(environ)}), _environ_preserved():
+    with _worker_config({**environ, **_openmp_environ(environ), **GPU_WORKER_ENVIRON}), _environ_preserved():
         return cuda_cluster(
             CUDA_VISIBLE_DEVICES=",".join(chosen), n_workers=len(chosen), threads_per_worker=1,
             resources={TRAINING_SLOT: 1}, host=spec.host, scheduler_port=spec.scheduler_port,
