@@ -147,6 +147,20 @@ def _rank_device(spec: RankSpec) -> torch.device:
     return device
 
 
+def device_label(device: torch.device) -> str:
+    """``cpu``, or a GPU's index here and its UUID, the same whatever ``CUDA_VISIBLE_DEVICES`` a worker has.
+
+    Examples
+    --------
+    >>> device_label(torch.device("cpu"))
+    'cpu'
+    """
+    if device.type != "cuda":
+        return device.type
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", "")
+    return f"cuda:{device.index} GPU-{uuid}" if uuid else f"cuda:{device.index}"
+
+
 def _bound_device(device: torch.device) -> dict[str, Any]:
     """``init_process_group`` keywords binding an nccl group to this rank's GPU (its communicator is made
     at once, on that device, and a wrong pairing fails at the rendezvous rather than in the first step)."""
@@ -233,7 +247,7 @@ def _train_rank(spec: RankSpec, worker: str, device: torch.device) -> RankOutcom
     if spec.record_samples:  # which training samples this rank saw in its last epoch
         samples = torch.cat(trainer.last_batches).cpu() if trainer.last_batches else torch.zeros(0)
     outcome = RankOutcome(rank=spec.rank, worker=worker, history=list(trainer.history),
-                          resumed_from=started_epoch, samples=samples)
+                          resumed_from=started_epoch, samples=samples, device=device_label(device))
     if spec.rank != 0:
         return outcome
     return dataclasses.replace(outcome, state_dict=trainer.best_weights(), best_epoch=trainer.best.epoch,
