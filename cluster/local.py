@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import multiprocessing
 import os
 import re
 import time
@@ -113,6 +114,7 @@ def start_local_cluster(spec: ClusterSpec | None = None) -> Cluster:
     ...     len(cluster.scheduler_info["workers"])
     1
     """
+    refuse_in_a_spawned_child()
     spec = spec or ClusterSpec()
     gpus = detect_gpus() if spec.gpus == "auto" else []
     problem = dask_cuda_problem() if gpus else None
@@ -123,6 +125,21 @@ def start_local_cluster(spec: ClusterSpec | None = None) -> Cluster:
             log.warning("GPUs %s are visible but %s Starting CPU workers, with the GPUs hidden from them.",
                         gpus, problem)
         return _start_cpu_cluster(spec)
+
+
+#: What a worker process started by spawn says when the script it imports again starts a cluster at its top level.
+UNGUARDED_SCRIPT = ("Error: a worker process started by spawn (dask-cuda's LocalCUDACluster starts one per GPU "
+                    "from your process) imported your script again, and its top level starts a cluster. Put the "
+                    "code that trains under `if __name__ == \"__main__\":`.")
+
+
+def refuse_in_a_spawned_child() -> None:
+    """Stop a process started by spawn that is importing the parent's ``__main__`` (Python runs an unguarded
+    script's top level again there) before it starts a cluster of its own: at once, with one line naming the
+    fix, instead of every GPU worker trying to start a cluster and the parent waiting for workers that never
+    come. ``multiprocessing`` marks a spawned child as "inheriting" until that import is done."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise SystemExit(UNGUARDED_SCRIPT)
 
 
 _PORT_IN_USE = re.compile(r"Port (\d+) is already in use.*on port (\d+) instead", re.S)
