@@ -3,6 +3,7 @@ line), the precision in checkpoints, sweep files and the CLI, and CUDA RNG state
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -15,7 +16,7 @@ from training.errors import ConfigError
 from training.loop import Trainer, read_checkpoint, restorable_cuda_states
 from training.params import resolve
 from training.rank import rank_cuda_index
-from training.sweep_spec import SweepSpec, load_sweep_file
+from training.sweep_spec import NOT_FINGERPRINTED, SweepSpec, load_sweep_file
 from training.workloads import get_workload
 
 #: Few epochs, steps large enough to learn: seconds per test, thresholds as for fp32 (tests/unit/test_loop.py).
@@ -104,11 +105,7 @@ def test_sweep_files_take_precision_and_check_it(tmp_path):
 
 def test_precision_changes_a_sweeps_fingerprint_but_fp32_keeps_the_old_one():
     spec = SweepSpec.create(workload="xor", space={"lr": [0.1]})
-    content = {k: v for k, v in spec.to_json().items()
-               if k not in ("name", "runs_dir", "max_concurrent", "trial_timeout", "stall_timeout",
-                            "checkpoint_every", "precision")}
-    import hashlib
-
+    content = {k: v for k, v in spec.to_json().items() if k not in (*NOT_FINGERPRINTED, "precision")}
     before_the_field = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
     assert spec.fingerprint() == before_the_field  # runs recorded before precision existed still resume
     bf16 = SweepSpec.create(workload="xor", space={"lr": [0.1]}, precision="bf16")
