@@ -28,7 +28,7 @@ from .errors import ConfigError, DDPJobFailed, Interrupted
 from .events import Inbox, publish
 from .loop import _check_epochs
 from .model_file import TrainedModel, save_model
-from .params import resolve
+from .params import check_data_paths, resolve
 from .precision import check_device_supports, check_precision
 from .protocol import EpochEnded, FirstStep, JobAnnounced, JobEnded, JobState, RankOutcome, TrialState
 from .rank import RankSpec, free_port, run_rank
@@ -129,6 +129,7 @@ def train_ddp(client: Client | None = None, workload: str = "names", params: Map
                resume=resume, timeout=float(timeout), record_samples=record_samples,
                precision=check_precision(precision))
     job.validate()
+    check_data_paths(work.params, [resolved], here=client is None and (target is None or target.embedded))
     hooks = _progress_hooks(progress)
     if client is not None:
         return job.run(client, workers, hooks)
