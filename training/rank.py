@@ -96,12 +96,12 @@ def run_rank(spec: RankSpec) -> RankOutcome:
 
     prepare_task_thread()
     worker = _worker_address()
-    device = _rank_device(spec)
     timeout = datetime.timedelta(seconds=spec.timeout)
     backend = _gloo_bound_to(spec.host) if spec.backend == "gloo" and spec.host else spec.backend
     store: Any = None
     listener: socket.socket | None = None
     try:
+        device = _rank_device(spec)  # inside: a GPU that cannot be used is this rank's error, named as such
         store, listener = rendezvous_store(spec.init_method, spec.world_size, spec.rank == 0, timeout)
         dist.init_process_group(backend, store=store, rank=spec.rank, world_size=spec.world_size, timeout=timeout,
                                 **_bound_device(device))
