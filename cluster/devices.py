@@ -11,6 +11,12 @@ import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 
+#: What every GPU worker is started with (a running worker never writes its environment): a failing or
+#: timed-out NCCL collective aborts that rank's communicators and raises in the rank (torch's mode 2), so the
+#: job names the rank and the worker stays usable; torch's default (3) ends the whole worker process, which
+#: the client can only report as a lost worker.
+GPU_WORKER_ENVIRON = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
+
 
 def visible_gpus(cuda_visible_devices: str | None, physical_count: int) -> list[str]:
     """The GPU ids a process may use, following CUDA's reading of ``CUDA_VISIBLE_DEVICES``.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .devices import GPU_WORKER_ENVIRON
 from .plugin import TRAINING_SLOT
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
@@ -80,8 +81,9 @@ def _worker(workers: int, gpu: bool, image: str, cpu: str, memory: str) -> dict[
         "name": "worker", "image": image, "imagePullPolicy": "IfNotPresent", "args": worker_args(gpu),
         "ports": [{"name": "http-dashboard", "containerPort": 8788, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}}
-    if not gpu:  # a CPU pod on a GPU node must not train on a GPU the runtime exposes
-        container["env"] = [{"name": "CUDA_VISIBLE_DEVICES", "value": ""}]
+    # A CPU pod on a GPU node must not train on a GPU the runtime exposes; NCCL errors stay in a GPU pod's rank.
+    environ = GPU_WORKER_ENVIRON if gpu else {"CUDA_VISIBLE_DEVICES": ""}
+    container["env"] = [{"name": name, "value": value} for name, value in environ.items()]
     return {"replicas": workers, "spec": {"containers": [container]}}
 
 

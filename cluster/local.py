@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import multiprocessing
 import os
 import re
 import time
@@ -31,7 +32,7 @@ from distributed.deploy.cluster import Cluster
 
 from .cpus import cpu_cores, thread_environ
 from .cpus import torch_threads as threads_for_environ
-from .devices import dask_cuda_problem, detect_gpus
+from .devices import GPU_WORKER_ENVIRON, dask_cuda_problem, detect_gpus
 from .errors import ClusterError
 from .plugin import TRAINING_SLOT
 from .security import TLSFiles
@@ -113,6 +114,7 @@ def start_local_cluster(spec: ClusterSpec | None = None) -> Cluster:
     ...     len(cluster.scheduler_info["workers"])
     1
     """
+    refuse_in_a_spawned_child()
     spec = spec or ClusterSpec()
     gpus = detect_gpus() if spec.gpus == "auto" else []
     problem = dask_cuda_problem() if gpus else None
@@ -123,6 +125,21 @@ def start_local_cluster(spec: ClusterSpec | None = None) -> Cluster:
             log.warning("GPUs %s are visible but %s Starting CPU workers, with the GPUs hidden from them.",
                         gpus, problem)
         return _start_cpu_cluster(spec)
+
+
+#: What a worker process started by spawn says when the script it imports again starts a cluster at its top level.
+UNGUARDED_SCRIPT = ("Error: a worker process started by spawn (dask-cuda's LocalCUDACluster starts one per GPU "
+                    "from your process) imported your script again, and its top level starts a cluster. Put the "
+                    "code that trains under `if __name__ == \"__main__\":`.")
+
+
+def refuse_in_a_spawned_child() -> None:
+    """Stop a process started by spawn that is importing the parent's ``__main__`` (Python runs an unguarded
+    script's top level again there) before it starts a cluster of its own: at once, with one line naming the
+    fix, instead of every GPU worker trying to start a cluster and the parent waiting for workers that never
+    come. ``multiprocessing`` marks a spawned child as "inheriting" until that import is done."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise SystemExit(UNGUARDED_SCRIPT)
 
 
 _PORT_IN_USE = re.compile(r"Port (\d+) is already in use.*on port (\d+) instead", re.S)
@@ -243,7 +260,7 @@ def _start_gpu_cluster(spec: ClusterSpec, gpus: list[str]) -> Cluster:
     # dask-cuda replaces the nanny's env= with CUDA_VISIBLE_DEVICES: the rest travels as Dask config.
     environ = thread_environ(len(chosen), spec.torch_threads)
     cuda_cluster = type("_CudaCluster", (_NanniesRestart, LocalCUDACluster), {})
-    with _worker_config({**environ, **_openmp_environ(environ)}), _environ_preserved():
+    with _worker_config({**environ, **_openmp_environ(environ), **GPU_WORKER_ENVIRON}), _environ_preserved():
         return cuda_cluster(
             CUDA_VISIBLE_DEVICES=",".join(chosen), n_workers=len(chosen), threads_per_worker=1,
             resources={TRAINING_SLOT: 1}, host=spec.host, scheduler_port=spec.scheduler_port,

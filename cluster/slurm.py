@@ -21,6 +21,7 @@ from typing import Any
 from dask.utils import format_bytes, parse_bytes
 
 from .cpus import thread_environ
+from .devices import GPU_WORKER_ENVIRON
 from .plugin import TRAINING_SLOT
 from .security import TLSFiles
 
@@ -140,16 +141,18 @@ def worker_command(spec: SlurmSpec) -> list[str]:
 
 
 def worker_environ(spec: SlurmSpec) -> dict[str, str]:
-    """What a node's workers are started with: how many share the node's CPUs; no GPU for CPU workers.
+    """What a node's workers are started with: how many share the node's CPUs; no GPU for CPU workers, NCCL
+    errors raised in the failing rank for GPU workers (``cluster.devices.GPU_WORKER_ENVIRON``).
 
     Examples
     --------
     >>> worker_environ(SlurmSpec(workers_per_node=8))
     {'DASK_TRAIN_SLOT_WORKERS': '8', 'CUDA_VISIBLE_DEVICES': ''}
     >>> worker_environ(SlurmSpec(gpus_per_node=4))
-    {'DASK_TRAIN_SLOT_WORKERS': '4'}
+    {'DASK_TRAIN_SLOT_WORKERS': '4', 'TORCH_NCCL_ASYNC_ERROR_HANDLING': '2'}
     """
-    return {**thread_environ(spec.workers), **({} if spec.gpus_per_node else {"CUDA_VISIBLE_DEVICES": ""})}
+    return {**thread_environ(spec.workers),
+            **(GPU_WORKER_ENVIRON if spec.gpus_per_node else {"CUDA_VISIBLE_DEVICES": ""})}
 
 
 def _export(environ: dict[str, str]) -> str:

@@ -27,6 +27,7 @@ from .dashboard import enable_page
 from .errors import Interrupted
 from .events import Inbox, publish
 from .model_file import write_model_dir
+from .precision import check_workers_support
 from .protocol import (
     EpochEnded,
     JobAnnounced,
@@ -73,7 +74,9 @@ class Coordinator:
     def run(self, store: RunStore) -> list[TrialRecord]:
         """Run what the store does not record as finished; return every trial's record."""
         self.store, spec = store, self.spec
-        slots = len(require_slots(self.client))
+        slotted = require_slots(self.client)
+        check_workers_support(self.client, slotted, spec.precision)
+        slots = len(slotted)
         trials = spec.trials()
         store.begin_run(spec.name, spec.fingerprint(), spec.to_json(), trials, NOT_FINGERPRINTED)
         _write_spec(spec)  # after the store accepted it: a refused spec must not replace the run's own
@@ -130,7 +133,7 @@ class Coordinator:
         trial = TrialSpec(job=spec.name, run=self.run_token, number=number, workload=spec.workload,
                           params=self.store.params(number), epochs=spec.epochs, seed=spec.seed, metric=spec.metric,
                           mode=spec.mode, checkpoint=str(self.stretches.path(number).resolve()),
-                          checkpoint_every=spec.checkpoint_every)
+                          checkpoint_every=spec.checkpoint_every, precision=spec.precision)
         trial, suffix = self.stretches.next_stretch(trial)
         # Readable keys for the dashboard (grouped as trial-<sweep>); each client run gets its own, so a key
         # is never reused while a cancelled task of an earlier run may still be winding down.

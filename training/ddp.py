@@ -29,6 +29,7 @@ from .events import Inbox, publish
 from .loop import _check_epochs
 from .model_file import TrainedModel, save_model
 from .params import check_data_paths, resolve
+from .precision import check_device_supports, check_precision
 from .protocol import EpochEnded, FirstStep, JobAnnounced, JobEnded, JobState, RankOutcome, TrialState
 from .rank import RankSpec, free_port, run_rank
 from .slots import free_workers, second_interrupt_exits
@@ -108,11 +109,12 @@ def train_ddp(client: Client | None = None, workload: str = "names", params: Map
               *, epochs: int | None = None, workers: int | Sequence[str] | None = None, name: str | None = None,
               runs_dir: str = "runs", seed: int = 0, resume: bool = False, timeout: float = 60.0,
               progress: DDPProgress | bool | None = None, target: Target | None = None,
-              record_samples: bool = False) -> DDPResult:
+              record_samples: bool = False, precision: str = "fp32") -> DDPResult:
     """Train ``workload`` with DDP on ``workers`` (a count or addresses; default every free slot worker).
 
     Everything the user gave is validated before any rank starts. Without ``client`` the job runs on
-    ``target`` (default: an embedded local cluster, closed afterwards).
+    ``target`` (default: an embedded local cluster, closed afterwards). ``precision``: ``fp32``, ``bf16``
+    or ``fp16`` (nccl ranks on GPUs only; see :mod:`training.precision`).
 
     Examples
     --------
@@ -124,7 +126,8 @@ def train_ddp(client: Client | None = None, workload: str = "names", params: Map
     job = _Job(name=name or f"{work.name}-ddp", workload=workload_ref(work), params=resolved,
                runs_dir=Path(runs_dir),
                epochs=_check_epochs(epochs if epochs is not None else work.default_epochs), seed=seed,
-               resume=resume, timeout=float(timeout), record_samples=record_samples)
+               resume=resume, timeout=float(timeout), record_samples=record_samples,
+               precision=check_precision(precision))
     job.validate()
     check_data_paths(work.params, [resolved], here=client is None and (target is None or target.embedded))
     hooks = _progress_hooks(progress)
@@ -155,6 +158,7 @@ class _Job:
     resume: bool
     timeout: float
     record_samples: bool
+    precision: str = "fp32"
 
     @property
     def run_dir(self) -> Path:
@@ -186,6 +190,8 @@ class _Job:
             raise ConfigError(f"batch_size={self.params['batch_size']} does not split evenly over {world} ranks; "
                               f"use a multiple of {world}.")
         backend = _backend(client, placements)
+        check_device_supports(self.precision, "cuda" if backend == "nccl" else "cpu",
+                              f"the job's {world} ranks ({backend}) train")
         head = placements[0]
         port = client.submit(free_port, head.host, workers=[head.worker], allow_other_workers=False,
                              pure=False, key=f"ddp-{self.name}-port-{uuid.uuid4().hex[:6]}").result(self.timeout)
@@ -202,7 +208,8 @@ class _Job:
                           init_method=init_method, backend=backend, workload=self.workload, params=self.params,
                           epochs=self.epochs, seed=self.seed, timeout=self.timeout,
                           checkpoint=str(self.checkpoint.resolve()), resume=self.resume,
-                          record_samples=self.record_samples, host=p.host) for p in placements]
+                          record_samples=self.record_samples, host=p.host, precision=self.precision)
+                 for p in placements]
         with Inbox(client, token) as inbox:
             futures = [client.submit(run_rank, spec, key=f"ddp-{self.name}-{token}-rank{spec.rank}",
                                      workers=[p.worker], allow_other_workers=False, pure=False,

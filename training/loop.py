@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import torch
 from .errors import ConfigError, TrainingDiverged
 from .model_file import TrainedModel
 from .params import check_data_paths, resolve
+from .precision import MixedPrecision, check_device_supports, check_precision, tf32_matmuls
 from .protocol import better
 from .workloads import Data, Workload, get_workload, workload_ref
 from .workloads.base import Batch, take
@@ -122,15 +123,17 @@ class BestEpoch:
 class Trainer:
     """Trains one model: :meth:`train` runs epochs; :meth:`save_checkpoint` / :meth:`load_checkpoint`
     make it resumable. ``reduce`` sums a tensor over DDP ranks (identity outside DDP). The weights of the
-    best epoch by ``metric`` / ``mode`` (default: the workload's) are kept for :meth:`result`."""
+    best epoch by ``metric`` / ``mode`` (default: the workload's) are kept for :meth:`result`.
+    ``precision``: ``fp32``, ``bf16`` or ``fp16`` (see :mod:`training.precision`)."""
 
     def __init__(self, workload: Workload, params: Mapping[str, Any], data: Data, *, seed: int = 0,
                  device: torch.device | None = None, shard: Shard = Shard(), wrap: Callable | None = None,
                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, metric: str | None = None,
-                 mode: str | None = None) -> None:
+                 mode: str | None = None, precision: str = "fp32") -> None:
         self.workload, self.params, self.seed, self.shard = workload, dict(params), seed, shard
         self.best = BestEpoch(metric or workload.metric, mode or workload.mode)
         self.device = device or pick_device()
+        self.amp = MixedPrecision(precision, self.device)  # before any data moves: fp16 on a CPU fails here
         self.data = data.to(self.device)
         self.model = workload.build_model(self.params, data.meta).to(self.device)
         self.trained = wrap(self.model) if wrap else self.model
@@ -152,16 +155,17 @@ class Trainer:
         checkpoint is only a resume point (a sweep trial, whose model travels back in its result), so a
         failed save (a full disk) is logged and training goes on."""
         callback = callback or Callback()
-        while self.epoch < epochs:
-            record = self._run_epoch(self.epoch + 1, callback)
-            self.epoch += 1
-            self.history.append(record)
-            if self.shard.rank == 0:  # every rank has the same metrics; one keeps the weights
-                self.best.offer(record, self.model)
-            if checkpoint is not None and self.shard.rank == 0 and (self.epoch % every == 0
-                                                                    or self.epoch == epochs):
-                self._save(checkpoint, resume_point_only)
-            callback.on_epoch_end(record)
+        with tf32_matmuls(self.device):
+            while self.epoch < epochs:
+                record = self._run_epoch(self.epoch + 1, callback)
+                self.epoch += 1
+                self.history.append(record)
+                if self.shard.rank == 0:  # every rank has the same metrics; one keeps the weights
+                    self.best.offer(record, self.model)
+                if checkpoint is not None and self.shard.rank == 0 and (self.epoch % every == 0
+                                                                        or self.epoch == epochs):
+                    self._save(checkpoint, resume_point_only)
+                callback.on_epoch_end(record)
         return self.history
 
     def _run_epoch(self, epoch: int, callback: Callback) -> dict[str, Any]:
@@ -193,9 +197,9 @@ class Trainer:
 
     def _run_batch(self, batch: Batch) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.workload.loss(self.trained, batch)
-        loss.backward()
-        self.optimizer.step()
+        with self.amp.autocast():
+            loss = self.workload.loss(self.trained, batch)
+        self.amp.step(loss, self.optimizer)
         return loss.detach().to(torch.float64)
 
     def _check_finite(self, running: torch.Tensor, epoch: int, step: int) -> None:
@@ -213,7 +217,9 @@ class Trainer:
         num_val = int(self.data.val[0].shape[0])
         indices = torch.arange(num_val, device=self.device)
         for chunk in indices[self.shard.rank :: self.shard.world_size].split(_EVAL_CHUNK):
-            for key, value in self.workload.eval_sums(self.model, take(self.data.val, chunk)).items():
+            with self.amp.autocast():
+                sums = self.workload.eval_sums(self.model, take(self.data.val, chunk))
+            for key, value in sums.items():
                 totals[key] = totals.get(key, 0) + value.detach().to(torch.float64)
         keys = sorted(totals)
         summed = self.reduce(torch.stack([totals[k] for k in keys])) if keys else torch.zeros(0)
@@ -258,6 +264,8 @@ class Trainer:
             "rng_perm": self.generator.get_state(),
             "history": self.history,
             "best": self.best.state(),
+            "precision": self.amp.precision,
+            "scaler": self.amp.state(),
         }
 
     def load_checkpoint(self, path: Path) -> None:
@@ -276,11 +284,13 @@ class Trainer:
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_torch"])
-        if state["rng_cuda"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        if self.device.type == "cuda":
+            for index, rng in enumerate(restorable_cuda_states(state["rng_cuda"], torch.cuda.device_count())):
+                torch.cuda.set_rng_state(rng, index)
         self.generator.set_state(state["rng_perm"])
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
         self.best.load(state.get("best"))
+        self.amp.load(state.get("scaler"))
 
     def best_weights(self) -> dict[str, torch.Tensor]:
         """The best epoch's weights on the CPU (the current ones before any epoch has a metric value)."""
@@ -295,6 +305,19 @@ class Trainer:
         return TrainedModel(workload_ref(self.workload), self.params, dict(self.data.meta),
                             dict(self.data.artifacts), list(self.history), model.eval(), self.seed,
                             best_epoch=self.best.epoch)
+
+
+def restorable_cuda_states(saved: Sequence[torch.Tensor], device_count: int) -> list[torch.Tensor]:
+    """The saved per-GPU RNG states this process can restore: those of the GPUs it sees (a checkpoint
+    written where 8 GPUs were visible resumes where 1 is; the others' states have no device to go to).
+
+    Examples
+    --------
+    >>> saved = [torch.full((2,), i, dtype=torch.uint8) for i in range(4)]
+    >>> [int(s[0]) for s in restorable_cuda_states(saved, 1)], restorable_cuda_states(saved, 0)
+    ([0], [])
+    """
+    return list(saved[: max(device_count, 0)])
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -312,7 +335,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 def train(workload: str | Workload, params: Mapping[str, Any] | None = None, *, epochs: int | None = None,
           seed: int = 0, device: str = "auto", callback: Callback | None = None,
-          checkpoint: str | Path | None = None, resume: bool = False) -> TrainedModel:
+          checkpoint: str | Path | None = None, resume: bool = False, precision: str = "fp32") -> TrainedModel:
     """Train one model in this process and return it on the CPU.
 
     Parameters
@@ -330,6 +353,9 @@ def train(workload: str | Workload, params: Mapping[str, Any] | None = None, *, 
         Progress hooks.
     checkpoint : path, optional
         Written after every epoch; with ``resume=True`` training continues from it.
+    precision : {"fp32", "bf16", "fp16"}
+        Mixed precision (autocast; fp16 with loss scaling, on a GPU only). On GPUs with TF32 tensor cores
+        fp32 matmuls use TF32 (see :mod:`training.precision`).
 
     Examples
     --------
@@ -342,8 +368,9 @@ def train(workload: str | Workload, params: Mapping[str, Any] | None = None, *, 
     check_data_paths(work.params, [resolved], here=True)
     total = _check_epochs(epochs if epochs is not None else work.default_epochs)
     dev = pick_device(device)
+    check_device_supports(check_precision(precision), dev.type)
     with isolated_rng(dev):
-        trainer = build_trainer(work, resolved, seed, dev)
+        trainer = build_trainer(work, resolved, seed, dev, precision=precision)
         path = Path(checkpoint) if checkpoint is not None else None
         if resume and path is not None:
             trainer.load_checkpoint(path)
@@ -359,7 +386,7 @@ def isolated_rng(device: torch.device):
 def build_trainer(work: Workload, params: Mapping[str, Any], seed: int, device: torch.device,
                   **kwargs: Any) -> Trainer:
     """Data and initial weights from ``seed``: the same call in one process and in every DDP rank gives
-    the same starting point (``kwargs`` go to :class:`Trainer`: shard, wrap, reduce)."""
+    the same starting point (``kwargs`` go to :class:`Trainer`: shard, wrap, reduce, precision...)."""
     torch.manual_seed(seed)
     return Trainer(work, params, work.load_data(params, seed), seed=seed, device=device, **kwargs)
 

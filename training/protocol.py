@@ -213,6 +213,7 @@ class RankOutcome(_Record):
     artifacts: dict[str, Any] = field(default_factory=dict)
     first_step_at: float | None = None
     samples: Any = None  # the sample indices this rank trained on in its last epoch (tests ask for it)
+    device: str = ""  # what it trained on: "cpu", or "cuda:0 GPU-<uuid>" (one physical GPU per rank)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import logging
+import os
 import re
 import socket
 import time
@@ -27,6 +29,11 @@ from .events import emit
 from .loop import Callback, Shard, build_trainer, isolated_rng, pick_device
 from .protocol import EpochEnded, FirstStep, RankOutcome
 from .workloads import get_workload
+
+log = logging.getLogger(__name__)
+#: torch's NCCL error handling: "2" aborts a failed collective's communicators and raises in the rank; torch's
+#: default ("3") ends the whole worker process. Workers get it where they are started (cluster.devices).
+_NCCL_ERROR_HANDLING = "TORCH_NCCL_ASYNC_ERROR_HANDLING"
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class RankSpec:
     record_samples: bool = False
     #: The address the cluster knows this rank's worker by: gloo's sockets use it (see _gloo_bound_to).
     host: str = ""
+    #: ``fp32``, ``bf16`` or ``fp16`` (see :mod:`training.precision`).
+    precision: str = "fp32"
 
 
 class _RankZeroEvents(Callback):
@@ -87,14 +96,15 @@ def run_rank(spec: RankSpec) -> RankOutcome:
 
     prepare_task_thread()
     worker = _worker_address()
-    device = pick_device("cuda" if spec.backend == "nccl" else "cpu")
     timeout = datetime.timedelta(seconds=spec.timeout)
     backend = _gloo_bound_to(spec.host) if spec.backend == "gloo" and spec.host else spec.backend
     store: Any = None
     listener: socket.socket | None = None
     try:
+        device = _rank_device(spec)  # inside: a GPU that cannot be used is this rank's error, named as such
         store, listener = rendezvous_store(spec.init_method, spec.world_size, spec.rank == 0, timeout)
-        dist.init_process_group(backend, store=store, rank=spec.rank, world_size=spec.world_size, timeout=timeout)
+        dist.init_process_group(backend, store=store, rank=spec.rank, world_size=spec.world_size, timeout=timeout,
+                                **_bound_device(device))
         return _train_rank(spec, worker, device)
     except Exception as exc:
         text = traceback.format_exc()
@@ -106,6 +116,66 @@ def run_rank(spec: RankSpec) -> RankOutcome:
             dist.destroy_process_group()
         del store
         _close_listener(listener)
+
+
+def rank_cuda_index(local_rank: int, device_count: int, cuda_visible_devices: str | None) -> int:
+    """The GPU (an index among those this process sees) an nccl rank trains on.
+
+    A worker started with ``CUDA_VISIBLE_DEVICES`` set has its own GPU first (dask-cuda rotates the list;
+    Slurm and Kubernetes show it only its own): index 0, as trials use. A worker that sees every GPU of its
+    host (the variable unset) takes its local rank's, so two such workers on one host never share a GPU.
+
+    Examples
+    --------
+    >>> rank_cuda_index(1, 4, "1,2,3,0"), rank_cuda_index(1, 4, None), rank_cuda_index(5, 4, None)
+    (0, 1, 1)
+    """
+    if cuda_visible_devices is not None or device_count < 1:
+        return 0
+    return local_rank % device_count
+
+
+def _rank_device(spec: RankSpec) -> torch.device:
+    """This rank's device; an nccl rank makes its GPU the current one first (NCCL's communicator and every
+    tensor made without an index then use it, never another worker's ``cuda:0``)."""
+    if spec.backend != "nccl":
+        return pick_device("cpu")
+    index = rank_cuda_index(spec.local_rank, torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    device = torch.device("cuda", index)
+    torch.cuda.set_device(device)
+    _check_nccl_error_handling(spec.rank)
+    return device
+
+
+def device_label(device: torch.device) -> str:
+    """``cpu``, or a GPU's index here and its UUID, the same whatever ``CUDA_VISIBLE_DEVICES`` a worker has.
+
+    Examples
+    --------
+    >>> device_label(torch.device("cpu"))
+    'cpu'
+    """
+    if device.type != "cuda":
+        return device.type
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", "")
+    return f"cuda:{device.index} GPU-{uuid}" if uuid else f"cuda:{device.index}"
+
+
+def _bound_device(device: torch.device) -> dict[str, Any]:
+    """``init_process_group`` keywords binding an nccl group to this rank's GPU (its communicator is made
+    at once, on that device, and a wrong pairing fails at the rendezvous rather than in the first step)."""
+    return {"device_id": device} if device.type == "cuda" else {}
+
+
+def _check_nccl_error_handling(rank: int) -> None:
+    """Warn where this worker was started without ``TORCH_NCCL_ASYNC_ERROR_HANDLING=2``: a failing collective
+    may then end the worker process, and the job is reported as a lost worker instead of this rank's error."""
+    mode = os.environ.get(_NCCL_ERROR_HANDLING)
+    if mode != "2":
+        log.warning("DDP rank %s: this worker was started with %s=%s; a failing NCCL collective may end the "
+                    "worker process. Start GPU workers with %s=2 (dask-train's own clusters, deploy files and "
+                    "image do).", rank, _NCCL_ERROR_HANDLING, mode if mode is not None else "(unset)",
+                    _NCCL_ERROR_HANDLING)
 
 
 def rendezvous_store(init_method: str, world_size: int, is_master: bool,
@@ -166,7 +236,7 @@ def _train_rank(spec: RankSpec, worker: str, device: torch.device) -> RankOutcom
         trainer = build_trainer(
             work, spec.params, spec.seed, device, shard=Shard(spec.rank, spec.world_size),
             wrap=lambda model: DistributedDataParallel(model, device_ids=device_ids),
-            reduce=_all_reduce_sum)
+            reduce=_all_reduce_sum, precision=spec.precision)
         checkpoint = Path(spec.checkpoint)
         if spec.resume:
             trainer.load_checkpoint(checkpoint)
@@ -177,7 +247,7 @@ def _train_rank(spec: RankSpec, worker: str, device: torch.device) -> RankOutcom
     if spec.record_samples:  # which training samples this rank saw in its last epoch
         samples = torch.cat(trainer.last_batches).cpu() if trainer.last_batches else torch.zeros(0)
     outcome = RankOutcome(rank=spec.rank, worker=worker, history=list(trainer.history),
-                          resumed_from=started_epoch, samples=samples)
+                          resumed_from=started_epoch, samples=samples, device=device_label(device))
     if spec.rank != 0:
         return outcome
     return dataclasses.replace(outcome, state_dict=trainer.best_weights(), best_epoch=trainer.best.epoch,

@@ -100,6 +100,8 @@ class Sweep:
     checkpoint_every : int
         A running trial keeps a resume checkpoint every this many epochs (default 1): a trial whose worker
         is lost, or whose client is killed, continues from it.
+    precision : {"fp32", "bf16", "fp16"}
+        Mixed precision of every trial (fp16: GPU workers only; see :mod:`training.precision`).
 
     Examples
     --------
@@ -116,13 +118,13 @@ class Sweep:
                  max_concurrent: int | None = None, name: str | None = None, runs_dir: str = "runs",
                  scheduler: str | None = None, grace_epochs: int = 1, reduction_factor: int = 3,
                  trial_timeout: float | None = None, stall_timeout: float | None = STALL_TIMEOUT,
-                 checkpoint_every: int = 1) -> None:
+                 checkpoint_every: int = 1, precision: str = "fp32") -> None:
         self.spec = SweepSpec.create(name=name, workload=workload, space=space, params=params, search=search,
                                      num_trials=num_trials, metric=metric, mode=mode, epochs=epochs, seed=seed,
                                      max_concurrent=max_concurrent, runs_dir=runs_dir, scheduler=scheduler,
                                      grace_epochs=grace_epochs, reduction_factor=reduction_factor,
                                      trial_timeout=trial_timeout, stall_timeout=stall_timeout,
-                                     checkpoint_every=checkpoint_every)
+                                     checkpoint_every=checkpoint_every, precision=precision)
 
     @classmethod
     def from_spec(cls, spec: SweepSpec) -> Sweep:

@@ -13,6 +13,7 @@ from typing import Any
 from .errors import ConfigError
 from .limits import MAX_EPOCHS, check_count, check_trial_count, clip, short
 from .params import Param
+from .precision import check_precision
 from .safe_yaml import read_yaml
 from .space import Domain, grid_trials, random_trials, space_to_json, validate_space
 from .workloads import get_workload, trusted_workload
@@ -21,6 +22,9 @@ SEARCHES = ("grid", "random", "tpe")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: What does not change a sweep's trials or results: left out of its fingerprint (a rerun may change it).
 NOT_FINGERPRINTED = ("name", "runs_dir", "max_concurrent", "trial_timeout", "stall_timeout", "checkpoint_every")
+#: Fields added after runs were first recorded, fingerprinted only away from their default: a run recorded
+#: before a field existed resumes unchanged.
+_FINGERPRINTED_IF_NOT = {"precision": "fp32"}
 #: A trial that sends no epoch for this long is stuck (a deadlock, an endless loop): stopped as timed_out.
 STALL_TIMEOUT = 3600.0
 
@@ -60,6 +64,8 @@ class SweepSpec:
     stall_timeout: float | None = STALL_TIMEOUT
     #: A running trial saves its resume checkpoint every this many epochs (and at its last one).
     checkpoint_every: int = 1
+    #: ``fp32``, ``bf16`` or ``fp16`` mixed precision (see :mod:`training.precision`).
+    precision: str = "fp32"
 
     @classmethod
     def create(cls, *, workload: str, name: str | None = None, space: Mapping[str, Any] | None = None,
@@ -102,6 +108,7 @@ class SweepSpec:
         _check_int("max_concurrent", self.max_concurrent, allow_none=True)
         _check_int("reduction_factor", self.reduction_factor, low=2)
         _check_int("checkpoint_every", self.checkpoint_every)
+        check_precision(self.precision)
         for name in ("trial_timeout", "stall_timeout"):
             _check_seconds(name, getattr(self, name))
         if self.search in ("random", "tpe"):
@@ -145,7 +152,8 @@ class SweepSpec:
 
     def fingerprint(self) -> str:
         """A hash of what decides the trials and their results (not the name, folder or concurrency)."""
-        content = {k: v for k, v in self.to_json().items() if k not in NOT_FINGERPRINTED}
+        content = {k: v for k, v in self.to_json().items()
+                   if k not in NOT_FINGERPRINTED and _FINGERPRINTED_IF_NOT.get(k, object()) != v}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -190,7 +198,7 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "seed": ((int,), "a whole number"), "max_concurrent": ((int,), "a whole number"),
     "grace_epochs": ((int,), "a whole number"), "reduction_factor": ((int,), "a whole number"),
     "checkpoint_every": ((int,), "a whole number"), "trial_timeout": ((int, float), "a number of seconds"),
-    "stall_timeout": ((int, float), "a number of seconds"),
+    "stall_timeout": ((int, float), "a number of seconds"), "precision": ((str,), "fp32, bf16 or fp16"),
 }
 #: Bounds of the whole-number fields (num_trials: see training.limits.max_trials).
 _FIELD_RANGES = {"epochs": (1, MAX_EPOCHS), "grace_epochs": (1, MAX_EPOCHS), "seed": (0, 2**32 - 1),

@@ -49,6 +49,8 @@ class TrialSpec:
     #: worker sees the run directory, and continued from by the trial's next attempt.
     checkpoint: str | None = None
     checkpoint_every: int = 1
+    #: ``fp32``, ``bf16`` or ``fp16`` (see :mod:`training.precision`).
+    precision: str = "fp32"
 
 
 class _EpochEvents(Callback):
@@ -88,7 +90,8 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
         work = get_workload(spec.workload)
         dev = pick_device()
         with isolated_rng(dev):
-            trainer = build_trainer(work, spec.params, spec.seed, dev, metric=spec.metric, mode=spec.mode)
+            trainer = build_trainer(work, spec.params, spec.seed, dev, metric=spec.metric, mode=spec.mode,
+                                    precision=spec.precision)
             state, source = _start_state(spec, _sent_start(checkpoint) if relayed and checkpoint else None)
             if state is not None:
                 trainer.load_state(state, source)

@@ -79,6 +79,8 @@ SWEEP_FILES: dict[str, str | bytes] = {
     "runs-dir-a-file.yaml": _sweep(space=GOOD_SPACE, runs_dir="plain-file.txt"),
     "runs-dir-others.yaml": _sweep(space=GOOD_SPACE, runs_dir=".", name="someone-elses"),
     "runs-dir-unwritable.yaml": _sweep(space=GOOD_SPACE, runs_dir="/proc/dask-train-test"),
+    "precision-bogus.yaml": _sweep(space=GOOD_SPACE, precision="fp8"),
+    "precision-number.yaml": _sweep(space=GOOD_SPACE, precision=16),
 }
 #: Sweep files of cases named in CASES directly (valid YAML, bad data paths: caught before a cluster starts).
 OTHER_SWEEP_FILES = {
@@ -96,6 +98,10 @@ CASES: list[tuple[str, list[str], int]] = [
                                  "--new"], 2),
     ("ddp-too-many-workers", ["ddp", "xor", "--workers", "100000"], 2),
     ("ddp-zero-workers", ["ddp", "xor", "--workers", "0"], 2),
+    ("ddp-precision-bogus", ["ddp", "xor", "--precision", "fp8"], 2),
+    ("sweep-precision-bogus", ["sweep", "inputs/good.yaml", "--precision", "fp8"], 2),
+    ("train-precision-bogus", ["train", "xor", "--precision", "fp8"], 2),
+    ("train-fp16-on-cpu", ["train", "xor", "--precision", "fp16", "--device", "cpu"], 2),
     ("train-unknown-workload", ["train", "xorr"], 2),
     ("train-workload-module", ["train", "no_such_module_here:Thing"], 2),
     ("train-bad-value", ["train", "xor", "--lr", "fast"], 2),

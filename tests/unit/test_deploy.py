@@ -71,7 +71,8 @@ def test_gpu_sbatch_header_and_commands():
     worker = next(line for line in script.splitlines() if line.startswith("srun "))
     assert "-m dask cuda worker" in worker and "--nworkers" not in worker
     assert "--cpus-per-task=32" in shlex.split(worker)[: shlex.split(worker).index("-m")]  # srun's own option
-    assert "export DASK_TRAIN_SLOT_WORKERS=4" in script.splitlines()  # 4 GPU workers share the task's CPUs
+    # 4 GPU workers share the task's CPUs; a failing NCCL collective raises in its rank, never ends the worker
+    assert "export DASK_TRAIN_SLOT_WORKERS=4 TORCH_NCCL_ASYNC_ERROR_HANDLING=2" in script.splitlines()
     assert "CUDA_VISIBLE_DEVICES" not in script  # dask-cuda gives each worker its GPU
     args = words_after(worker, "dask cuda worker")
     assert args[args.index("--resources") + 1] == f"{TRAINING_SLOT}=1"
@@ -100,7 +101,8 @@ def test_cpu_sbatch_runs_n_plain_workers_per_node_and_no_gres():
 def test_slurm_worker_environment_names_the_slot_workers_and_hides_gpus_from_cpu_workers():
     assert worker_environ(SlurmSpec(workers_per_node=3)) == {"DASK_TRAIN_SLOT_WORKERS": "3",
                                                              "CUDA_VISIBLE_DEVICES": ""}
-    assert worker_environ(SlurmSpec(gpus_per_node=8, workers_per_node=3)) == {"DASK_TRAIN_SLOT_WORKERS": "8"}
+    assert worker_environ(SlurmSpec(gpus_per_node=8, workers_per_node=3)) == {
+        "DASK_TRAIN_SLOT_WORKERS": "8", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -123,7 +125,7 @@ def test_slurm_cluster_from_dask_jobqueue_has_the_same_workers():
         assert "#SBATCH --gres=gpu:4" in script and "#SBATCH -p gpu" in script
         assert "-m dask cuda worker" in script and f"--resources {TRAINING_SLOT}=1" in script
         assert "--nthreads 1" in script
-        assert "export DASK_TRAIN_SLOT_WORKERS=4" in script.splitlines()
+        assert "export DASK_TRAIN_SLOT_WORKERS=4 TORCH_NCCL_ASYNC_ERROR_HANDLING=2" in script.splitlines()
         parses_as(worker_cli, words_after(_worker_line(script), "dask cuda worker")[1:])  # after the address
     finally:
         gpu.close()
@@ -159,7 +161,9 @@ def test_kubernetes_manifest(gpu):
     assert worker["image"] == f"dask-train:{'cuda' if gpu else 'cpu'}"
     assert worker["resources"]["limits"].get("nvidia.com/gpu") == ("1" if gpu else None)  # a string: see the CRD
     assert worker["resources"]["limits"]["cpu"] == worker["resources"]["requests"]["cpu"]  # quota = request
-    assert worker.get("env", []) == ([] if gpu else [{"name": "CUDA_VISIBLE_DEVICES", "value": ""}])
+    # CPU pods see no GPU; a GPU pod's failing NCCL collective raises in its rank instead of ending the worker.
+    assert worker["env"] == ([{"name": "TORCH_NCCL_ASYNC_ERROR_HANDLING", "value": "2"}] if gpu
+                             else [{"name": "CUDA_VISIBLE_DEVICES", "value": ""}])
     args = worker["args"]
     assert args[:3] == (["dask", "cuda", "worker"] if gpu else ["dask", "worker", "--name"])
     assert args[args.index("--resources") + 1] == f"{TRAINING_SLOT}=1"
@@ -223,6 +227,7 @@ def test_dockerfile_has_cpu_and_cuda_variants_and_copies_what_exists():
     cuda_stage = text[text.index("AS torch-cuda"):text.index("AS final")]
     # The same tested torch, pinned (PyPI's 2.13.0 wheel is CUDA 13.0), with dask-cuda's CUDA 13 bindings.
     assert re.search(r"^RUN pip install torch==2\.13\.0 \"dask-cuda\[cu13\]>=25\.10\"", cuda_stage, flags=re.M)
+    assert re.search(r"^ENV TORCH_NCCL_ASYNC_ERROR_HANDLING=2$", cuda_stage, flags=re.M)  # as GPU_WORKER_ENVIRON
     assert re.search(r"^USER (?!root)\w+", text, flags=re.M)  # not root
     root = DEPLOY.parent
     for line in re.findall(r"^COPY (.+) /opt/dask-train/?\S*$", text, flags=re.M):

@@ -11,7 +11,7 @@ from ..ddp_progress import LiveDDP
 from ..errors import Interrupted
 from . import display
 from .cluster_cmd import target_options
-from .train_cmd import _EXTRA, _show_use, parse_param_args
+from .train_cmd import _EXTRA, _show_use, parse_param_args, precision_option
 
 
 class DDPDisplay(LiveDDP):
@@ -30,17 +30,18 @@ class DDPDisplay(LiveDDP):
 @click.option("--resume", is_flag=True, help="Continue from the job's last checkpoint.")
 @click.option("--rank-timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="Seconds a collective may wait: a lost rank ends the job within about this long.")
+@precision_option("fp32")
 @target_options
 @click.pass_context
 def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str | None, runs_dir: str, seed: int,
-                resume: bool, rank_timeout: float, target: Target) -> None:
+                resume: bool, rank_timeout: float, precision: str, target: Target) -> None:
     """Train WORKLOAD on several workers with DistributedDataParallel (--workers N ranks; default: every
     free worker). Hyperparameters: --name value, as for `dask-train train`."""
     params = parse_param_args(ctx.args)
     try:
         result = train_ddp(None, workload, params, epochs=epochs, workers=target.local.workers, name=name,
                            runs_dir=runs_dir, seed=seed, resume=resume, timeout=rank_timeout,
-                           progress=(shown := DDPDisplay()), target=target)
+                           progress=(shown := DDPDisplay()), target=target, precision=precision)
     except Interrupted as stop:
         display.interrupted(stop, add=("--resume",))
     if resume and shown.columns is None:  # no epoch ran

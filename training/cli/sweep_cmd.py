@@ -21,7 +21,7 @@ from ..sweep_spec import STALL_TIMEOUT, SweepSpec, load_sweep_file
 from ..workloads import get_workload
 from . import display
 from .cluster_cmd import target_options
-from .train_cmd import allow_option
+from .train_cmd import allow_option, precision_option
 
 
 def example_files() -> dict[str, Path]:
@@ -65,12 +65,13 @@ class SweepDisplay(LiveSweep):
               help="Also log each trial as an MLflow run (MLFLOW_TRACKING_URI, else RUN_DIR/mlflow.db).")
 @click.option("--detach", is_flag=True, help="Run it inside the cluster's scheduler and return at once "
               "(needs --address or --scheduler-file); follow with `dask-train attach NAME`.")
+@precision_option(None)
 @allow_option
 @target_options
 def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epochs: int | None,
                   runs_dir: str | None, new: bool, trial_timeout: float | None, stall_timeout: float | None,
                   tensorboard: bool, mlflow_experiment: str | None, target: Target,
-                  detach: bool = False, allow: tuple[str, ...] = ()) -> None:
+                  detach: bool = False, allow: tuple[str, ...] = (), precision: str | None = None) -> None:
     """Run the hyperparameter sweep in SWEEP_FILE (YAML, or a shipped example's name) on a cluster.
 
     Rerunning the same sweep finishes only the trials not yet finished.
@@ -79,7 +80,8 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
         _list_examples()
         return
     spec = load_sweep_file(resolve_sweep_file(sweep_file), allow=allow, name=name, epochs=epochs,
-                           runs_dir=runs_dir, trial_timeout=trial_timeout, stall_timeout=stall_timeout)
+                           runs_dir=runs_dir, trial_timeout=trial_timeout, stall_timeout=stall_timeout,
+                           precision=precision)
     if detach:
         from .detach_cmd import detach_sweep
 

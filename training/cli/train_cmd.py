@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from ..limits import MAX_EPOCHS, MAX_GENERATE
 from ..loop import train
 from ..model_file import load_model
+from ..precision import PRECISIONS
 from ..run_dirs import MODEL_MARKERS, check_run_dir
 from ..workloads import BUILTIN, get_workload
 from . import display
@@ -23,6 +24,14 @@ allow_option = click.option(
     "--allow-workload", "allow", multiple=True, metavar="MODULE:CLASS",
     help="Your own workload that the file may name (imported only when listed here; built-ins always are).")
 _GENERATE_DEFAULT = {"names": 20, "charlm": 400}
+
+
+def precision_option(default: str | None):
+    """``--precision fp32|bf16|fp16`` (train, sweep, ddp); ``default`` None leaves a sweep file's own."""
+    return click.option("--precision", type=click.Choice(PRECISIONS), default=default,
+                        show_default=default is not None,
+                        help="Mixed precision: bf16 (CPU or GPU) or fp16 (GPU only, with loss scaling)"
+                             + ("; default: the sweep file's, else fp32." if default is None else "."))
 
 
 def parse_param_args(args: list[str]) -> dict[str, str]:
@@ -51,9 +60,10 @@ def parse_param_args(args: list[str]) -> dict[str, str]:
               help="Seeds data split, weights, batch order.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+@precision_option("fp32")
 @click.pass_context
 def train_command(ctx: click.Context, workload: str, epochs: int | None, out: Path | None, seed: int,
-                  device: str, resume: bool) -> None:
+                  device: str, resume: bool, precision: str) -> None:
     """Train WORKLOAD in this process and save the model. Hyperparameters: --name value
     (see `dask-train workloads`)."""
     work = get_workload(workload)
@@ -67,7 +77,7 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out: Pa
     check_run_dir(out, MODEL_MARKERS, what="model directory")
     with display.EpochTable(work.name, total) as progress:
         trained = train(work, params, epochs=total, seed=seed, device=device, callback=progress,
-                        checkpoint=out / "checkpoint.pt", resume=resume)
+                        checkpoint=out / "checkpoint.pt", resume=resume, precision=precision)
     if resume and progress.trained == 0:
         display.console.print(f"Nothing left to train: the checkpoint in {out} is already at epoch "
                               f"{len(trained.history)} of {total}; pass a larger --epochs to train on.")
