@@ -54,6 +54,26 @@ def poll_for(predicate: Callable[[], Any], timeout: float, period: float = 0.1, 
         time.sleep(period)
 
 
+def stop_processes(processes: list[subprocess.Popen], timeout: float = 30) -> None:
+    """Terminate ``processes``, then kill whichever has not ended within ``timeout`` seconds."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def cannot_mount_namespaces() -> str | None:
+    """Why a test cannot give processes their own mounts here (None: it can): needs root and unshare(1)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return "needs root and unshare(1) to give processes their own view of the filesystem"
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "mount -t tmpfs none /mnt"],
+                           capture_output=True, text=True, timeout=30)
+    return f"cannot make mount namespaces here: {probe.stderr.strip()}" if probe.returncode else None
+
+
 def descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tests.helpers import cli_env
+from tests.helpers import cannot_mount_namespaces, cli_env
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -31,16 +30,8 @@ _STATES = ("import json, sqlite3, sys\n"
            "print('STATES ' + json.dumps({'states': dict(rows), 'epochs': epochs}))\n")
 
 
-def _cannot_mount() -> str | None:
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        return "needs root and unshare(1) to give the sweep a small disk of its own"
-    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "mount -t tmpfs none /mnt"],
-                           capture_output=True, text=True, timeout=30)
-    return f"cannot make mount namespaces here: {probe.stderr.strip()}" if probe.returncode else None
-
-
 def test_a_full_disk_stops_the_sweep_cleanly_and_the_same_command_finishes_it(tmp_path):
-    reason = _cannot_mount()
+    reason = cannot_mount_namespaces()
     if reason:
         pytest.skip(reason)
     runs = tmp_path / "runs"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cluster import connect
-from tests.helpers import poll_for
+from tests.helpers import poll_for, stop_processes
 from training import Sweep, train_ddp
 from training.dashboard import page_url
 from training.space import choice
@@ -76,13 +76,7 @@ def hosts(tmp_path_factory) -> Iterator[dict[str, str]]:
                   "--no-dashboard")
         yield {"scheduler": f"tcp://{scheduler_ip}:8786", **ips}
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         fake_hosts("down")
         for namespace in (f"{NAME}-{i}" for i in (1, 2, 3)):
             assert namespace not in subprocess.run([IP, "netns", "list"], capture_output=True, text=True).stdout

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 import yaml
 
 from cluster import ClusterSpec, Target, connect, open_client
-from tests.helpers import poll_for, run_cli, start_cli
+from tests.helpers import cannot_mount_namespaces, poll_for, run_cli, start_cli, stop_processes
 from training import Sweep
 from training.protocol import EpochEnded, TrialState, parse_event
 
@@ -223,21 +222,12 @@ def test_ctrl_c_during_a_ddp_job_frees_its_workers_and_the_printed_command_resum
     assert "resuming from its checkpoint" in finished.stdout
 
 
-def _cannot_hide_folders() -> str | None:
-    """Why workers cannot be given their own view of the filesystem here (None: they can)."""
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        return "needs root and unshare(1) to hide the runs directory from the workers"
-    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                            "mount -t tmpfs none /mnt"], capture_output=True, text=True, timeout=30)
-    return f"cannot make mount namespaces here: {probe.stderr.strip()}" if probe.returncode else None
-
-
 @pytest.fixture
 def workers_without_runs_dir(tmp_path) -> Iterator[tuple[str, Path]]:
     """A cluster whose two workers (each in its own mount namespace, an empty tmpfs over the runs
     directory) cannot see or write the client's runs directory, as on hosts without a shared filesystem.
     Yields the scheduler's address and the runs directory."""
-    reason = _cannot_hide_folders()
+    reason = cannot_mount_namespaces()
     if reason:
         pytest.skip(reason)
     runs = tmp_path / "runs"
@@ -261,13 +251,7 @@ def workers_without_runs_dir(tmp_path) -> Iterator[tuple[str, Path]]:
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT))
         yield address, runs
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
 
 
 def test_without_a_shared_disk_checkpoints_go_through_the_coordinator_and_a_killed_trial_continues(
