@@ -4,16 +4,18 @@ scheduler and outlive the command that started them (:mod:`training.detached`)."
 from __future__ import annotations
 
 import datetime
+from typing import TYPE_CHECKING
 
 import click
 
-from cluster import Target, dashboard_url, open_client
-
-from ..dashboard import page_url
 from ..errors import ConfigError
-from ..sweep_spec import SweepSpec
 from . import display
 from .cluster_cmd import target_options
+
+if TYPE_CHECKING:  # the commands import what they use when they run: `--help` stays fast
+    from cluster import Target
+
+    from ..sweep_spec import SweepSpec
 
 
 def _running_cluster(target: Target, command: str) -> None:
@@ -28,6 +30,9 @@ def _where(target: Target) -> str:
 
 def detach_sweep(spec: SweepSpec, target: Target) -> None:
     """Start ``spec`` in the cluster's scheduler, say where to follow it, and return."""
+    from cluster import dashboard_url, open_client
+
+    from ..dashboard import page_url
     from ..detached import submit
 
     _running_cluster(target, "--detach")
@@ -47,6 +52,8 @@ def detach_sweep(spec: SweepSpec, target: Target) -> None:
 @target_options
 def attach_command(name: str, target: Target) -> None:
     """Show a detached sweep's live progress (from its start) and its final table."""
+    from cluster import open_client
+
     from ..detached import attach
     from ..progress import LiveSweep
 
@@ -64,6 +71,8 @@ def attach_command(name: str, target: Target) -> None:
 def runs_command(target: Target) -> None:
     """List the detached sweeps of a running cluster."""
     from rich.table import Table
+
+    from cluster import open_client
 
     from ..detached import list_runs
 
@@ -87,6 +96,8 @@ def runs_command(target: Target) -> None:
 def cancel_command(name: str, target: Target) -> None:
     """Stop a detached sweep as Ctrl-C stops a foreground one: running trials cancelled and recorded, their
     workers freed; rerunning the sweep finishes it."""
+    from cluster import open_client
+
     from ..detached import attach
 
     _running_cluster(target, "cancel")
