@@ -60,7 +60,7 @@ class Heartbeat(Callback):
         self.beat = RankBeat(job, run, rank=rank, attempt=attempt)
         self.last = "started"
         self._batches = 0
-        self._stop = threading.Event()
+        self._stop, self._wake = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"dask-train-beat-rank{rank}", daemon=True)
 
     def __enter__(self) -> Heartbeat:
@@ -70,6 +70,7 @@ class Heartbeat(Callback):
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self.period + 1)
 
@@ -80,6 +81,7 @@ class Heartbeat(Callback):
     def on_epoch_start(self, epoch: int, num_batches: int) -> None:
         self._batches = num_batches
         self.last = f"epoch {epoch} step 0/{num_batches}"
+        self._wake.set()  # a beat at every epoch's start, however short the epochs
 
     def on_batch_end(self, epoch: int, batch: int) -> None:
         self.last = f"epoch {epoch} step {batch}/{self._batches}"
@@ -88,10 +90,10 @@ class Heartbeat(Callback):
         self.last = f"epoch {record.get('epoch')} done (validated, checkpoint saved)"
 
     def _run(self) -> None:
-        while True:
+        while not self._stop.is_set():
             self._send()
-            if self._stop.wait(self.period):
-                return
+            self._wake.wait(self.period)
+            self._wake.clear()
 
     def _send(self) -> None:
         message = plain(RankBeat(self.beat.job, self.beat.run, time=time.time(), rank=self.beat.rank,

@@ -350,7 +350,7 @@ class _Run:
                  if self.restarts else "")
         advice = (f"The checkpoint at {path} holds epoch {epoch}: rerun with --resume (resume=True) to continue "
                   "from it." if epoch else "No epoch had finished; nothing to resume.")
-        return DDPJobFailed(f"DDP job '{self.job.name}' failed: {failure} {spent}{advice}", rank=failure.rank,
+        return DDPJobFailed(f"DDP job '{self.job.name}' failed: {str(failure).strip()} {spent}{advice}", rank=failure.rank,
                             worker=failure.worker)
 
     def interrupted(self) -> Interrupted:

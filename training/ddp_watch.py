@@ -27,7 +27,7 @@ from .ddp_checkpoint import CheckpointCopy
 from .errors import DDPJobFailed
 from .events import Inbox
 from .protocol import EpochEnded, FirstStep
-from .slots import free_workers
+from .slots import free_workers, wait_until_gone
 
 if TYPE_CHECKING:
     from .ddp import DDPProgress, Placement
@@ -66,6 +66,7 @@ class RankWatcher:
         self.first_step: float | None = None
         self.shown = attempt.resumed_epoch
         self.lost: set[int] = set()
+        self.hung: set[int] = set()  # ended by us: their workers leaving is no news
 
     @property
     def futures(self) -> list[Future]:
@@ -101,13 +102,13 @@ class RankWatcher:
                 self.progress.on_epoch(event.record)
 
     def _running(self) -> list[int]:
-        return [r for r, f in enumerate(self.futures) if not f.done() and r not in self.lost]
+        return [r for r, f in enumerate(self.futures) if not f.done() and r not in self.lost | self.hung]
 
     def _lost_ranks(self) -> list[int]:
         """Ranks whose worker has left the cluster (remembered: their futures get cancelled)."""
         alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
         self.lost |= {p.rank for f, p in zip(self.futures, self.attempt.placements, strict=True)
-                      if p.worker not in alive and f.status != "finished"}
+                      if p.worker not in alive and f.status != "finished" and p.rank not in self.hung}
         return sorted(self.lost)
 
     def _errors(self) -> dict[int, str]:
@@ -119,6 +120,7 @@ class RankWatcher:
         hung = self.beats.silent(self._running(), longer_than=min(self.attempt.timeout,
                                                                   hung_after(self.attempt.timeout)))
         silences = {r: (self.beats.silence(r), self.beats.last(r)) for r in hung}
+        self.hung |= set(hung)
         end_hung_processes(self.client, [self.attempt.placements[r].worker for r in hung])
         self.client.cancel([self.futures[r] for r in [*self.lost, *hung]], force=True)
         stuck = self._wait_for_survivors(set(hung))
@@ -171,11 +173,12 @@ def end_hung_processes(client: Any, workers: list[str]) -> None:
     if not workers:
         return
     try:
-        client.sync(client._run, _kill_worker_process, workers=workers, nanny=True, on_error="return",
-                    callback_timeout=10)
+        client.sync(client._run, _kill_worker_process, workers=workers, nanny=True, callback_timeout=10)
     except Exception as exc:  # no nanny (started with --no-nanny) or a nanny gone too
         log.warning("Could not end the hung worker(s) %s through their nannies (%s); restart them by hand.",
                     workers, exc)
+        return
+    wait_until_gone(client, workers)
 
 
 def _kill_worker_process(dask_worker: Any) -> None:

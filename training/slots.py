@@ -41,7 +41,13 @@ def free_workers(client: Any, workers: list[str]) -> None:
     except Exception as exc:  # e.g. the worker is already gone
         log.warning("Could not end worker %s to free its slot: %s", workers, exc)
         return
-    deadline = time.monotonic() + _GONE_TIMEOUT
+    wait_until_gone(client, workers)
+
+
+def wait_until_gone(client: Any, workers: list[str], timeout: float = _GONE_TIMEOUT) -> None:
+    """Wait (at most ``timeout`` seconds) until the ended ``workers`` have left the scheduler, so that no
+    later request is sent to a process that is no more."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and set(workers) & set(client.scheduler_info(n_workers=-1)["workers"]):
         time.sleep(_POLL)
 
