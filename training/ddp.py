@@ -144,6 +144,8 @@ def train_ddp(client: Client | None = None, workload: str = "names", params: Map
                resume=resume, timeout=float(timeout), record_samples=record_samples,
                max_restarts=max_restarts, min_workers=min_workers)
     job.validate()
+    job.check_world(workers if isinstance(workers, int) and not isinstance(workers, bool) and workers > 0
+                    else len(workers) if isinstance(workers, Sequence) and workers else None)
     hooks = _progress_hooks(progress)
     if client is not None:
         return job.run(client, workers, hooks)
@@ -200,8 +202,10 @@ class _Job:
             raise ConfigError(f"{self.run_dir} already holds a DDP run (checkpoint.pt). Pass --resume to "
                               "continue it, or choose another --name.")
 
-    def check_world(self, world: int) -> None:
-        """The first run's rank count fits the batch size and ``min_workers``."""
+    def check_world(self, world: int | None) -> None:
+        """The first run's rank count fits the batch size and ``min_workers`` (None: not known yet)."""
+        if world is None:
+            return
         if self.params["batch_size"] % world:
             raise ConfigError(f"batch_size={self.params['batch_size']} does not split evenly over {world} ranks; "
                               f"use a multiple of {world}.")
@@ -350,8 +354,8 @@ class _Run:
                  if self.restarts else "")
         advice = (f"The checkpoint at {path} holds epoch {epoch}: rerun with --resume (resume=True) to continue "
                   "from it." if epoch else "No epoch had finished; nothing to resume.")
-        return DDPJobFailed(f"DDP job '{self.job.name}' failed: {str(failure).strip()} {spent}{advice}", rank=failure.rank,
-                            worker=failure.worker)
+        return DDPJobFailed(f"DDP job '{self.job.name}' failed: {str(failure).strip()} {spent}{advice}",
+                            rank=failure.rank, worker=failure.worker)
 
     def interrupted(self) -> Interrupted:
         """Ctrl-C: cancel the ranks, free their workers, say what the checkpoint keeps."""
