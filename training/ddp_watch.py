@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 _POLL = 0.2
 _WORKER_CHECK_EVERY = 1.0
-_SURVIVOR_GRACE = 10.0  # seconds the other ranks get to leave their collectives once the job failed
+_SURVIVOR_GRACE = 5.0  # seconds the other ranks get to leave their collectives once the job failed
 
 
 @dataclass

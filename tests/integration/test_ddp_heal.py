@@ -97,6 +97,25 @@ def test_a_stopped_rank_is_named_within_its_timeout_and_the_workers_run_the_next
     assert [r["epoch"] for r in after.history] == [1]
 
 
+def test_a_rank_stuck_in_its_thread_is_named_and_its_worker_restarted(client, tmp_path):
+    _wait_for_free_slots(client)
+    before = {p: w["name"] for p, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+    started = time.monotonic()
+    with pytest.raises(DDPJobFailed) as info:
+        train_ddp(client, "tests.integration.hanging:HangOnRankOne", {"batch_size": 128}, epochs=2, workers=2,
+                  runs_dir=str(tmp_path), name="stuck", timeout=10, progress=False)
+    took = time.monotonic() - started
+    message = str(info.value)
+    print(f"the stuck rank was reported after {took:.1f} s: {message}")
+    assert info.value.rank == 1 and f"rank 1 on {info.value.worker} ({before[info.value.worker]})" in message
+    assert "never left its step (last: epoch 1 step 2/" in message and "its worker was restarted" in message
+    assert info.value.worker not in client.scheduler_info(n_workers=-1)["workers"]  # a fresh process took over
+    _wait_for_free_slots(client)
+    after = train_ddp(client, "xor", {"batch_size": 128}, epochs=1, workers=2, runs_dir=str(tmp_path), name="next",
+                      progress=False)
+    assert [r["epoch"] for r in after.history] == [1]
+
+
 def test_a_killed_rank_restarts_from_its_checkpoint_by_itself(client, tmp_path):
     _wait_for_free_slots(client)
 
