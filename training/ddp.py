@@ -13,9 +13,7 @@ fewer ranks if ``min_workers`` allows; ``resume=True`` continues a job that ende
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,56 +21,21 @@ from typing import Any
 
 from distributed import Client
 
-from cluster import TRAINING_SLOT, Target, open_client, require_slots
+from cluster import Target, open_client, require_slots
 
-from .beats import BeatWatch
 from .dashboard import enable_page
-from .ddp_checkpoint import CheckpointCopy
-from .ddp_watch import Attempt, RankWatcher
-from .errors import ConfigError, DDPJobFailed, Interrupted
-from .events import Inbox, publish
-from .limits import MAX_RESTARTS, check_count, clip
+from .ddp_run import JobRun, Placement, assign_ranks, backend_of
+from .errors import ConfigError
+from .events import publish
+from .limits import MAX_RESTARTS, check_count
 from .loop import _check_epochs
 from .model_file import TrainedModel, save_model
 from .params import resolve
-from .protocol import JobAnnounced, JobEnded, JobRestarted, JobState, RankOutcome, TrialState
-from .rank import RankSpec, free_port, run_rank
-from .slots import free_workers, second_interrupt_exits
+from .protocol import JobAnnounced, JobEnded, JobState, RankOutcome, TrialState
 from .sweep_spec import NAME_PATTERN
 from .workloads import get_workload, workload_ref
 
-log = logging.getLogger(__name__)
-
-_RESTART_WAIT = 120.0  # seconds a restart waits at most for --min-workers free slot workers
-_POLL = 0.5
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where one rank runs."""
-
-    rank: int
-    local_rank: int
-    worker: str
-    host: str
-
-
-def assign_ranks(workers: Mapping[str, str]) -> list[Placement]:
-    """Ranks for ``{address: host}``: grouped by host (so local ranks count up per host), stable order.
-
-    Examples
-    --------
-    >>> [(p.rank, p.local_rank, p.host) for p in assign_ranks({"b:2": "h2", "a:1": "h1", "c:3": "h1"})]
-    [(0, 0, 'h1'), (1, 1, 'h1'), (2, 0, 'h2')]
-    """
-    ordered = sorted(workers.items(), key=lambda item: (item[1], item[0]))
-    placements: list[Placement] = []
-    per_host: dict[str, int] = {}
-    for rank, (address, host) in enumerate(ordered):
-        local = per_host.get(host, 0)
-        per_host[host] = local + 1
-        placements.append(Placement(rank, local, address, host))
-    return placements
+__all__ = ["DDPProgress", "DDPResult", "Placement", "assign_ranks", "train_ddp"]
 
 
 @dataclass
@@ -217,9 +180,9 @@ class _Job:
         started = time.time()
         placements = _choose(client, workers)
         self.check_world(len(placements))
-        backend = _backend(client, placements)
+        backend = backend_of(client, placements)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        run = _Run(self, client, progress)
+        run = JobRun(self, client, progress)
         from cluster import dashboard_url
 
         page = enable_page(client)
@@ -245,7 +208,7 @@ class _Job:
                                      metric=work.metric, mode=work.mode, epochs=self.epochs, total=len(placements),
                                      client=client.id, params=self.params, trials=ranks))
 
-    def _finish(self, outputs: list[RankOutcome], run: _Run, started: float) -> DDPResult:
+    def _finish(self, outputs: list[RankOutcome], run: JobRun, started: float) -> DDPResult:
         """The model of rank 0's best epoch (``model/``); the last epoch's state stays in checkpoint.pt."""
         head = outputs[0]
         placements = run.current.placements if run.current else []
@@ -259,116 +222,6 @@ class _Job:
         first_step = None if run.first_step is None else run.first_step - started
         return DDPResult(trained, self.run_dir, model_dir, placements, time.time() - started, first_step,
                          outputs, list(run.restarts))
-
-
-class _Run:
-    """One call of ``train_ddp`` on a cluster: its first attempt and its restarts, under one event token."""
-
-    def __init__(self, job: _Job, client: Client, progress: DDPProgress) -> None:
-        self.job, self.client, self.progress = job, client, progress
-        self.token = uuid.uuid4().hex[:6]
-        self.copy = CheckpointCopy(client, job.checkpoint, job.timeout)
-        self.first_step: float | None = None
-        self.restarts: list[str] = []
-        self.current: Attempt | None = None
-
-    def train(self, placements: list[Placement], backend: str) -> list[RankOutcome]:
-        """Run the ranks; after a failure start again from the checkpoint, up to ``max_restarts`` times."""
-        world, number = len(placements), 0
-        while True:
-            try:
-                return self._attempt(number, placements, backend)
-            except DDPJobFailed as failure:
-                if number >= self.job.max_restarts:
-                    raise self._final(failure) from None
-                number += 1
-                placements = self._wait_for_workers(world, str(failure))
-                backend = _backend(self.client, placements)
-                self._announce_restart(number, str(failure), placements)
-
-    def _attempt(self, number: int, placements: list[Placement], backend: str) -> list[RankOutcome]:
-        client, job, world = self.client, self.job, len(placements)
-        head = placements[0]
-        key = f"{self.token}.{number}"
-        port = client.submit(free_port, head.host, workers=[head.worker], allow_other_workers=False,
-                             pure=False, key=f"ddp-{job.name}-port-{uuid.uuid4().hex[:6]}").result(job.timeout)
-        specs = [RankSpec(job=job.name, run=self.token, rank=p.rank, local_rank=p.local_rank, world_size=world,
-                          init_method=f"tcp://{_url_host(head.host)}:{port}", backend=backend,
-                          workload=job.workload, params=job.params, epochs=job.epochs, seed=job.seed,
-                          timeout=job.timeout, record_samples=job.record_samples, host=p.host, attempt=number)
-                 for p in placements]
-        data = self.copy.data()  # the client's checkpoint goes to every rank: no shared disk needed
-        state = (client.scatter(data, workers=[p.worker for p in placements], broadcast=True, hash=False)
-                 if data is not None else None)
-        futures = [client.submit(run_rank, spec, state, key=f"ddp-{job.name}-{key}-rank{spec.rank}",
-                                 workers=[p.worker], allow_other_workers=False, pure=False,
-                                 resources={TRAINING_SLOT: 1}, retries=0)
-                   for spec, p in zip(specs, placements, strict=True)]
-        self.current = Attempt(job.name, self.token, number, job.timeout, futures, placements, self.copy.epoch)
-        names = _worker_names(client)
-        try:
-            with Inbox(client, self.token) as inbox, BeatWatch(client, self.token, world, number,
-                                                               job.timeout) as beats:
-                first = RankWatcher(client, self.current, inbox, beats, self.copy, self.progress,
-                                    lambda r: names.get(placements[r].worker, "?")).watch()
-            self.first_step = self.first_step or first
-            return client.gather(futures)
-        finally:
-            self.copy.remove_from(head.worker, job.name, key)
-            for future in [*futures, *([state] if state is not None else [])]:
-                future.release()
-
-    def _wait_for_workers(self, world: int, reason: str) -> list[Placement]:
-        """Free slot workers for the restart: ``world`` of them within ``timeout`` seconds, else as many as
-        are free once at least ``min_workers`` are (waiting up to ``_RESTART_WAIT`` for those)."""
-        job = self.job
-        least = job.min_workers or world
-        started = time.monotonic()
-        while True:
-            free = _free_slot_workers(self.client)
-            waited = time.monotonic() - started
-            usable = [n for n in range(min(len(free), world), least - 1, -1) if job.params["batch_size"] % n == 0]
-            if usable and (usable[0] == world or waited >= job.timeout):
-                hosts = {w: i["host"] for w, i in self.client.scheduler_info(n_workers=-1)["workers"].items()}
-                return assign_ranks({w: hosts[w] for w in free[:usable[0]]})
-            if waited >= max(job.timeout, _RESTART_WAIT):
-                raise self._final(DDPJobFailed(
-                    f"{reason} Restarting needs {least} free slot worker(s) (--min-workers) but {len(free)} "
-                    f"were free after {waited:.0f} s.", rank=-1, worker=""))
-            time.sleep(_POLL)
-
-    def _announce_restart(self, number: int, reason: str, placements: list[Placement]) -> None:
-        self.restarts.append(reason)
-        log.warning("DDP job '%s' restarts (%d of %d) from epoch %d on %d ranks: %s", self.job.name, number,
-                    self.job.max_restarts, self.copy.epoch, len(placements), reason)
-        self.progress.on_restart(number, self.job.max_restarts, reason, placements, self.copy.epoch)
-        publish(self.client, JobRestarted(self.job.name, self.token, time=time.time(), attempt=number,
-                                          reason=clip(reason, 500), world_size=len(placements),
-                                          epoch=self.copy.epoch))
-        self.job.announce(self.client, self.token, placements)
-
-    def _final(self, failure: DDPJobFailed) -> DDPJobFailed:
-        """The job's error: what failed, the restarts spent, and what the checkpoint lets you do."""
-        epoch, path = self.copy.epoch, self.job.checkpoint
-        spent = (f"It had restarted {len(self.restarts)} time(s) (--max-restarts {self.job.max_restarts}). "
-                 if self.restarts else "")
-        advice = (f"The checkpoint at {path} holds epoch {epoch}: rerun with --resume (resume=True) to continue "
-                  "from it." if epoch else "No epoch had finished; nothing to resume.")
-        return DDPJobFailed(f"DDP job '{self.job.name}' failed: {str(failure).strip()} {spent}{advice}",
-                            rank=failure.rank, worker=failure.worker)
-
-    def interrupted(self) -> Interrupted:
-        """Ctrl-C: cancel the ranks, free their workers, say what the checkpoint keeps."""
-        current = self.current
-        workers = [p.worker for p in current.placements] if current else []
-        with second_interrupt_exits():
-            if current is not None:
-                self.client.cancel(current.futures, force=True)
-            free_workers(self.client, workers)
-        publish(self.client, JobEnded(self.job.name, self.token, state=JobState.STOPPED, error="interrupted"))
-        epoch, path = self.copy.epoch, self.job.checkpoint
-        return Interrupted(f"DDP job '{self.job.name}' stopped and its {len(workers)} workers freed; "
-                           + (f"{path} keeps epoch {epoch}." if epoch else "no epoch had finished."))
 
 
 def _choose(client: Client, workers: int | Sequence[str] | None) -> list[Placement]:
@@ -395,30 +248,3 @@ def _choose(client: Client, workers: int | Sequence[str] | None) -> list[Placeme
     if not chosen:
         raise ConfigError(f"No free worker with a training slot ({len(slotted)} slot workers, all busy).")
     return assign_ranks({w: hosts[w] for w in chosen})
-
-
-def _backend(client: Client, placements: list[Placement]) -> str:
-    """nccl when every rank's worker trains on a GPU, gloo otherwise."""
-    kinds = client.run(_device_kind, workers=[p.worker for p in placements])
-    return "nccl" if all(kinds.get(p.worker) == "cuda" for p in placements) else "gloo"
-
-
-def _device_kind(dask_worker) -> str:
-    plugin = dask_worker.plugins.get("dask-train")
-    return plugin.describe().get("kind", "cpu") if plugin is not None else "cpu"
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _free_slot_workers(client: Client) -> list[str]:
-    """Slot workers running nothing now (none while every one of them is still rejoining)."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    busy = {w for w, keys in client.processing().items() if keys}
-    return sorted(a for a, w in workers.items() if w.get("resources", {}).get(TRAINING_SLOT) and a not in busy)
-
-
-def _worker_names(client: Client) -> dict[str, str]:
-    """Worker names (``cpu-1``) by address: what people know a worker by."""
-    return {a: str(w.get("name") or a) for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}

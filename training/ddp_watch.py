@@ -30,7 +30,8 @@ from .protocol import EpochEnded, FirstStep
 from .slots import free_workers, wait_until_gone
 
 if TYPE_CHECKING:
-    from .ddp import DDPProgress, Placement
+    from .ddp import DDPProgress
+    from .ddp_run import Placement
 
 log = logging.getLogger(__name__)
 
