@@ -107,7 +107,7 @@ def train_ddp(client: Client | None = None, workload: str = "names", params: Map
                resume=resume, timeout=float(timeout), record_samples=record_samples,
                max_restarts=max_restarts, min_workers=min_workers)
     job.validate()
-    job.check_world(workers if isinstance(workers, int) and not isinstance(workers, bool) and workers > 0
+    job.check_min_workers(workers if isinstance(workers, int) and not isinstance(workers, bool) and workers > 0
                     else len(workers) if isinstance(workers, Sequence) and workers else None)
     hooks = _progress_hooks(progress)
     if client is not None:
@@ -165,14 +165,16 @@ class _Job:
             raise ConfigError(f"{self.run_dir} already holds a DDP run (checkpoint.pt). Pass --resume to "
                               "continue it, or choose another --name.")
 
-    def check_world(self, world: int | None) -> None:
-        """The first run's rank count fits the batch size and ``min_workers`` (None: not known yet)."""
-        if world is None:
-            return
+    def check_world(self, world: int) -> None:
+        """The first run's rank count fits the batch size and ``min_workers``."""
         if self.params["batch_size"] % world:
             raise ConfigError(f"batch_size={self.params['batch_size']} does not split evenly over {world} ranks; "
                               f"use a multiple of {world}.")
-        if self.min_workers is not None and self.min_workers > world:
+        self.check_min_workers(world)
+
+    def check_min_workers(self, world: int | None) -> None:
+        """``min_workers`` is no more than the ranks the job starts with (None: not known yet)."""
+        if world is not None and self.min_workers is not None and self.min_workers > world:
             raise ConfigError(f"min_workers={self.min_workers} is more than the {world} ranks the job starts "
                               f"with; use --min-workers {world} or fewer.")
 

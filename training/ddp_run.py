@@ -144,7 +144,7 @@ class JobRun:
 
     def _announce_restart(self, number: int, reason: str, placements: list[Placement]) -> None:
         self.restarts.append(reason)
-        log.warning("DDP job '%s' restarts (%d of %d) from epoch %d on %d ranks: %s", self.job.name, number,
+        log.info("DDP job %r restarts (%d of %d) from epoch %d on %d ranks: %s", self.job.name, number,
                     self.job.max_restarts, self.copy.epoch, len(placements), reason)
         self.progress.on_restart(number, self.job.max_restarts, reason, placements, self.copy.epoch)
         publish(self.client, JobRestarted(self.job.name, self.token, time=time.time(), attempt=number,
