@@ -45,7 +45,7 @@ class LiveDDP(DDPProgress):
 
     def on_restart(self, attempt: int, max_restarts: int, reason: str, placements: list[Placement],
                    epoch: int) -> None:
-        self.console.print(f"Restart {attempt} of {max_restarts}: {reason.strip()}", soft_wrap=True)
+        self.console.print(f"Restart {attempt} of {max_restarts}: {reason.strip()}", soft_wrap=True, markup=False)
         self.console.print(f"  resuming from epoch {epoch} on {len(placements)} ranks" if epoch else
                            f"  starting again from epoch 0 on {len(placements)} ranks")
         names = _worker_names()

@@ -89,7 +89,7 @@ class JobRun:
                 number += 1
                 placements = self._wait_for_workers(world, str(failure))
                 backend = backend_of(self.client, placements)
-                self._announce_restart(number, str(failure), placements)
+                self._announce_restart(number, failure.summary, placements)
 
     def _attempt(self, number: int, placements: list[Placement], backend: str) -> list[RankOutcome]:
         client, job, world = self.client, self.job, len(placements)

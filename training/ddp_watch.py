@@ -164,8 +164,8 @@ class RankWatcher:
                  if [r for r in stuck if r != culprit] else
                  "All other ranks ended" + (f" ({others}). " if others else ". "))
         placement = self.attempt.placements[culprit]
-        return DDPJobFailed(f"rank {culprit} on {placement.worker} ({self.describe(culprit)}): {cause}. {ended}",
-                            rank=culprit, worker=placement.worker)
+        summary = f"rank {culprit} on {placement.worker} ({self.describe(culprit)}): {cause}."
+        return DDPJobFailed(f"{summary} {ended}", rank=culprit, worker=placement.worker, summary=summary)
 
 
 def end_hung_processes(client: Any, workers: list[str]) -> None:
