@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from distributed import Client
+from distributed import Client, Future
 
 from cluster import TRAINING_SLOT
 
@@ -95,16 +95,13 @@ class JobRun:
         client, job, world = self.client, self.job, len(placements)
         head = placements[0]
         key = f"{self.token}.{number}"
-        port = client.submit(free_port, head.host, workers=[head.worker], allow_other_workers=False,
-                             pure=False, key=f"ddp-{job.name}-port-{uuid.uuid4().hex[:6]}").result(job.timeout)
+        port = self._port(head)
         specs = [RankSpec(job=job.name, run=self.token, rank=p.rank, local_rank=p.local_rank, world_size=world,
                           init_method=f"tcp://{_url_host(head.host)}:{port}", backend=backend,
                           workload=job.workload, params=job.params, epochs=job.epochs, seed=job.seed,
                           timeout=job.timeout, record_samples=job.record_samples, host=p.host, attempt=number)
                  for p in placements]
-        data = self.copy.data()  # the client's checkpoint goes to every rank: no shared disk needed
-        state = (client.scatter(data, workers=[p.worker for p in placements], broadcast=True, hash=False)
-                 if data is not None else None)
+        state = self._send_checkpoint(placements)
         futures = [client.submit(run_rank, spec, state, key=f"ddp-{job.name}-{key}-rank{spec.rank}",
                                  workers=[p.worker], allow_other_workers=False, pure=False,
                                  resources={TRAINING_SLOT: 1}, retries=0)
@@ -123,19 +120,42 @@ class JobRun:
             for future in [*futures, *([state] if state is not None else [])]:
                 future.release()
 
+    def _port(self, head: Placement) -> int:
+        """A free port on rank 0's worker; a worker that left meanwhile fails this attempt (restartable)."""
+        future = self.client.submit(free_port, head.host, workers=[head.worker], allow_other_workers=False,
+                                    pure=False, key=f"ddp-{self.job.name}-port-{uuid.uuid4().hex[:6]}")
+        try:
+            return int(future.result(self.job.timeout))
+        except Exception as exc:
+            future.cancel()
+            raise DDPJobFailed(f"rank 0 on {head.worker}: its worker did not answer within {self.job.timeout:g} s "
+                               f"({type(exc).__name__}: {exc}).", rank=0, worker=head.worker) from None
+
+    def _send_checkpoint(self, placements: list[Placement]) -> Future | None:
+        """The client's checkpoint, once on each rank's worker (None before the first epoch): no shared disk."""
+        data = self.copy.data()
+        if data is None:
+            return None
+        try:
+            return self.client.scatter(data, workers=[p.worker for p in placements], broadcast=True, hash=False,
+                                       timeout=self.job.timeout)
+        except Exception as exc:  # a worker left meanwhile: this attempt fails, a restart may follow
+            raise DDPJobFailed(f"the checkpoint could not be sent to the ranks' workers ({type(exc).__name__}: "
+                               f"{exc}).", rank=0, worker=placements[0].worker) from None
+
     def _wait_for_workers(self, world: int, reason: str) -> list[Placement]:
         """Free slot workers for the restart: ``world`` of them within ``timeout`` seconds, else as many as
         are free once at least ``min_workers`` are (waiting up to ``_RESTART_WAIT`` for those)."""
         job = self.job
         least = job.min_workers or world
-        started = time.monotonic()
+        started, before = time.monotonic(), None
         while True:
             free = _free_slot_workers(self.client)
             waited = time.monotonic() - started
             usable = [n for n in range(min(len(free), world), least - 1, -1) if job.params["batch_size"] % n == 0]
-            if usable and (usable[0] == world or waited >= job.timeout):
-                hosts = {w: i["host"] for w, i in self.client.scheduler_info(n_workers=-1)["workers"].items()}
-                return assign_ranks({w: hosts[w] for w in free[:usable[0]]})
+            settled, before = free == before, free  # the same workers twice in a row: none is just leaving
+            if settled and usable and (usable[0] == world or waited >= job.timeout):
+                return assign_ranks(dict(list(free.items())[:usable[0]]))
             if waited >= max(job.timeout, _RESTART_WAIT):
                 raise self._final(DDPJobFailed(
                     f"{reason} Restarting needs {least} free slot worker(s) (--min-workers) but {len(free)} "
@@ -191,11 +211,12 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _free_slot_workers(client: Client) -> list[str]:
-    """Slot workers running nothing now (none while every one of them is still rejoining)."""
+def _free_slot_workers(client: Client) -> dict[str, str]:
+    """Slot workers running nothing now, by address, with their hosts, in address order."""
     workers = client.scheduler_info(n_workers=-1)["workers"]
     busy = {w for w, keys in client.processing().items() if keys}
-    return sorted(a for a, w in workers.items() if w.get("resources", {}).get(TRAINING_SLOT) and a not in busy)
+    return {a: str(workers[a]["host"]) for a in sorted(workers)
+            if workers[a].get("resources", {}).get(TRAINING_SLOT) and a not in busy}
 
 
 def _worker_names(client: Client) -> dict[str, str]:
