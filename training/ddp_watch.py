@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from .ddp_checkpoint import CheckpointCopy
 from .errors import DDPJobFailed
 from .events import Inbox
 from .protocol import EpochEnded, FirstStep
-from .slots import free_workers, wait_until_gone
+from .slots import end_hung_processes, free_workers
 
 if TYPE_CHECKING:
     from .ddp import DDPProgress
@@ -166,27 +164,6 @@ class RankWatcher:
         placement = self.attempt.placements[culprit]
         summary = f"rank {culprit} on {placement.worker} ({self.describe(culprit)}): {cause}."
         return DDPJobFailed(f"{summary} {ended}", rank=culprit, worker=placement.worker, summary=summary)
-
-
-def end_hung_processes(client: Any, workers: list[str]) -> None:
-    """Kill the processes of ``workers`` from their nannies, which start fresh ones. SIGKILL is the one
-    signal a stopped process obeys; its event loop cannot be asked to do anything. Bounded: best effort."""
-    if not workers:
-        return
-    try:
-        client.sync(client._run, _kill_worker_process, workers=workers, nanny=True, callback_timeout=10)
-    except Exception as exc:  # no nanny (started with --no-nanny) or a nanny gone too
-        log.warning("Could not end the hung worker(s) %s through their nannies (%s); restart them by hand.",
-                    workers, exc)
-        return
-    wait_until_gone(client, workers)
-
-
-def _kill_worker_process(dask_worker: Any) -> None:
-    """Run on a nanny: kill its worker process (the nanny notices and starts a fresh one)."""
-    pid = getattr(dask_worker, "pid", None)
-    if pid:
-        os.kill(pid, signal.SIGKILL)
 
 
 def _first_line(error: BaseException | None) -> str:

@@ -52,6 +52,33 @@ def wait_until_gone(client: Any, workers: list[str], timeout: float = _GONE_TIME
         time.sleep(_POLL)
 
 
+def end_hung_processes(client: Any, workers: list[str]) -> None:
+    """Kill the processes of ``workers`` from their nannies, which start fresh ones. SIGKILL is the one
+    signal a stopped process obeys; its event loop cannot be asked to do anything. Bounded: best effort."""
+    known = client.scheduler_info(n_workers=-1)["workers"]
+    nannied = [w for w in workers if known.get(w, {}).get("nanny")]
+    if set(workers) - set(nannied):  # started with --no-nanny, or already gone
+        log.warning("Hung worker(s) %s have no nanny to end them: restart them by hand.",
+                    sorted(set(workers) - set(nannied)))
+    if not nannied:
+        return
+    try:
+        client.sync(client._run, kill_worker_process, workers=nannied, nanny=True, callback_timeout=10)
+    except Exception as exc:  # a nanny gone too
+        log.warning("Could not end the hung worker(s) %s through their nannies (%s); restart them by hand.",
+                    nannied, exc)
+        return
+    wait_until_gone(client, nannied)
+
+
+def kill_worker_process(dask_worker: Any) -> None:
+    """Run on a nanny: kill its worker process (the nanny notices and starts a fresh one). Lives in this
+    light module because the nanny imports it to run it: a torch import there would cost seconds."""
+    pid = getattr(dask_worker, "pid", None)
+    if pid:
+        os.kill(pid, signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def second_interrupt_exits() -> Iterator[None]:
     """While cleaning up after Ctrl-C, a second Ctrl-C exits at once (main thread only: where signals go)."""
