@@ -9,7 +9,14 @@ from .devices import cuda_visible_devices, dask_cuda_problem, detect_gpus, visib
 from .errors import ClusterConnectError, ClusterError, NoTrainingSlots
 from .local import ClusterSpec, start_local_cluster
 from .plugin import TRAINING_SLOT, TrainingWorkerPlugin, prepare_task_thread
-from .security import TLSFiles, make_tls_files, read_scheduler_file, remove_tls_files, write_scheduler_file
+from .security import (
+    TLSFiles,
+    check_scheduler_file_path,
+    make_tls_files,
+    read_scheduler_file,
+    remove_tls_files,
+    write_scheduler_file,
+)
 
 __all__ = [
     "SLOT_WORKERS_VARIABLE",
@@ -22,6 +29,7 @@ __all__ = [
     "TLSFiles",
     "Target",
     "TrainingWorkerPlugin",
+    "check_scheduler_file_path",
     "connect",
     "cpu_cores",
     "cuda_visible_devices",

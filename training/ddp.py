@@ -30,7 +30,7 @@ from .events import publish
 from .limits import MAX_RESTARTS, check_count
 from .loop import _check_epochs
 from .model_file import TrainedModel, save_model
-from .params import resolve
+from .params import check_data_paths, resolve
 from .protocol import JobAnnounced, JobEnded, JobState, RankOutcome, TrialState
 from .sweep_spec import NAME_PATTERN
 from .workloads import get_workload, workload_ref
@@ -108,7 +108,8 @@ def train_ddp(client: Client | None = None, workload: str = "names", params: Map
                max_restarts=max_restarts, min_workers=min_workers)
     job.validate()
     job.check_min_workers(workers if isinstance(workers, int) and not isinstance(workers, bool) and workers > 0
-                    else len(workers) if isinstance(workers, Sequence) and workers else None)
+                          else len(workers) if isinstance(workers, Sequence) and workers else None)
+    check_data_paths(work.params, [resolved], here=client is None and (target is None or target.embedded))
     hooks = _progress_hooks(progress)
     if client is not None:
         return job.run(client, workers, hooks)

@@ -19,6 +19,7 @@ from cluster import (
     ClusterSpec,
     Target,
     TLSFiles,
+    check_scheduler_file_path,
     dashboard_url,
     describe_workers,
     make_tls_files,
@@ -107,6 +108,7 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
         raise click.UsageError("--slurm takes the Slurm options (--nodes, --gpus-per-node, ...), not --workers "
                                "or --tls.")
     try:
+        check_scheduler_file_path(scheduler_file)
         spec = ClusterSpec(workers=workers, gpus=gpus, host=host, tls=tls, scheduler_port=port,
                            dashboard_address=dashboard_address or f"{host}:8787")
     except ValueError as exc:
