@@ -86,6 +86,7 @@ class JobRun:
             except DDPJobFailed as failure:
                 if number >= self.job.max_restarts:
                     raise self._final(failure) from None
+                self.current = None  # its ranks ended; a Ctrl-C while waiting has nothing to cancel
                 number += 1
                 placements = self._wait_for_workers(world, str(failure))
                 backend = backend_of(self.client, placements)
