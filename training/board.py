@@ -24,6 +24,7 @@ from .protocol import (
     FirstStep,
     JobAnnounced,
     JobEnded,
+    JobRestarted,
     JobState,
     TrialEnded,
     TrialQueued,
@@ -95,6 +96,8 @@ class Board(SchedulerPlugin):
             self._announced(job, event)
         elif isinstance(event, JobEnded):
             self._ended(job, event)
+        elif isinstance(event, JobRestarted):
+            self._restarted(job, event)
         elif not isinstance(event, FirstStep):
             self._trial_event(job, event)
         self.version += 1
@@ -124,6 +127,17 @@ class Board(SchedulerPlugin):
                 if left == TrialState.COMPLETED:
                     _best_from_curve(job, trial)
 
+    @staticmethod
+    def _restarted(job: dict[str, Any], event: JobRestarted) -> None:
+        """A DDP job starts again from its checkpoint: listed under the job; ranks it no longer has are
+        cancelled (its announcement, which follows, shows where the others run now)."""
+        job["restarts"].append({"attempt": event.attempt, "reason": event.reason, "epoch": event.epoch,
+                                "world_size": event.world_size, "time": event.time or time.time()})
+        for number, trial in job["trials"].items():
+            if number >= event.world_size:
+                trial.update(state=TrialState.CANCELLED, error=f"restart {event.attempt}: the job went on "
+                                                               f"with {event.world_size} ranks")
+
     def _trial_event(self, job: dict[str, Any], event: Event) -> None:
         rank, number = getattr(event, "rank", None), int(getattr(event, "trial", 0))
         trial = _trial(job, rank if job["type"] == "ddp" and rank is not None else number)
@@ -145,7 +159,7 @@ class Board(SchedulerPlugin):
             "name": event.job, "run": event.run, "type": "ddp" if ddp else "sweep",
             "workload": "", "metric": "val_loss", "mode": "min", "epochs": None, "total": None, "client": None,
             "params": {}, "state": JobState.RUNNING, "error": None, "started": time.time(), "finished": None,
-            "trials": {},
+            "trials": {}, "restarts": [],
         }
         self.jobs[job["run"]] = job
         finished = [run for run, j in self.jobs.items() if j["state"] != JobState.RUNNING]

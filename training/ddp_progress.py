@@ -43,6 +43,15 @@ class LiveDDP(DDPProgress):
     def on_page(self, url: str | None) -> None:
         self.console.print(f"Training page: {url or 'not available on this scheduler'}")
 
+    def on_restart(self, attempt: int, max_restarts: int, reason: str, placements: list[Placement],
+                   epoch: int) -> None:
+        self.console.print(f"Restart {attempt} of {max_restarts}: {reason.strip()}", soft_wrap=True, markup=False)
+        self.console.print(f"  resuming from epoch {epoch} on {len(placements)} ranks" if epoch else
+                           f"  starting again from epoch 0 on {len(placements)} ranks")
+        names = _worker_names()
+        for p in placements:
+            self.console.print(f"  rank {p.rank} (local {p.local_rank}) on {names.get(p.worker, p.worker)}")
+
     def on_epoch(self, record: dict[str, Any]) -> None:
         if self.columns is None:
             self.columns = epoch_columns(record)

@@ -34,10 +34,11 @@ class TrainingDiverged(DaskTrainError):
 class DDPJobFailed(DaskTrainError):
     """A DDP job ended early: a rank raised, or a rank's worker was lost."""
 
-    def __init__(self, message: str, *, rank: int, worker: str) -> None:
+    def __init__(self, message: str, *, rank: int, worker: str, summary: str = "") -> None:
         super().__init__(message)
         self.rank = rank
         self.worker = worker
+        self.summary = summary or message  # the culprit and its cause, without what the other ranks said
 
 
 class Interrupted(KeyboardInterrupt):

@@ -76,16 +76,16 @@ class Inbox:
     ...     for event in inbox.drain(): ...
     """
 
-    def __init__(self, client: Any, run: str) -> None:
-        self.client, self.run = client, run
+    def __init__(self, client: Any, run: str, topic: str = TOPIC) -> None:
+        self.client, self.run, self.topic = client, run, topic
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
 
     def __enter__(self) -> Inbox:
-        _Router.of(self.client).add(self)
+        _Router.of(self.client, self.topic).add(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _Router.of(self.client).remove(self)
+        _Router.of(self.client, self.topic).remove(self)
 
     def drain(self) -> list[Event]:
         """The events that arrived since the last call, oldest first (malformed messages dropped)."""
@@ -103,33 +103,32 @@ class Inbox:
 
 
 class _Router:
-    """One subscription per client, fanning messages out to the inboxes open on it."""
+    """One subscription per client and topic, fanning messages out to the inboxes open on it."""
 
-    def __init__(self, client: Any) -> None:
-        self.client = client
+    def __init__(self, client: Any, topic: str) -> None:
+        self.client, self.topic = client, topic
         self.inboxes: dict[str, Inbox] = {}
         self.lock = threading.Lock()
 
     @classmethod
-    def of(cls, client: Any) -> _Router:
+    def of(cls, client: Any, topic: str = TOPIC) -> _Router:
         with _ATTACH:
-            router = getattr(client, "_dask_train_router", None)
-            if router is None:
-                router = cls(client)
-                client._dask_train_router = router
-            return router
+            routers = client.__dict__.setdefault("_dask_train_routers", {})
+            if topic not in routers:
+                routers[topic] = cls(client, topic)
+            return routers[topic]
 
     def add(self, inbox: Inbox) -> None:
         with self.lock:
             if not self.inboxes:
-                self.client.subscribe_topic(TOPIC, self._deliver)
+                self.client.subscribe_topic(self.topic, self._deliver)
             self.inboxes[inbox.run] = inbox
 
     def remove(self, inbox: Inbox) -> None:
         with self.lock:
             self.inboxes.pop(inbox.run, None)
             if not self.inboxes and self.client.status == "running":
-                self.client.unsubscribe_topic(TOPIC)
+                self.client.unsubscribe_topic(self.topic)
 
     def _deliver(self, event: tuple[float, Any]) -> None:
         _, message = event

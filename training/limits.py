@@ -18,6 +18,8 @@ MAX_YAML_DEPTH = 16
 DEFAULT_MAX_TRIALS = 10_000
 #: Epochs per trial, DDP job or `train` run.
 MAX_EPOCHS = 100_000
+#: Automatic restarts of one DDP job (``--max-restarts``).
+MAX_RESTARTS = 100
 #: `dask-train generate -n`: names, or characters of text.
 MAX_GENERATE = 100_000
 #: Characters of a value shown in an error message.

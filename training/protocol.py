@@ -299,6 +299,28 @@ class FirstStep(Event):
 
 
 @dataclass(frozen=True)
+class RankBeat(Event):
+    """A DDP rank is alive (sent every few seconds from a side thread, on its own topic): ``last`` is what
+    its training thread did last ("epoch 2 step 14/40"); ``attempt`` tells a restarted job's ranks apart."""
+
+    kind: ClassVar[str] = "beat"
+    rank: int = 0
+    attempt: int = 0
+    last: str = ""
+
+
+@dataclass(frozen=True)
+class JobRestarted(Event):
+    """A DDP job failed and starts again from its checkpoint (``attempt`` 1 is the first restart)."""
+
+    kind: ClassVar[str] = "restart"
+    attempt: int = 1
+    reason: str = ""
+    world_size: int = 0
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
 class JobAnnounced(Event):
     """A coordinator starts a job: what it trains, and (a resumed sweep) what its trials already did."""
 

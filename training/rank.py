@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import torch
 import torch.distributed as dist
 
+from .beats import Heartbeat, beat_period
+from .ddp_checkpoint import local_checkpoint, state_from_bytes
 from .events import emit
 from .loop import Callback, Shard, build_trainer, isolated_rng, pick_device
 from .protocol import EpochEnded, FirstStep, RankOutcome
@@ -52,13 +54,18 @@ class RankSpec:
     epochs: int
     seed: int
     timeout: float
-    checkpoint: str
-    resume: bool
     record_samples: bool = False
     #: The address the cluster knows this rank's worker by: gloo's sockets use it (see _gloo_bound_to).
     host: str = ""
     #: ``fp32``, ``bf16`` or ``fp16`` (see :mod:`training.precision`).
     precision: str = "fp32"
+    #: 0 for the first run of the job, n after its n-th automatic restart.
+    attempt: int = 0
+
+    @property
+    def local_key(self) -> str:
+        """This attempt's name for rank 0's worker-local checkpoint (see ``training.ddp_checkpoint``)."""
+        return f"{self.run}.{self.attempt}"
 
 
 class _RankZeroEvents(Callback):
@@ -86,26 +93,44 @@ def free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def run_rank(spec: RankSpec) -> RankOutcome:
+def run_rank(spec: RankSpec, resume_state: bytes | None = None) -> RankOutcome:
     """Join the process group, train this rank's shards, and return (rank 0: the model) or raise.
 
-    The rendezvous store listens on rank 0's own address only (never the wildcard) and is closed when the
-    rank ends, whether it trained or failed.
+    ``resume_state``: the bytes of the job's checkpoint (the client's copy) to continue from. The
+    rendezvous store listens on rank 0's own address only (never the wildcard) and is closed when the
+    rank ends, whether it trained or failed. A heartbeat runs beside the training thread throughout.
     """
     from cluster.plugin import prepare_task_thread
 
     prepare_task_thread()
+    with _heartbeat(spec) as beat:
+        return _run_rank(spec, resume_state, beat)
+
+
+def _heartbeat(spec: RankSpec) -> Heartbeat:
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:  # called outside a Dask worker (tests, a debugger): nobody to beat to
+        worker = None
+    return Heartbeat(worker, job=spec.job, run=spec.run, rank=spec.rank, attempt=spec.attempt,
+                     period=beat_period(spec.timeout))
+
+
+def _run_rank(spec: RankSpec, resume_state: bytes | None, beat: Heartbeat) -> RankOutcome:
     worker = _worker_address()
     timeout = datetime.timedelta(seconds=spec.timeout)
     backend = _gloo_bound_to(spec.host) if spec.backend == "gloo" and spec.host else spec.backend
     store: Any = None
     listener: socket.socket | None = None
     try:
+        beat.doing("rendezvous")
         device = _rank_device(spec)  # inside: a GPU that cannot be used is this rank's error, named as such
         store, listener = rendezvous_store(spec.init_method, spec.world_size, spec.rank == 0, timeout)
         dist.init_process_group(backend, store=store, rank=spec.rank, world_size=spec.world_size, timeout=timeout,
                                 **_bound_device(device))
-        return _train_rank(spec, worker, device)
+        return _train_rank(spec, worker, device, resume_state, beat)
     except Exception as exc:
         text = traceback.format_exc()
         traceback.clear_frames(exc.__traceback__)  # frames holding the store would keep it alive
@@ -227,22 +252,23 @@ def _close_listener(handle: socket.socket | None) -> None:
     handle.close()
 
 
-def _train_rank(spec: RankSpec, worker: str, device: torch.device) -> RankOutcome:
+def _train_rank(spec: RankSpec, worker: str, device: torch.device, resume_state: bytes | None,
+                beat: Heartbeat) -> RankOutcome:
     from torch.nn.parallel import DistributedDataParallel
 
     work = get_workload(spec.workload)
     device_ids = [device.index] if device.type == "cuda" else None
     with isolated_rng(device):
+        beat.doing("loading data")
         trainer = build_trainer(
             work, spec.params, spec.seed, device, shard=Shard(spec.rank, spec.world_size),
             wrap=lambda model: DistributedDataParallel(model, device_ids=device_ids),
             reduce=_all_reduce_sum, precision=spec.precision)
-        checkpoint = Path(spec.checkpoint)
-        if spec.resume:
-            trainer.load_checkpoint(checkpoint)
+        if resume_state is not None:
+            trainer.load_state(state_from_bytes(resume_state, "sent by the client"), "the job's checkpoint")
         events = _RankZeroEvents(spec, worker) if spec.rank == 0 else Callback()
         started_epoch = trainer.epoch
-        trainer.train(spec.epochs, events, checkpoint)
+        trainer.train(spec.epochs, _Both(beat, events), _rank_zero_checkpoint(spec))
     samples = None
     if spec.record_samples:  # which training samples this rank saw in its last epoch
         samples = torch.cat(trainer.last_batches).cpu() if trainer.last_batches else torch.zeros(0)
@@ -253,6 +279,38 @@ def _train_rank(spec: RankSpec, worker: str, device: torch.device) -> RankOutcom
     return dataclasses.replace(outcome, state_dict=trainer.best_weights(), best_epoch=trainer.best.epoch,
                                meta=dict(trainer.data.meta), artifacts=dict(trainer.data.artifacts),
                                first_step_at=getattr(events, "first_step_at", None))
+
+
+def _rank_zero_checkpoint(spec: RankSpec) -> Path | None:
+    """Rank 0 saves each epoch's state on its own worker; the client copies it (no shared disk needed)."""
+    if spec.rank != 0:
+        return None
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:
+        worker = None
+    return local_checkpoint(spec.job, spec.local_key, worker)
+
+
+class _Both(Callback):
+    """The heartbeat's progress and rank 0's events, from one callback."""
+
+    def __init__(self, first: Callback, second: Callback) -> None:
+        self.callbacks = (first, second)
+
+    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
+        for callback in self.callbacks:
+            callback.on_epoch_start(epoch, num_batches)
+
+    def on_batch_end(self, epoch: int, batch: int) -> None:
+        for callback in self.callbacks:
+            callback.on_batch_end(epoch, batch)
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        for callback in self.callbacks:
+            callback.on_epoch_end(record)
 
 
 def _gloo_bound_to(host: str) -> str:

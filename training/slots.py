@@ -41,9 +41,42 @@ def free_workers(client: Any, workers: list[str]) -> None:
     except Exception as exc:  # e.g. the worker is already gone
         log.warning("Could not end worker %s to free its slot: %s", workers, exc)
         return
-    deadline = time.monotonic() + _GONE_TIMEOUT
+    wait_until_gone(client, workers)
+
+
+def wait_until_gone(client: Any, workers: list[str], timeout: float = _GONE_TIMEOUT) -> None:
+    """Wait (at most ``timeout`` seconds) until the ended ``workers`` have left the scheduler, so that no
+    later request is sent to a process that is no more."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and set(workers) & set(client.scheduler_info(n_workers=-1)["workers"]):
         time.sleep(_POLL)
+
+
+def end_hung_processes(client: Any, workers: list[str]) -> None:
+    """Kill the processes of ``workers`` from their nannies, which start fresh ones. SIGKILL is the one
+    signal a stopped process obeys; its event loop cannot be asked to do anything. Bounded: best effort."""
+    known = client.scheduler_info(n_workers=-1)["workers"]
+    nannied = [w for w in workers if known.get(w, {}).get("nanny")]
+    if set(workers) - set(nannied):  # started with --no-nanny, or already gone
+        log.warning("Hung worker(s) %s have no nanny to end them: restart them by hand.",
+                    sorted(set(workers) - set(nannied)))
+    if not nannied:
+        return
+    try:
+        client.sync(client._run, kill_worker_process, workers=nannied, nanny=True, callback_timeout=10)
+    except Exception as exc:  # a nanny gone too
+        log.warning("Could not end the hung worker(s) %s through their nannies (%s); restart them by hand.",
+                    nannied, exc)
+        return
+    wait_until_gone(client, nannied)
+
+
+def kill_worker_process(dask_worker: Any) -> None:
+    """Run on a nanny: kill its worker process (the nanny notices and starts a fresh one). Lives in this
+    light module because the nanny imports it to run it: a torch import there would cost seconds."""
+    pid = getattr(dask_worker, "pid", None)
+    if pid:
+        os.kill(pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager

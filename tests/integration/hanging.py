@@ -28,3 +28,18 @@ class HangingXor(Xor):
     def load_data(self, params, seed):
         self._params = dict(params)
         return super().load_data(params, seed)
+
+
+class HangOnRankOne(Xor):
+    """xor whose DDP rank 1 blocks forever in its third step (a thread stuck in user code): its peers wait in
+    their collective until it times out, while rank 1's heartbeat thread goes on beating."""
+
+    name = "hang-on-rank-one"
+
+    def loss(self, model, batch):
+        import torch.distributed as dist
+
+        self._steps = getattr(self, "_steps", 0) + 1
+        if dist.is_initialized() and dist.get_rank() == 1 and self._steps == 3:
+            threading.Event().wait()  # forever: only a restart of the worker process ends this
+        return super().loss(model, batch)

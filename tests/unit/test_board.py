@@ -64,6 +64,20 @@ def test_job_end_closes_unfinished_trials_and_a_vanished_client_is_shown():
     assert job(board, "r2")["state"] == "client gone" and job(board)["state"] == "stopped"
 
 
+def test_a_ddp_restart_is_listed_and_ranks_it_went_on_without_are_cancelled():
+    board = Board()
+    ranks = [{"number": r, "worker": f"tcp://w:{r}", "state": "running"} for r in (0, 1)]
+    board.apply({"kind": "job", "job": "d", "run": "r1", "type": "ddp", "trials": ranks})
+    board.apply({"kind": "restart", "job": "d", "run": "r1", "attempt": 1, "reason": "rank 1 on tcp://w:1 left",
+                 "world_size": 1, "epoch": 3, "time": 5.0})
+    board.apply({"kind": "job", "job": "d", "run": "r1", "type": "ddp", "trials": ranks[:1]})
+    view = job(board)
+    assert view["restarts"] == [{"attempt": 1, "reason": "rank 1 on tcp://w:1 left", "epoch": 3, "world_size": 1,
+                                 "time": 5.0}]
+    assert [t["state"] for t in view["trials"]] == ["running", "cancelled"]
+    assert "went on with 1 ranks" in view["trials"][1]["error"]
+
+
 def test_old_finished_jobs_are_forgotten_but_running_ones_never():
     board = Board()
     board.apply({"kind": "job", "job": "long", "run": "running", "type": "sweep"})

@@ -9,6 +9,7 @@ from cluster import Target
 from ..ddp import train_ddp
 from ..ddp_progress import LiveDDP
 from ..errors import Interrupted
+from ..limits import MAX_RESTARTS
 from . import display
 from .cluster_cmd import target_options
 from .train_cmd import _EXTRA, _show_use, parse_param_args, precision_option
@@ -29,25 +30,35 @@ class DDPDisplay(LiveDDP):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the job's last checkpoint.")
 @click.option("--rank-timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
-              help="Seconds a collective may wait: a lost rank ends the job within about this long.")
+              help="Seconds a collective may wait and a rank may stay silent: a lost or hung rank ends the "
+                   "run within about this long.")
+@click.option("--max-restarts", type=click.IntRange(min=0, max=MAX_RESTARTS), default=0, show_default=True,
+              help="After a rank fails or its worker is lost, start again from the last checkpoint, up to N "
+                   "times.")
+@click.option("--min-workers", type=click.IntRange(min=1), default=None,
+              help="A restart may go on with this many ranks when fewer workers come back (default: as many "
+                   "as it started with); the global batch stays the same.")
 @precision_option("fp32")
 @target_options
 @click.pass_context
 def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str | None, runs_dir: str, seed: int,
-                resume: bool, rank_timeout: float, precision: str, target: Target) -> None:
+                resume: bool, rank_timeout: float, max_restarts: int, min_workers: int | None,
+                precision: str, target: Target) -> None:
     """Train WORKLOAD on several workers with DistributedDataParallel (--workers N ranks; default: every
     free worker). Hyperparameters: --name value, as for `dask-train train`."""
     params = parse_param_args(ctx.args)
     try:
         result = train_ddp(None, workload, params, epochs=epochs, workers=target.local.workers, name=name,
                            runs_dir=runs_dir, seed=seed, resume=resume, timeout=rank_timeout,
-                           progress=(shown := DDPDisplay()), target=target, precision=precision)
+                           progress=(shown := DDPDisplay()), target=target, max_restarts=max_restarts,
+                           min_workers=min_workers, precision=precision)
     except Interrupted as stop:
         display.interrupted(stop, add=("--resume",))
     if resume and shown.columns is None:  # no epoch ran
         display.console.print(f"Nothing left to train: the checkpoint is already at epoch {len(result.history)} "
                               f"of --epochs; pass a larger --epochs to train on. Model: {result.model_dir}")
     else:
-        display.console.print(f"Trained in {result.seconds:.1f} s on {len(result.placements)} ranks; model "
-                              f"saved to {result.model_dir}")
+        restarts = f" after {len(result.restarts)} restart(s)" if result.restarts else ""
+        display.console.print(f"Trained in {result.seconds:.1f} s on {len(result.placements)} ranks{restarts}; "
+                              f"model saved to {result.model_dir}")
     _show_use(result.trained, seed)

@@ -63,6 +63,11 @@ function summary(job) {
     parts.push(job.type === "ddp" ? `best ${fmt(job.best_value)}${at}`
                                   : `best trial ${best.number}: ${fmt(job.best_value)}${at}`);
   }
+  if (job.restarts && job.restarts.length) {
+    const last = job.restarts[job.restarts.length - 1];
+    parts.push(`restarted ${job.restarts.length}× (last from epoch ${last.epoch} on ${last.world_size} ranks: `
+               + `${last.reason})`);
+  }
   if (job.workload) parts.push(`workload ${job.workload}`);
   parts.push(`started ${new Date(job.started * 1000).toLocaleTimeString()}`);
   return parts.join(" · ");
