@@ -48,9 +48,25 @@ async def _close_when_orphaned(nanny: Any, parent: int) -> None:
     await nanny.close()
 
 
+#: What the nanny warns about when dask-train ends a worker on purpose (a timed-out or cancelled trial, a
+#: hung DDP rank: dask-train prints its own line) or when the cluster closes: not news to the user.
+_EXPECTED = ("Restarting worker", "Worker process still alive after")
+
+
+class _Expected(logging.Filter):
+    """Shows the nanny's expected warnings at debug level only (``-vv`` still has them in full)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith(_EXPECTED):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 def main(argv: list[str]) -> int:
     """Entry point of the worker subprocess: ``python -m cluster.worker_main REQUEST_JSON``."""
     logging.getLogger("distributed").setLevel(logging.WARNING)  # as LocalCluster's silence_logs
+    logging.getLogger("distributed.nanny").addFilter(_Expected())
     asyncio.run(_serve(json.loads(argv[1])))
     return 0
 
