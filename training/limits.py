@@ -20,6 +20,8 @@ DEFAULT_MAX_TRIALS = 10_000
 MAX_EPOCHS = 100_000
 #: `dask-train generate -n`: names, or characters of text.
 MAX_GENERATE = 100_000
+#: A trial that sends no epoch for this long is stuck (a deadlock, an endless loop): stopped as timed_out.
+STALL_TIMEOUT = 3600.0
 #: Characters of a value shown in an error message.
 SHOWN_CHARS = 80
 

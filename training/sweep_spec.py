@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .limits import MAX_EPOCHS, check_count, check_trial_count, clip, short
+from .limits import MAX_EPOCHS, STALL_TIMEOUT, check_count, check_trial_count, clip, short
 from .params import Param
 from .safe_yaml import read_yaml
 from .space import Domain, grid_trials, random_trials, space_to_json, validate_space
@@ -21,8 +21,6 @@ SEARCHES = ("grid", "random", "tpe")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: What does not change a sweep's trials or results: left out of its fingerprint (a rerun may change it).
 NOT_FINGERPRINTED = ("name", "runs_dir", "max_concurrent", "trial_timeout", "stall_timeout", "checkpoint_every")
-#: A trial that sends no epoch for this long is stuck (a deadlock, an endless loop): stopped as timed_out.
-STALL_TIMEOUT = 3600.0
 
 
 @dataclass(frozen=True)

@@ -6,19 +6,10 @@ import click
 
 from cluster import Target
 
-from ..ddp import train_ddp
-from ..ddp_progress import LiveDDP
 from ..errors import Interrupted
 from . import display
 from .cluster_cmd import target_options
 from .train_cmd import _EXTRA, _show_use, parse_param_args
-
-
-class DDPDisplay(LiveDDP):
-    """Where the ranks run, then rank 0's epoch table as epochs finish, on the CLI's console."""
-
-    def __init__(self) -> None:
-        super().__init__(display.console)
 
 
 @click.command(context_settings=_EXTRA)
@@ -36,11 +27,14 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
                 resume: bool, rank_timeout: float, target: Target) -> None:
     """Train WORKLOAD on several workers with DistributedDataParallel (--workers N ranks; default: every
     free worker). Hyperparameters: --name value, as for `dask-train train`."""
+    from ..ddp import train_ddp
+    from ..ddp_progress import LiveDDP
+
     params = parse_param_args(ctx.args)
     try:
         result = train_ddp(None, workload, params, epochs=epochs, workers=target.local.workers, name=name,
                            runs_dir=runs_dir, seed=seed, resume=resume, timeout=rank_timeout,
-                           progress=(shown := DDPDisplay()), target=target)
+                           progress=(shown := LiveDDP(display.console)), target=target)
     except Interrupted as stop:
         display.interrupted(stop, add=("--resume",))
     if resume and shown.columns is None:  # no epoch ran

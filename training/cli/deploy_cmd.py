@@ -6,15 +6,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import yaml
-
-from cluster.kubernetes import dask_cluster
-from cluster.slurm import SlurmSpec, sbatch_script
 
 from . import display
+
+if TYPE_CHECKING:
+    from cluster.slurm import SlurmSpec
 
 
 def slurm_options(command: Callable) -> Callable:
@@ -38,6 +37,8 @@ def slurm_options(command: Callable) -> Callable:
     def wrapper(*args: Any, nodes: int, gpus_per_node: int, workers_per_node: int, cpus_per_worker: int,
                 memory_per_worker: str, walltime: str, partition: str | None, account: str | None, python: str,
                 setup: tuple[str, ...], interface: str | None, **kwargs: Any) -> Any:
+        from cluster.slurm import SlurmSpec
+
         try:
             spec = SlurmSpec(nodes=nodes, gpus_per_node=gpus_per_node, workers_per_node=workers_per_node,
                              cpus_per_worker=cpus_per_worker, memory_per_worker=memory_per_worker,
@@ -56,6 +57,8 @@ def slurm_options(command: Callable) -> Callable:
               help="Write the script here (default: print it).")
 def sbatch_command(slurm: SlurmSpec, out: Path | None) -> None:
     """A whole-cluster Slurm job: scheduler on the first node, one worker per GPU (or CPU slot) on each."""
+    from cluster.slurm import sbatch_script
+
     _emit(sbatch_script(slurm), out)
 
 
@@ -73,6 +76,10 @@ def sbatch_command(slurm: SlurmSpec, out: Path | None) -> None:
 def manifest_command(name: str, workers: int, gpu: bool, image: str | None, worker_cpu: str, worker_memory: str,
                      namespace: str | None, out: Path | None) -> None:
     """A DaskCluster manifest for the dask-kubernetes operator (kubectl apply -f it)."""
+    import yaml
+
+    from cluster.kubernetes import dask_cluster
+
     try:
         manifest = dask_cluster(name, workers, gpu, image, worker_cpu, worker_memory, namespace)
     except ValueError as exc:
