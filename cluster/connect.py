@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -62,6 +63,7 @@ def connect(address: str | None = None, *, scheduler_file: str | None = None,
     try:
         _wait_for_slots(client, min_workers, timeout)
         prepare_workers(client, preload=preload)
+        wait_for_warm_up(client)
     except BaseException:
         client.close()
         raise
@@ -100,6 +102,33 @@ def prepare_workers(client: Client, torch_threads: int | None = None, preload: t
     client.register_plugin(TrainingWorkerPlugin(torch_threads=torch_threads, preload=preload), name=PLUGIN_NAME)
 
 
+#: How long a new client waits for the workers' warm-up before it goes on (their first task then waits).
+WARM_UP_TIMEOUT = 120.0
+
+
+def wait_for_warm_up(client: Client, timeout: float = WARM_UP_TIMEOUT) -> bool:
+    """Wait until every worker has imported torch and the preloaded modules (the plugin's warm-up), so the
+    first trial starts as fast as later ones: that time counts as the cluster's start, not the first
+    trial's. Bounded: a worker still warming after ``timeout`` is logged and left to finish on its own.
+    True when all were warm."""
+    deadline = time.monotonic() + timeout
+    while True:
+        warm = client.run(_is_warm, on_error="return")
+        if all(v is True for v in warm.values()):
+            return True
+        if time.monotonic() > deadline:
+            log.warning("Workers %s were still warming up after %.0fs; their first tasks wait for it.",
+                        sorted(a for a, v in warm.items() if v is not True), timeout)
+            return False
+        time.sleep(0.05)
+
+
+def _is_warm(dask_worker) -> bool:
+    """On a worker: its warm-up finished (True as well without our plugin, or one that cannot tell)."""
+    warm = getattr(dask_worker.plugins.get(PLUGIN_NAME), "warm", None)
+    return warm is None or bool(warm())
+
+
 @contextlib.contextmanager
 def open_client(target: Target | None = None) -> Iterator[Client]:
     """A ready client: connected to ``target``'s cluster, or to an embedded one closed on exit.
@@ -120,6 +149,7 @@ def open_client(target: Target | None = None) -> Iterator[Client]:
     with start_local_cluster(target.local) as cluster, Client(cluster, timeout=target.timeout) as client:
         _wait_for_slots(client, len(cluster.workers), target.timeout)
         prepare_workers(client, preload=target.preload)  # threads: from the environment the workers start with
+        wait_for_warm_up(client)
         yield client
 
 

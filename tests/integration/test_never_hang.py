@@ -92,7 +92,8 @@ def test_ctrl_c_cancels_frees_the_worker_and_says_how_to_resume(client, tmp_path
         "epochs": 4, "runs_dir": str(tmp_path / "runs")}))
     run_dir = tmp_path / "runs" / "hang"
     before = _addresses(client)
-    proc = start_cli("sweep", str(sweep_file), "--address", client.scheduler.address, importable=True)
+    proc = start_cli("sweep", str(sweep_file), "--address", client.scheduler.address, "--allow-workload", HANGING,
+                     importable=True)
     try:
         def running():
             assert proc.poll() is None, proc.communicate()[0]
@@ -113,7 +114,8 @@ def test_ctrl_c_cancels_frees_the_worker_and_says_how_to_resume(client, tmp_path
             proc.kill()
     assert proc.returncode == 130, output
     assert "Interrupted: sweep 'hang': 0 trials finished, 1 cancelled (trial 0) and their workers freed" in output
-    assert f"Resume with: dask-train sweep {sweep_file} --address {client.scheduler.address}" in output
+    assert (f"Resume with: dask-train sweep {sweep_file} --address {client.scheduler.address} --allow-workload "
+            f"{HANGING}") in output
     assert "Traceback" not in output and "Aborted!" not in output, output
     with sqlite3.connect(run_dir / "store.sqlite") as db:
         [(state, worker)] = db.execute("SELECT state, worker FROM trials").fetchall()

@@ -79,6 +79,7 @@ def test_xor_grid_of_4_trials(client, tmp_path):
     with RunStore(tmp_path / "xor4" / "store.sqlite") as store:
         assert [len(store.history(n)) for n in range(4)] == [40] * 4
     assert (tmp_path / "xor4" / "results.csv").read_text().count("completed") == 4
+    assert result.wait_for_report() == tmp_path / "xor4" / "report"  # its plots are drawn in the background
     _check_report(tmp_path / "xor4", result.best_trial)
 
 
