@@ -22,8 +22,8 @@ _WHERE = {
     "ClusterConnectError": "errors", "ClusterError": "errors", "NoTrainingSlots": "errors",
     "ClusterSpec": "spec", "start_local_cluster": "local",
     "TRAINING_SLOT": "plugin", "TrainingWorkerPlugin": "plugin", "prepare_task_thread": "plugin",
-    "TLSFiles": "security", "make_tls_files": "security", "read_scheduler_file": "security",
-    "remove_tls_files": "security", "write_scheduler_file": "security",
+    "TLSFiles": "security", "check_scheduler_file_path": "security", "make_tls_files": "security",
+    "read_scheduler_file": "security", "remove_tls_files": "security", "write_scheduler_file": "security",
 }
 
 __all__ = sorted(_WHERE)
@@ -58,6 +58,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .plugin import TRAINING_SLOT, TrainingWorkerPlugin, prepare_task_thread  # noqa: F401
     from .security import (  # noqa: F401
         TLSFiles,
+        check_scheduler_file_path,
         make_tls_files,
         read_scheduler_file,
         remove_tls_files,

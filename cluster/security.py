@@ -156,6 +156,24 @@ def write_scheduler_file(path: str | Path, address: str, dashboard: str | None,
     return path
 
 
+def check_scheduler_file_path(path: str | Path) -> None:
+    """Refuse to write a scheduler file over anything but a scheduler file (a stale one, from a cluster that
+    is gone): ``cluster up`` replaces it, then removes it on exit. Raises ValueError naming the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--scheduler-file {str(path)!r} is a folder; name a file in it, e.g. "
+                         f"{str(path / 'scheduler.json')!r}.")
+    if not path.exists():
+        return
+    try:
+        if path.stat().st_size < 1_000_000 and json.loads(path.read_text()).get("type") == "Scheduler":
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    raise ValueError(f"--scheduler-file {str(path)!r} exists and is not a scheduler file: it would be replaced "
+                     "and then removed. Name a new file.")
+
+
 def read_scheduler_file(path: str | Path) -> tuple[str, Security | None]:
     """The address and security settings in a scheduler file."""
     path = Path(path)

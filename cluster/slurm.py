@@ -22,9 +22,11 @@ from dask.utils import format_bytes, parse_bytes
 
 from .cpus import thread_environ
 from .plugin import TRAINING_SLOT
+from .security import TLSFiles
 
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$")
 _WORD = re.compile(r"^[A-Za-z0-9_.:@+-]+$")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9_.:\[\]-]*:\d{1,5}$")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class SlurmSpec:
     scheduler_file: str = "dask-train-scheduler.json"
     dashboard_address: str = "127.0.0.1:8787"
     scheduler_port: int = 8786  # 0: any free port (the scheduler file says which)
+    #: TLS for the scheduler, the workers and your clients: files on the shared filesystem (None: plain TCP).
+    tls: TLSFiles | None = None
 
     def __post_init__(self) -> None:
         for name in ("nodes", "workers_per_node", "cpus_per_worker"):
@@ -65,6 +69,8 @@ class SlurmSpec:
             parse_bytes(self.memory_per_worker)
         except ValueError:
             raise ValueError(f"memory_per_worker={self.memory_per_worker!r}: use a size such as 16GB.") from None
+        if not _HOST_PORT.match(self.dashboard_address):
+            raise ValueError(f"dashboard_address={self.dashboard_address!r}: use HOST:PORT, e.g. 127.0.0.1:8787.")
         for name in ("partition", "account", "job_name", "interface"):
             value = getattr(self, name)
             if value is not None and not _WORD.match(value):
@@ -111,7 +117,13 @@ def scheduler_command(spec: SlurmSpec) -> list[str]:
     command = [spec.python, "-m", "distributed.cli.dask_scheduler", "--scheduler-file", "$SCHEDULER_FILE",
                "--port", str(spec.scheduler_port), "--dashboard-address", spec.dashboard_address,
                "--preload", "training.dashboard"]
+    if spec.tls is not None:
+        command += ["--protocol", "tls", *_tls_args(spec.tls)]
     return command + (["--interface", spec.interface] if spec.interface else [])
+
+
+def _tls_args(tls: TLSFiles) -> list[str]:
+    return ["--tls-ca-file", str(tls.ca_file), "--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
 
 
 def worker_command(spec: SlurmSpec) -> list[str]:
@@ -122,6 +134,8 @@ def worker_command(spec: SlurmSpec) -> list[str]:
         command = [spec.python, "-m", "distributed.cli.dask_worker", "--nworkers", str(spec.workers_per_node)]
     command += ["--scheduler-file", "$SCHEDULER_FILE", "--nthreads", "1", "--resources", f"{TRAINING_SLOT}=1",
                 "--memory-limit", spec.memory_per_worker, "--death-timeout", "120"]
+    if spec.tls is not None:
+        command += _tls_args(spec.tls)
     return command + (["--interface", spec.interface] if spec.interface else [])
 
 
@@ -157,7 +171,7 @@ def sbatch_script(spec: SlurmSpec) -> str:
     return f"""#!/usr/bin/env bash
 # dask-train cluster: {spec.nodes} node(s) x {kind}, one training slot per worker ({spec.slots} in all).
 # Submit with `sbatch {spec.job_name}.sbatch`; when {spec.scheduler_file} appears, from a login node:
-#   dask-train sweep SWEEP.yaml --scheduler-file {spec.scheduler_file}
+#   dask-train sweep SWEEP.yaml --scheduler-file {spec.scheduler_file}{_client_tls(spec)}
 # The dashboard listens on {spec.dashboard_address} of the first node (ssh -L 8787:localhost:8787 NODE).
 {chr(10).join(sbatch_directives(spec))}
 set -euo pipefail
@@ -179,6 +193,13 @@ WORKERS_PID=$!
 # Until the time limit or scancel; if the scheduler or the workers stop, the job ends.
 wait -n "$SCHEDULER_PID" "$WORKERS_PID"
 """
+
+
+def _client_tls(spec: SlurmSpec) -> str:
+    if spec.tls is None:
+        return ""
+    return (" " + shlex.join(_tls_args(spec.tls))
+            + "\n# TLS covers the scheduler, workers and clients; DDP rank-to-rank traffic is not encrypted.")
 
 
 def _shell(command: list[str]) -> str:

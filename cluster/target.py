@@ -27,6 +27,11 @@ class Target:
     #: Modules workers import in the background as soon as they join (the code that will run there).
     preload: tuple[str, ...] = ()
 
+    @property
+    def embedded(self) -> bool:
+        """The workers are an embedded cluster on this machine (they see what this process sees)."""
+        return not (self.address or self.scheduler_file)
+
     def __post_init__(self) -> None:
         if self.address and self.scheduler_file:
             raise ValueError("Give --address or --scheduler-file, not both.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 import traceback
 import uuid
@@ -43,7 +44,7 @@ from .slots import free_workers, second_interrupt_exits
 from .sources import Source, make_source, read_rung_checkpoint, write_rung_checkpoint
 from .store import RunStore
 from .sweep_spec import NOT_FINGERPRINTED, SweepSpec
-from .trial import TrialSpec, run_trial
+from .trial import TrialSpec, keep_start_state, read_kept_checkpoint, run_trial
 
 if TYPE_CHECKING:
     from .sweep import SweepProgress
@@ -55,6 +56,7 @@ _NO_WORKERS_GRACE = 60.0  # how long a sweep waits for a slot worker to come bac
 _WORKER_CHECK_EVERY = 5.0  # seconds between checks that slot workers are still there
 _RESULT_TIMEOUT = 120.0  # fetching a finished trial's result (its weights) from its worker
 _PUBLISH_TIMEOUT = 10.0  # at the end, for the Training page's announcements still on their way
+_RELAY_TIMEOUT = 120.0  # moving one trial checkpoint between a worker and the run directory
 
 
 class Coordinator:
@@ -80,7 +82,7 @@ class Coordinator:
         _announce(self, total=spec.num_trials if spec.search == "tpe" else len(trials))
         self.running: dict[Future, int] = {}
         with Inbox(self.client, self.run_token) as inbox:
-            self.events = _Events(inbox, store, self.progress)
+            self.events = _Events(inbox, store, self.progress, _Relay(self.client, self.stretches))
             self.stops = _Stops(self)
             ended = JobState.STOPPED
             try:
@@ -90,6 +92,10 @@ class Coordinator:
                 with second_interrupt_exits():
                     cancelled = self.stops.cancel(self.running)
                 raise Interrupted(_interrupted(spec, store, cancelled)) from None
+            except Exception:
+                with contextlib.suppress(Exception):
+                    self.stops.abandon(self.running)
+                raise
             finally:
                 self.events.apply()
                 self.publisher.send(JobEnded(spec.name, self.run_token, state=ended))
@@ -192,6 +198,14 @@ class _Stops:
                             seconds=round(time.monotonic() - started, 4), history=self.store.history(number),
                             error_type="TrialTimeout", error=error)
 
+    def abandon(self, running: dict[Future, int]) -> None:
+        """The sweep failed (a full disk, a lost scheduler): cancel what was submitted and free the workers
+        of the running trials, writing nothing (the store keeps them running: a rerun resumes them)."""
+        workers = [self.events.worker_of[n] for n in running.values() if n in self.events.started]
+        self.client.cancel(list(running), force=True)
+        free_workers(self.client, workers)
+        running.clear()
+
     def cancel(self, running: dict[Future, int]) -> list[int]:
         """Interrupted: cancel every submitted trial, record the running ones as cancelled (a rerun resumes
         them from their checkpoints) and restart their workers. The trials that were running, in order."""
@@ -210,8 +224,8 @@ class _Events:
     """The workers' events (trial starts, epoch records) into the store and the progress hooks, each epoch
     once: events can trail a trial's result, whose history then delivers what had not arrived."""
 
-    def __init__(self, inbox: Inbox, store: RunStore, progress: SweepProgress) -> None:
-        self.inbox, self.store, self.progress = inbox, store, progress
+    def __init__(self, inbox: Inbox, store: RunStore, progress: SweepProgress, relay: _Relay) -> None:
+        self.inbox, self.store, self.progress, self.relay = inbox, store, progress, relay
         self.seen: set[tuple[int, int]] = set()  # (trial, epoch) records delivered
         self.ended: set[int] = set()  # trials whose final outcome was recorded: later events are stale
         # By trial, for timeouts (this client's clock, when the event arrived): the current attempt's start,
@@ -230,9 +244,14 @@ class _Events:
                 self.worker_of[event.trial], self.name_of[event.trial] = event.worker, name
                 self.store.trial_started(event.trial, name, event.time)
                 self.progress.on_trial_start(event.trial, name)
+                if event.checkpoint:
+                    self.relay.answer(event)
             elif isinstance(event, EpochEnded) and event.trial not in self.ended:
                 self.active[event.trial] = time.monotonic()
+                fresh = (event.trial, event.record["epoch"]) not in self.seen  # not trailing its outcome
                 self._epoch(event.trial, event.record)
+                if event.checkpoint and fresh:
+                    self.relay.fetch(event)
 
     def overdue(self, number: int, spec: SweepSpec) -> str | None:
         """Why trial ``number``'s running attempt is past its time (None: it is not, or has not started)."""
@@ -328,6 +347,44 @@ class _Stretches:
     def path(self, number: int) -> Path:
         """Trial ``number``'s resume checkpoint: its last finished epoch (or, with ASHA, its last rung)."""
         return self.spec.run_dir / "trials" / f"{number:04d}" / "checkpoint.pt"
+
+
+class _Relay:
+    """Trial checkpoints through the coordinator, for workers that cannot write the run directory (no
+    shared filesystem): each checkpoint a worker keeps in its own directory is fetched into the run
+    directory when its epoch is reported, and each attempt's start is answered with the trial's checkpoint
+    from there, so a retry on another worker or a rerun after a killed client continues from it.
+
+    The bytes travel through the scheduler (``client.run``); ``checkpoint_every`` thins them for big models.
+    """
+
+    def __init__(self, client: Client, stretches: _Stretches) -> None:
+        self.client, self.stretches = client, stretches
+
+    def answer(self, event: TrialStarted) -> None:
+        """Send the trial's start state (empty: none) to the worker whose attempt waits for it."""
+        path = self.stretches.path(event.trial)
+        data = path.read_bytes() if path.is_file() else b""
+        self._on(event.worker, keep_start_state, event.checkpoint, data)
+
+    def fetch(self, event: EpochEnded) -> None:
+        """Copy the checkpoint the worker just kept into the run directory."""
+        data = self._on(event.worker, read_kept_checkpoint, event.checkpoint)
+        if data:
+            path = self.stretches.path(event.trial)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.relayed")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+
+    def _on(self, worker: str, function: Any, *args: Any) -> Any:
+        """``function(*args)`` on ``worker``; None if it failed or the worker is gone (the trial then goes
+        on without this resume point: losing one is never worth stopping a sweep for)."""
+        try:
+            return self.client.run(function, *args, workers=[worker], callback_timeout=_RELAY_TIMEOUT)[worker]
+        except Exception as exc:
+            log.warning("Could not relay a trial checkpoint with %s: %s", worker, exc)
+            return None
 
 
 class _SlotWatch:

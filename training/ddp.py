@@ -28,7 +28,7 @@ from .errors import ConfigError, DDPJobFailed, Interrupted
 from .events import Inbox, publish
 from .loop import _check_epochs
 from .model_file import TrainedModel, save_model
-from .params import resolve
+from .params import check_data_paths, resolve
 from .protocol import EpochEnded, FirstStep, JobAnnounced, JobEnded, JobState, RankOutcome, TrialState
 from .rank import RankSpec, free_port, run_rank
 from .slots import free_workers, second_interrupt_exits
@@ -126,6 +126,7 @@ def train_ddp(client: Client | None = None, workload: str = "names", params: Map
                epochs=_check_epochs(epochs if epochs is not None else work.default_epochs), seed=seed,
                resume=resume, timeout=float(timeout), record_samples=record_samples)
     job.validate()
+    check_data_paths(work.params, [resolved], here=client is None and (target is None or target.embedded))
     hooks = _progress_hooks(progress)
     if client is not None:
         return job.run(client, workers, hooks)

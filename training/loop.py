@@ -19,7 +19,7 @@ import torch
 
 from .errors import ConfigError, TrainingDiverged
 from .model_file import TrainedModel
-from .params import resolve
+from .params import check_data_paths, resolve
 from .protocol import better
 from .workloads import Data, Workload, get_workload, workload_ref
 from .workloads.base import Batch, take
@@ -145,10 +145,12 @@ class Trainer:
         self._check_every = 1 if self.device.type == "cpu" else 16
 
     def train(self, epochs: int, callback: Callback | None = None, checkpoint: Path | None = None,
-              every: int = 1) -> list[dict[str, Any]]:
+              every: int = 1, resume_point_only: bool = False) -> list[dict[str, Any]]:
         """Run until ``epochs`` epochs are done in total (a resumed trainer continues its count), saving
         ``checkpoint`` after every ``every``-th epoch and the last (before the epoch is reported, so a
-        process lost after a report never has to train that epoch again)."""
+        process lost after a report never has to train that epoch again). ``resume_point_only``: the
+        checkpoint is only a resume point (a sweep trial, whose model travels back in its result), so a
+        failed save (a full disk) is logged and training goes on."""
         callback = callback or Callback()
         while self.epoch < epochs:
             record = self._run_epoch(self.epoch + 1, callback)
@@ -158,7 +160,7 @@ class Trainer:
                 self.best.offer(record, self.model)
             if checkpoint is not None and self.shard.rank == 0 and (self.epoch % every == 0
                                                                     or self.epoch == epochs):
-                self.save_checkpoint(checkpoint)
+                self._save(checkpoint, resume_point_only)
             callback.on_epoch_end(record)
         return self.history
 
@@ -220,11 +222,25 @@ class Trainer:
         return {f"val_{k}": v / count for k, v in values.items()}
 
     def save_checkpoint(self, path: Path) -> None:
-        """Write :meth:`state` to a temporary file and rename it, so a crash never leaves half a checkpoint."""
+        """Write :meth:`state` to a temporary file and rename it, so a crash never leaves half a checkpoint
+        (and a failed write, a full disk, leaves nothing)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save(self.state(), tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _save(self, path: Path, resume_point_only: bool) -> None:
+        try:
+            self.save_checkpoint(path)
+        except OSError as exc:
+            if not resume_point_only:
+                raise
+            log.warning("Epoch %d's checkpoint %s was not saved (%s): training goes on without this resume point",
+                        self.epoch, path, exc.strerror or exc)
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue exactly: weights, optimizer, scheduler, epoch, RNG, history."""
@@ -323,6 +339,7 @@ def train(workload: str | Workload, params: Mapping[str, Any] | None = None, *, 
     """
     work = get_workload(workload) if isinstance(workload, str) else workload
     resolved = resolve(work.params, params or {}, owner=work.name)
+    check_data_paths(work.params, [resolved], here=True)
     total = _check_epochs(epochs if epochs is not None else work.default_epochs)
     dev = pick_device(device)
     with isolated_rng(dev):

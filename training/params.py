@@ -34,6 +34,8 @@ class Param:
         Inclusive bounds for numbers.
     choices : tuple, optional
         The only values accepted.
+    path : {"file", "dir"}, optional
+        The value (when not empty) names data on disk: see :func:`check_data_paths`.
 
     Examples
     --------
@@ -48,6 +50,7 @@ class Param:
     low: float | None = None
     high: float | None = None
     choices: tuple[Any, ...] | None = None
+    path: str | None = None
 
     def parse(self, value: Any) -> Any:
         """Coerce ``value`` (a string from the CLI, or a Python value) and check it is allowed."""
@@ -138,6 +141,50 @@ def resolve(params: Iterable[Param], given: Mapping[str, Any], *, owner: str) ->
         if name not in by_name:
             raise ConfigError(_unknown_message(name, list(by_name), owner))
     return {name: (p.parse(given[name]) if name in given else p.default) for name, p in by_name.items()}
+
+
+def check_data_paths(params: Iterable[Param], values: Iterable[Mapping[str, Any]], *, here: bool) -> None:
+    """The data paths among ``values`` (one mapping of hyperparameters per trial), checked before any
+    cluster starts: each must name a regular file (a folder for ``path="dir"``), never a device or a pipe
+    a worker would read forever; with ``here`` (the workers run on this machine) it must exist too.
+
+    Examples
+    --------
+    >>> check_data_paths([Param("data", str, "", path="file")], [{"data": "/dev/zero"}], here=False)
+    Traceback (most recent call last):
+    ...
+    training.errors.ConfigError: data='/dev/zero' is not a regular file (a device or pipe). Pass a file.
+    """
+    checked: set[tuple[str, str]] = set()
+    for param in (p for p in params if p.path):
+        for trial in values:
+            value = trial.get(param.name)
+            if isinstance(value, str) and value and (param.name, value) not in checked:
+                checked.add((param.name, value))
+                _check_data_path(param, value, here)
+
+
+def _check_data_path(param: Param, value: str, here: bool) -> None:
+    import os
+    import stat
+
+    named = f"{param.name}={short(value)}"
+    want = "a folder" if param.path == "dir" else "a file"
+    try:
+        mode = os.stat(value).st_mode
+    except FileNotFoundError:
+        if here:
+            raise ConfigError(f"{named} does not exist. Pass {want} that exists.") from None
+        return  # the workers may see what this machine does not
+    except OSError as exc:
+        raise ConfigError(f"{named} cannot be read: {exc.strerror}.") from None
+    if param.path == "dir":
+        if not stat.S_ISDIR(mode):
+            raise ConfigError(f"{named} is not a folder. Pass {want}.")
+    elif stat.S_ISDIR(mode):
+        raise ConfigError(f"{named} is a folder. Pass {want}.")
+    elif not stat.S_ISREG(mode):
+        raise ConfigError(f"{named} is not a regular file (a device or pipe). Pass {want}.")
 
 
 def _unknown_message(name: str, known: list[str], owner: str) -> str:

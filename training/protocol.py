@@ -271,6 +271,9 @@ class TrialStarted(Event):
     worker: str = ""  # its address: Dask stamps every worker event's "worker" with it on the way
     device: str = ""
     worker_name: str = ""  # as people see it (cpu-0)
+    #: Set where the worker cannot write the run directory: the worker-local path its checkpoints go to.
+    #: The trial waits for the coordinator to put its start state beside it (``<checkpoint>.start``).
+    checkpoint: str = ""
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,9 @@ class EpochEnded(Event):
     worker: str = ""
     record: dict[str, Any] = field(default_factory=dict)
     rank: int | None = None
+    #: Where the worker kept this epoch's checkpoint when it cannot write the run directory: the
+    #: coordinator fetches it from there into the run directory.
+    checkpoint: str = ""
 
 
 @dataclass(frozen=True)

@@ -89,18 +89,19 @@ def write_plots(run: RunSummary) -> None:
 def summary_markdown(run: RunSummary) -> str:
     """The best trial and the results table, as Markdown."""
     spec, best = run.spec, run.best
-    lines = [f"# Sweep `{spec['name']}`", "",
-             f"Workload `{spec['workload']}`, {spec['search']} search, {len(run.trials)} trials, "
-             f"{spec['epochs']} epochs each; best by `{run.metric}` ({run.mode}).", ""]
+    lines = [f"# Sweep {_escape(str(spec['name']))}", "",
+             f"Workload {_escape(str(spec['workload']))}, {_escape(str(spec['search']))} search, "
+             f"{len(run.trials)} trials, {_cell(spec['epochs'])} epochs each; best by {_escape(run.metric)} "
+             f"({_escape(run.mode)}).", ""]
     if best is None:
         lines += ["No trial completed.", ""]
     else:
         searched = {k: best.params.get(k) for k in spec.get("space", {})}
         lines += [f"## Best trial: {best.number:04d}", "",
-                  f"- {run.metric}: {_cell(best.best)} at epoch {best.best_epoch} of {best.epochs} "
+                  f"- {_escape(run.metric)}: {_cell(best.best)} at epoch {best.best_epoch} of {best.epochs} "
                   f"(last epoch: {_cell(best.metrics.get(run.metric))})",
                   f"- params: {_escape(str(searched))}", f"- worker: {_escape(best.worker or '')}, "
-                  f"{_cell(best.seconds)} s", f"- model: `{_escape(str(best.model_dir))}` (its best epoch)", ""]
+                  f"{_cell(best.seconds)} s", f"- model: {_escape(str(best.model_dir))} (its best epoch)", ""]
     names = list(spec.get("space", {}))
     header = ["trial", "state", *names, f"best {run.metric}", "best epoch", "epochs", "seconds", "worker"]
     lines += ["## Trials", "", "| " + " | ".join(map(_escape, header)) + " |", "|" + "---|" * len(header)]

@@ -101,7 +101,12 @@ class RunStore:
         try:
             yield
         finally:
-            self.db.execute("COMMIT")
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error:  # e.g. a full disk: leave no transaction open behind the error
+                self.db.execute("ROLLBACK")
+                self._counts = None
+                raise
 
     def begin_run(self, name: str, fingerprint: str, spec: dict[str, Any], trials: list[dict[str, Any]],
                   free: tuple[str, ...] = ()) -> int:

@@ -162,11 +162,15 @@ class Sweep:
 
     def _run_on(self, client: Client | None, progress: SweepProgress, new: bool,
                 target: Target | None) -> SweepResult:
+        from .params import check_data_paths
         from .run_dirs import SWEEP_MARKERS, check_run_dir, set_aside
+        from .workloads import get_workload
 
         if new:
             set_aside(self.spec.run_dir)
         check_run_dir(self.spec.run_dir, SWEEP_MARKERS)  # before any cluster starts
+        check_data_paths(get_workload(self.spec.workload).params, self.spec.trials() or [dict(self.spec.params)],
+                         here=client is None and (target is None or target.embedded))
         if client is not None:
             return _run(self.spec, client, progress)
         from cluster import open_client

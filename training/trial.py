@@ -9,6 +9,7 @@ traceback, worker), never a crash of the sweep.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ from .protocol import EpochEnded, TrialOutcome, TrialStarted, TrialState
 from .workloads import get_workload
 
 log = logging.getLogger(__name__)
+
+#: How long a trial on a worker that cannot see the run directory waits for its start state.
+START_STATE_WAIT = 30.0
 
 @dataclass(frozen=True)
 class TrialSpec:
@@ -48,16 +52,22 @@ class TrialSpec:
 
 
 class _EpochEvents(Callback):
-    """Sends each epoch's record to the client as it is made, and keeps the history for failures."""
+    """Sends each epoch's record to the client as it is made, and keeps the history for failures.
 
-    def __init__(self, spec: TrialSpec, worker: str) -> None:
-        self.spec, self.worker = spec, worker
+    ``relayed``: the worker-local checkpoint file, where this worker cannot write the run directory; the
+    events of epochs that saved it say so (not the attempt's last: its outcome ends the trial or stretch).
+    """
+
+    def __init__(self, spec: TrialSpec, worker: str, relayed: Path | None = None) -> None:
+        self.spec, self.worker, self.relayed = spec, worker, relayed
         self.history: list[dict[str, Any]] = []
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         self.history.append(record)
+        epoch, last = int(record["epoch"]), self.spec.until_epoch or self.spec.epochs
+        saved = self.relayed is not None and epoch < last and epoch % self.spec.checkpoint_every == 0
         emit(EpochEnded(job=self.spec.job, run=self.spec.run, time=time.time(), trial=self.spec.number,
-                        worker=self.worker, record=record))
+                        worker=self.worker, record=record, checkpoint=str(self.relayed) if saved else ""))
 
 
 def run_trial(spec: TrialSpec) -> TrialOutcome:
@@ -68,9 +78,10 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
     worker = _worker_address()
     device = str(prepare_task_thread().get("name", ""))
     started = time.time()
+    checkpoint, relayed = _checkpoint_place(spec)
     emit(TrialStarted(job=spec.job, run=spec.run, time=started, trial=spec.number, worker=_own_address(),
-                      device=device, worker_name=worker))
-    events = _EpochEvents(spec, worker)
+                      device=device, worker_name=worker, checkpoint=str(checkpoint) if relayed else ""))
+    events = _EpochEvents(spec, worker, checkpoint if relayed else None)
     trainer: Trainer | None = None
     ended: dict[str, Any]
     try:
@@ -78,16 +89,19 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
         dev = pick_device()
         with isolated_rng(dev):
             trainer = build_trainer(work, spec.params, spec.seed, dev, metric=spec.metric, mode=spec.mode)
-            state, source = _start_state(spec)
+            state, source = _start_state(spec, _sent_start(checkpoint) if relayed and checkpoint else None)
             if state is not None:
                 trainer.load_state(state, source)
-            trainer.train(spec.until_epoch or spec.epochs, events, _writable(spec.checkpoint),
-                          spec.checkpoint_every)
+            trainer.train(spec.until_epoch or spec.epochs, events, checkpoint, spec.checkpoint_every,
+                          resume_point_only=True)
             ended = _trained(trainer, keep_state=spec.until_epoch is not None)
     except TrainingDiverged as exc:
         ended = _error(TrialState.DIVERGED, exc)
     except Exception as exc:  # recorded with its traceback: one bad trial must not end the sweep
         ended = _error(TrialState.FAILED, exc)
+    finally:
+        if relayed and checkpoint is not None:  # the coordinator has what it needs from this attempt
+            checkpoint.unlink(missing_ok=True)
     finished = time.time()
     history = trainer.history if trainer is not None else events.history
     return TrialOutcome(number=spec.number, worker=worker, device=device, started=started, finished=finished,
@@ -101,33 +115,80 @@ def _trained(trainer: Trainer, keep_state: bool) -> dict[str, Any]:
             "checkpoint": _to_cpu(trainer.state()) if keep_state else None}
 
 
-def _start_state(spec: TrialSpec) -> tuple[dict[str, Any] | None, str]:
-    """Where this attempt starts: the trial's own resume checkpoint if this worker sees a newer one than
-    the state the coordinator sent (a retry after a lost worker, a rerun after a killed client)."""
-    state, source = spec.start_state, f"trial {spec.number}'s last stretch"
+def _start_state(spec: TrialSpec, sent: tuple[dict[str, Any], str] | None) -> tuple[dict[str, Any] | None, str]:
+    """Where this attempt starts: the newest of the state the coordinator put in the spec (ASHA's last
+    stretch), the trial's resume checkpoint in the run directory where this worker sees it, and the one the
+    coordinator ``sent`` where it does not (a retry after a lost worker, a rerun after a killed client)."""
+    candidates = [(spec.start_state, f"trial {spec.number}'s last stretch")]
     path = Path(spec.checkpoint) if spec.checkpoint else None
     if path is not None and path.is_file():
-        try:
-            saved = read_checkpoint(path)
-        except ConfigError as exc:  # damaged (e.g. a disk that filled up): start from what was sent
-            log.warning("Ignoring trial %s's checkpoint: %s", spec.number, exc)
-        else:
-            if state is None or int(saved["epoch"]) > int(state["epoch"]):
-                state, source = saved, str(path)
+        candidates.append((_read_or_none(path, spec.number), str(path)))
+    if sent is not None:
+        candidates.append(sent)
+    state, source = None, ""
+    for candidate, where in candidates:
+        if candidate is not None and (state is None or int(candidate["epoch"]) > int(state["epoch"])):
+            state, source = candidate, where
     return state, source
 
 
-def _writable(checkpoint: str | None) -> Path | None:
-    """The checkpoint path, where this worker sees the run directory (the same machine or a shared
-    filesystem); None elsewhere: the trial then runs without a mid-trial resume point."""
-    if checkpoint is None:
+def _read_or_none(path: Path, number: int) -> dict[str, Any] | None:
+    try:
+        return read_checkpoint(path)
+    except ConfigError as exc:  # damaged (e.g. a disk that filled up): start from what was sent
+        log.warning("Ignoring trial %s's checkpoint: %s", number, exc)
         return None
+
+
+def _checkpoint_place(spec: TrialSpec) -> tuple[Path | None, bool]:
+    """Where this attempt saves its resume checkpoint, and whether the coordinator relays it: the run
+    directory's path where this worker sees it (the same machine, a shared filesystem); else a file in the
+    worker's own directory that the coordinator fetches after each epoch (None: not on a worker)."""
+    if spec.checkpoint is None:
+        return None, False
+    path = Path(spec.checkpoint)
+    if path.parent.parent.parent.is_dir():  # RUN_DIR/trials/NNNN/checkpoint.pt
+        return path, False
+    from distributed import get_worker
+
+    try:
+        local = Path(get_worker().local_directory)
+    except ValueError:
+        return None, False
+    return local / "dask-train" / f"{spec.job}-{spec.run}-{spec.number:04d}.pt", True
+
+
+def _sent_start(checkpoint: Path) -> tuple[dict[str, Any], str] | None:
+    """The start state the coordinator sends to a worker that cannot see the run directory: it answers
+    this attempt's start event with ``<checkpoint>.start`` (the trial's checkpoint, or empty for none).
+    Without an answer in time the trial starts from what its spec holds."""
+    answer = checkpoint.with_name(checkpoint.name + ".start")
+    deadline = time.monotonic() + START_STATE_WAIT
+    while not answer.exists():
+        if time.monotonic() > deadline:
+            log.warning("No start state from the coordinator within %.0fs for %s", START_STATE_WAIT, checkpoint)
+            return None
+        time.sleep(0.02)
+    try:
+        if answer.stat().st_size == 0:
+            return None
+        return read_checkpoint(answer), "its checkpoint, sent by the coordinator"
+    finally:
+        answer.unlink(missing_ok=True)
+
+
+def keep_start_state(checkpoint: str, data: bytes) -> None:
+    """Run on a worker by the coordinator (``client.run``): the answer :func:`_sent_start` waits for."""
     path = Path(checkpoint)
-    run_dir = path.parent.parent.parent  # RUN_DIR/trials/NNNN/checkpoint.pt
-    if not run_dir.is_dir():
-        log.info("This worker does not see the run directory %s: trial checkpoints are not kept", run_dir)
-        return None
-    return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.start.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path.with_name(path.name + ".start"))
+
+
+def read_kept_checkpoint(checkpoint: str) -> bytes:
+    """Run on a worker by the coordinator (``client.run``): the bytes of a checkpoint this worker kept."""
+    return Path(checkpoint).read_bytes()
 
 
 def _error(state: TrialState, exc: Exception) -> dict[str, Any]:

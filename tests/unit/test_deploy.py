@@ -235,3 +235,35 @@ def test_gpu_extra_installs_dask_cuda_with_its_cuda_12_bindings():
     extras = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     # dask-cuda has had the cu12 / cu13 extras since 25.10; without one `import dask_cuda` fails.
     assert [r for r in extras["gpu"] if r.startswith("dask-cuda")] == ["dask-cuda[cu12]>=25.10"]
+
+
+def test_sbatch_with_tls_and_a_dashboard_address_parses_with_dask_and_tells_the_client(tmp_path):
+    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
+    for path in files.values():
+        path.write_text("PEM\n")
+    result = CliRunner().invoke(cli, ["cluster", "sbatch", "--nodes", "2", "--interface", "ib0",
+                                      "--dashboard-address", "0.0.0.0:8788", "--tls-ca-file", str(files["ca"]),
+                                      "--tls-cert", str(files["cert"]), "--tls-key", str(files["key"])])
+    assert result.exit_code == 0, result.output
+    script = result.output
+    scheduler = next(line for line in script.splitlines() if "dask_scheduler" in line)
+    args = words_after(scheduler, "distributed.cli.dask_scheduler")
+    parses_as(scheduler_cli, args)
+    assert args[args.index("--protocol") + 1] == "tls" and args[args.index("--interface") + 1] == "ib0"
+    assert args[args.index("--dashboard-address") + 1] == "0.0.0.0:8788"
+    worker = words_after(next(line for line in script.splitlines() if line.startswith("srun ")),
+                         "distributed.cli.dask_worker")
+    parses_as(worker_cli, worker)
+    for words in (args, worker):
+        assert [words[words.index(f"--tls-{o}") + 1] for o in ("ca-file", "cert", "key")] == \
+            [str(files[n]) for n in ("ca", "cert", "key")]
+    assert f"--scheduler-file dask-train-scheduler.json --tls-ca-file {files['ca']}" in script  # the client's line
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--tls-ca-file", "README.md"], "all three"),
+    (["--dashboard-address", "everywhere"], "HOST:PORT"),
+])
+def test_sbatch_refuses_half_tls_and_a_bad_dashboard_address(args, message):
+    result = CliRunner().invoke(cli, ["cluster", "sbatch", *args])
+    assert result.exit_code == 2 and message in result.output, result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import sqlite3
 import sys
 
 import click
@@ -57,6 +58,8 @@ def _one_line_error(exc: Exception) -> click.ClickException:
         return click.ClickException(one_line(str(exc)))
     if isinstance(exc, OSError):
         return click.ClickException(one_line(disk_message(exc)))
+    if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc):  # the run store's disk
+        return click.ClickException(one_line(disk_message(OSError(errno.ENOSPC, str(exc)))))
     return click.ClickException(one_line(f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)"))
 
 

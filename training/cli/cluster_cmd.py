@@ -92,7 +92,7 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
                scheduler_file: Path, use_tls: bool, tls_ca_file: str | None, tls_cert: str | None,
                tls_key: str | None, use_slurm: bool, slurm: SlurmSpec) -> None:
     """Start a scheduler and one worker per GPU (or CPU slot); stay up until Ctrl-C."""
-    from cluster import make_tls_files, remove_tls_files, write_scheduler_file
+    from cluster import check_scheduler_file_path, make_tls_files, remove_tls_files, write_scheduler_file
 
     from ..dashboard import page_url
 
@@ -101,6 +101,7 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
         raise click.UsageError("--slurm takes the Slurm options (--nodes, --gpus-per-node, ...), not --workers "
                                "or --tls.")
     try:
+        check_scheduler_file_path(scheduler_file)
         spec = ClusterSpec(workers=workers, gpus=gpus, host=host, tls=tls, scheduler_port=port,
                            dashboard_address=dashboard_address or f"{host}:8787")
     except ValueError as exc:

@@ -3,12 +3,15 @@ Slurm options of ``cluster up --slurm``."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from cluster import TLSFiles
 
 from . import display
 
@@ -53,12 +56,27 @@ def slurm_options(command: Callable) -> Callable:
 
 @click.command()
 @slurm_options
+@click.option("--dashboard-address", default="127.0.0.1:8787", show_default=True,
+              help="Where the first node's dashboard listens (loopback: reach it with ssh -L).")
+@click.option("--tls-ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="TLS for scheduler, workers and clients: these files on the shared filesystem.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the script here (default: print it).")
-def sbatch_command(slurm: SlurmSpec, out: Path | None) -> None:
+def sbatch_command(slurm: SlurmSpec, dashboard_address: str, tls_ca_file: Path | None, tls_cert: Path | None,
+                   tls_key: Path | None, out: Path | None) -> None:
     """A whole-cluster Slurm job: scheduler on the first node, one worker per GPU (or CPU slot) on each."""
     from cluster.slurm import sbatch_script
 
+    given = [p for p in (tls_ca_file, tls_cert, tls_key) if p is not None]
+    if given and len(given) != 3:
+        raise click.UsageError("Pass all three of --tls-ca-file, --tls-cert and --tls-key, or none.")
+    tls = TLSFiles(*(str(p.resolve()) for p in given)) if given else None
+    try:
+        slurm = dataclasses.replace(slurm, tls=tls, dashboard_address=dashboard_address)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     _emit(sbatch_script(slurm), out)
 
 

@@ -31,7 +31,7 @@ class CharLM(Workload):
         Param("hidden", int, 128, "LSTM hidden size", low=1, high=4096),
         Param("layers", int, 1, "LSTM layers", low=1, high=16),
         Param("dropout", float, 0.0, "dropout between LSTM layers", low=0.0, high=0.9),
-        Param("data", str, "", "text file to learn; empty: the shipped sonnets excerpt"),
+        Param("data", str, "", "text file to learn; empty: the shipped sonnets excerpt", path="file"),
         Param("val_fraction", float, 0.1, "share of the text (its end) held out", low=0.01, high=0.5),
     )
 

@@ -40,7 +40,8 @@ class Digits(Workload):
         Param("gamma", float, 0.9, "StepLR decay of the learning rate each epoch", low=0.01, high=1.0),
         Param("batch_size", int, 32, "samples per step", low=1, high=1 << 16),
         Param("hidden", int, 128, "hidden units of the fully connected layer", low=1, high=8192),
-        Param("data", str, "", "folder with MNIST IDX files; empty: scikit-learn's 8x8 digits"),
+        Param("data", str, "", "folder with MNIST IDX files; empty: scikit-learn's 8x8 digits",
+              path="dir"),
         Param("val_fraction", float, 0.1, "share of the training images held out", low=0.01, high=0.5),
     )
 
