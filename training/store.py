@@ -72,8 +72,7 @@ class RunStore:
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
-            self._counts = None  # what was counted in the rolled-back writes is gone
+            self._rollback()
             raise
         self.db.execute("COMMIT")
 
@@ -83,11 +82,18 @@ class RunStore:
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK TO one_write")
-            self.db.execute("RELEASE one_write")
+            if self.db.in_transaction:  # SQLite ends the whole transaction itself on some errors (disk full)
+                self.db.execute("ROLLBACK TO one_write")
+                self.db.execute("RELEASE one_write")
             self._counts = None
             raise
         self.db.execute("RELEASE one_write")
+
+    def _rollback(self) -> None:
+        """Undo the open transaction (SQLite has already undone it after some errors, e.g. a full disk)."""
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+        self._counts = None  # what was counted in the undone writes is gone
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -104,8 +110,7 @@ class RunStore:
             try:
                 self.db.execute("COMMIT")
             except sqlite3.Error:  # e.g. a full disk: leave no transaction open behind the error
-                self.db.execute("ROLLBACK")
-                self._counts = None
+                self._rollback()
                 raise
 
     def begin_run(self, name: str, fingerprint: str, spec: dict[str, Any], trials: list[dict[str, Any]],
