@@ -24,7 +24,7 @@ from cluster import TRAINING_SLOT, ClusterError, dashboard_url, require_slots
 
 from .dashboard import enable_page
 from .errors import Interrupted
-from .events import Inbox, Publisher
+from .events import Inbox, Publisher, publish
 from .model_file import write_model_dir
 from .protocol import (
     EpochEnded,
@@ -98,8 +98,8 @@ class Coordinator:
                 raise
             finally:
                 self.events.apply()
-                self.publisher.send(JobEnded(spec.name, self.run_token, state=ended))
-                self.publisher.flush(_PUBLISH_TIMEOUT)
+                self.publisher.flush(_PUBLISH_TIMEOUT)  # what was handed over goes first, then the end, at once
+                publish(self.client, JobEnded(spec.name, self.run_token, state=ended))
         return store.trials()
 
     def _run_trials(self, source: Source, slots: int) -> None:
