@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from distributed import Client
 from distributed.security import Security
 
 from .errors import ClusterConnectError, NoTrainingSlots
-from .local import ClusterSpec, start_local_cluster
+from .local import start_local_cluster
 from .plugin import PLUGIN_NAME, TRAINING_SLOT, TrainingWorkerPlugin
 from .security import read_scheduler_file
+from .spec import ClusterSpec  # noqa: F401  (the doctests, and callers that import it from here)
+from .target import SCHEMES, Target, check_address  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -25,61 +27,6 @@ _WORKER_HINT = (
     f"`dask cuda worker ADDRESS --resources {TRAINING_SLOT}=1` (one per GPU), or run without --address "
     "to use the built-in local cluster."
 )
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where the workers are: an address, a scheduler file, or neither (start the embedded cluster)."""
-
-    address: str | None = None
-    scheduler_file: str | None = None
-    security: Security | None = None
-    timeout: float = 30.0
-    local: ClusterSpec = field(default_factory=ClusterSpec)
-    #: Modules workers import in the background as soon as they join (the code that will run there).
-    preload: tuple[str, ...] = ()
-
-    @property
-    def embedded(self) -> bool:
-        """The workers are an embedded cluster on this machine (they see what this process sees)."""
-        return not (self.address or self.scheduler_file)
-
-    def __post_init__(self) -> None:
-        if self.address and self.scheduler_file:
-            raise ValueError("Give --address or --scheduler-file, not both.")
-        if self.timeout <= 0:
-            raise ValueError(f"timeout={self.timeout!r}: must be positive seconds.")
-        if self.address:
-            check_address(self.address)
-
-
-#: Address schemes a dask-train client connects with.
-SCHEMES = ("tcp", "tls", "ucx")
-
-
-def check_address(address: str) -> str:
-    """``address`` if it is ``tcp://HOST:PORT``, ``tls://HOST:PORT`` or ``HOST:PORT``; else a clear ValueError.
-
-    Examples
-    --------
-    >>> check_address("tcp://10.0.0.5:8786")
-    'tcp://10.0.0.5:8786'
-    >>> check_address("http://10.0.0.5:8786")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: Address 'http://10.0.0.5:8786' has scheme 'http': use tcp://HOST:PORT ...
-    """
-    scheme, sep, rest = address.partition("://")
-    if not sep:
-        scheme, rest = "tcp", address
-    shown = address if len(address) <= 80 else address[:77] + "..."
-    if scheme not in SCHEMES:
-        raise ValueError(f"Address {shown!r} has scheme {scheme[:20]!r}: use tcp://HOST:PORT (or tls:// for a "
-                         "TLS cluster).")
-    host, colon, port = rest.rpartition(":")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"Address {shown!r} is not {scheme}://HOST:PORT (e.g. tcp://10.0.0.5:8786).")
-    return address
 
 
 def connect(address: str | None = None, *, scheduler_file: str | None = None,
@@ -116,6 +63,7 @@ def connect(address: str | None = None, *, scheduler_file: str | None = None,
     try:
         _wait_for_slots(client, min_workers, timeout)
         prepare_workers(client, preload=preload)
+        wait_for_warm_up(client)
     except BaseException:
         client.close()
         raise
@@ -154,6 +102,33 @@ def prepare_workers(client: Client, torch_threads: int | None = None, preload: t
     client.register_plugin(TrainingWorkerPlugin(torch_threads=torch_threads, preload=preload), name=PLUGIN_NAME)
 
 
+#: How long a new client waits for the workers' warm-up before it goes on (their first task then waits).
+WARM_UP_TIMEOUT = 120.0
+
+
+def wait_for_warm_up(client: Client, timeout: float = WARM_UP_TIMEOUT) -> bool:
+    """Wait until every worker has imported torch and the preloaded modules (the plugin's warm-up), so the
+    first trial starts as fast as later ones: that time counts as the cluster's start, not the first
+    trial's. Bounded: a worker still warming after ``timeout`` is logged and left to finish on its own.
+    True when all were warm."""
+    deadline = time.monotonic() + timeout
+    while True:
+        warm = client.run(_is_warm, on_error="return")
+        if all(v is True for v in warm.values()):
+            return True
+        if time.monotonic() > deadline:
+            log.warning("Workers %s were still warming up after %.0fs; their first tasks wait for it.",
+                        sorted(a for a, v in warm.items() if v is not True), timeout)
+            return False
+        time.sleep(0.05)
+
+
+def _is_warm(dask_worker) -> bool:
+    """On a worker: its warm-up finished (True as well without our plugin, or one that cannot tell)."""
+    warm = getattr(dask_worker.plugins.get(PLUGIN_NAME), "warm", None)
+    return warm is None or bool(warm())
+
+
 @contextlib.contextmanager
 def open_client(target: Target | None = None) -> Iterator[Client]:
     """A ready client: connected to ``target``'s cluster, or to an embedded one closed on exit.
@@ -174,6 +149,7 @@ def open_client(target: Target | None = None) -> Iterator[Client]:
     with start_local_cluster(target.local) as cluster, Client(cluster, timeout=target.timeout) as client:
         _wait_for_slots(client, len(cluster.workers), target.timeout)
         prepare_workers(client, preload=target.preload)  # threads: from the environment the workers start with
+        wait_for_warm_up(client)
         yield client
 
 

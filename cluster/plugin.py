@@ -79,13 +79,17 @@ class TrainingWorkerPlugin(WorkerPlugin):
         try:
             self.device = describe_device(self.threads)
             for module in self.preload:
-                importlib.import_module(module)
+                _preload(module)
         except Exception as exc:  # a broken CUDA install must show up in `cluster info`, not kill the worker
             log.exception("dask-train: could not describe this worker's device")
             self.device = {"kind": "error", "name": f"{type(exc).__name__}: {exc}", "memory": 0}
         finally:
             assert self._ready is not None
             self._ready.set()
+
+    def warm(self) -> bool:
+        """Whether the warm-up (torch, the preloaded modules) has finished; does not wait."""
+        return self._ready is not None and self._ready.is_set()
 
     def describe(self, timeout: float = _DESCRIBE_TIMEOUT) -> dict[str, Any]:
         """This worker's device, waiting for the warm-up if it is still importing torch."""
@@ -94,6 +98,15 @@ class TrainingWorkerPlugin(WorkerPlugin):
         if not self._ready.wait(timeout):
             raise TimeoutError(f"dask-train worker warm-up did not finish in {timeout:.0f}s")
         return self.device
+
+
+def _preload(module: str) -> None:
+    """Import ``module`` ahead of the first task; a failure is the task's to report, not the worker's."""
+    try:
+        importlib.import_module(module)
+    except Exception:
+        log.warning("dask-train: could not preload %s; the first task that needs it will say why", module,
+                    exc_info=True)
 
 
 def _allow_children() -> None:

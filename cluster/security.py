@@ -10,11 +10,12 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-from distributed.security import Security
+from typing import TYPE_CHECKING, Any
 
 from .errors import ClusterConnectError, ClusterError
+
+if TYPE_CHECKING:
+    from distributed.security import Security
 
 _VALID_DAYS = 30
 
@@ -29,6 +30,8 @@ class TLSFiles:
 
     def security(self) -> Security:
         """A Dask ``Security`` requiring TLS, for the scheduler, workers and clients alike."""
+        from distributed.security import Security
+
         for path in (self.ca_file, self.cert, self.key):
             if not Path(path).is_file():
                 raise ClusterConnectError(f"TLS file {path!r} does not exist: pass existing --tls-ca-file, "

@@ -25,7 +25,7 @@ from cluster import TRAINING_SLOT, ClusterError, dashboard_url, require_slots
 
 from .dashboard import enable_page
 from .errors import Interrupted
-from .events import Inbox, publish
+from .events import Inbox, Publisher, publish
 from .model_file import write_model_dir
 from .precision import check_workers_support
 from .protocol import (
@@ -57,6 +57,7 @@ _POLL = 0.2  # seconds between checks of the futures and the event queue
 _NO_WORKERS_GRACE = 60.0  # how long a sweep waits for a slot worker to come back before giving up
 _WORKER_CHECK_EVERY = 5.0  # seconds between checks that slot workers are still there
 _RESULT_TIMEOUT = 120.0  # fetching a finished trial's result (its weights) from its worker
+_PUBLISH_TIMEOUT = 10.0  # at the end, for the Training page's announcements still on their way
 _RELAY_TIMEOUT = 120.0  # moving one trial checkpoint between a worker and the run directory
 
 
@@ -68,6 +69,7 @@ class Coordinator:
         self.spec, self.client, self.progress = spec, client, progress
         self.stop = stop  # set (a detached sweep's cancel): stop as at Ctrl-C
         self.run_token = uuid.uuid4().hex[:8]
+        self.publisher = Publisher(client)
         self.stretches = _Stretches(spec)
         self.best: TrialRecord | None = None
 
@@ -90,7 +92,7 @@ class Coordinator:
             self.stops = _Stops(self)
             ended = JobState.STOPPED
             try:
-                self._run_trials(source, _window(spec, slots, len(store.unfinished())))
+                self._run_trials(source, slots)
                 ended = JobState.FINISHED
             except KeyboardInterrupt:
                 with second_interrupt_exits():
@@ -102,31 +104,44 @@ class Coordinator:
                 raise
             finally:
                 self.events.apply()
+                self.publisher.flush(_PUBLISH_TIMEOUT)  # what was handed over goes first, then the end, at once
                 publish(self.client, JobEnded(spec.name, self.run_token, state=ended))
         return store.trials()
 
-    def _run_trials(self, source: Source, window: int) -> None:
-        running, watch = self.running, _SlotWatch(self.client, self.spec.run_dir)
+    def _run_trials(self, source: Source, slots: int) -> None:
+        running, watch = self.running, _SlotWatch(self.client, self.spec.run_dir, slots)
         while True:
             if self.stop is not None and self.stop.is_set():
                 raise KeyboardInterrupt  # handled as Ctrl-C is: cancel, record, free the workers
-            while len(running) < window and (number := source.take()) is not None:
-                running[self._submit(number)] = number
+            self._top_up(source, _window(self.spec, watch.slots))
             if not running:
                 return
             with contextlib.suppress(TimeoutError):  # distributed's wait raises when nothing finished
                 wait(list(running), timeout=_POLL, return_when="FIRST_COMPLETED")
-            self.events.apply()
-            ended = [(f, _outcome_of(n, f)) for f, n in running.items() if f.done()] + self.stops.overdue(running)
-            for future, outcome in ended:
-                del running[future]
-                record = self._record(outcome)
-                future.release()
-                if record.state == TrialState.PROMOTED:  # its next stretch goes first
-                    source.requeue(record.number)
-                else:
-                    source.finished(record)
+            with self.store.batch():  # one commit for all this round recorded
+                self.events.apply()
+                self._record_ended(source)
             watch.check()
+
+    def _record_ended(self, source: Source) -> None:
+        """Record the trials that ended (finished, failed, or stopped past their time) and free their slots."""
+        running = self.running
+        done = {f: n for f, n in running.items() if f.done()}
+        ended = _outcomes(self.client, done) + self.stops.overdue(running)
+        for future, outcome in ended:
+            del running[future]
+            record = self._record(outcome)
+            future.release()
+            if record.state == TrialState.PROMOTED:  # its next stretch goes first
+                source.requeue(record.number)
+            else:
+                source.finished(record)
+
+    def _top_up(self, source: Source, window: int) -> None:
+        """Submit the next trials until ``window`` are queued or running: trials are taken (TPE: asked)
+        only as slots are about to free, so a 10,000-trial sweep holds a few futures, not 10,000."""
+        while len(self.running) < window and (number := source.take()) is not None:
+            self.running[self._submit(number)] = number
 
     def _submit(self, number: int) -> Future:
         spec = self.spec
@@ -138,7 +153,7 @@ class Coordinator:
         # Readable keys for the dashboard (grouped as trial-<sweep>); each client run gets its own, so a key
         # is never reused while a cancelled task of an earlier run may still be winding down.
         key = f"trial-{spec.name}-{number:04d}{suffix}-{self.run_token}"
-        publish(self.client, TrialQueued(spec.name, self.run_token, trial=number, params=trial.params))
+        self.publisher.send(TrialQueued(spec.name, self.run_token, trial=number, params=trial.params))
         return self.client.submit(run_trial, trial, key=key, pure=False, resources={TRAINING_SLOT: 1})
 
     def _record(self, outcome: TrialOutcome) -> TrialRecord:
@@ -150,8 +165,8 @@ class Coordinator:
         model_dir = _save_model(spec, outcome, self.store.params(number)) if state.has_model else None
         self.store.finish_trial(outcome, state, best, model_dir)
         row = self.store.trial(number)
-        publish(self.client, TrialEnded(spec.name, self.run_token, trial=number, state=state, best=row.best,
-                                        best_epoch=row.best_epoch, error=row.error))
+        self.publisher.send(TrialEnded(spec.name, self.run_token, trial=number, state=state, best=row.best,
+                                       best_epoch=row.best_epoch, error=row.error))
         self.best = best_trial([r for r in (self.best, row) if r is not None], spec.mode)
         self.progress.on_trial_end(row, self.store.counts(), self.best)
         return row
@@ -164,6 +179,7 @@ class _Stops:
     def __init__(self, coordinator: Coordinator) -> None:
         self.client, self.spec, self.run = coordinator.client, coordinator.spec, coordinator.run_token
         self.store, self.events = coordinator.store, coordinator.events
+        self.publisher = coordinator.publisher
 
     def overdue(self, running: dict[Future, int]) -> list[tuple[Future, TrialOutcome]]:
         """Stop the running trials past their time. One whose worker was lost is not stalled: Dask runs it
@@ -206,8 +222,7 @@ class _Stops:
         workers = [self.events.worker_of[n] for n in numbers]
         for number in numbers:
             self.store.cancel_trial(number)
-            publish(self.client, TrialEnded(self.spec.name, self.run, trial=number,
-                                            state=TrialState.CANCELLED))
+            self.publisher.send(TrialEnded(self.spec.name, self.run, trial=number, state=TrialState.CANCELLED))
         free_workers(self.client, workers)
         running.clear()
         return numbers
@@ -272,12 +287,21 @@ class _Events:
             self.progress.on_epoch(number, record)
 
 
-def _window(spec: SweepSpec, slots: int, unfinished: int) -> int:
-    """How many trials are submitted at once. Grid and random: all of them (each slot takes the next the
-    moment it frees); TPE: one per slot, so each ask sees the results so far."""
+def _window(spec: SweepSpec, slots: int) -> int:
+    """How many trials are submitted (queued or running) at once. Grid and random: two a slot and two more,
+    so a slot that frees finds its next trial already on the scheduler (no round trip through this client)
+    while the client and scheduler hold a bounded number of tasks however large the sweep; TPE: one a slot,
+    so each ask sees the results so far.
+
+    Examples
+    --------
+    >>> from training.sweep_spec import SweepSpec
+    >>> _window(SweepSpec.create(workload="xor", space={"lr": [0.1, 0.2]}), slots=2)
+    6
+    """
     if spec.max_concurrent:
         return spec.max_concurrent
-    return slots if spec.search == "tpe" else max(1, unfinished)
+    return max(1, slots) if spec.search == "tpe" else 2 * max(1, slots) + 2
 
 
 def _announce(coordinator: Coordinator, total: int | None) -> None:
@@ -286,7 +310,8 @@ def _announce(coordinator: Coordinator, total: int | None) -> None:
     trials = store.trials()
     finished = sum(1 for t in trials if t.state.is_finished)
     page = enable_page(client)
-    publish(client, _announcement(spec, coordinator.run_token, client.id, total, trials, store.histories()))
+    coordinator.publisher.send(_announcement(spec, coordinator.run_token, client.id, total, trials,
+                                             store.histories()))
     coordinator.progress.on_start(spec, total or 0, (total or 0) - finished, dashboard_url(client))
     coordinator.progress.on_page(page)
 
@@ -373,10 +398,11 @@ class _Relay:
 class _SlotWatch:
     """Fails the sweep clearly, instead of hanging, when no worker with a slot has been there for a while."""
 
-    def __init__(self, client: Client, run_dir: Path) -> None:
+    def __init__(self, client: Client, run_dir: Path, slots: int) -> None:
         self.client, self.run_dir = client, run_dir
         self.checked = time.monotonic()
         self.lost_since: float | None = None
+        self.slots = slots  # workers with a slot at the last check: sizes the submission window
 
     def check(self) -> None:
         now = time.monotonic()
@@ -384,7 +410,7 @@ class _SlotWatch:
             return
         self.checked = now
         try:
-            require_slots(self.client)
+            self.slots = len(require_slots(self.client))
             self.lost_since = None
         except ClusterError:
             self.lost_since = self.lost_since or now
@@ -418,6 +444,18 @@ def _write_spec(spec: SweepSpec) -> None:
     import yaml
 
     (spec.run_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.to_json(), sort_keys=False))
+
+
+def _outcomes(client: Client, done: dict[Future, int]) -> list[tuple[Future, TrialOutcome]]:
+    """The outcomes of finished tasks: the results of those that returned, fetched in one round trip (a
+    trial's weights come from its worker), and each other's built from its error."""
+    returned = [f for f in done if f.status == "finished"]
+    try:  # Client.gather has no timeout; its coroutine under sync() takes one
+        values = client.sync(client._gather, returned, callback_timeout=_RESULT_TIMEOUT) if returned else []
+    except Exception:  # e.g. a worker lost with a result on it: each on its own, with its own error
+        return [(f, _outcome_of(n, f)) for f, n in done.items()]
+    outcomes = dict(zip(returned, values, strict=True))
+    return [(f, outcomes[f] if f in outcomes else _outcome_of(n, f)) for f, n in done.items()]
 
 
 def _outcome_of(number: int, future: Future) -> TrialOutcome:

@@ -22,6 +22,8 @@ MAX_EPOCHS = 100_000
 MAX_RESTARTS = 100
 #: `dask-train generate -n`: names, or characters of text.
 MAX_GENERATE = 100_000
+#: A trial that sends no epoch for this long is stuck (a deadlock, an endless loop): stopped as timed_out.
+STALL_TIMEOUT = 3600.0
 #: Characters of a value shown in an error message.
 SHOWN_CHARS = 80
 
@@ -87,3 +89,6 @@ def check_count(name: str, value: object, high: int, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(f"{name}={short(value)}: expected a whole number from {low:,} to {high:,}.")
     return value
+
+#: Training precisions (see training.precision); here so the CLI offers them without importing torch.
+PRECISIONS = ("fp32", "bf16", "fp16")

@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import ConfigError
-from .limits import clip, short
+from .limits import PRECISIONS, clip, short
 
 if TYPE_CHECKING:
     from distributed import Client
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: In a worker's environment, ``0`` keeps full fp32 matmuls on GPUs that would use TF32.
 TF32_VARIABLE = "DASK_TRAIN_TF32"

@@ -67,14 +67,23 @@ def read_spec(run_dir: Path) -> dict[str, Any]:
     return spec
 
 
-def write_report(run: RunSummary) -> Path:
-    """Write the plots and the summary; return the report folder."""
+def write_report(run: RunSummary, plots: bool = True) -> Path:
+    """Write the summary and (``plots``) the plots; return the report folder."""
+    folder = run.run_dir / REPORT_DIR
+    folder.mkdir(exist_ok=True)
+    (folder / "summary.md").write_text(summary_markdown(run), encoding="utf-8")
+    if plots:
+        write_plots(run)
+    return folder
+
+
+def write_plots(run: RunSummary) -> None:
+    """``curves.png`` and ``params.png``. Drawn on matplotlib figures of their own (no pyplot state), so a
+    sweep can draw them on a background thread while another sweep runs."""
     folder = run.run_dir / REPORT_DIR
     folder.mkdir(exist_ok=True)
     _plot_curves(run, folder / "curves.png")
     _plot_params(run, folder / "params.png")
-    (folder / "summary.md").write_text(summary_markdown(run), encoding="utf-8")
-    return folder
 
 
 def summary_markdown(run: RunSummary) -> str:
@@ -104,9 +113,9 @@ def summary_markdown(run: RunSummary) -> str:
 
 
 def _plot_curves(run: RunSummary, path: Path) -> None:
-    plt = _pyplot()
     best, labelled = run.best, _top_trials(run)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig = _figure(figsize=(8, 5))
+    ax = fig.subplots()
     for number, history in run.histories.items():
         points = [(r["epoch"], r[run.metric]) for r in history if _finite(r.get(run.metric))]
         if not points:
@@ -121,7 +130,6 @@ def _plot_curves(run: RunSummary, path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _top_trials(run: RunSummary, count: int = _LEGEND_TRIALS) -> dict[int, str]:
@@ -138,9 +146,9 @@ def _top_trials(run: RunSummary, count: int = _LEGEND_TRIALS) -> dict[int, str]:
 
 
 def _plot_params(run: RunSummary, path: Path) -> None:
-    plt = _pyplot()
     names = list(run.spec.get("space", {})) or ["trial"]
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), squeeze=False)
+    fig = _figure(figsize=(4 * len(names), 4))
+    axes = fig.subplots(1, len(names), squeeze=False)
     done = [t for t in run.trials if _finite(t.best)]
     best = run.best
     colors = ["tab:red" if best is not None and t.number == best.number else "tab:blue" for t in done]
@@ -161,16 +169,13 @@ def _plot_params(run: RunSummary, path: Path) -> None:
     fig.suptitle(f"{run.spec['name']}: each trial's best {run.metric} by hyperparameter (best trial in red)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs: Any) -> Any:
+    """A figure that draws to files only (Agg): no display, no pyplot state, safe on any thread."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only: no display, safe in any process
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def _finite(value: Any) -> bool:

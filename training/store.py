@@ -47,6 +47,9 @@ class RunStore:
         columns = {r["name"] for r in self.db.execute("PRAGMA table_info(trials)")}
         if "best_epoch" not in columns:  # a store written before best epochs were recorded
             self.db.execute("ALTER TABLE trials ADD COLUMN best_epoch INTEGER")
+        # Trials by state, kept up to date by this store's own writes (one query at first use, not one a
+        # trial: a 10,000-trial sweep asks after every trial). None: count again.
+        self._counts: dict[TrialState, int] | None = None
 
     def __enter__(self) -> RunStore:
         return self
@@ -59,14 +62,56 @@ class RunStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        """All or nothing: a client killed mid-write leaves the previous state, never half of a trial."""
+        """All or nothing: a client killed mid-write leaves the previous state, never half of a trial.
+        Inside :meth:`batch` it is a savepoint of the batch's transaction."""
+        if self.db.in_transaction:
+            with self._savepoint():
+                yield
+            return
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
         self.db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        self.db.execute("SAVEPOINT one_write")
+        try:
+            yield
+        except BaseException:
+            if self.db.in_transaction:  # SQLite ends the whole transaction itself on some errors (disk full)
+                self.db.execute("ROLLBACK TO one_write")
+                self.db.execute("RELEASE one_write")
+            self._counts = None
+            raise
+        self.db.execute("RELEASE one_write")
+
+    def _rollback(self) -> None:
+        """Undo the open transaction (SQLite has already undone it after some errors, e.g. a full disk)."""
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+        self._counts = None  # what was counted in the undone writes is gone
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group the writes made inside into one commit (a sweep's round of events and results): one
+        write to disk instead of one each. Each write inside stays whole on its own; on an error, what
+        was written completely before it is still committed."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error:  # e.g. a full disk: leave no transaction open behind the error
+                self._rollback()
+                raise
 
     def begin_run(self, name: str, fingerprint: str, spec: dict[str, Any], trials: list[dict[str, Any]],
                   free: tuple[str, ...] = ()) -> int:
@@ -87,6 +132,7 @@ class RunStore:
                 self.db.executemany("INSERT INTO trials (number, params, state) VALUES (?, ?, ?)",
                                     [(i, json.dumps(p), TrialState.PENDING.value) for i, p in enumerate(trials)])
             self.db.execute("UPDATE sweep SET runs = runs + 1 WHERE id = 1")
+        self._counts = None
         return int(self.db.execute("SELECT runs FROM sweep WHERE id = 1").fetchone()[0])
 
     def unfinished(self) -> list[int]:
@@ -95,22 +141,30 @@ class RunStore:
 
     def add_trial(self, number: int, params: dict[str, Any]) -> None:
         """Record a trial created during the run (TPE asks); a no-op if it is already there."""
-        self.db.execute("INSERT OR IGNORE INTO trials (number, params, state) VALUES (?, ?, ?)",
-                        (number, json.dumps(params), TrialState.PENDING.value))
+        added = self.db.execute("INSERT OR IGNORE INTO trials (number, params, state) VALUES (?, ?, ?)",
+                                (number, json.dumps(params), TrialState.PENDING.value)).rowcount
+        if added:
+            self._moved(None, TrialState.PENDING)
 
     def params(self, number: int) -> dict[str, Any]:
         return json.loads(self.db.execute("SELECT params FROM trials WHERE number = ?", (number,)).fetchone()[0])
 
     def trial_started(self, number: int, worker: str, when: float) -> None:
         """A run of the trial began: count it; the trial's start is its first run's."""
-        self.db.execute(f"UPDATE trials SET state = ?, worker = ?, started = COALESCE(started, ?), "
-                        f"starts = starts + 1 WHERE number = ? AND {_NOT_FINISHED}",
-                        (TrialState.RUNNING.value, worker, when, number, *_FINISHED))
+        before = self._state(number)
+        changed = self.db.execute(f"UPDATE trials SET state = ?, worker = ?, started = COALESCE(started, ?), "
+                                  f"starts = starts + 1 WHERE number = ? AND {_NOT_FINISHED}",
+                                  (TrialState.RUNNING.value, worker, when, number, *_FINISHED)).rowcount
+        if changed:
+            self._moved(before, TrialState.RUNNING)
 
     def cancel_trial(self, number: int) -> None:
         """A running trial was stopped by the user: not finished (a rerun resumes it)."""
-        self.db.execute(f"UPDATE trials SET state = ? WHERE number = ? AND {_NOT_FINISHED}",
-                        (TrialState.CANCELLED.value, number, *_FINISHED))
+        before = self._state(number)
+        changed = self.db.execute(f"UPDATE trials SET state = ? WHERE number = ? AND {_NOT_FINISHED}",
+                                  (TrialState.CANCELLED.value, number, *_FINISHED)).rowcount
+        if changed:
+            self._moved(before, TrialState.CANCELLED)
 
     def record_epoch(self, number: int, record: dict[str, Any]) -> None:
         self.db.execute("INSERT OR REPLACE INTO epochs (trial, epoch, record) VALUES (?, ?, ?)",
@@ -122,6 +176,7 @@ class RunStore:
         promoted, pruned), its full history and its best epoch, in one transaction. Seconds add up over
         the runs of a trial that runs in stretches."""
         history, number = outcome.history, outcome.number
+        before = self._state(number)
         with self._transaction():
             self.db.execute("DELETE FROM epochs WHERE trial = ?", (number,))
             self.db.executemany("INSERT INTO epochs (trial, epoch, record) VALUES (?, ?, ?)",
@@ -134,6 +189,8 @@ class RunStore:
                  len(history), json.dumps(history[-1] if history else {}), None if best is None else best[1],
                  None if best is None else best[0], outcome.error_type, outcome.error, outcome.traceback,
                  model_dir, number))
+        if before is not None:
+            self._moved(before, state)
 
     def trials(self) -> list[TrialRecord]:
         """Every trial, in number order."""
@@ -155,8 +212,23 @@ class RunStore:
         return out
 
     def counts(self) -> dict[TrialState, int]:
-        rows = self.db.execute("SELECT state, COUNT(*) FROM trials GROUP BY state")
-        return {TrialState(state): count for state, count in rows}
+        """How many trials are in each state (states with none left out)."""
+        if self._counts is None:
+            rows = self.db.execute("SELECT state, COUNT(*) FROM trials GROUP BY state")
+            self._counts = {TrialState(state): count for state, count in rows}
+        return {state: n for state, n in self._counts.items() if n}
+
+    def _state(self, number: int) -> TrialState | None:
+        row = self.db.execute("SELECT state FROM trials WHERE number = ?", (number,)).fetchone()
+        return None if row is None else TrialState(row[0])
+
+    def _moved(self, before: TrialState | None, after: TrialState) -> None:
+        """A trial went from ``before`` (None: it is new) to ``after``: the counts follow."""
+        if self._counts is None:
+            return
+        if before is not None:
+            self._counts[before] = self._counts.get(before, 0) - 1
+        self._counts[after] = self._counts.get(after, 0) + 1
 
 
 def _decode(row: sqlite3.Row) -> TrialRecord:

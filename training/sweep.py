@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cluster import Target, open_client
+from cluster import Target
 
 from .protocol import TrialRecord, TrialState, best_trial
 from .sweep_spec import STALL_TIMEOUT, SweepSpec
@@ -64,6 +64,17 @@ class SweepResult:
     best: TrainedModel | None
     failed: list[TrialRecord] = field(default_factory=list)
     trials: list[TrialRecord] = field(default_factory=list)
+    #: The report's plots being drawn in the background (None: drawn, or not part of this result).
+    plotting: threading.Thread | None = field(default=None, repr=False, compare=False)
+
+    def wait_for_report(self, timeout: float = 120.0) -> Path:
+        """The report folder (``summary.md``, ``curves.png``, ``params.png``) once its plots are drawn: the
+        sweep returns as soon as its results are saved and draws them on a background thread."""
+        if self.plotting is not None:
+            self.plotting.join(timeout)
+            if self.plotting.is_alive():
+                raise TimeoutError(f"The report of {self.run_dir} was still being drawn after {timeout:g}s.")
+        return self.run_dir / "report"
 
     @property
     def best_trial(self) -> int | None:
@@ -178,9 +189,18 @@ class Sweep:
                          here=client is None and (target is None or target.embedded))
         if client is not None:
             return _run(self.spec, client, progress)
-        target = dataclasses.replace(target or Target(), preload=("training.trial",))
+        from cluster import open_client
+
+        target = dataclasses.replace(target or Target(), preload=_preload(self.spec))
         with open_client(target) as own:
             return _run(self.spec, own, progress)
+
+
+def _preload(spec: SweepSpec) -> tuple[str, ...]:
+    """What the workers of a cluster started for this sweep import while it starts: the trial runner (with
+    the built-in workloads) and the module of the sweep's own workload, which the user named."""
+    module = spec.workload.partition(":")[0] if ":" in spec.workload else None
+    return ("training.trial", *([module] if module else []))
 
 
 def _default_view(progress: SweepProgress | bool | None) -> LiveSweep | None:
@@ -201,18 +221,34 @@ def _run(spec: SweepSpec, client: Client, progress: SweepProgress,
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     with RunStore(spec.run_dir / "store.sqlite") as store:
         rows = Coordinator(spec, client, progress, stop=stop).run(store)
-    _report(spec.run_dir)
-    return result_of(spec, rows)
+    result = result_of(spec, rows)
+    result.plotting = _report(spec.run_dir)
+    return result
 
 
-def _report(run_dir: Path) -> None:
-    """Plots and summary.md. Results are already saved, so a plotting failure is logged, not raised."""
-    from .report import read_run, write_report
+def _report(run_dir: Path) -> threading.Thread | None:
+    """summary.md now; the plots (matplotlib: a second or more) on a thread of their own, off the sweep's
+    critical path. Results are already saved, so a report failure is logged, not raised."""
+    from .report import read_run, write_plots, write_report
 
     try:
-        write_report(read_run(run_dir))
+        run = read_run(run_dir)
+        write_report(run, plots=False)
     except Exception:
         log.exception("Could not write the report of %s; `dask-train results %s --plot` retries", run_dir, run_dir)
+        return None
+
+    def plot() -> None:
+        try:
+            write_plots(run)
+        except Exception:
+            log.exception("Could not draw the plots of %s; `dask-train results %s --plot` retries", run_dir,
+                          run_dir)
+
+    # Not a daemon: a script that ends right after the sweep still gets its plots.
+    thread = threading.Thread(target=plot, name=f"dask-train-report-{run_dir.name}")
+    thread.start()
+    return thread
 
 
 def result_of(spec: SweepSpec, rows: list[TrialRecord], run_dir: Path | None = None) -> SweepResult:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .limits import MAX_EPOCHS, check_count, check_trial_count, clip, short
+from .limits import MAX_EPOCHS, STALL_TIMEOUT, check_count, check_trial_count, clip, short
 from .params import Param
 from .precision import check_precision
 from .safe_yaml import read_yaml
@@ -25,8 +25,6 @@ NOT_FINGERPRINTED = ("name", "runs_dir", "max_concurrent", "trial_timeout", "sta
 #: Fields added after runs were first recorded, fingerprinted only away from their default: a run recorded
 #: before a field existed resumes unchanged.
 _FINGERPRINTED_IF_NOT = {"precision": "fp32"}
-#: A trial that sends no epoch for this long is stuck (a deadlock, an endless loop): stopped as timed_out.
-STALL_TIMEOUT = 3600.0
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,44 @@
-"""Benchmark: sweep overhead. 32 trials of fixed CPU work (~0.25 s each, one torch thread) run
-  (1) serially in this process (the work alone),
-  (2) through `Sweep.run` on the embedded 2-worker cluster (the product: events, store, model files),
-  (3) through a bare `client.map` on a default LocalCluster (Dask's defaults, nothing else).
-Prints cluster start time, efficiency = serial / (2 x wall time) and overhead per trial, cold (first run
-after the cluster starts: workers still importing torch) and warm (later runs on the same cluster), next to
-the ceiling of a plain 2-process pool measured in the same run.
-Not part of CI:  python tests/benchmarks/bench_sweep.py [--trials 32] [--seconds 0.25]
+"""Benchmark: what a sweep costs over the work itself, against the strongest fair baselines, in one run.
+
+Every trial is the same fixed one-thread torch work (``--seconds`` each, calibrated here). Measured:
+  * serial: the work in this process, one trial after another (the work alone);
+  * a plain 2-process pool with torch already imported (the ceiling of this machine's 2-process scaling);
+  * bare ``client.map`` on the embedded cluster (``cluster.open_client``: the same workers, settings and
+    preload ``Sweep.run`` gets), the strongest fair Dask baseline;
+  * ``Sweep.run`` on that cluster (events, store, model files, live view, report).
+Cold: a fresh cluster's first run (bare and sweep each get their own fresh cluster); warm: later runs on the
+same cluster, medians of ``--rounds`` interleaved rounds. Efficiency = serial / (2 x wall); overhead per
+trial = (2 x wall - serial) / trials.
+
+With ``--trials`` of 1000 or more (e.g. ``--trials 10000 --seconds 0.01``) it measures scale instead: each
+runner in a fresh process of its own on a fresh cluster, printing wall time, the client's peak RSS and (the
+sweep) the run store's size, next to the ideal (serial / 2, serial measured on a sample of trials).
+
+Not part of CI:  python tests/benchmarks/bench_sweep.py [--trials 32] [--seconds 0.2] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import multiprocessing
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # workers import tests.benchmarks.busy
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # workers import tests.benchmarks.busy
 
-# torch and the training package are imported inside functions: worker processes re-import this main
-# module when they spawn, and a torch import there would count as cluster start-up.
+# torch and the training package are imported inside functions: pool processes re-import this main module
+# when they spawn, and a torch import there would count as start-up.
 WORKLOAD = "tests.benchmarks.busy:Busy"
+WORKERS = 2
+SCALE_TRIALS = 1000  # from this many trials on, measure scale (one runner a process) instead
 
 
 def calibrate(seconds: float) -> int:
@@ -31,8 +47,8 @@ def calibrate(seconds: float) -> int:
 
     busy_work(50)
     start = time.perf_counter()
-    busy_work(200)
-    per_step = (time.perf_counter() - start) / 200
+    busy_work(400)
+    per_step = (time.perf_counter() - start) / 400
     return max(1, round(seconds / per_step))
 
 
@@ -45,15 +61,30 @@ def serial(trials: int, steps: int) -> float:
     return time.perf_counter() - start
 
 
+def start_cluster():
+    """A fresh embedded cluster as ``Sweep.run`` starts one (same workers, settings and preload)."""
+    from cluster import ClusterSpec, Target, open_client
+
+    return open_client(Target(local=ClusterSpec(workers=WORKERS, gpus="off", dashboard_address="127.0.0.1:0"),
+                              preload=("training.trial", "tests.benchmarks.busy")))  # as Sweep.run's
+
+
 def sweep_once(client, trials: int, steps: int, runs: str, name: str) -> float:
+    from rich.console import Console
+
+    from training.progress import LiveSweep
     from training.sweep import Sweep
 
     sweep = Sweep(WORKLOAD, {"trial": list(range(trials))}, params={"steps": steps}, epochs=1, name=name,
                   runs_dir=runs)
+    view = LiveSweep(Console(file=io.StringIO(), width=120))  # the default view, drawn where no one looks
     start = time.perf_counter()
-    result = sweep.run(client)
+    with view:
+        result = sweep.run(client, progress=view)
     elapsed = time.perf_counter() - start
-    assert (result.table["state"] == "completed").all(), result.table
+    result.wait_for_report()  # its plots are drawn after the sweep returns: not on the next runner's time
+    states = {t.state.value for t in result.trials}
+    assert states == {"completed"} and len(result.trials) == trials, states
     return elapsed
 
 
@@ -81,63 +112,112 @@ def _pool_warm(_: int) -> int:
     return 0
 
 
+def timed_start() -> tuple[object, object, float]:
+    started = time.perf_counter()
+    manager = start_cluster()
+    client = manager.__enter__()
+    return manager, client, time.perf_counter() - started
+
+
+def compare(args: argparse.Namespace) -> None:
+    """The side-by-side table: pool ceiling, bare client.map and Sweep.run, cold and warm."""
+    import torch
+
+    torch.set_num_threads(1)
+    steps = calibrate(args.seconds)
+    runs = tempfile.mkdtemp(prefix="bench-sweep-")
+    manager, client, bare_start = timed_start()  # fresh cluster: bare map's cold run
+    cold_bare = bare_map_once(client, args.trials, steps)
+    manager.__exit__(None, None, None)
+    manager, client, sweep_start = timed_start()  # fresh cluster: the sweep's cold run, then the warm rounds
+    try:
+        cold_sweep = sweep_once(client, args.trials, steps, runs, "cold")
+        warm: dict[str, list[float]] = {"serial": [], "pool": [], "sweep": [], "bare": []}
+        with multiprocessing.get_context("spawn").Pool(WORKERS) as pool:
+            pool.map(_pool_warm, range(WORKERS))
+            for i in range(args.rounds):  # interleaved: a noisy neighbour hits every runner alike
+                warm["serial"].append(serial(args.trials, steps))
+                warm["pool"].append(pool_once(pool, args.trials, steps))
+                warm["bare"].append(bare_map_once(client, args.trials, steps))
+                warm["sweep"].append(sweep_once(client, args.trials, steps, runs, f"warm-{i}"))
+    finally:
+        manager.__exit__(None, None, None)
+    base = statistics.median(warm["serial"])
+    print(f"{args.trials} trials x {base / args.trials:.3f} s of one-thread torch work (serial median "
+          f"{base:.2f} s); {WORKERS} workers; warm: medians of {args.rounds} interleaved rounds\n")
+    ceiling = statistics.median(warm["pool"])
+    print(f"{'runner':40}{'start s':>9}{'wall s':>9}{'efficiency':>12}{'overhead ms/trial':>19}{'vs ceiling':>12}")
+    rows = [
+        ("plain 2-process pool (ceiling)", 0.0, ceiling),
+        ("bare client.map, embedded, cold", bare_start, cold_bare),
+        ("bare client.map, embedded, warm", sweep_start, statistics.median(warm["bare"])),
+        ("Sweep.run, embedded, cold", sweep_start, cold_sweep),
+        ("Sweep.run, embedded, warm", sweep_start, statistics.median(warm["sweep"])),
+    ]
+    for label, start_s, wall in rows:
+        print(f"{label:40}{start_s:>9.2f}{wall:>9.2f}{base / (WORKERS * wall):>12.3f}"
+              f"{(WORKERS * wall - base) / args.trials * 1e3:>19.1f}{ceiling / wall:>12.3f}")
+    rounds = "; ".join(f"{k} " + " ".join(f"{v:.2f}" for v in vs) for k, vs in warm.items())
+    print(f"\nwarm rounds (s): {rounds}")
+    print("start = the embedded cluster's start (workers joined and warmed up). Cold: the first run on a fresh "
+          "cluster; warm: later runs on the same one. Sweep.run also writes store rows, a model directory per "
+          "trial, results.csv and the report. vs ceiling = pool wall / runner wall.")
+
+
+def scale(args: argparse.Namespace) -> None:
+    """Many short trials: each runner in its own fresh process and cluster (its peak RSS is its own)."""
+    import torch
+
+    torch.set_num_threads(1)
+    steps = calibrate(args.seconds)
+    sample = min(args.trials, 200)
+    per_trial = serial(sample, steps) / sample
+    ideal = per_trial * args.trials / WORKERS
+    print(f"{args.trials} trials x {per_trial * 1e3:.1f} ms of one-thread torch work; {WORKERS} workers; "
+          f"ideal wall (serial / {WORKERS}) {ideal:.1f} s\n")
+    print(f"{'runner':32}{'wall s':>9}{'vs ideal':>10}{'client peak RSS MB':>20}{'store MB':>10}")
+    walls = {}
+    for runner in ("bare", "sweep"):
+        command = [sys.executable, __file__, "--runner", runner, "--trials", str(args.trials),
+                   "--steps", str(steps)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=3600, cwd=ROOT)
+        if done.returncode != 0:
+            raise SystemExit(f"{runner} failed:\n{done.stderr[-3000:]}")
+        out = json.loads(done.stdout.splitlines()[-1])
+        walls[runner] = out["wall"]
+        store = f"{out['store'] / 2**20:>10.1f}" if out.get("store") else f"{'':>10}"
+        label = "bare client.map, embedded" if runner == "bare" else "Sweep.run, embedded"
+        print(f"{label:32}{out['wall']:>9.1f}{out['wall'] / ideal:>10.2f}{out['rss'] / 2**20:>20.0f}{store}")
+    print(f"\nSweep.run / bare client.map wall: {walls['sweep'] / walls['bare']:.2f}")
+
+
+def run_one(args: argparse.Namespace) -> None:
+    """One runner in this fresh process (scale mode): prints its wall, peak RSS and store size as JSON."""
+    runs = tempfile.mkdtemp(prefix="bench-sweep-")
+    with start_cluster() as client:
+        if args.runner == "bare":
+            wall, store = bare_map_once(client, args.trials, args.steps), 0
+        else:
+            wall = sweep_once(client, args.trials, args.steps, runs, "scale")
+            store = sum(p.stat().st_size for p in Path(runs, "scale").glob("store.sqlite*"))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print(json.dumps({"wall": wall, "rss": rss, "store": store}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=0.25, help="CPU work per trial")
+    parser.add_argument("--seconds", type=float, default=0.2, help="CPU work per trial")
     parser.add_argument("--rounds", type=int, default=3, help="warm rounds of each runner, interleaved")
+    parser.add_argument("--runner", choices=("bare", "sweep"), help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    from distributed import Client, LocalCluster
-
-    from cluster import ClusterSpec, Target, open_client
-
-    runs = tempfile.mkdtemp(prefix="bench-sweep-")
-    started = time.perf_counter()
-    with open_client(Target(local=ClusterSpec(workers=2, gpus="off", dashboard_address="127.0.0.1:0"),
-                            preload=("training.trial",))) as ours:
-        ours_start = time.perf_counter() - started
-        started = time.perf_counter()
-        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0") as cluster, \
-                Client(cluster) as bare:
-            bare.wait_for_workers(2, timeout=60)
-            bare_start = time.perf_counter() - started
-            import torch
-
-            torch.set_num_threads(1)
-            steps = calibrate(args.seconds)
-            cold = {"sweep": sweep_once(ours, args.trials, steps, runs, "cold"),
-                    "bare": bare_map_once(bare, args.trials, steps)}
-            warm: dict[str, list[float]] = {"serial": [], "pool": [], "sweep": [], "bare": []}
-            with multiprocessing.get_context("spawn").Pool(2) as pool:
-                pool.map(_pool_warm, range(2))
-                for i in range(args.rounds):  # interleaved: a noisy neighbour hits every runner alike
-                    warm["serial"].append(serial(args.trials, steps))
-                    warm["pool"].append(pool_once(pool, args.trials, steps))
-                    warm["sweep"].append(sweep_once(ours, args.trials, steps, runs, f"warm-{i}"))
-                    warm["bare"].append(bare_map_once(bare, args.trials, steps))
-    base = statistics.median(warm["serial"])
-    print(f"{args.trials} trials x {base / args.trials:.3f} s of one-thread torch work (serial median "
-          f"{base:.2f} s); 2 workers; warm figures are medians of {args.rounds} interleaved rounds\n")
-    ceiling = statistics.median(warm["pool"])
-    print(f"{'runner':36}{'start s':>9}{'wall s':>9}{'efficiency':>12}{'overhead ms/trial':>19}"
-          f"{'vs ceiling':>12}")
-    rows = [
-        ("plain 2-process pool (ceiling)", 0.0, statistics.median(warm["pool"])),
-        ("Sweep.run, embedded cluster, cold", ours_start, cold["sweep"]),
-        ("Sweep.run, embedded cluster, warm", ours_start, statistics.median(warm["sweep"])),
-        ("bare client.map, default, cold", bare_start, cold["bare"]),
-        ("bare client.map, default, warm", bare_start, statistics.median(warm["bare"])),
-    ]
-    for label, start_s, wall in rows:
-        efficiency = base / (2 * wall)
-        overhead = (2 * wall - base) / args.trials * 1e3
-        print(f"{label:36}{start_s:>9.2f}{wall:>9.2f}{efficiency:>12.3f}{overhead:>19.1f}"
-              f"{ceiling / wall:>12.3f}")
-    print("\nefficiency = serial / (2 x wall); overhead = (2 x wall - serial) / trials. Cold: the first run "
-          "on a fresh cluster (workers still importing torch); warm: later runs on the same cluster. "
-          "Sweep.run also writes a model directory and store rows for every trial. vs ceiling = pool wall / "
-          "runner wall: what is left after this machine's own 2-process scaling.")
+    if args.runner:
+        run_one(args)
+    elif args.trials >= SCALE_TRIALS:
+        scale(args)
+    else:
+        compare(args)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ def test_xor_grid_of_4_trials(client, tmp_path):
     with RunStore(tmp_path / "xor4" / "store.sqlite") as store:
         assert [len(store.history(n)) for n in range(4)] == [40] * 4
     assert (tmp_path / "xor4" / "results.csv").read_text().count("completed") == 4
+    assert result.wait_for_report() == tmp_path / "xor4" / "report"  # its plots are drawn in the background
     _check_report(tmp_path / "xor4", result.best_trial)
 
 
@@ -379,3 +380,24 @@ def test_tensorboard_and_mlflow_get_every_trial(client, tmp_path):
     assert sorted(r.info.run_name for r in runs) == ["trial-0000", "trial-0001"]
     assert all(r.info.status == "FINISHED" and "lr" in r.data.params for r in runs)
     assert [m.step for m in mlflow.get_metric_history(runs[0].info.run_id, "val_loss")] == [1, 2, 3]
+
+
+def test_trials_are_submitted_in_a_bounded_window(client, tmp_path):
+    """A sweep hands the scheduler two trials a slot and two more, topped up as trials end, not all of them:
+    counted on the scheduler at every trial start."""
+    from training.sweep import SweepProgress
+
+    def trial_tasks(dask_scheduler) -> int:
+        return sum(1 for key in dask_scheduler.tasks if str(key).startswith("trial-window-"))
+
+    class Count(SweepProgress):
+        seen: list[int] = []
+
+        def on_trial_start(self, number, worker):
+            self.seen.append(client.run_on_scheduler(trial_tasks))
+
+    result = Sweep("xor", {"lr": [0.01 * i for i in range(1, 17)]}, epochs=2, name="window",
+                   runs_dir=str(tmp_path)).run(client, progress=Count())
+    assert list(result.table["state"]) == ["completed"] * 16
+    print(f"trial tasks on the scheduler at each start: {Count.seen}")
+    assert len(Count.seen) == 16 and max(Count.seen) <= 2 * 2 + 2 and max(Count.seen) >= 3

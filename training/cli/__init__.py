@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from cluster import ClusterError
+from cluster.errors import ClusterError
 
 from ..errors import ConfigError, DaskTrainError
 from . import display

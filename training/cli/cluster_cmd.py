@@ -10,30 +10,19 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from cluster import (
-    ClusterError,
-    ClusterSpec,
-    Target,
-    TLSFiles,
-    check_scheduler_file_path,
-    dashboard_url,
-    describe_workers,
-    make_tls_files,
-    open_client,
-    remove_tls_files,
-    start_local_cluster,
-    write_scheduler_file,
-)
-from cluster.connect import prepare_workers
-from cluster.slurm import SlurmSpec, slurm_cluster
+from cluster import ClusterError, ClusterSpec, Target, TLSFiles
 
-from ..dashboard import enable_page, page_url
 from . import display
 from .deploy_cmd import manifest_command, sbatch_command, slurm_options
+
+if TYPE_CHECKING:
+    from cluster.slurm import SlurmSpec
+
+# Options are parsed with the light dataclasses above; Dask is imported when a command runs.
 
 DEFAULT_SCHEDULER_FILE = "dask-train-scheduler.json"
 
@@ -103,6 +92,10 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
                scheduler_file: Path, use_tls: bool, tls_ca_file: str | None, tls_cert: str | None,
                tls_key: str | None, use_slurm: bool, slurm: SlurmSpec) -> None:
     """Start a scheduler and one worker per GPU (or CPU slot); stay up until Ctrl-C."""
+    from cluster import check_scheduler_file_path, make_tls_files, remove_tls_files, write_scheduler_file
+
+    from ..dashboard import page_url
+
     tls = _tls_files(tls_ca_file, tls_cert, tls_key)
     if use_slurm and (use_tls or workers):
         raise click.UsageError("--slurm takes the Slurm options (--nodes, --gpus-per-node, ...), not --workers "
@@ -149,6 +142,10 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
 def _started(spec: ClusterSpec):
     from distributed import Client
 
+    from cluster import prepare_workers, start_local_cluster
+
+    from ..dashboard import enable_page
+
     cluster = start_local_cluster(spec)
     try:
         with Client(cluster) as client:
@@ -162,6 +159,8 @@ def _started(spec: ClusterSpec):
 
 def _started_on_slurm(spec: SlurmSpec):
     """dask-jobqueue's SLURMCluster (scheduler here, workers as one Slurm job per node), jobs submitted."""
+    from cluster.slurm import slurm_cluster
+
     if shutil.which("sbatch") is None:
         raise ClusterError("--slurm needs Slurm's `sbatch` on PATH: run this on a login node of the Slurm "
                            "cluster, or write a whole-cluster job script with `dask-train cluster sbatch` and "
@@ -191,6 +190,10 @@ def _stop_on_signals() -> threading.Event:
 @target_options
 def cluster_info(target: Target) -> None:
     """Show the workers: host, device, training slot, memory, tasks running."""
+    from cluster import dashboard_url, describe_workers, open_client
+
+    from ..dashboard import enable_page
+
     started = time.perf_counter()
     with open_client(target) as client:
         url = dashboard_url(client)

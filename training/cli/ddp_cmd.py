@@ -6,20 +6,11 @@ import click
 
 from cluster import Target
 
-from ..ddp import train_ddp
-from ..ddp_progress import LiveDDP
 from ..errors import Interrupted
 from ..limits import MAX_RESTARTS
 from . import display
 from .cluster_cmd import target_options
 from .train_cmd import _EXTRA, _show_use, parse_param_args, precision_option
-
-
-class DDPDisplay(LiveDDP):
-    """Where the ranks run, then rank 0's epoch table as epochs finish, on the CLI's console."""
-
-    def __init__(self) -> None:
-        super().__init__(display.console)
 
 
 @click.command(context_settings=_EXTRA)
@@ -46,11 +37,14 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
                 precision: str, target: Target) -> None:
     """Train WORKLOAD on several workers with DistributedDataParallel (--workers N ranks; default: every
     free worker). Hyperparameters: --name value, as for `dask-train train`."""
+    from ..ddp import train_ddp
+    from ..ddp_progress import LiveDDP
+
     params = parse_param_args(ctx.args)
     try:
         result = train_ddp(None, workload, params, epochs=epochs, workers=target.local.workers, name=name,
                            runs_dir=runs_dir, seed=seed, resume=resume, timeout=rank_timeout,
-                           progress=(shown := DDPDisplay()), target=target, max_restarts=max_restarts,
+                           progress=(shown := LiveDDP(display.console)), target=target, max_restarts=max_restarts,
                            min_workers=min_workers, precision=precision)
     except Interrupted as stop:
         display.interrupted(stop, add=("--resume",))

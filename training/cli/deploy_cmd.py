@@ -7,16 +7,16 @@ import dataclasses
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import yaml
 
 from cluster import TLSFiles
-from cluster.kubernetes import dask_cluster
-from cluster.slurm import SlurmSpec, sbatch_script
 
 from . import display
+
+if TYPE_CHECKING:
+    from cluster.slurm import SlurmSpec
 
 
 def slurm_options(command: Callable) -> Callable:
@@ -40,6 +40,8 @@ def slurm_options(command: Callable) -> Callable:
     def wrapper(*args: Any, nodes: int, gpus_per_node: int, workers_per_node: int, cpus_per_worker: int,
                 memory_per_worker: str, walltime: str, partition: str | None, account: str | None, python: str,
                 setup: tuple[str, ...], interface: str | None, **kwargs: Any) -> Any:
+        from cluster.slurm import SlurmSpec
+
         try:
             spec = SlurmSpec(nodes=nodes, gpus_per_node=gpus_per_node, workers_per_node=workers_per_node,
                              cpus_per_worker=cpus_per_worker, memory_per_worker=memory_per_worker,
@@ -65,6 +67,8 @@ def slurm_options(command: Callable) -> Callable:
 def sbatch_command(slurm: SlurmSpec, dashboard_address: str, tls_ca_file: Path | None, tls_cert: Path | None,
                    tls_key: Path | None, out: Path | None) -> None:
     """A whole-cluster Slurm job: scheduler on the first node, one worker per GPU (or CPU slot) on each."""
+    from cluster.slurm import sbatch_script
+
     given = [p for p in (tls_ca_file, tls_cert, tls_key) if p is not None]
     if given and len(given) != 3:
         raise click.UsageError("Pass all three of --tls-ca-file, --tls-cert and --tls-key, or none.")
@@ -90,6 +94,10 @@ def sbatch_command(slurm: SlurmSpec, dashboard_address: str, tls_ca_file: Path |
 def manifest_command(name: str, workers: int, gpu: bool, image: str | None, worker_cpu: str, worker_memory: str,
                      namespace: str | None, out: Path | None) -> None:
     """A DaskCluster manifest for the dask-kubernetes operator (kubectl apply -f it)."""
+    import yaml
+
+    from cluster.kubernetes import dask_cluster
+
     try:
         manifest = dask_cluster(name, workers, gpu, image, worker_cpu, worker_memory, namespace)
     except ValueError as exc:

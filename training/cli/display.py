@@ -10,10 +10,7 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-
-from ..loop import Callback
 
 # Piped output (CI logs, files) gets wide tables instead of 80-column truncation, unless COLUMNS says how wide.
 console = Console(highlight=False, soft_wrap=True,
@@ -72,47 +69,6 @@ def shown_every(total: int, rows: int = 20) -> int:
         k = round(k * steps[step % 3])
         step += 1
     return k
-
-
-class EpochTable(Callback):
-    """A progress bar over each epoch's batches and a compact table: the first epoch, every k-th, the last.
-
-    ``trained``: how many epochs this run trained (0: a resumed run had nothing left to do).
-    """
-
-    def __init__(self, title: str, epochs: int) -> None:
-        self.title, self.epochs = title, epochs
-        self.every, self.trained = shown_every(epochs), 0
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console, transient=True)
-        self._task: Any = None
-        self._rows = EpochRows()
-
-    def __enter__(self) -> EpochTable:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
-        description = f"{self.title} epoch {epoch}/{self.epochs}"
-        if self._task is None:
-            self._task = self.progress.add_task(description, total=num_batches)
-        else:
-            self.progress.reset(self._task, total=num_batches, description=description)
-
-    def on_batch_end(self, epoch: int, batch: int) -> None:
-        self.progress.update(self._task, completed=batch)
-
-    def on_epoch_end(self, record: dict[str, Any]) -> None:
-        self.trained += 1
-        epoch = int(record.get("epoch", 0))
-        if self.trained == 1 and self.every > 1:
-            self.progress.console.print(f"(epoch 1, then every {self.every} epochs and the last shown; all are "
-                                        "in the model's history.json)")
-        if self.trained == 1 or epoch % self.every == 0 or epoch == self.epochs:
-            self._rows.print(record, self.progress.console)
 
 
 def _width(column: str) -> int:

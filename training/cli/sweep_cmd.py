@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import yaml
@@ -12,16 +13,16 @@ import yaml
 from cluster import Target
 
 from ..errors import ConfigError, Interrupted
-from ..integrations import MlflowLogger, TensorBoardLogger, combine
-from ..progress import LiveSweep
-from ..protocol import TrialRecord
-from ..results_view import duration, results_table
-from ..sweep import Sweep, SweepProgress, SweepResult
-from ..sweep_spec import STALL_TIMEOUT, SweepSpec, load_sweep_file
-from ..workloads import get_workload
+from ..limits import STALL_TIMEOUT
 from . import display
 from .cluster_cmd import target_options
 from .train_cmd import allow_option, precision_option
+
+if TYPE_CHECKING:
+    from ..protocol import TrialRecord
+    from ..sweep import SweepProgress, SweepResult
+
+# The sweep machinery (Dask, torch, the workloads) is imported when a command runs, not when the CLI loads.
 
 
 def example_files() -> dict[str, Path]:
@@ -40,13 +41,6 @@ def resolve_sweep_file(name_or_path: str) -> Path:
         return examples[name_or_path]
     raise ConfigError(f"No sweep file {name_or_path!r}, and no shipped example of that name "
                       f"(examples: {', '.join(sorted(examples))}; see `dask-train sweep --examples`).")
-
-
-class SweepDisplay(LiveSweep):
-    """The CLI's live view (:class:`training.progress.LiveSweep`) on the CLI's console."""
-
-    def __init__(self) -> None:
-        super().__init__(display.console)
 
 
 @click.command()
@@ -79,6 +73,11 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
     if examples or not sweep_file:
         _list_examples()
         return
+    from ..integrations import MlflowLogger, TensorBoardLogger, combine
+    from ..progress import LiveSweep
+    from ..sweep import Sweep
+    from ..sweep_spec import load_sweep_file
+
     spec = load_sweep_file(resolve_sweep_file(sweep_file), allow=allow, name=name, epochs=epochs,
                            runs_dir=runs_dir, trial_timeout=trial_timeout, stall_timeout=stall_timeout,
                            precision=precision)
@@ -92,7 +91,7 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
         return
     started = time.perf_counter()
     try:
-        with SweepDisplay() as shown:
+        with LiveSweep(display.console) as shown:
             loggers: list[SweepProgress] = []
             if tensorboard:
                 loggers.append(TensorBoardLogger(spec.run_dir / "tensorboard"))
@@ -114,6 +113,8 @@ def wall_time(trials: list[TrialRecord]) -> float | None:
 
 
 def _list_examples() -> None:
+    from ..sweep_spec import SweepSpec
+
     rows = []
     for name, path in sorted(example_files().items()):
         content = yaml.safe_load(path.read_text())
@@ -131,6 +132,7 @@ def results_command(run_dir: Path, plot: bool, allow: tuple[str, ...]) -> None:
     """Show a sweep's results table and best trial from its run directory (runs/NAME)."""
     from ..report import read_run, read_spec, write_report
     from ..sweep import result_of
+    from ..sweep_spec import SweepSpec
     from ..workloads import trusted_workload
 
     trusted_workload(read_spec(run_dir).get("workload"), allow, source=f"Run directory {str(run_dir)!r}")
@@ -145,6 +147,9 @@ def results_command(run_dir: Path, plot: bool, allow: tuple[str, ...]) -> None:
 def show_result(result: SweepResult, seconds: float | None, label: str = "wall time") -> None:
     """The table (fitted to the terminal), failures (first traceback in full), the best trial, and its
     model put to use. ``seconds``: the sweep's wall time, described by ``label``."""
+    from ..results_view import duration, results_table
+    from ..workloads import get_workload
+
     trial_time = sum(t.seconds or 0 for t in result.trials)
     title = (f"Sweep '{result.spec.name}': {label} {duration(seconds)}, trial time summed {duration(trial_time)}"
              f" (* best). {result.run_dir / 'results.csv'}, report in {result.run_dir / 'report'}")

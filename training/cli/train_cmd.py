@@ -9,13 +9,12 @@ from typing import Any
 import click
 
 from ..errors import ConfigError
-from ..limits import MAX_EPOCHS, MAX_GENERATE
-from ..loop import train
-from ..model_file import load_model
-from ..precision import PRECISIONS
+from ..limits import MAX_EPOCHS, MAX_GENERATE, PRECISIONS
 from ..run_dirs import MODEL_MARKERS, check_run_dir
-from ..workloads import BUILTIN, get_workload
 from . import display
+
+# The commands import torch (the loop, workloads, model files) when they run, not when the CLI loads:
+# `--help` and argument errors answer at once.
 
 _EXTRA = {"ignore_unknown_options": True, "allow_extra_args": True}
 
@@ -66,6 +65,10 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out: Pa
                   device: str, resume: bool, precision: str) -> None:
     """Train WORKLOAD in this process and save the model. Hyperparameters: --name value
     (see `dask-train workloads`)."""
+    from ..loop import train
+    from ..workloads import get_workload
+    from .epoch_table import EpochTable
+
     work = get_workload(workload)
     params = parse_param_args(ctx.args)
     total = epochs if epochs is not None else work.default_epochs
@@ -75,7 +78,7 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out: Pa
         raise ConfigError("--resume needs --out: the model directory whose checkpoint to continue.")
     out = out or Path("runs") / f"{work.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_run_dir(out, MODEL_MARKERS, what="model directory")
-    with display.EpochTable(work.name, total) as progress:
+    with EpochTable(work.name, total) as progress:
         trained = train(work, params, epochs=total, seed=seed, device=device, callback=progress,
                         checkpoint=out / "checkpoint.pt", resume=resume, precision=precision)
     if resume and progress.trained == 0:
@@ -87,6 +90,8 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out: Pa
 
 
 def _show_use(trained: Any, seed: int) -> None:
+    from ..workloads import get_workload
+
     if get_workload(trained.workload).use == "generate":
         samples = trained.generate(_GENERATE_DEFAULT.get(trained.workload, 10), seed=seed)
         display.console.print("Generated:", ", ".join(samples) if trained.workload == "names" else "")
@@ -108,6 +113,8 @@ def _show_use(trained: Any, seed: int) -> None:
 def generate_command(model_dir: Path, count: int | None, seed: int | None, prompt: str,
                      allow: tuple[str, ...]) -> None:
     """Sample names or text from a trained names/charlm model."""
+    from ..model_file import load_model
+
     trained = load_model(model_dir, allow=allow)
     _require_use(trained.workload, "generate")
     samples = trained.generate(count or _GENERATE_DEFAULT.get(trained.workload, 10), seed=seed, prompt=prompt)
@@ -120,12 +127,16 @@ def generate_command(model_dir: Path, count: int | None, seed: int | None, promp
 @allow_option
 def evaluate_command(model_dir: Path, allow: tuple[str, ...]) -> None:
     """Report a trained digits/xor/linreg model on its held-out test data."""
+    from ..model_file import load_model
+
     trained = load_model(model_dir, allow=allow)
     _require_use(trained.workload, "evaluate")
     display.report({"workload": trained.workload, **trained.evaluate()})
 
 
 def _require_use(workload: str, use: str) -> None:
+    from ..workloads import get_workload
+
     if get_workload(workload).use != use:
         other = "generate" if use == "evaluate" else "evaluate"
         raise ConfigError(f"A {workload} model does not {use}; use `dask-train {other}` instead.")
@@ -134,6 +145,8 @@ def _require_use(workload: str, use: str) -> None:
 @click.command()
 def workloads_command() -> None:
     """List the built-in workloads and their hyperparameters."""
+    from ..workloads import BUILTIN
+
     for work in BUILTIN.values():
         display.table(
             f"{work.name}: {work.summary} (default {work.default_epochs} epochs, "

@@ -1,0 +1,70 @@
+"""What the embedded cluster starts (:class:`ClusterSpec`), checked on construction, and its bounds.
+
+No Dask here: the CLI validates ``--workers`` and ``--gpus`` before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .security import TLSFiles
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What to start. Validated on construction: bad values fail before any process starts.
+
+    ``torch_threads`` sets every worker's torch threads (as ``DASK_TRAIN_TORCH_THREADS`` in the environment
+    they start with); None leaves each its share of this machine's CPUs (see ``cluster.cpus``).
+
+    Examples
+    --------
+    >>> ClusterSpec(workers=2, gpus="off").host
+    '127.0.0.1'
+    """
+
+    workers: int | None = None
+    gpus: str = "auto"
+    host: str = "127.0.0.1"
+    dashboard_address: str = "127.0.0.1:8787"
+    tls: TLSFiles | None = None
+    torch_threads: int | None = None
+    scheduler_port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.gpus not in ("auto", "off"):
+            raise ValueError(f"gpus={self.gpus!r}: use 'auto' (one worker per visible GPU) or 'off' (CPU).")
+        if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 1):
+            raise ValueError(f"workers={self.workers!r}: need at least 1 worker (or None for one per "
+                             "GPU / CPU core).")
+        if self.workers is not None and self.workers > max_local_workers():
+            raise ValueError(f"workers={self.workers}: this machine can run at most {max_local_workers()} "
+                             f"embedded workers ({WORKERS_PER_CPU} per CPU, {WORKER_MEMORY // 2**20} MiB of "
+                             "available memory each). Use fewer, or start workers on more machines and pass "
+                             "--address.")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads={self.torch_threads!r}: need at least 1.")
+
+
+#: The embedded cluster's bounds: worker processes per CPU this process may use, and memory each needs.
+WORKERS_PER_CPU = 4
+WORKER_MEMORY = 256 * 2**20
+
+
+def max_local_workers() -> int:
+    """The most worker processes the embedded cluster may start here: 4 per usable CPU, and no more than
+    the available memory holds at 256 MiB each (at least 1).
+
+    Examples
+    --------
+    >>> max_local_workers() >= 1
+    True
+    """
+    import psutil
+
+    from .cpus import cpu_cores
+
+    by_memory = psutil.virtual_memory().available // WORKER_MEMORY
+    return max(1, min(WORKERS_PER_CPU * cpu_cores(), by_memory))

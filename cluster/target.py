@@ -1,0 +1,70 @@
+"""Where the workers are (:class:`Target`): an address, a scheduler file, or the embedded cluster to start.
+
+Only dataclasses and checks: the CLI builds a Target from its options, and reports a bad address as a usage
+error, without importing Dask (``cluster.connect`` does that when it connects).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .spec import ClusterSpec
+
+if TYPE_CHECKING:
+    from distributed.security import Security
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the workers are: an address, a scheduler file, or neither (start the embedded cluster)."""
+
+    address: str | None = None
+    scheduler_file: str | None = None
+    security: Security | None = None
+    timeout: float = 30.0
+    local: ClusterSpec = field(default_factory=ClusterSpec)
+    #: Modules workers import in the background as soon as they join (the code that will run there).
+    preload: tuple[str, ...] = ()
+
+    @property
+    def embedded(self) -> bool:
+        """The workers are an embedded cluster on this machine (they see what this process sees)."""
+        return not (self.address or self.scheduler_file)
+
+    def __post_init__(self) -> None:
+        if self.address and self.scheduler_file:
+            raise ValueError("Give --address or --scheduler-file, not both.")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout={self.timeout!r}: must be positive seconds.")
+        if self.address:
+            check_address(self.address)
+
+
+#: Address schemes a dask-train client connects with.
+SCHEMES = ("tcp", "tls", "ucx")
+
+
+def check_address(address: str) -> str:
+    """``address`` if it is ``tcp://HOST:PORT``, ``tls://HOST:PORT`` or ``HOST:PORT``; else a clear ValueError.
+
+    Examples
+    --------
+    >>> check_address("tcp://10.0.0.5:8786")
+    'tcp://10.0.0.5:8786'
+    >>> check_address("http://10.0.0.5:8786")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Address 'http://10.0.0.5:8786' has scheme 'http': use tcp://HOST:PORT ...
+    """
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "tcp", address
+    shown = address if len(address) <= 80 else address[:77] + "..."
+    if scheme not in SCHEMES:
+        raise ValueError(f"Address {shown!r} has scheme {scheme[:20]!r}: use tcp://HOST:PORT (or tls:// for a "
+                         "TLS cluster).")
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"Address {shown!r} is not {scheme}://HOST:PORT (e.g. tcp://10.0.0.5:8786).")
+    return address
