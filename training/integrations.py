@@ -64,13 +64,18 @@ class MlflowLogger(SweepProgress):
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise ConfigError("MLflow logging needs mlflow: `pip install 'dask-train[mlflow]'`.") from None
-        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
+        self.uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
             f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=uri)
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.experiment, self._client_class = experiment, MlflowClient
+        self.client: Any = None
         self.runs: dict[int, str] = {}
+
+    def on_start(self, spec: SweepSpec, total: int, todo: int, dashboard: str | None) -> None:
+        """Connect once the sweep has started: its run directory is checked and made by then (the default
+        tracking database lives in it)."""
+        self.client = self._client_class(tracking_uri=self.uri)
+        found = self.client.get_experiment_by_name(self.experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
 
     def _run(self, number: int) -> str:
         if number not in self.runs:
