@@ -7,14 +7,17 @@ re-imports this module as its main module: importing it must do nothing (the pac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sys
 from typing import Any
 
 _ORPHAN_CHECK_EVERY = 1.0  # seconds between checks that the cluster's process is still there
+_ORPHAN_CLOSE_TIMEOUT = 10.0  # seconds an orphaned nanny gets to close before its process just ends
 
 
 async def _serve(request: dict[str, Any]) -> None:
@@ -42,10 +45,16 @@ async def _serve(request: dict[str, Any]) -> None:
 
 
 async def _close_when_orphaned(nanny: Any, parent: int) -> None:
-    """Close when the process that started this one is gone (killed before it could close its cluster)."""
+    """Close when the process that started this one is gone (killed before it could close its cluster).
+    The scheduler went with it, so a nanny's close can wait on it forever: bounded, then this process and
+    its worker end regardless."""
     while os.getppid() == parent:
         await asyncio.sleep(_ORPHAN_CHECK_EVERY)
-    await nanny.close()
+    with contextlib.suppress(Exception):  # ending is all that is left to do
+        await asyncio.wait_for(nanny.close(timeout=_ORPHAN_CLOSE_TIMEOUT), _ORPHAN_CLOSE_TIMEOUT + 5)
+    for child in multiprocessing.active_children():
+        child.kill()
+    os._exit(0)
 
 
 #: What the nanny warns about when dask-train ends a worker on purpose (a timed-out or cancelled trial, a

@@ -10,6 +10,8 @@ import os
 import re
 import signal
 import ssl
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -30,7 +32,7 @@ from cluster import (
     require_slots,
     start_local_cluster,
 )
-from tests.helpers import alive, descendants, poll_for, run_cli, start_cli
+from tests.helpers import alive, cli_env, descendants, poll_for, run_cli, start_cli
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -258,3 +260,33 @@ def test_gpu_cluster_gives_each_worker_a_distinct_device():
     assert len(rows) == len(gpus)
     assert not any(r["device"].startswith("cpu") for r in rows)  # each names its GPU
     assert sorted(visible.values()) == sorted(gpus)  # one distinct GPU first in each worker's list
+
+
+_HOLD_A_CLUSTER = """
+import os, time
+from cluster import ClusterSpec, Target, open_client
+with open_client(Target(local=ClusterSpec(workers=2, gpus="off", dashboard_address="127.0.0.1:0"))) as client:
+    print("workers", *client.run(os.getpid).values(), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_workers_of_a_killed_process_end_on_their_own(tmp_path):
+    """SIGKILL the process that started the embedded cluster: its scheduler dies with it, and its workers
+    (their own programs, nanny and worker) notice and end within a bound instead of lingering."""
+    import psutil
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_A_CLUSTER], stdout=subprocess.PIPE, text=True,
+                              env=cli_env())
+    try:
+        line = poll_for(holder.stdout.readline, 180, what="the cluster's workers")
+        workers = [psutil.Process(int(pid)) for pid in line.split()[1:]]
+        nannies = [w.parent() for w in workers]
+        holder.kill()
+        holder.wait(timeout=30)
+        everyone = [p for p in workers + nannies if p is not None]
+        _, lingering = psutil.wait_procs(everyone, timeout=60)
+        assert not lingering, f"still running 60 s after their cluster's process was killed: {lingering}"
+    finally:
+        if holder.poll() is None:
+            holder.kill()
