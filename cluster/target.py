@@ -1,7 +1,7 @@
 """Where the workers are (:class:`Target`): an address, a scheduler file, or the embedded cluster to start.
 
 Only dataclasses and checks: the CLI builds a Target from its options, and reports a bad address as a usage
-error, without importing Dask (``cluster.connect`` does that when it connects).
+error, without importing Dask (``cluster.client`` does that when it connects).
 """
 
 from __future__ import annotations

@@ -17,8 +17,7 @@ import pytest
 import yaml
 from distributed import Client
 
-from cluster import TRAINING_SLOT
-from cluster.connect import prepare_workers
+from cluster import TRAINING_SLOT, prepare_workers
 from tests.helpers import poll_for
 
 pytestmark = [

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cluster.connect import check_address
+from cluster import check_address
 from cluster.local import ClusterSpec, max_local_workers
 from training.errors import ConfigError, ModelFileError
 from training.limits import DEFAULT_MAX_TRIALS, max_trials, short
