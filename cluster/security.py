@@ -166,7 +166,8 @@ def check_scheduler_file_path(path: str | Path) -> None:
     if not path.exists():
         return
     try:
-        if path.stat().st_size < 1_000_000 and json.loads(path.read_text()).get("type") == "Scheduler":
+        content = json.loads(path.read_text()) if path.stat().st_size < 1_000_000 else None
+        if isinstance(content, dict) and (content.get("type") == "Scheduler" or "address" in content):
             return
     except (OSError, ValueError, AttributeError):
         pass
