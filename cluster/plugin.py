@@ -80,6 +80,7 @@ class TrainingWorkerPlugin(WorkerPlugin):
             self.device = describe_device(self.threads)
             for module in self.preload:
                 _preload(module)
+            _exercise_torch()
         except Exception as exc:  # a broken CUDA install must show up in `cluster info`, not kill the worker
             log.exception("dask-train: could not describe this worker's device")
             self.device = {"kind": "error", "name": f"{type(exc).__name__}: {exc}", "memory": 0}
@@ -106,6 +107,38 @@ def _preload(module: str) -> None:
         importlib.import_module(module)
     except Exception:
         log.warning("dask-train: could not preload %s; the first task that needs it will say why", module,
+                    exc_info=True)
+
+
+def _exercise_torch() -> None:
+    """Train a tiny model for two steps (Adam, then SGD), save and load its state, and evaluate it, on this
+    worker's device: a process's first optimizer step imports ``torch._dynamo`` (seconds on a small CPU),
+    and autograd, the optimizers' code and serialisation each have a first-use cost. Paid here, while the
+    cluster starts, a worker's first trial costs what its later ones do. A failure is logged: the first
+    task then pays it, or reports it."""
+    import io
+
+    import torch
+    from torch import nn
+
+    try:
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1)).to(device)
+        x, y = torch.ones(2, 4, device=device), torch.zeros(2, 1, device=device)
+        for optimizer in (torch.optim.Adam(model.parameters()), torch.optim.SGD(model.parameters(), momentum=0.9)):
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+            buffer = io.BytesIO()
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+            buffer.seek(0)
+            state = torch.load(buffer, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        with torch.no_grad():
+            model.eval()(x)
+    except Exception:
+        log.warning("dask-train: the torch warm-up on this worker failed; its first task pays the start-up",
                     exc_info=True)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from distributed import Scheduler
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from .events import TOPIC, plain
+from .events import PAGE_TOPIC, TOPIC, plain
 from .protocol import (
     EpochEnded,
     Event,
@@ -26,6 +26,7 @@ from .protocol import (
     JobEnded,
     JobRestarted,
     JobState,
+    TrialDone,
     TrialEnded,
     TrialQueued,
     TrialStarted,
@@ -69,14 +70,20 @@ class Board(SchedulerPlugin):
         self.version = 0
 
     def attach(self, scheduler: Scheduler) -> None:
-        """Watch ``scheduler``, starting with the training events it already holds."""
+        """Watch ``scheduler``, starting with the training events it already holds (both topics, in the
+        order the scheduler received them)."""
         self.scheduler = scheduler
-        for _, message in scheduler.get_events(TOPIC):
-            self.log_event(TOPIC, message)
+        held = [(when, i, topic, message) for topic in (TOPIC, PAGE_TOPIC)
+                for i, (when, message) in enumerate(scheduler.get_events(topic))]
+        for _, _, topic, message in sorted(held, key=lambda e: (e[0], e[2] == TOPIC, e[1])):
+            self.log_event(topic, message)
 
     def log_event(self, topic: str, msg: Any) -> None:
         if topic == TOPIC:
             self.apply(msg)
+        elif topic == PAGE_TOPIC:  # a coordinator's announcement, or several in one message
+            for message in msg if isinstance(msg, list) else [msg]:
+                self.apply(message)
 
     def remove_client(self, scheduler: Scheduler, client: str) -> None:
         """A client that was running jobs left without saying they ended: they are not running any more."""
@@ -98,7 +105,7 @@ class Board(SchedulerPlugin):
             self._ended(job, event)
         elif isinstance(event, JobRestarted):
             self._restarted(job, event)
-        elif not isinstance(event, FirstStep):
+        elif not isinstance(event, FirstStep | TrialDone):  # an outcome is the coordinator's to announce
             self._trial_event(job, event)
         self.version += 1
 
@@ -151,6 +158,8 @@ class Board(SchedulerPlugin):
         elif isinstance(event, EpochEnded):
             _epoch(job, trial, event.record)
         elif isinstance(event, TrialEnded):
+            if event.record:
+                _epoch(job, trial, event.record)
             trial.update(state=event.state, best=event.best, best_epoch=event.best_epoch, error=event.error)
 
     def _new_job(self, event: Event) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from .protocol import (
     JobAnnounced,
     JobEnded,
     JobState,
+    TrialDone,
     TrialEnded,
     TrialOutcome,
     TrialQueued,
@@ -127,9 +128,10 @@ class Coordinator:
         """Record the trials that ended (finished, failed, or stopped past their time) and free their slots."""
         running = self.running
         done = {f: n for f, n in running.items() if f.done()}
-        ended = _outcomes(self.client, done) + self.stops.overdue(running)
+        ended = _outcomes(self.client, done, self.events.done) + self.stops.overdue(running)
         for future, outcome in ended:
             del running[future]
+            self.events.done.pop(future.key, None)
             record = self._record(outcome)
             future.release()
             if record.state == TrialState.PROMOTED:  # its next stretch goes first
@@ -147,7 +149,7 @@ class Coordinator:
         spec = self.spec
         trial = TrialSpec(job=spec.name, run=self.run_token, number=number, workload=spec.workload,
                           params=self.store.params(number), epochs=spec.epochs, seed=spec.seed, metric=spec.metric,
-                          mode=spec.mode, checkpoint=str(self.stretches.path(number).resolve()),
+                          mode=spec.mode, checkpoint=str(self.stretches.path(number)),
                           checkpoint_every=spec.checkpoint_every, precision=spec.precision)
         trial, suffix = self.stretches.next_stretch(trial)
         # Readable keys for the dashboard (grouped as trial-<sweep>); each client run gets its own, so a key
@@ -162,11 +164,14 @@ class Coordinator:
         state = self.stretches.verdict(outcome)
         self.events.deliver(outcome, final=state != TrialState.PROMOTED)
         best = best_epoch(outcome.history, spec.metric, spec.mode)
-        model_dir = _save_model(spec, outcome, self.store.params(number)) if state.has_model else None
+        model_dir = None
+        if state.has_model:  # written by the worker where it sees the run directory, else here
+            model_dir = outcome.model_dir or _save_model(spec, outcome, self.store.params(number))
         self.store.finish_trial(outcome, state, best, model_dir)
         row = self.store.trial(number)
         self.publisher.send(TrialEnded(spec.name, self.run_token, trial=number, state=state, best=row.best,
-                                       best_epoch=row.best_epoch, error=row.error))
+                                       best_epoch=row.best_epoch, error=row.error,
+                                       record=outcome.history[-1] if outcome.history else None))
         self.best = best_trial([r for r in (self.best, row) if r is not None], spec.mode)
         self.progress.on_trial_end(row, self.store.counts(), self.best)
         return row
@@ -242,6 +247,7 @@ class _Events:
         self.active: dict[int, float] = {}
         self.worker_of: dict[int, str] = {}
         self.name_of: dict[int, str] = {}
+        self.done: dict[str, TrialOutcome] = {}  # outcomes sent as events, by task key
 
     def apply(self) -> None:
         """The events that arrived since the last call."""
@@ -260,6 +266,11 @@ class _Events:
                 self._epoch(event.trial, event.record)
                 if event.checkpoint and fresh:
                     self.relay.fetch(event)
+            elif isinstance(event, TrialDone) and event.trial not in self.ended:
+                try:
+                    self.done[event.key] = TrialOutcome.from_dict(event.outcome)
+                except (TypeError, ValueError) as exc:  # not an outcome: the task's result is fetched instead
+                    log.debug("Ignoring a malformed outcome of trial %s: %s", event.trial, exc)
 
     def overdue(self, number: int, spec: SweepSpec) -> str | None:
         """Why trial ``number``'s running attempt is past its time (None: it is not, or has not started)."""
@@ -322,6 +333,7 @@ class _Stretches:
 
     def __init__(self, spec: SweepSpec) -> None:
         self.spec, self.asha = spec, spec.asha()
+        self.trials = spec.run_dir.resolve() / "trials"  # absolute: workers are elsewhere
 
     def replay(self, store: RunStore) -> None:
         """A resumed sweep: the rung records from what the store already has."""
@@ -354,7 +366,7 @@ class _Stretches:
 
     def path(self, number: int) -> Path:
         """Trial ``number``'s resume checkpoint: its last finished epoch (or, with ASHA, its last rung)."""
-        return self.spec.run_dir / "trials" / f"{number:04d}" / "checkpoint.pt"
+        return self.trials / f"{number:04d}" / "checkpoint.pt"
 
 
 class _Relay:
@@ -446,15 +458,18 @@ def _write_spec(spec: SweepSpec) -> None:
     (spec.run_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.to_json(), sort_keys=False))
 
 
-def _outcomes(client: Client, done: dict[Future, int]) -> list[tuple[Future, TrialOutcome]]:
-    """The outcomes of finished tasks: the results of those that returned, fetched in one round trip (a
-    trial's weights come from its worker), and each other's built from its error."""
-    returned = [f for f in done if f.status == "finished"]
+def _outcomes(client: Client, done: dict[Future, int],
+              sent: dict[str, TrialOutcome]) -> list[tuple[Future, TrialOutcome]]:
+    """The outcomes of finished tasks: those their workers ``sent`` as events, the results of the others
+    that returned, fetched in one round trip (a trial's weights come from its worker), and each other's
+    built from its error."""
+    arrived = {f: sent[f.key] for f in done if f.status == "finished" and f.key in sent}
+    returned = [f for f in done if f.status == "finished" and f not in arrived]
     try:  # Client.gather has no timeout; its coroutine under sync() takes one
         values = client.sync(client._gather, returned, callback_timeout=_RESULT_TIMEOUT) if returned else []
     except Exception:  # e.g. a worker lost with a result on it: each on its own, with its own error
-        return [(f, _outcome_of(n, f)) for f, n in done.items()]
-    outcomes = dict(zip(returned, values, strict=True))
+        return [(f, arrived[f] if f in arrived else _outcome_of(n, f)) for f, n in done.items()]
+    outcomes = {**arrived, **dict(zip(returned, values, strict=True))}
     return [(f, outcomes[f] if f in outcomes else _outcome_of(n, f)) for f, n in done.items()]
 
 

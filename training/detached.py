@@ -274,7 +274,6 @@ class _Replay:
 def _result(spec: SweepSpec, rows: list[TrialRecord]) -> SweepResult:
     """The result as an attached client shows it: the table (the model stays in the run directory, on the
     scheduler's machine)."""
-    from .sweep import SweepResult, results_table
+    from .sweep import SweepResult
 
-    return SweepResult(spec, spec.run_dir, results_table(rows, spec), None,
-                       [r for r in rows if r.state.is_error], rows)
+    return SweepResult(spec, spec.run_dir, None, [r for r in rows if r.state.is_error], rows)

@@ -22,6 +22,10 @@ from .protocol import Event, parse_event
 log = logging.getLogger(__name__)
 
 TOPIC = "dask-train"
+#: The coordinators' announcements (jobs, queued and ended trials), for the Training page only: no client
+#: subscribes to it, so they do not travel back to the client that sent them. A message is one event or a
+#: list of them.
+PAGE_TOPIC = "dask-train-page"
 
 
 def emit(event: Event) -> None:
@@ -43,7 +47,7 @@ def publish(client: Any, event: Event) -> None:
     message = plain(event.to_dict())
     message["time"] = message.get("time") or time.time()
     try:
-        client.log_event(TOPIC, message)
+        client.log_event(PAGE_TOPIC, message)
     except Exception as exc:
         log.debug("Could not send %s to the Training page: %s", event.kind, exc)
 
@@ -53,8 +57,9 @@ class Publisher:
 
     :func:`publish` is a round trip to the scheduler (~1 ms, far more on a busy machine); a sweep sends two
     a trial, so the coordinator hands them over here and goes on. One coroutine at a time sends what is
-    queued, oldest first, so the Training page sees a trial queued before it ended. :meth:`flush` waits
-    (bounded) until everything handed over was sent.
+    queued, oldest first and all of it in one message, so the Training page sees a trial queued before it
+    ended, and a busy sweep pays one round trip for many. :meth:`flush` waits (bounded) until everything
+    handed over was sent.
 
     Examples
     --------
@@ -96,12 +101,14 @@ class Publisher:
         self._sending = True
         try:
             while self._queue:
-                queued = self._queue.popleft()
+                queued = list(self._queue)
+                self._queue.clear()
                 try:
-                    await self.client.scheduler.log_event(topic=TOPIC, msg=queued)
+                    await self.client.scheduler.log_event(topic=PAGE_TOPIC, msg=queued)
                 except Exception as exc:
-                    log.debug("Could not send %s to the Training page: %s", queued.get("kind"), exc)
-                self._count_done()
+                    log.debug("Could not send %d announcements to the Training page: %s", len(queued), exc)
+                for _ in queued:
+                    self._count_done()
         finally:
             self._sending = False
 

@@ -148,12 +148,13 @@ class Trainer:
         self._check_every = 1 if self.device.type == "cpu" else 16
 
     def train(self, epochs: int, callback: Callback | None = None, checkpoint: Path | None = None,
-              every: int = 1, resume_point_only: bool = False) -> list[dict[str, Any]]:
+              every: int = 1, resume_point_only: bool = False, save_last: bool = True) -> list[dict[str, Any]]:
         """Run until ``epochs`` epochs are done in total (a resumed trainer continues its count), saving
         ``checkpoint`` after every ``every``-th epoch and the last (before the epoch is reported, so a
         process lost after a report never has to train that epoch again). ``resume_point_only``: the
         checkpoint is only a resume point (a sweep trial, whose model travels back in its result), so a
-        failed save (a full disk) is logged and training goes on."""
+        failed save (a full disk) is logged and training goes on. ``save_last=False``: not after the last
+        epoch (a sweep trial's result ends it, and its resume point would be deleted at once)."""
         callback = callback or Callback()
         with tf32_matmuls(self.device):
             while self.epoch < epochs:
@@ -162,8 +163,8 @@ class Trainer:
                 self.history.append(record)
                 if self.shard.rank == 0:  # every rank has the same metrics; one keeps the weights
                     self.best.offer(record, self.model)
-                if checkpoint is not None and self.shard.rank == 0 and (self.epoch % every == 0
-                                                                        or self.epoch == epochs):
+                due = save_last if self.epoch == epochs else self.epoch % every == 0
+                if checkpoint is not None and self.shard.rank == 0 and due:
                     self._save(checkpoint, resume_point_only)
                 callback.on_epoch_end(record)
         return self.history
@@ -383,11 +384,20 @@ def isolated_rng(device: torch.device):
     return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
 
 
+def seed_generators(seed: int, device: torch.device) -> None:
+    """``torch.manual_seed`` for the generators a run on ``device`` uses: the CPU's, and the GPUs' on a GPU
+    (``manual_seed`` also queues a seed, with a captured stack, for every device kind not initialised yet:
+    a millisecond a trial for nothing on a CPU worker)."""
+    torch.random.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+
+
 def build_trainer(work: Workload, params: Mapping[str, Any], seed: int, device: torch.device,
                   **kwargs: Any) -> Trainer:
     """Data and initial weights from ``seed``: the same call in one process and in every DDP rank gives
     the same starting point (``kwargs`` go to :class:`Trainer`: shard, wrap, reduce, precision...)."""
-    torch.manual_seed(seed)
+    seed_generators(seed, device)
     return Trainer(work, params, work.load_data(params, seed), seed=seed, device=device, **kwargs)
 
 

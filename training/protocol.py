@@ -173,8 +173,9 @@ class _Record:
 class TrialOutcome(_Record):
     """How one run of a trial (one Dask task) ended, as the worker reports it.
 
-    ``state_dict`` holds the weights of the trial's best epoch by the sweep's metric (``best_epoch``);
-    ``checkpoint`` is the full trainer state after the last epoch, for a next stretch (ASHA) or a resume.
+    ``state_dict`` holds the weights of the trial's best epoch by the sweep's metric (``best_epoch``), unless
+    the worker wrote them itself: ``model_dir`` is then the model directory it wrote, relative to the run
+    directory. ``checkpoint`` is the full trainer state after the last epoch, for a next stretch (ASHA).
     """
 
     number: int
@@ -193,6 +194,7 @@ class TrialOutcome(_Record):
     meta: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, Any] = field(default_factory=dict)
     checkpoint: dict[str, Any] | None = None
+    model_dir: str | None = None
 
     @property
     def last_epoch(self) -> int:
@@ -292,6 +294,19 @@ class EpochEnded(Event):
 
 
 @dataclass(frozen=True)
+class TrialDone(Event):
+    """A trial task's outcome (:meth:`TrialOutcome.to_dict`), sent by its worker as the task returns when
+    it holds no tensors (the worker wrote the model directory itself): the coordinator takes it from here
+    instead of fetching the task's result, a round trip through the scheduler less. ``key``: the task's."""
+
+    kind: ClassVar[str] = "done"
+    trial: int = 0
+    worker: str = ""
+    key: str = ""
+    outcome: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class FirstStep(Event):
     """DDP rank 0 finished its first optimizer step."""
 
@@ -345,7 +360,8 @@ class TrialQueued(Event):
 
 @dataclass(frozen=True)
 class TrialEnded(Event):
-    """A trial's end as the coordinator recorded it (``PROMOTED``: only a stretch ended)."""
+    """A trial's end as the coordinator recorded it (``PROMOTED``: only a stretch ended). ``record``: its
+    last epoch's (workers send no epoch event for an attempt's last epoch: its outcome carries it)."""
 
     kind: ClassVar[str] = "end"
     trial: int = 0
@@ -353,6 +369,7 @@ class TrialEnded(Event):
     best: float | None = None
     best_epoch: int | None = None
     error: str | None = None
+    record: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

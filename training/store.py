@@ -50,6 +50,7 @@ class RunStore:
         # Trials by state, kept up to date by this store's own writes (one query at first use, not one a
         # trial: a 10,000-trial sweep asks after every trial). None: count again.
         self._counts: dict[TrialState, int] | None = None
+        self._params: dict[int, dict[str, Any]] = {}  # a trial's params never change once recorded
 
     def __enter__(self) -> RunStore:
         return self
@@ -147,7 +148,10 @@ class RunStore:
             self._moved(None, TrialState.PENDING)
 
     def params(self, number: int) -> dict[str, Any]:
-        return json.loads(self.db.execute("SELECT params FROM trials WHERE number = ?", (number,)).fetchone()[0])
+        if number not in self._params:
+            row = self.db.execute("SELECT params FROM trials WHERE number = ?", (number,)).fetchone()
+            self._params[number] = json.loads(row[0])
+        return dict(self._params[number])
 
     def trial_started(self, number: int, worker: str, when: float) -> None:
         """A run of the trial began: count it; the trial's start is its first run's."""

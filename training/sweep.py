@@ -8,8 +8,12 @@ best epoch) and the failures. Rerunning the same sweep finishes only the trials 
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
+import datetime
+import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -60,12 +64,17 @@ class SweepResult:
 
     spec: SweepSpec
     run_dir: Path
-    table: pd.DataFrame
     best: TrainedModel | None
     failed: list[TrialRecord] = field(default_factory=list)
     trials: list[TrialRecord] = field(default_factory=list)
     #: The report's plots being drawn in the background (None: drawn, or not part of this result).
     plotting: threading.Thread | None = field(default=None, repr=False, compare=False)
+
+    @functools.cached_property
+    def table(self) -> pd.DataFrame:
+        """One row per trial (as in ``results.csv``), built on first use: pandas takes most of a second to
+        import, which a sweep whose caller never looks at the table does not pay."""
+        return results_table(self.trials, self.spec)
 
     def wait_for_report(self, timeout: float = 120.0) -> Path:
         """The report folder (``summary.md``, ``curves.png``, ``params.png``) once its plots are drawn: the
@@ -257,30 +266,66 @@ def result_of(spec: SweepSpec, rows: list[TrialRecord], run_dir: Path | None = N
     from .model_file import load_model
 
     run_dir = Path(run_dir or spec.run_dir)
-    table = results_table(rows, spec)
-    table.to_csv(run_dir / "results.csv", index=False)
+    write_results_csv(run_dir / "results.csv", rows, spec)
     chosen = best_trial(rows, spec.mode)
     best = None
     if chosen is not None and chosen.model_dir and (run_dir / chosen.model_dir).is_dir():
         best = load_model(run_dir / chosen.model_dir, allow=(spec.workload,))  # the spec's: already trusted
     failed = [r for r in rows if r.state.is_error]
-    return SweepResult(spec, run_dir, table, best, failed, rows)
+    return SweepResult(spec, run_dir, best, failed, rows)
 
 
-def results_table(rows: list[TrialRecord], spec: SweepSpec) -> pd.DataFrame:
-    """One row per trial: number, state, searched params, final and best metric and the best epoch,
-    epochs, seconds, worker."""
-    import pandas as pd
-
+def _records(rows: list[TrialRecord], spec: SweepSpec) -> list[dict[str, Any]]:
+    """The results table's rows: number, state, searched params, final and best metric and the best
+    epoch, epochs, seconds, worker, starts, start and end (seconds since the epoch), error type."""
     metric, best = spec.metric, best_trial(rows, spec.mode)
-    records = [{
+    return [{
         "trial": r.number, "state": r.state.value, **{name: r.params.get(name) for name in spec.space},
         f"final_{metric}": r.metrics.get(metric), f"best_{metric}": r.best, "best_epoch": r.best_epoch,
         "best": best is not None and r.number == best.number, "epochs": r.epochs, "seconds": r.seconds,
         "worker": r.worker, "starts": r.starts, "started": r.started, "finished": r.finished,
         "error": r.error_type,
     } for r in rows]
-    table = pd.DataFrame.from_records(records)
+
+
+def results_table(rows: list[TrialRecord], spec: SweepSpec) -> pd.DataFrame:
+    """One row per trial (see :func:`_records`), with start and end as UTC timestamps."""
+    import pandas as pd
+
+    table = pd.DataFrame.from_records(_records(rows, spec))
     for column in ("started", "finished"):
         table[column] = pd.to_datetime(table[column], unit="s", utc=True)
     return table
+
+
+def write_results_csv(path: Path, rows: list[TrialRecord], spec: SweepSpec) -> None:
+    """``results.csv``: the table's rows, start and end in ISO 8601 UTC, empty cells for missing values.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> spec = SweepSpec.create(workload="xor", space={"lr": [0.1]})
+    >>> row = TrialRecord(number=0, state=TrialState.COMPLETED, params={"lr": 0.1}, best=0.25, started=0.0)
+    >>> path = Path(tempfile.mkdtemp()) / "results.csv"
+    >>> write_results_csv(path, [row], spec)
+    >>> path.read_text().splitlines()[1]
+    '0,completed,0.1,,0.25,,True,0,,,0,1970-01-01 00:00:00+00:00,,'
+    """
+    records = _records(rows, spec)
+    columns = list(records[0]) if records else ["trial", "state", *spec.space]
+    for record in records:
+        for column in ("started", "finished"):
+            when = record[column]
+            record[column] = "" if when is None else _utc(when)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(records)
+    os.replace(tmp, path)
+
+
+def _utc(seconds: float) -> str:
+    """``seconds`` since the epoch as pandas writes a UTC timestamp (microseconds when not whole)."""
+    when = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    return when.isoformat(sep=" ")

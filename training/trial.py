@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, TrainingDiverged
-from .events import emit
+from .events import emit, plain
 from .loop import Callback, Trainer, build_trainer, isolated_rng, pick_device, read_checkpoint
-from .protocol import EpochEnded, TrialOutcome, TrialStarted, TrialState
+from .model_file import write_model_dir
+from .protocol import EpochEnded, TrialDone, TrialOutcome, TrialStarted, TrialState
 from .workloads import get_workload
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,9 @@ class _EpochEvents(Callback):
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         self.history.append(record)
         epoch, last = int(record["epoch"]), self.spec.until_epoch or self.spec.epochs
-        saved = self.relayed is not None and epoch < last and epoch % self.spec.checkpoint_every == 0
+        if epoch >= last:
+            return  # the attempt's outcome carries its last epoch, a moment later: one message, not two
+        saved = self.relayed is not None and epoch % self.spec.checkpoint_every == 0
         emit(EpochEnded(job=self.spec.job, run=self.spec.run, time=time.time(), trial=self.spec.number,
                         worker=self.worker, record=record, checkpoint=str(self.relayed) if saved else ""))
 
@@ -95,9 +98,11 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
             state, source = _start_state(spec, _sent_start(checkpoint) if relayed and checkpoint else None)
             if state is not None:
                 trainer.load_state(state, source)
+            # No resume point after the attempt's last epoch: its outcome ends the trial (or, with ASHA,
+            # carries the state the next stretch starts from).
             trainer.train(spec.until_epoch or spec.epochs, events, checkpoint, spec.checkpoint_every,
-                          resume_point_only=True)
-            ended = _trained(trainer, keep_state=spec.until_epoch is not None)
+                          resume_point_only=True, save_last=False)
+            ended = _trained(trainer, spec, None if relayed else checkpoint)
     except TrainingDiverged as exc:
         ended = _error(TrialState.DIVERGED, exc)
     except Exception as exc:  # recorded with its traceback: one bad trial must not end the sweep
@@ -107,15 +112,52 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
             checkpoint.unlink(missing_ok=True)
     finished = time.time()
     history = trainer.history if trainer is not None else events.history
-    return TrialOutcome(number=spec.number, worker=worker, device=device, started=started, finished=finished,
-                        seconds=round(finished - started, 4), history=list(history), **ended)
+    outcome = TrialOutcome(number=spec.number, worker=worker, device=device, started=started,
+                           finished=finished, seconds=round(finished - started, 4), history=list(history), **ended)
+    _send_done(spec, outcome)
+    return outcome
 
 
-def _trained(trainer: Trainer, keep_state: bool) -> dict[str, Any]:
-    """A completed trial's part of the outcome: its best epoch's weights (and its state for a next stretch)."""
-    return {"state": TrialState.COMPLETED, "state_dict": trainer.best_weights(), "best_epoch": trainer.best.epoch,
-            "meta": dict(trainer.data.meta), "artifacts": dict(trainer.data.artifacts),
-            "checkpoint": _to_cpu(trainer.state()) if keep_state else None}
+def _send_done(spec: TrialSpec, outcome: TrialOutcome) -> None:
+    """Send the outcome as an event too, where it is small and travels as it is (no tensors: the model
+    directory is written; no NaN or tuple that msgpack would change): see :class:`TrialDone`."""
+    if outcome.model_dir is None or outcome.state_dict is not None or outcome.checkpoint is not None:
+        return
+    data = outcome.to_dict()
+    message = plain(data)
+    if message != data:
+        return
+    from distributed import get_worker
+
+    try:
+        key = get_worker().get_current_task()
+    except ValueError:
+        return  # not on a worker: nobody to tell
+    emit(TrialDone(job=spec.job, run=spec.run, time=time.time(), trial=spec.number, worker=_own_address(),
+                   key=str(key), outcome=message))
+
+
+def _trained(trainer: Trainer, spec: TrialSpec, checkpoint: Path | None) -> dict[str, Any]:
+    """A completed trial's part of the outcome: its best epoch's model (and its state for a next stretch).
+
+    Where this worker sees the run directory (``checkpoint`` is the trial's resume checkpoint there), it
+    writes the model directory beside it and sends only its path; otherwise the weights travel in the
+    outcome and the coordinator writes them."""
+    ended = {"state": TrialState.COMPLETED, "best_epoch": trainer.best.epoch, "meta": dict(trainer.data.meta),
+             "artifacts": dict(trainer.data.artifacts),
+             "checkpoint": _to_cpu(trainer.state()) if spec.until_epoch is not None else None}
+    weights = trainer.best_weights()
+    if checkpoint is not None:
+        folder = checkpoint.parent  # RUN_DIR/trials/NNNN
+        try:
+            write_model_dir(folder, weights, workload=spec.workload, params=spec.params, meta=ended["meta"],
+                            artifacts=ended["artifacts"], history=trainer.history, seed=spec.seed,
+                            extra={"sweep": spec.job, "trial": spec.number}, best_epoch=trainer.best.epoch)
+            return {**ended, "model_dir": f"{folder.parent.name}/{folder.name}"}
+        except OSError as exc:  # e.g. a full disk: the coordinator tries, and says what to do if it fails too
+            log.warning("Could not write trial %s's model directory %s (%s); sending the weights instead",
+                        spec.number, folder, exc.strerror or exc)
+    return {**ended, "state_dict": weights}
 
 
 def _start_state(spec: TrialSpec, sent: tuple[dict[str, Any], str] | None) -> tuple[dict[str, Any] | None, str]:
