@@ -131,7 +131,7 @@ class Coordinator:
         ended = _outcomes(self.client, done, self.events.done) + self.stops.overdue(running)
         for future, outcome in ended:
             del running[future]
-            self.events.done.pop(future.key, None)
+            self.events.done.pop(str(future.key), None)
             record = self._record(outcome)
             future.release()
             if record.state == TrialState.PROMOTED:  # its next stretch goes first
@@ -463,7 +463,7 @@ def _outcomes(client: Client, done: dict[Future, int],
     """The outcomes of finished tasks: those their workers ``sent`` as events, the results of the others
     that returned, fetched in one round trip (a trial's weights come from its worker), and each other's
     built from its error."""
-    arrived = {f: sent[f.key] for f in done if f.status == "finished" and f.key in sent}
+    arrived = {f: sent[str(f.key)] for f in done if f.status == "finished" and str(f.key) in sent}
     returned = [f for f in done if f.status == "finished" and f not in arrived]
     try:  # Client.gather has no timeout; its coroutine under sync() takes one
         values = client.sync(client._gather, returned, callback_timeout=_RESULT_TIMEOUT) if returned else []

@@ -143,15 +143,15 @@ def _trained(trainer: Trainer, spec: TrialSpec, checkpoint: Path | None) -> dict
     Where this worker sees the run directory (``checkpoint`` is the trial's resume checkpoint there), it
     writes the model directory beside it and sends only its path; otherwise the weights travel in the
     outcome and the coordinator writes them."""
-    ended = {"state": TrialState.COMPLETED, "best_epoch": trainer.best.epoch, "meta": dict(trainer.data.meta),
-             "artifacts": dict(trainer.data.artifacts),
+    meta, artifacts = dict(trainer.data.meta), dict(trainer.data.artifacts)
+    ended = {"state": TrialState.COMPLETED, "best_epoch": trainer.best.epoch, "meta": meta, "artifacts": artifacts,
              "checkpoint": _to_cpu(trainer.state()) if spec.until_epoch is not None else None}
     weights = trainer.best_weights()
     if checkpoint is not None:
         folder = checkpoint.parent  # RUN_DIR/trials/NNNN
         try:
-            write_model_dir(folder, weights, workload=spec.workload, params=spec.params, meta=ended["meta"],
-                            artifacts=ended["artifacts"], history=trainer.history, seed=spec.seed,
+            write_model_dir(folder, weights, workload=spec.workload, params=spec.params, meta=meta,
+                            artifacts=artifacts, history=trainer.history, seed=spec.seed,
                             extra={"sweep": spec.job, "trial": spec.number}, best_epoch=trainer.best.epoch)
             return {**ended, "model_dir": f"{folder.parent.name}/{folder.name}"}
         except OSError as exc:  # e.g. a full disk: the coordinator tries, and says what to do if it fails too
