@@ -42,6 +42,10 @@ NAME = "dask-train-board"
 MAX_JOBS = 50  # finished jobs beyond this many are forgotten, oldest first
 _MAX_EPOCHS = 2000  # points kept per curve
 _STATES = {s.value for s in TrialState}
+#: A job with more trials than this shows a bounded selection on the page (all are still counted): the
+#: running ones, the best and the latest finished; curves of the best only.
+SHOWN_TRIALS = 200
+_TOP_TRIALS, _LATEST_TRIALS, _CURVES = 50, 50, 20
 _TRIAL_FIELDS = ("state", "params", "worker", "best", "best_epoch", "epoch", "metrics", "curve", "error")
 
 
@@ -160,7 +164,8 @@ class Board(SchedulerPlugin):
         elif isinstance(event, TrialEnded):
             if event.record:
                 _epoch(job, trial, event.record)
-            trial.update(state=event.state, best=event.best, best_epoch=event.best_epoch, error=event.error)
+            trial.update(state=event.state, best=event.best, best_epoch=event.best_epoch, error=event.error,
+                         ended=event.time or time.time())
 
     def _new_job(self, event: Event) -> dict[str, Any]:
         ddp = getattr(event, "type", "") == "ddp" or getattr(event, "trial", None) == -1
@@ -222,11 +227,39 @@ def _best_from_curve(job: dict[str, Any], trial: dict[str, Any]) -> None:
 
 
 def _view(job: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
-    trials = [dict(t, worker_name=names.get(t["worker"] or "", "")) for _, t in sorted(job["trials"].items())]
+    trials = [t for _, t in sorted(job["trials"].items())]
     counts: dict[str, int] = {}
     for trial in trials:
         counts[str(trial["state"])] = counts.get(str(trial["state"]), 0) + 1
     best = best_trial(trials, job["mode"]) if job["mode"] in ("min", "max") else None
-    return {**{k: v for k, v in job.items() if k not in ("trials", "client")}, "trials": trials,
-            "counts": counts, "best": None if best is None else best["number"],
+    shown = _shown(trials, job["mode"], best)
+    return {**{k: v for k, v in job.items() if k not in ("trials", "client")},
+            "trials": [dict(t, worker_name=names.get(t["worker"] or "", "")) for t in shown],
+            "hidden": len(trials) - len(shown), "counts": counts, "best": None if best is None else best["number"],
             "best_value": None if best is None else best["best"]}
+
+
+def _shown(trials: list[dict[str, Any]], mode: str, best: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The trials the page gets: all of a job of up to :data:`SHOWN_TRIALS`; of a larger one the running
+    ones, the best finished and the latest finished, in number order, with curves for the best only, so
+    what the page polls stays small however large the sweep.
+
+    Examples
+    --------
+    >>> rows = [{"number": i, "state": TrialState.COMPLETED, "best": float(i), "ended": i, "curve": [[1, i]]}
+    ...         for i in range(1000)]
+    >>> shown = _shown(rows, "min", rows[0])
+    >>> len(shown) <= SHOWN_TRIALS, shown[0]["number"], shown[-1]["number"], len([t for t in shown if t["curve"]])
+    (True, 0, 999, 20)
+    """
+    if len(trials) <= SHOWN_TRIALS:
+        return trials
+    finished = [t for t in trials if TrialState(t["state"]).is_finished]
+    live = [t for t in trials if not TrialState(t["state"]).is_finished and t["state"] != TrialState.PENDING]
+    ranked = [t for t in finished if isinstance(t.get("best"), int | float)]
+    ranked.sort(key=lambda t: t["best"], reverse=mode == "max")
+    latest = sorted(finished, key=lambda t: t.get("ended") or 0.0)[-_LATEST_TRIALS:]
+    top = ([best] if best is not None else []) + [t for t in ranked if t is not best][:_TOP_TRIALS]
+    with_curve = {t["number"] for t in top[:_CURVES]}
+    chosen = {t["number"]: t for t in [*live[: SHOWN_TRIALS - _TOP_TRIALS - _LATEST_TRIALS], *top, *latest]}
+    return [t if number in with_curve else dict(t, curve=[]) for number, t in sorted(chosen.items())]

@@ -23,6 +23,7 @@ from distributed import Client, Future, wait
 
 from cluster import TRAINING_SLOT, ClusterError, dashboard_url, require_slots
 
+from .board import SHOWN_TRIALS
 from .dashboard import enable_page
 from .errors import Interrupted
 from .events import Inbox, Publisher, publish
@@ -434,7 +435,11 @@ class _SlotWatch:
 
 def _announcement(spec: SweepSpec, run: str, client: str, total: int | None, trials: list[TrialRecord],
                   histories: dict[int, list[dict[str, Any]]]) -> JobAnnounced:
-    """The sweep as the Training page first sees it, with each trial's state and curve so far."""
+    """The sweep as the Training page first sees it, with each trial's state and curve so far (of a sweep
+    too large for the page to show every trial, only the trials begun: the others are counted in ``total``
+    and appear as they are queued)."""
+    if len(trials) > SHOWN_TRIALS:
+        trials = [t for t in trials if t.state != TrialState.PENDING]
     rows = [{"number": t.number, "state": t.state.value, "params": t.params, "worker": t.worker, "best": t.best,
              "best_epoch": t.best_epoch, "epoch": t.epochs or None, "metrics": t.metrics,
              "curve": [[r["epoch"], r[spec.metric]] for r in histories.get(t.number, []) if spec.metric in r]}

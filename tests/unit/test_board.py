@@ -114,3 +114,30 @@ def test_a_malformed_event_is_dropped_and_the_page_keeps_working(bad):
     board.apply({"kind": "epoch", "job": "s", "run": "r1", "trial": 0, "record": {"epoch": "one"}})
     view = json.loads(board.snapshot_json())["jobs"][0]
     assert [t["number"] for t in view["trials"]] == [0] and view["trials"][0]["state"] == "queued"
+
+
+def test_a_10000_trial_sweep_gives_the_page_a_bounded_selection_with_the_best_and_the_running_ones():
+    board = Board()
+    board.apply({"kind": "job", "job": "big", "run": "r1", "type": "sweep", "metric": "val_loss", "mode": "min",
+                 "epochs": 2, "total": 10_000, "trials": []})
+    batch = []
+    for n in range(10_000):
+        batch.append({"kind": "queued", "job": "big", "run": "r1", "trial": n, "params": {"lr": n / 1e4}})
+        if n < 9_990:  # the last 10 are still running
+            batch += [{"kind": "epoch", "job": "big", "run": "r1", "trial": n,
+                       "record": {"epoch": 1, "val_loss": 1.0 + (n * 7919 % 10_000) / 1e4}},
+                      {"kind": "end", "job": "big", "run": "r1", "trial": n, "state": "completed", "time": n + 1,
+                       "best": 0.5 + (n * 7919 % 10_000) / 1e4, "best_epoch": 2,
+                       "record": {"epoch": 2, "val_loss": 0.5 + (n * 7919 % 10_000) / 1e4}}]
+        else:
+            batch.append({"kind": "start", "job": "big", "run": "r1", "trial": n, "worker": "tcp://w:1"})
+    board.log_event("dask-train-page", batch)  # announcements arrive in batches on the page's topic
+    view = job(board)
+    shown = {t["number"]: t for t in view["trials"]}
+    assert len(shown) <= 200 and view["hidden"] == 10_000 - len(shown)
+    assert view["counts"] == {"completed": 9_990, "running": 10}  # counts cover every trial
+    assert view["best"] == 0 and view["best_value"] == 0.5 and shown[0]["curve"] == [[1, 1.0], [2, 0.5]]
+    assert set(range(9_990, 10_000)) <= set(shown)  # every running trial
+    assert set(range(9_940, 9_990)) <= set(shown)  # the latest finished
+    assert sum(1 for t in shown.values() if t["curve"]) == 20  # curves of the best only
+    assert len(board.snapshot_json()) < 200_000

@@ -56,6 +56,10 @@ function summary(job) {
   const counts = Object.entries(job.counts).map(([state, n]) => `${n} ${state}`).join(", ");
   const unit = job.type === "ddp" ? "ranks" : "trials";
   const parts = [`${job.total ?? job.trials.length} ${unit}: ${counts}`, `metric ${job.metric} (${job.mode})`];
+  if (job.hidden) {  // a large sweep: the page gets a bounded selection
+    parts.push(`showing ${job.trials.length} (running, best, latest finished; curves of the best 20), `
+               + `${job.hidden} more in the run directory`);
+  }
   // The best trial is decided on the scheduler, by the same rule as the sweep: its best epoch's value.
   const best = job.trials.find((t) => t.number === job.best);
   if (best && typeof job.best_value === "number") {
