@@ -401,3 +401,64 @@ def test_trials_are_submitted_in_a_bounded_window(client, tmp_path):
     assert list(result.table["state"]) == ["completed"] * 16
     print(f"trial tasks on the scheduler at each start: {Count.seen}")
     assert len(Count.seen) == 16 and max(Count.seen) <= 2 * 2 + 2 and max(Count.seen) >= 3
+
+
+def test_workers_write_model_directories_and_send_outcomes_as_events(client, tmp_path, monkeypatch):
+    """Where workers see the run directory, each trial's worker writes its model directory and its outcome
+    comes as an event: the coordinator fetches no task result. The last epoch, which travels in the outcome
+    only, still reaches the store, the progress hooks and the Training page's curves."""
+    import json
+    import urllib.request
+
+    import training.coordinator as coordinator
+    from training.dashboard import enable_page
+
+    taken = {"futures": 0, "as_events": 0}
+    original = coordinator._outcomes
+
+    def counting(client, done, sent):
+        taken["futures"] += len(done)
+        taken["as_events"] += sum(1 for f in done if str(f.key) in sent)
+        return original(client, done, sent)
+
+    monkeypatch.setattr(coordinator, "_outcomes", counting)
+    recorder = _Recorder()
+    result = Sweep("xor", {"lr": [0.1, 0.2, 0.3, 0.4]}, epochs=3, name="events",
+                   runs_dir=str(tmp_path)).run(client, progress=recorder)
+    assert [t.state for t in result.trials] == [TrialState.COMPLETED] * 4
+    print(f"outcomes: {taken}")
+    assert taken == {"futures": 4, "as_events": 4}
+    for trial in result.trials:
+        model = load_model(tmp_path / "events" / trial.model_dir)
+        assert model.extra == {"sweep": "events", "trial": trial.number} and len(model.history) == 3
+        assert not (tmp_path / "events" / trial.model_dir / "checkpoint.pt").exists()
+    assert sorted((n, e) for n, e, _ in recorder.epochs) == [(n, e) for n in range(4) for e in (1, 2, 3)]
+    page = enable_page(client)
+
+    def finished_job():
+        with urllib.request.urlopen(page + "/data.json", timeout=10) as response:
+            jobs = json.loads(response.read())["jobs"]
+        return next((j for j in jobs if j["name"] == "events" and j["state"] == "finished"), None)
+
+    job = poll_for(finished_job, 30, what="the sweep on the Training page")
+    assert [[p[0] for p in t["curve"]] for t in job["trials"]] == [[1, 2, 3]] * 4
+
+
+def test_a_sweep_imports_pandas_only_when_its_table_is_read(client, tmp_path):
+    """pandas takes most of a second to import: a sweep writes results.csv without it."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from distributed import Client
+from training.sweep import Sweep
+with Client({client.scheduler.address!r}) as c:
+    sweep = Sweep("xor", {{"lr": [0.1, 0.2]}}, epochs=1, name="lazy", runs_dir={str(tmp_path)!r})
+    r = sweep.run(c, progress=False)
+    print("after run:", "pandas" in sys.modules, (r.run_dir / "results.csv").read_text().count(",completed,"))
+    print("table:", list(r.table["state"]), "pandas" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert "after run: False 2" in done.stdout and "table: ['completed', 'completed'] True" in done.stdout

@@ -96,6 +96,23 @@ def test_resume_continues_the_same_history(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_a_trainer_can_skip_the_resume_point_after_its_last_epoch(tmp_path):
+    """A sweep trial's last epoch ends it (its outcome carries the model), so it saves no checkpoint there;
+    every earlier epoch is a resume point."""
+    work = get_workload("xor")
+    params = resolve(work.params, {"batch_size": 256}, owner="xor")
+    trainer = Trainer(work, params, work.load_data(params, 0))
+    saved: list[int] = []
+
+    class Saved(Callback):
+        def on_epoch_end(self, record):
+            saved.append(read_checkpoint(checkpoint)["epoch"] if checkpoint.exists() else 0)
+
+    checkpoint = tmp_path / "resume.pt"
+    trainer.train(3, Saved(), checkpoint, save_last=False)
+    assert saved == [1, 2, 2] and read_checkpoint(checkpoint)["epoch"] == 2
+
+
 def test_resume_with_dropout_matches_too(tmp_path):
     """Dropout draws from the global RNG: the checkpoint must carry it for an exact resume."""
     params = {"corpus": "first", "max_names": 300, "batch_size": 256, "hidden": 16, "layers": 2, "dropout": 0.5}
