@@ -86,7 +86,7 @@ class Board(SchedulerPlugin):
         if topic == TOPIC:
             self.apply(msg)
         elif topic == PAGE_TOPIC:  # a coordinator's announcement, or several in one message
-            for message in msg if isinstance(msg, list) else [msg]:
+            for message in msg if isinstance(msg, list | tuple) else [msg]:  # msgpack may give a tuple
                 self.apply(message)
 
     def remove_client(self, scheduler: Scheduler, client: str) -> None:
