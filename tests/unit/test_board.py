@@ -131,7 +131,7 @@ def test_a_10000_trial_sweep_gives_the_page_a_bounded_selection_with_the_best_an
                        "record": {"epoch": 2, "val_loss": 0.5 + (n * 7919 % 10_000) / 1e4}}]
         else:
             batch.append({"kind": "start", "job": "big", "run": "r1", "trial": n, "worker": "tcp://w:1"})
-    board.log_event("dask-train-page", batch)  # announcements arrive in batches on the page's topic
+    board.log_event("dask-train-page", tuple(batch))  # announcements arrive in batches (msgpack: tuples)
     view = job(board)
     shown = {t["number"]: t for t in view["trials"]}
     assert len(shown) <= 200 and view["hidden"] == 10_000 - len(shown)
