@@ -48,7 +48,7 @@ from .slots import free_workers, second_interrupt_exits
 from .sources import Source, make_source, read_rung_checkpoint, write_rung_checkpoint
 from .store import RunStore
 from .sweep_spec import NOT_FINGERPRINTED, SweepSpec
-from .trial import TrialSpec, keep_start_state, read_kept_checkpoint, run_trial
+from .trial import TrialSpec, keep_start_state, mark_run_dir, read_kept_checkpoint, run_trial
 
 if TYPE_CHECKING:
     from .sweep import SweepProgress
@@ -84,6 +84,7 @@ class Coordinator:
         trials = spec.trials()
         store.begin_run(spec.name, spec.fingerprint(), spec.to_json(), trials, NOT_FINGERPRINTED)
         _write_spec(spec)  # after the store accepted it: a refused spec must not replace the run's own
+        self.mark = str(mark_run_dir(spec.run_dir.resolve(), self.run_token))  # workers that see it write there
         source = make_source(spec, store)
         self.stretches.replay(store)
         self.best = best_trial(store.trials(), spec.mode)
@@ -151,7 +152,7 @@ class Coordinator:
         trial = TrialSpec(job=spec.name, run=self.run_token, number=number, workload=spec.workload,
                           params=self.store.params(number), epochs=spec.epochs, seed=spec.seed, metric=spec.metric,
                           mode=spec.mode, checkpoint=str(self.stretches.path(number)),
-                          checkpoint_every=spec.checkpoint_every, precision=spec.precision)
+                          checkpoint_every=spec.checkpoint_every, precision=spec.precision, run_mark=self.mark)
         trial, suffix = self.stretches.next_stretch(trial)
         # Readable keys for the dashboard (grouped as trial-<sweep>); each client run gets its own, so a key
         # is never reused while a cancelled task of an earlier run may still be winding down.

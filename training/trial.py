@@ -25,6 +25,9 @@ from .workloads import get_workload
 
 log = logging.getLogger(__name__)
 
+#: The file in a run directory that holds the running coordinator's run token.
+RUN_MARK = ".coordinator"
+
 #: How long a trial on a worker that cannot see the run directory waits for its start state.
 START_STATE_WAIT = 30.0
 
@@ -50,6 +53,10 @@ class TrialSpec:
     #: worker sees the run directory, and continued from by the trial's next attempt.
     checkpoint: str | None = None
     checkpoint_every: int = 1
+    #: The run directory's mark file (:data:`RUN_MARK`): the worker sees the coordinator's run directory
+    #: (the same machine, a shared filesystem) when this file holds ``run``, not merely a folder of the same
+    #: path on its own disk. None: the directory's existence decides.
+    run_mark: str | None = None
     #: ``fp32``, ``bf16`` or ``fp16`` (see :mod:`training.precision`).
     precision: str = "fp32"
 
@@ -192,7 +199,7 @@ def _checkpoint_place(spec: TrialSpec) -> tuple[Path | None, bool]:
     if spec.checkpoint is None:
         return None, False
     path = Path(spec.checkpoint)
-    if path.parent.parent.parent.is_dir():  # RUN_DIR/trials/NNNN/checkpoint.pt
+    if _sees_run_dir(spec, path.parent.parent.parent):  # RUN_DIR/trials/NNNN/checkpoint.pt
         return path, False
     from distributed import get_worker
 
@@ -201,6 +208,26 @@ def _checkpoint_place(spec: TrialSpec) -> tuple[Path | None, bool]:
     except ValueError:
         return None, False
     return local / "dask-train" / f"{spec.job}-{spec.run}-{spec.number:04d}.pt", True
+
+
+def _sees_run_dir(spec: TrialSpec, run_dir: Path) -> bool:
+    """Whether this process sees the coordinator's own run directory (what it writes there is the
+    coordinator's to read)."""
+    if spec.run_mark is None:
+        return run_dir.is_dir()
+    try:
+        return Path(spec.run_mark).read_text(encoding="utf-8").strip() == spec.run
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def mark_run_dir(run_dir: Path, run: str) -> Path:
+    """Write ``run_dir``'s mark file with the run token ``run`` (replacing an earlier run's); its path."""
+    mark = run_dir / RUN_MARK
+    tmp = mark.with_name(f"{RUN_MARK}.{run}.tmp")
+    tmp.write_text(run, encoding="utf-8")
+    os.replace(tmp, mark)
+    return mark
 
 
 def _sent_start(checkpoint: Path) -> tuple[dict[str, Any], str] | None:
