@@ -58,9 +58,15 @@ def duration(seconds: float | None) -> str:
     return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
+#: A table of more trials than this shows the best ones and the others' count (results.csv has them all):
+#: a terminal table of 10,000 rows takes rich half a minute to draw, and nobody reads it.
+MAX_ROWS = 60
+
+
 def results_table(trials: Sequence[TrialRecord], space: Iterable[str], metric: str, mode: str, *,
-                  width: int, title: str | None = None) -> Table:
-    """The results as a rich ``Table`` no wider than ``width`` where that can be had.
+                  width: int, title: str | None = None, max_rows: int = MAX_ROWS) -> Table:
+    """The results as a rich ``Table`` no wider than ``width`` where that can be had; of more than
+    ``max_rows`` trials, the best ones and the first that ended in an error, in trial order.
 
     Examples
     --------
@@ -69,14 +75,47 @@ def results_table(trials: Sequence[TrialRecord], space: Iterable[str], metric: s
     ['trial', 'state', 'lr']
     """
     best = best_trial(trials, mode)
-    rows = [_row(t, best, metric) for t in trials]
+    shown = _selection(trials, mode, best, max_rows)
+    rows = [_row(t, best, metric) for t in shown]
     columns = _columns(list(space), metric, rows)
+    if len(shown) < len(trials):
+        failed = sum(1 for t in shown if t.state.is_error)
+        also = f" and the first {failed} that failed" if failed else ""
+        title = (f"{title}\n" if title else "") + (
+            f"The best {len(shown) - failed} of {len(trials):,} trials{also}; results.csv has them all.")
     while True:
         table = _table(columns, rows, title)
         secondary = [c for c in columns if not c.keep]
         if not secondary or _minimum_width(table) <= width:
             return table
         columns = [c for c in columns if c is not secondary[-1]]
+
+
+def _selection(trials: Sequence[TrialRecord], mode: str, best: TrialRecord | None,
+               max_rows: int) -> list[TrialRecord]:
+    """At most ``max_rows`` trials, in number order: all of them if that many, else the best by their
+    best-epoch value (the best trial first of all) and up to a sixth of the rows of errors.
+
+    Examples
+    --------
+    >>> from training.protocol import TrialState
+    >>> rows = [TrialRecord(i, {}, TrialState.COMPLETED, best=float(i % 7)) for i in range(100)]
+    >>> [t.number for t in _selection(rows, "min", rows[0], 5)]
+    [0, 7, 14, 21, 28]
+    """
+    if len(trials) <= max_rows:
+        return list(trials)
+    ranked = sorted((t for t in trials if t.state.has_model and t.best is not None),
+                    key=lambda t: (-t.best if mode == "max" else t.best, t.number))  # type: ignore[operator]
+    errors = [t for t in trials if t.state.is_error][: max(1, max_rows // 6)] if max_rows > 1 else []
+    chosen = {t.number: t for t in ([best] if best is not None else [])}
+    for t in ranked:
+        if len(chosen) >= max_rows - len(errors):
+            break
+        chosen.setdefault(t.number, t)
+    for t in errors:
+        chosen.setdefault(t.number, t)
+    return [chosen[n] for n in sorted(chosen)][:max_rows]
 
 
 def _columns(space: list[str], metric: str, rows: list[dict[str, Any]]) -> list[_Column]:

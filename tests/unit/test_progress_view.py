@@ -89,3 +89,17 @@ def test_at_80_columns_every_searched_value_is_distinct_and_nothing_is_cut():
     assert [row[-1] if "cpu" in row[-1] else next(c for c in row if c.startswith("cpu-")) for row in rows] == \
         ["cpu-0", "cpu-1", "cpu-0", "cpu-1"]
     assert [next(c for c in row if c in ("0.001", "0.01")) for row in rows] == ["0.001", "0.01", "0.001", "0.01"]
+
+
+def test_a_10000_trial_table_shows_the_best_and_the_failures_and_says_where_the_rest_are():
+    from training.results_view import MAX_ROWS
+
+    Row = TrialRecord
+    rows = [Row(i, {"lr": i / 1e4}, TrialState.COMPLETED, best=1.0 + (i * 7919 % 10_000) / 1e4, epochs=1)
+            for i in range(10_000)]
+    rows[5_000] = Row(5_000, {"lr": 0.5}, TrialState.FAILED, error_type="ValueError")
+    table = results_table(rows, ["lr"], "val_loss", "min", width=120, title="Sweep 'big'")
+    shown = [int(c.rstrip(" *")) for c in table.columns[0].cells]
+    assert len(shown) == MAX_ROWS and shown == sorted(shown)
+    assert 0 in shown and 5_000 in shown  # the best (trial 0: 1.0) and the failed one
+    assert "The best 59 of 10,000 trials and the first 1 that failed; results.csv has them all." in table.title
