@@ -125,6 +125,8 @@ class Board(SchedulerPlugin):
                     continue
                 if "state" in known:
                     known["state"] = TrialState(known["state"])
+                if "curve" in known:
+                    known["curve"] = _points(known["curve"])
                 _trial(job, row["number"]).update(known)
 
     @staticmethod
@@ -216,7 +218,24 @@ def _epoch(job: dict[str, Any], trial: dict[str, Any], record: dict[str, Any]) -
     value = record.get(job["metric"])
     if isinstance(value, int | float) and not isinstance(value, bool):
         curve = [p for p in trial["curve"] if p[0] != epoch] + [[epoch, value]]
-        trial["curve"] = sorted(curve)[-_MAX_EPOCHS:]
+        trial["curve"] = sorted(curve, key=lambda p: p[0])[-_MAX_EPOCHS:]
+
+
+def _points(curve: Any) -> list[list[Any]]:
+    """An announced curve as ``[epoch, value]`` lists in epoch order (msgpack may give tuples; what is not
+    a point is dropped).
+
+    Examples
+    --------
+    >>> _points(((2, 0.5), [1, 0.7], ["x", 1], (3,), "no"))
+    [[1, 0.7], [2, 0.5]]
+    """
+    if not isinstance(curve, list | tuple):
+        return []
+    points = [[p[0], p[1]] for p in curve if isinstance(p, list | tuple) and len(p) == 2
+              and isinstance(p[0], int) and not isinstance(p[0], bool)
+              and isinstance(p[1], int | float) and not isinstance(p[1], bool)]
+    return sorted(points, key=lambda p: p[0])[-_MAX_EPOCHS:]
 
 
 def _best_from_curve(job: dict[str, Any], trial: dict[str, Any]) -> None:

@@ -121,15 +121,18 @@ class Coordinator:
                 return
             with contextlib.suppress(TimeoutError):  # distributed's wait raises when nothing finished
                 wait(list(running), timeout=_POLL, return_when="FIRST_COMPLETED")
+            # The finished tasks first, then the events: a task's events came before its result on the same
+            # streams, so all of them are in by now (a start applied after its trial's end would be lost).
+            done = {f: n for f, n in running.items() if f.done()}
             with self.store.batch():  # one commit for all this round recorded
                 self.events.apply()
-                self._record_ended(source)
+                self._record_ended(source, done)
             watch.check()
 
-    def _record_ended(self, source: Source) -> None:
-        """Record the trials that ended (finished, failed, or stopped past their time) and free their slots."""
+    def _record_ended(self, source: Source, done: dict[Future, int]) -> None:
+        """Record the trials that ended (``done``: finished or failed; or stopped past their time) and free
+        their slots."""
         running = self.running
-        done = {f: n for f, n in running.items() if f.done()}
         ended = _outcomes(self.client, done, self.events.done) + self.stops.overdue(running)
         for future, outcome in ended:
             del running[future]
@@ -141,24 +144,37 @@ class Coordinator:
             else:
                 source.finished(record)
 
-    def _top_up(self, source: Source, window: int) -> None:
-        """Submit the next trials until ``window`` are queued or running: trials are taken (TPE: asked)
-        only as slots are about to free, so a 10,000-trial sweep holds a few futures, not 10,000."""
-        while len(self.running) < window and (number := source.take()) is not None:
-            self.running[self._submit(number)] = number
+    def _top_up(self, source: Source, window: tuple[int, int]) -> None:
+        """Once no more than ``low`` trials are queued or running, submit the next ones up to ``high``, in
+        one message to the scheduler: trials are taken (TPE: asked) only as slots are about to free, so a
+        10,000-trial sweep holds a few futures, not 10,000, and a sweep of short trials sends one graph
+        for several trials instead of one each."""
+        low, high = window
+        if len(self.running) > low:
+            return
+        numbers: list[int] = []
+        while len(self.running) + len(numbers) < high and (number := source.take()) is not None:
+            numbers.append(number)
+        if numbers:
+            self.running.update(zip(self._submit(numbers), numbers, strict=True))
 
-    def _submit(self, number: int) -> Future:
-        spec = self.spec
-        trial = TrialSpec(job=spec.name, run=self.run_token, number=number, workload=spec.workload,
-                          params=self.store.params(number), epochs=spec.epochs, seed=spec.seed, metric=spec.metric,
-                          mode=spec.mode, checkpoint=str(self.stretches.path(number)),
-                          checkpoint_every=spec.checkpoint_every, precision=spec.precision, run_mark=self.mark)
-        trial, suffix = self.stretches.next_stretch(trial)
-        # Readable keys for the dashboard (grouped as trial-<sweep>); each client run gets its own, so a key
-        # is never reused while a cancelled task of an earlier run may still be winding down.
-        key = f"trial-{spec.name}-{number:04d}{suffix}-{self.run_token}"
-        self.publisher.send(TrialQueued(spec.name, self.run_token, trial=number, params=trial.params))
-        return self.client.submit(run_trial, trial, key=key, pure=False, resources={TRAINING_SLOT: 1})
+    def _submit(self, numbers: list[int]) -> list[Future]:
+        spec, trials, keys = self.spec, [], []
+        for number in numbers:
+            trial = TrialSpec(job=spec.name, run=self.run_token, number=number, workload=spec.workload,
+                              params=self.store.params(number), epochs=spec.epochs, seed=spec.seed,
+                              metric=spec.metric, mode=spec.mode, checkpoint=str(self.stretches.path(number)),
+                              checkpoint_every=spec.checkpoint_every, precision=spec.precision, run_mark=self.mark)
+            trial, suffix = self.stretches.next_stretch(trial)
+            trials.append(trial)
+            # Readable keys for the dashboard (grouped as trial-<sweep>); each client run gets its own, so a
+            # key is never reused while a cancelled task of an earlier run may still be winding down.
+            keys.append(f"trial-{spec.name}-{number:04d}{suffix}-{self.run_token}")
+            self.publisher.send(TrialQueued(spec.name, self.run_token, trial=number, params=trial.params))
+        # Run in the order taken (a map's tasks keep their order; fifo_timeout=0: every batch after the
+        # ones before it), so a promoted ASHA trial, taken first, goes before new ones.
+        return self.client.map(run_trial, trials, key=keys, pure=False, resources={TRAINING_SLOT: 1},
+                               fifo_timeout=0)
 
     def _record(self, outcome: TrialOutcome) -> TrialRecord:
         """Record a finished task: its verdict, history, best epoch and model; announce it."""
@@ -300,21 +316,26 @@ class _Events:
             self.progress.on_epoch(number, record)
 
 
-def _window(spec: SweepSpec, slots: int) -> int:
-    """How many trials are submitted (queued or running) at once. Grid and random: two a slot and two more,
-    so a slot that frees finds its next trial already on the scheduler (no round trip through this client)
-    while the client and scheduler hold a bounded number of tasks however large the sweep; TPE: one a slot,
-    so each ask sees the results so far.
+def _window(spec: SweepSpec, slots: int) -> tuple[int, int]:
+    """How many trials are submitted (queued or running) at once: topped up to ``high`` once no more than
+    ``low`` are. Grid and random: at least two a slot and two more, so a slot that frees finds its next
+    trial already on its worker (no round trip through this client), topped up by a slot's worth and two
+    at a time (one graph for several short trials), while the client and scheduler hold a bounded number
+    of tasks however large the sweep. TPE: one a slot, each asked as a slot frees, so each ask sees the
+    results so far; ``max_concurrent``: that many.
 
     Examples
     --------
     >>> from training.sweep_spec import SweepSpec
     >>> _window(SweepSpec.create(workload="xor", space={"lr": [0.1, 0.2]}), slots=2)
-    6
+    (6, 10)
     """
+    slots = max(1, slots)
     if spec.max_concurrent:
-        return spec.max_concurrent
-    return max(1, slots) if spec.search == "tpe" else 2 * max(1, slots) + 2
+        return spec.max_concurrent - 1, spec.max_concurrent
+    if spec.search == "tpe":
+        return slots - 1, slots
+    return 2 * slots + 2, 3 * slots + 4
 
 
 def _announce(coordinator: Coordinator, total: int | None) -> None:
@@ -356,7 +377,8 @@ class _Stretches:
         path = self.path(outcome.number)
         if outcome.state != TrialState.COMPLETED or self.asha is None or \
                 outcome.last_epoch >= self.asha.max_epochs:
-            path.unlink(missing_ok=True)
+            if self.spec.epochs > 1:  # one epoch leaves no resume point: its attempt saves none
+                path.unlink(missing_ok=True)
             return outcome.state
         value = outcome.history[-1].get(self.spec.metric)
         if isinstance(value, int | float) and self.asha.promote(outcome.last_epoch, float(value)) \

@@ -14,7 +14,6 @@ import math
 import queue
 import threading
 import time
-from collections import deque
 from typing import Any
 
 from .protocol import Event, parse_event
@@ -58,8 +57,8 @@ class Publisher:
     :func:`publish` is a round trip to the scheduler (~1 ms, far more on a busy machine); a sweep sends two
     a trial, so the coordinator hands them over here and goes on. One coroutine at a time sends what is
     queued, oldest first and all of it in one message, so the Training page sees a trial queued before it
-    ended, and a busy sweep pays one round trip for many. :meth:`flush` waits (bounded) until everything
-    handed over was sent.
+    ended, and a busy sweep pays one round trip (and one wake-up of the event loop) for many. :meth:`flush`
+    waits (bounded) until everything handed over was sent.
 
     Examples
     --------
@@ -69,8 +68,8 @@ class Publisher:
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self._queue: deque[dict[str, Any]] = deque()  # touched on the event loop only
-        self._sending = False
+        self._queue: list[dict[str, Any]] = []  # handed over, not yet taken by the sender
+        self._sending = False  # a sender is scheduled or running on the event loop: it takes what is queued
         self._lock = threading.Lock()
         self._handed = self._done = 0  # announcements handed over / sent (or given up on)
         self._idle = threading.Event()
@@ -82,35 +81,37 @@ class Publisher:
         with self._lock:
             self._handed += 1
             self._idle.clear()
+            self._queue.append(message)
+            if self._sending:
+                return  # the sender takes it, in order: no wake-up of the event loop per announcement
+            self._sending = True
         try:
-            self.client.loop.add_callback(self._enqueue, message)
+            self.client.loop.add_callback(self._send_queued)
         except Exception as exc:  # a closed client: the page is a view, training goes on
             log.debug("Could not send %s to the Training page: %s", event.kind, exc)
-            self._count_done()
+            with self._lock:
+                given_up, self._queue, self._sending = len(self._queue), [], False
+            self._count_done(given_up)
 
-    def _count_done(self) -> None:
+    def _count_done(self, count: int) -> None:
         with self._lock:
-            self._done += 1
+            self._done += count
             if self._done >= self._handed:
                 self._idle.set()
 
-    async def _enqueue(self, message: dict[str, Any]) -> None:
-        self._queue.append(message)
-        if self._sending:
-            return  # the running sender takes it, in order
-        self._sending = True
-        try:
-            while self._queue:
-                queued = list(self._queue)
-                self._queue.clear()
-                try:
-                    await self.client.scheduler.log_event(topic=PAGE_TOPIC, msg=queued)
-                except Exception as exc:
-                    log.debug("Could not send %d announcements to the Training page: %s", len(queued), exc)
-                for _ in queued:
-                    self._count_done()
-        finally:
-            self._sending = False
+    async def _send_queued(self) -> None:
+        """On the event loop: send what is queued, oldest first, as one message, until nothing is left."""
+        while True:
+            with self._lock:
+                queued, self._queue = self._queue, []
+                if not queued:
+                    self._sending = False
+                    return
+            try:
+                await self.client.scheduler.log_event(topic=PAGE_TOPIC, msg=queued)
+            except Exception as exc:
+                log.debug("Could not send %d announcements to the Training page: %s", len(queued), exc)
+            self._count_done(len(queued))
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every announcement handed over was sent; False if that took over ``timeout`` s."""

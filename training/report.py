@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from .protocol import TrialRecord, best_trial, is_number
 from .safe_yaml import read_yaml
 from .store import RunStore
 
+_DRAWING = threading.Lock()  # matplotlib is not thread-safe
 REPORT_DIR = "report"
 _LEGEND_TRIALS = 5  # trials named in curves.png's legend: the best ones
 
@@ -78,12 +80,14 @@ def write_report(run: RunSummary, plots: bool = True) -> Path:
 
 
 def write_plots(run: RunSummary) -> None:
-    """``curves.png`` and ``params.png``. Drawn on matplotlib figures of their own (no pyplot state), so a
-    sweep can draw them on a background thread while another sweep runs."""
+    """``curves.png`` and ``params.png``. Drawn on matplotlib figures of their own (no pyplot state) on a
+    sweep's background thread, one report at a time: matplotlib's text layout shares caches that two threads
+    drawing at once corrupt (back-to-back sweeps in one process did)."""
     folder = run.run_dir / REPORT_DIR
     folder.mkdir(exist_ok=True)
-    _plot_curves(run, folder / "curves.png")
-    _plot_params(run, folder / "params.png")
+    with _DRAWING:
+        _plot_curves(run, folder / "curves.png")
+        _plot_params(run, folder / "params.png")
 
 
 def summary_markdown(run: RunSummary) -> str:

@@ -4,6 +4,7 @@ as slots free (TPE); and the rung checkpoints ASHA continues trials from."""
 from __future__ import annotations
 
 import os
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,14 @@ class Source:
     """Grid and random search: the store's unfinished trials, in order."""
 
     def __init__(self, pending: list[int]) -> None:
-        self.pending = list(pending)
+        self.pending = deque(pending)
 
     def take(self) -> int | None:
-        return self.pending.pop(0) if self.pending else None
+        return self.pending.popleft() if self.pending else None
 
     def requeue(self, number: int) -> None:
         """A trial promoted to its next rung: it runs before new ones (ASHA favours the deepest)."""
-        self.pending.insert(0, number)
+        self.pending.appendleft(number)
 
     def finished(self, row: TrialRecord) -> None:
         """Nothing to learn from a finished trial."""

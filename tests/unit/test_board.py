@@ -116,6 +116,25 @@ def test_a_malformed_event_is_dropped_and_the_page_keeps_working(bad):
     assert [t["number"] for t in view["trials"]] == [0] and view["trials"][0]["state"] == "queued"
 
 
+def test_a_resumed_trial_whose_announced_curve_came_as_tuples_goes_on_with_its_next_epochs():
+    """A rerun announces each trial's curve so far; msgpack delivers its points as tuples, later epochs come
+    as lists: the curve goes on in epoch order (mixing the two once broke the page's fold), and what is not a
+    point is dropped."""
+    board = Board()
+    board.log_event("dask-train-page", ({"kind": "job", "job": "s", "run": "r1", "type": "sweep",
+                                         "metric": "val_loss", "mode": "min", "trials": (
+                                             {"number": 0, "state": "running", "curve": ((2, 0.6), (1, 0.9))},
+                                             {"number": 1, "state": "running", "curve": "junk"},
+                                             {"number": 2, "state": "running",
+                                              "curve": ((1, "x"), (True, 1.0), (3,), [1, 0.8])})},))
+    board.log_event("dask-train", {"kind": "epoch", "job": "s", "run": "r1", "trial": 0,
+                                   "record": {"epoch": 3, "val_loss": 0.4}})
+    board.log_event("dask-train", {"kind": "epoch", "job": "s", "run": "r1", "trial": 2,
+                                   "record": {"epoch": 2, "val_loss": 0.7}})
+    curves = {t["number"]: t["curve"] for t in job(board)["trials"]}
+    assert curves == {0: [[1, 0.9], [2, 0.6], [3, 0.4]], 1: [], 2: [[1, 0.8], [2, 0.7]]}
+
+
 def test_a_10000_trial_sweep_gives_the_page_a_bounded_selection_with_the_best_and_the_running_ones():
     board = Board()
     board.apply({"kind": "job", "job": "big", "run": "r1", "type": "sweep", "metric": "val_loss", "mode": "min",
