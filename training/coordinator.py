@@ -171,10 +171,10 @@ class Coordinator:
             # key is never reused while a cancelled task of an earlier run may still be winding down.
             keys.append(f"trial-{spec.name}-{number:04d}{suffix}-{self.run_token}")
             self.publisher.send(TrialQueued(spec.name, self.run_token, trial=number, params=trial.params))
-        # Run in the order taken (a map's tasks keep their order; fifo_timeout=0: every batch after the
+        # Run in the order taken (a map's tasks keep their order; fifo_timeout 0: every batch after the
         # ones before it), so a promoted ASHA trial, taken first, goes before new ones.
         return self.client.map(run_trial, trials, key=keys, pure=False, resources={TRAINING_SLOT: 1},
-                               fifo_timeout=0)
+                               fifo_timeout="0ms")
 
     def _record(self, outcome: TrialOutcome) -> TrialRecord:
         """Record a finished task: its verdict, history, best epoch and model; announce it."""
