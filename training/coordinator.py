@@ -172,7 +172,7 @@ class Coordinator:
             keys.append(f"trial-{spec.name}-{number:04d}{suffix}-{self.run_token}")
             self.publisher.send(TrialQueued(spec.name, self.run_token, trial=number, params=trial.params))
         # Run in the order taken (a map's tasks keep their order; fifo_timeout 0: every batch after the
-        # ones before it), so a promoted ASHA trial, taken first, goes before new ones.
+        # ones before it), so a promoted ASHA trial, taken first, goes before the new ones submitted with it.
         return self.client.map(run_trial, trials, key=keys, pure=False, resources={TRAINING_SLOT: 1},
                                fifo_timeout="0ms")
 
