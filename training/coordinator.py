@@ -90,6 +90,7 @@ class Coordinator:
         self.best = best_trial(store.trials(), spec.mode)
         _announce(self, total=spec.num_trials if spec.search == "tpe" else len(trials))
         self.running: dict[Future, int] = {}
+        self.promoted = False  # a promoted ASHA trial waits to be submitted: top up now, not at the low mark
         with Inbox(self.client, self.run_token) as inbox:
             self.events = _Events(inbox, store, self.progress, _Relay(self.client, self.stretches))
             self.stops = _Stops(self)
@@ -139,8 +140,9 @@ class Coordinator:
             self.events.done.pop(str(future.key), None)
             record = self._record(outcome)
             future.release()
-            if record.state == TrialState.PROMOTED:  # its next stretch goes first
+            if record.state == TrialState.PROMOTED:  # its next stretch goes first, submitted this round
                 source.requeue(record.number)
+                self.promoted = True
             else:
                 source.finished(record)
 
@@ -148,10 +150,12 @@ class Coordinator:
         """Once no more than ``low`` trials are queued or running, submit the next ones up to ``high``, in
         one message to the scheduler: trials are taken (TPE: asked) only as slots are about to free, so a
         10,000-trial sweep holds a few futures, not 10,000, and a sweep of short trials sends one graph
-        for several trials instead of one each."""
+        for several trials instead of one each. A promoted ASHA trial is submitted at once, not at the low
+        mark."""
         low, high = window
-        if len(self.running) > low:
+        if len(self.running) > low and not self.promoted:
             return
+        self.promoted = False
         numbers: list[int] = []
         while len(self.running) + len(numbers) < high and (number := source.take()) is not None:
             numbers.append(number)
@@ -377,8 +381,7 @@ class _Stretches:
         path = self.path(outcome.number)
         if outcome.state != TrialState.COMPLETED or self.asha is None or \
                 outcome.last_epoch >= self.asha.max_epochs:
-            if self.spec.epochs > 1:  # one epoch leaves no resume point: its attempt saves none
-                path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             return outcome.state
         value = outcome.history[-1].get(self.spec.metric)
         if isinstance(value, int | float) and self.asha.promote(outcome.last_epoch, float(value)) \

@@ -87,11 +87,17 @@ class Publisher:
             self._sending = True
         try:
             self.client.loop.add_callback(self._send_queued)
-        except Exception as exc:  # a closed client: the page is a view, training goes on
+        except BaseException as exc:  # a closed client (or Ctrl-C right here): the page is a view
+            self._give_up()
+            if not isinstance(exc, Exception):
+                raise
             log.debug("Could not send %s to the Training page: %s", event.kind, exc)
-            with self._lock:
-                given_up, self._queue, self._sending = len(self._queue), [], False
-            self._count_done(given_up)
+
+    def _give_up(self) -> None:
+        """No sender any more: what is queued counts as done, and the next announcement starts a new one."""
+        with self._lock:
+            given_up, self._queue, self._sending = len(self._queue), [], False
+        self._count_done(given_up)
 
     def _count_done(self, count: int) -> None:
         with self._lock:
@@ -101,17 +107,24 @@ class Publisher:
 
     async def _send_queued(self) -> None:
         """On the event loop: send what is queued, oldest first, as one message, until nothing is left."""
-        while True:
-            with self._lock:
-                queued, self._queue = self._queue, []
-                if not queued:
-                    self._sending = False
-                    return
-            try:
-                await self.client.scheduler.log_event(topic=PAGE_TOPIC, msg=queued)
-            except Exception as exc:
-                log.debug("Could not send %d announcements to the Training page: %s", len(queued), exc)
+        queued: list[dict[str, Any]] = []
+        try:
+            while True:
+                with self._lock:
+                    queued, self._queue = self._queue, []
+                    if not queued:
+                        self._sending = False
+                        return
+                try:
+                    await self.client.scheduler.log_event(topic=PAGE_TOPIC, msg=queued)
+                except Exception as exc:
+                    log.debug("Could not send %d announcements to the Training page: %s", len(queued), exc)
+                self._count_done(len(queued))
+                queued = []
+        except BaseException:  # cancelled (the client closing): never leave a sender that is not there
             self._count_done(len(queued))
+            self._give_up()
+            raise
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every announcement handed over was sent; False if that took over ``timeout`` s."""

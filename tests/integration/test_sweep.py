@@ -404,7 +404,7 @@ def test_trials_are_submitted_in_a_bounded_window(client, tmp_path):
     assert list(result.table["state"]) == ["completed"] * 24
     print(f"trial tasks on the scheduler at each start: {Count.seen}")
     assert sorted(Count.numbers) == list(range(24)), "every trial's start is seen, however fast it ends"
-    assert max(Count.seen) <= 3 * 2 + 4 and max(Count.seen) >= 3
+    assert 2 * 2 + 2 < max(Count.seen) <= 3 * 2 + 4  # batches above the low mark, never above the high
 
 
 def test_workers_write_model_directories_and_send_outcomes_as_events(client, tmp_path, monkeypatch):
