@@ -217,8 +217,7 @@ def _epoch(job: dict[str, Any], trial: dict[str, Any], record: dict[str, Any]) -
         trial.update(epoch=epoch, metrics=record)
     value = record.get(job["metric"])
     if isinstance(value, int | float) and not isinstance(value, bool):
-        curve = [p for p in trial["curve"] if p[0] != epoch] + [[epoch, value]]
-        trial["curve"] = sorted(curve, key=lambda p: p[0])[-_MAX_EPOCHS:]
+        trial["curve"] = _latest([p for p in trial["curve"] if p[0] != epoch] + [[epoch, value]])
 
 
 def _points(curve: Any) -> list[list[Any]]:
@@ -235,6 +234,11 @@ def _points(curve: Any) -> list[list[Any]]:
     points = [[p[0], p[1]] for p in curve if isinstance(p, list | tuple) and len(p) == 2
               and isinstance(p[0], int) and not isinstance(p[0], bool)
               and isinstance(p[1], int | float) and not isinstance(p[1], bool)]
+    return _latest(points)
+
+
+def _latest(points: list[list[Any]]) -> list[list[Any]]:
+    """Curve points in epoch order, the last :data:`_MAX_EPOCHS` of them."""
     return sorted(points, key=lambda p: p[0])[-_MAX_EPOCHS:]
 
 

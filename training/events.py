@@ -87,11 +87,12 @@ class Publisher:
             self._sending = True
         try:
             self.client.loop.add_callback(self._send_queued)
-        except BaseException as exc:  # a closed client (or Ctrl-C right here): the page is a view
+        except Exception as exc:  # a closed client: the page is a view, training goes on
             self._give_up()
-            if not isinstance(exc, Exception):
-                raise
             log.debug("Could not send %s to the Training page: %s", event.kind, exc)
+        except BaseException:  # Ctrl-C right here: no sender was scheduled
+            self._give_up()
+            raise
 
     def _give_up(self) -> None:
         """No sender any more: what is queued counts as done, and the next announcement starts a new one."""
