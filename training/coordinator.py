@@ -27,7 +27,6 @@ from .board import SHOWN_TRIALS
 from .dashboard import enable_page
 from .errors import Interrupted
 from .events import Inbox, Publisher, publish
-from .model_file import write_model_dir
 from .precision import check_workers_support
 from .protocol import (
     EpochEnded,
@@ -516,6 +515,8 @@ def _outcome_of(number: int, future: Future) -> TrialOutcome:
 def _save_model(spec: SweepSpec, outcome: TrialOutcome, params: dict[str, Any]) -> str:
     """Write the trial's model directory (its best epoch's weights, as the worker sent them) before the
     store marks it finished, so a finished row always has its files; return its path in the run directory."""
+    from .model_file import write_model_dir  # torch: only where weights came back instead of a directory
+
     relative = f"trials/{outcome.number:04d}"
     write_model_dir(spec.run_dir / relative, outcome.state_dict or {}, workload=spec.workload, params=params,
                     meta=outcome.meta, artifacts=outcome.artifacts, history=outcome.history, seed=spec.seed,

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .callbacks import Callback
 from .errors import ConfigError, TrainingDiverged
 from .model_file import TrainedModel
 from .params import check_data_paths, resolve
@@ -37,19 +38,6 @@ class Shard:
 
     rank: int = 0
     world_size: int = 1
-
-
-class Callback:
-    """Hooks the loop calls; subclass and override what you need (progress bars, metric events)."""
-
-    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
-        """Before the first batch of ``epoch`` (1-based)."""
-
-    def on_batch_end(self, epoch: int, batch: int) -> None:
-        """After each optimizer step."""
-
-    def on_epoch_end(self, record: dict[str, Any]) -> None:
-        """After validation, with the epoch's history record."""
 
 
 def pick_device(preference: str = "auto") -> torch.device:

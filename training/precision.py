@@ -18,15 +18,15 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from .errors import ConfigError
 from .limits import PRECISIONS, clip, short
 
 if TYPE_CHECKING:
+    import torch
     from distributed import Client
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# torch is imported where a trainer uses it: a client checking a sweep file (``check_precision``) never
+# imports it, which saves seconds before a CLI sweep's first trial.
 #: In a worker's environment, ``0`` keeps full fp32 matmuls on GPUs that would use TF32.
 TF32_VARIABLE = "DASK_TRAIN_TF32"
 
@@ -88,6 +88,7 @@ class MixedPrecision:
 
     Examples
     --------
+    >>> import torch
     >>> amp = MixedPrecision("bf16", torch.device("cpu"))
     >>> with amp.autocast():
     ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
@@ -95,6 +96,8 @@ class MixedPrecision:
     """
 
     def __init__(self, precision: str, device: torch.device) -> None:
+        import torch
+
         self.precision = check_precision(precision)
         check_device_supports(self.precision, device.type)
         self.device_type = device.type
@@ -104,7 +107,10 @@ class MixedPrecision:
         """The forward pass's context: autocast to bf16/fp16, nothing for fp32."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=_DTYPES[self.precision])
+        import torch
+
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device_type, dtype=dtype)
 
     def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """Backward and optimizer step; with fp16 through the scaler (a step whose gradients overflowed is
@@ -133,11 +139,14 @@ def tf32_recommended(device: torch.device) -> bool:
 
     Examples
     --------
+    >>> import torch
     >>> tf32_recommended(torch.device("cpu"))
     False
     """
     if device.type != "cuda" or os.environ.get(TF32_VARIABLE, "").strip() == "0":
         return False
+    import torch
+
     return torch.cuda.get_device_capability(device)[0] >= 8
 
 
@@ -148,6 +157,8 @@ def tf32_matmuls(device: torch.device) -> Iterator[None]:
     if not tf32_recommended(device):
         yield
         return
+    import torch
+
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")
     try:

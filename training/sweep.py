@@ -209,7 +209,7 @@ def _preload(spec: SweepSpec) -> tuple[str, ...]:
     """What the workers of a cluster started for this sweep import while it starts: the trial runner (with
     the built-in workloads) and the module of the sweep's own workload, which the user named."""
     module = spec.workload.partition(":")[0] if ":" in spec.workload else None
-    return ("training.trial", *([module] if module else []))
+    return ("training.trial", "training.loop", *([module] if module else []))
 
 
 def _default_view(progress: SweepProgress | bool | None) -> LiveSweep | None:

@@ -14,14 +14,19 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .callbacks import Callback
 from .errors import ConfigError, TrainingDiverged
 from .events import emit, plain
-from .loop import Callback, Trainer, build_trainer, isolated_rng, pick_device, read_checkpoint
-from .model_file import write_model_dir
 from .protocol import EpochEnded, TrialDone, TrialOutcome, TrialStarted, TrialState
 from .workloads import get_workload
+
+if TYPE_CHECKING:
+    from .loop import Trainer
+
+# The training loop (torch) is imported where a trial trains: the sweep's client imports this module to
+# submit trials, and never trains. Workers import it while they start (the sweep's preload).
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,8 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
     outcome too (state, error, traceback), never an exception."""
     from cluster.plugin import prepare_task_thread
 
+    from .loop import build_trainer, isolated_rng, pick_device
+
     worker = _worker_address()
     device = str(prepare_task_thread().get("name", ""))
     started = time.time()
@@ -150,6 +157,8 @@ def _trained(trainer: Trainer, spec: TrialSpec, checkpoint: Path | None) -> dict
     Where this worker sees the run directory (``checkpoint`` is the trial's resume checkpoint there), it
     writes the model directory beside it and sends only its path; otherwise the weights travel in the
     outcome and the coordinator writes them."""
+    from .model_file import write_model_dir
+
     meta, artifacts = dict(trainer.data.meta), dict(trainer.data.artifacts)
     ended = {"state": TrialState.COMPLETED, "best_epoch": trainer.best.epoch, "meta": meta, "artifacts": artifacts,
              "checkpoint": _to_cpu(trainer.state()) if spec.until_epoch is not None else None}
@@ -185,6 +194,8 @@ def _start_state(spec: TrialSpec, sent: tuple[dict[str, Any], str] | None) -> tu
 
 
 def _read_or_none(path: Path, number: int) -> dict[str, Any] | None:
+    from .loop import read_checkpoint
+
     try:
         return read_checkpoint(path)
     except ConfigError as exc:  # damaged (e.g. a disk that filled up): start from what was sent
@@ -234,6 +245,8 @@ def _sent_start(checkpoint: Path) -> tuple[dict[str, Any], str] | None:
     """The start state the coordinator sends to a worker that cannot see the run directory: it answers
     this attempt's start event with ``<checkpoint>.start`` (the trial's checkpoint, or empty for none).
     Without an answer in time the trial starts from what its spec holds."""
+    from .loop import read_checkpoint
+
     answer = checkpoint.with_name(checkpoint.name + ".start")
     deadline = time.monotonic() + START_STATE_WAIT
     while not answer.exists():

@@ -1,6 +1,7 @@
 """The CLI answers ``--help`` and argument errors without importing the training stack: torch, pandas,
-distributed and optuna load only when a command runs. Checked on ``sys.modules`` in a fresh interpreter
-(a property of the code, not a timing)."""
+distributed and optuna load only when a command runs; a sweep file is checked, and its trials submitted,
+without torch (only workers train). Checked on ``sys.modules`` in a fresh interpreter (a property of the
+code, not a timing)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ print(json.dumps({"exit": result.exit_code, "output": result.output,
 """
 
 
-def _probe(*args: str) -> dict:
+def _probe(*args: str, cwd: str | None = None) -> dict:
     code = f"HEAVY = {HEAVY!r}\n{_PROBE}"
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 
@@ -54,3 +56,38 @@ def test_help_and_argument_errors_import_no_training_stack(args, code, shown):
     assert result["exit"] == code, result["output"]
     assert shown in result["output"]
     assert result["heavy"] == [], f"dask-train {' '.join(args)} imported {result['heavy']}"
+
+
+@pytest.mark.parametrize("body, shown", [
+    ("workload: xor\nspace:\n  lr: [0.1, x]\n", "Invalid value 'x' for hyperparameter 'lr'"),
+    ("workload: names\nspace:\n  lrr: [0.1]\n", "Did you mean 'lr'?"),
+    ("workload: digits\nspace:\n  arch: [mlp, rnn]\n", "'rnn'"),
+])
+def test_a_bad_sweep_file_is_refused_without_torch(tmp_path, body, shown):
+    (tmp_path / "bad.yaml").write_text(body)
+    result = _probe("sweep", "bad.yaml", cwd=str(tmp_path))
+    assert result["exit"] == 2, result["output"]
+    assert shown in result["output"]
+    assert result["heavy"] == [], result["heavy"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_sweeps_client_checks_and_submits_without_importing_torch():
+    """What a sweep's client runs before its trials end (the checks, the coordinator, the trial runner it
+    submits by reference) leaves torch to the workers: seconds less before the first trial starts."""
+    code = """
+import sys
+from training.cli.sweep_cmd import resolve_sweep_file
+from training.sweep_spec import load_sweep_file
+from training.params import check_data_paths
+from training.workloads import BUILTIN
+import training.coordinator, training.trial, training.sweep
+spec = load_sweep_file(resolve_sweep_file("pets-quick"))
+for work in BUILTIN.values():
+    check_data_paths(work.params, [{}], here=True)
+print(len(spec.trials()), "torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    count, imported = done.stdout.split()
+    assert int(count) > 0 and imported == "False"

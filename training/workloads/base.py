@@ -5,14 +5,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..params import Param
 
-Batch = tuple[torch.Tensor, ...]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# A workload's declaration (name, params, metric) is read where nothing trains (a client checking a sweep
+# file): torch is imported by the methods that train, so that check never pays its import (a second or more).
+Batch = tuple["torch.Tensor", ...]
 
 
 @dataclass
@@ -84,6 +87,8 @@ class Workload(ABC):
         """
 
     def make_optimizer(self, model: nn.Module, params: Mapping[str, Any]) -> torch.optim.Optimizer:
+        import torch
+
         return torch.optim.Adam(model.parameters(), lr=params["lr"])
 
     def make_scheduler(
@@ -109,6 +114,8 @@ def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[torch
     >>> [len(part) for part in split_indices(10, (0.2,), seed=0)]
     [2, 8]
     """
+    import torch
+
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     parts, start = [], 0
     for fraction in fractions:

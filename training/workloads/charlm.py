@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
 from ..params import Param
 from .base import Batch, Data, Workload
-from .charlstm import CharLSTM, sample, sequence_loss, sequence_sums
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 #: Shakespeare's sonnets I-L (Project Gutenberg, public domain), shipped for demos and tests.
 DEMO_TEXT = "sonnets_1-50.txt"
@@ -53,23 +53,32 @@ class CharLM(Workload):
         )
 
     def build_model(self, params: Mapping[str, Any], meta: Mapping[str, Any]) -> nn.Module:
+        from .charlstm import CharLSTM
+
         return CharLSTM(len(meta["vocab"]), params["hidden"], params["layers"], params["dropout"])
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        from .charlstm import sequence_loss
+
         (seqs,) = batch
         logits, _ = model(seqs[:, :-1])
         return sequence_loss(logits, seqs[:, 1:])
 
     def eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        from .charlstm import sequence_sums
+
         (seqs,) = batch
         logits, _ = model(seqs[:, :-1])
         return sequence_sums(logits, seqs[:, 1:])
 
-    @torch.no_grad()
     def generate(self, model: nn.Module, meta: Mapping[str, Any], artifacts: Mapping[str, Any],
                  count: int, *, seed: int | None = None, prompt: str = "") -> list[str]:
         """``count`` characters sampled after ``prompt`` (default: the first character of the vocabulary
         that is a capital letter), carrying the LSTM state from one character to the next."""
+        import torch
+
+        from .charlstm import sample
+
         vocab = meta["vocab"]
         prompt = prompt or next((c for c in vocab if c.isupper()), vocab[0])
         missing = sorted(set(prompt) - set(vocab))
@@ -77,12 +86,13 @@ class CharLM(Workload):
             raise DataError(f"Prompt characters {missing} are not in the model's vocabulary {vocab!r}.")
         generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**31))
         model.eval()
-        logits, state = model(encode(prompt, vocab).long().unsqueeze(0))
         out = []
-        for _ in range(count):
-            nxt = sample(logits[:, -1], generator)
-            out.append(vocab[int(nxt)])
-            logits, state = model(nxt.view(1, 1), state)
+        with torch.no_grad():
+            logits, state = model(encode(prompt, vocab).long().unsqueeze(0))
+            for _ in range(count):
+                nxt = sample(logits[:, -1], generator)
+                out.append(vocab[int(nxt)])
+                logits, state = model(nxt.view(1, 1), state)
         return [prompt + "".join(out)]
 
 
@@ -102,6 +112,8 @@ def read_text(path: str) -> str:
 
 def encode(text: str, vocab: str) -> torch.Tensor:
     """Character indices in the smallest dtype that holds the vocabulary."""
+    import torch
+
     lookup = {c: i for i, c in enumerate(vocab)}
     dtype = torch.uint8 if len(vocab) <= 256 else torch.int32
     return torch.tensor([lookup[c] for c in text], dtype=dtype)

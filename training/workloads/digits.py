@@ -7,16 +7,17 @@ import importlib.util
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..errors import DataError
 from ..params import Param
 from .base import Batch, Data, Workload, split_indices, take
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 _IDX_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _MNIST_FILES = {
@@ -65,16 +66,23 @@ class Digits(Workload):
         )
 
     def build_model(self, params: Mapping[str, Any], meta: Mapping[str, Any]) -> nn.Module:
+        from .nets import CNN, MLP
+
         height, width = int(meta["height"]), int(meta["width"])
         if params["arch"] == "cnn":
             return CNN(height, width, params["hidden"])
         return MLP(height * width, params["hidden"])
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        import torch.nn.functional as F
+
         x, y = batch
         return F.nll_loss(model(x), y)
 
     def eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        import torch
+        import torch.nn.functional as F
+
         x, y = batch
         out = model(x)
         return {
@@ -84,52 +92,25 @@ class Digits(Workload):
         }
 
     def make_optimizer(self, model: nn.Module, params: Mapping[str, Any]) -> torch.optim.Optimizer:
+        import torch
+
         return torch.optim.Adadelta(model.parameters(), lr=params["lr"])
 
     def make_scheduler(self, optimizer: torch.optim.Optimizer, params: Mapping[str, Any]):
+        import torch
+
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=params["gamma"])
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, data: Data) -> dict[str, Any]:
+        import torch
+
         assert data.test is not None
         x, y = data.test
         model.eval()
-        predicted = model(x).argmax(1)
+        with torch.no_grad():
+            predicted = model(x).argmax(1)
         return {"test_accuracy": float((predicted == y).float().mean()), "test_samples": len(y),
                 "predicted_first_10": predicted[:10].tolist(), "true_first_10": y[:10].tolist()}
-
-
-class MLP(nn.Module):
-    """input -> hidden -> 10, ReLU, log-softmax (the course's ``mlp.py``)."""
-
-    def __init__(self, inputs: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(inputs, hidden)
-        self.fc2 = nn.Linear(hidden, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(self.fc2(F.relu(self.fc1(torch.flatten(x, 1)))), dim=1)
-
-
-class CNN(nn.Module):
-    """conv32 -> conv64 -> maxpool -> dropout -> fc -> fc10 (the course's ``cnn.py``), sized to the input."""
-
-    def __init__(self, height: int, width: int, hidden: int) -> None:
-        super().__init__()
-        if height < 6 or width < 6:
-            raise DataError(f"The CNN needs images of at least 6x6 pixels, got {height}x{width}; use arch=mlp.")
-        self.conv1 = nn.Conv2d(1, 32, 3, 1)
-        self.conv2 = nn.Conv2d(32, 64, 3, 1)
-        # The course applies Dropout2d to flat features too; plain Dropout is what it means there.
-        self.dropout1 = nn.Dropout2d(0.25)
-        self.dropout2 = nn.Dropout(0.5)
-        self.fc1 = nn.Linear(64 * ((height - 4) // 2) * ((width - 4) // 2), hidden)
-        self.fc2 = nn.Linear(hidden, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
-        x = F.relu(self.fc1(torch.flatten(self.dropout1(x), 1)))
-        return F.log_softmax(self.fc2(self.dropout2(x)), dim=1)
 
 
 def _sklearn_digits(seed: int) -> tuple[Batch, Batch]:
@@ -139,6 +120,8 @@ def _sklearn_digits(seed: int) -> tuple[Batch, Batch]:
     if spec is None or not spec.submodule_search_locations:
         raise DataError("scikit-learn is not installed: `pip install scikit-learn`, or pass --data to MNIST.")
     path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    import torch
+
     table = torch.from_numpy(np.loadtxt(path, delimiter=",", dtype=np.float32))
     images = table[:, :-1].reshape(-1, 1, 8, 8) / 16.0
     labels = table[:, -1].long()
@@ -147,6 +130,8 @@ def _sklearn_digits(seed: int) -> tuple[Batch, Batch]:
 
 
 def _read_mnist(folder: Path) -> tuple[Batch, Batch]:
+    import torch
+
     if not folder.is_dir():
         raise DataError(f"MNIST folder {str(folder)!r} does not exist. Pass --data to a folder holding "
                         "train-images-idx3-ubyte[.gz] and friends, or leave it out for the 8x8 digits.")

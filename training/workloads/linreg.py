@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..params import Param
 from .base import Batch, Data, Workload, split_indices, take
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 TRUE_WEIGHTS = (2.0, -3.0)
 TRUE_BIAS = 10.0
@@ -30,6 +30,8 @@ class LinReg(Workload):
     )
 
     def load_data(self, params: Mapping[str, Any], seed: int) -> Data:
+        import torch
+
         generator = torch.Generator().manual_seed(seed)
         n = params["samples"]
         x = 10 * torch.rand(n, 2, generator=generator) - 5.0
@@ -39,39 +41,42 @@ class LinReg(Workload):
         return Data(train=take(full, train_idx), val=take(full, val_idx), test=take(full, test_idx))
 
     def build_model(self, params: Mapping[str, Any], meta: Mapping[str, Any]) -> nn.Module:
+        from .nets import LinearRegression
+
         return LinearRegression()
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        import torch.nn.functional as F
+
         x, y = batch
         return F.mse_loss(model(x), y)
 
     def eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        import torch
+        import torch.nn.functional as F
+
         x, y = batch
         return {"loss": F.mse_loss(model(x), y, reduction="sum"), "count": torch.tensor(len(y), device=y.device)}
 
     def make_scheduler(self, optimizer: torch.optim.Optimizer, params: Mapping[str, Any]):
+        import torch
+
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=params["gamma"])
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, data: Data) -> dict[str, Any]:
+        import torch
+        import torch.nn.functional as F
+
+        from .nets import LinearRegression
+
         assert data.test is not None and isinstance(model, LinearRegression)
         x, y = data.test
+        with torch.no_grad():
+            mse = float(F.mse_loss(model(x), y))
         return {
             "weights": [round(v, 4) for v in model.w.view(-1).tolist()],
             "bias": round(float(model.b), 4),
             "true_weights": list(TRUE_WEIGHTS),
             "true_bias": TRUE_BIAS,
-            "test_mse": float(F.mse_loss(model(x), y)),
+            "test_mse": mse,
         }
-
-
-class LinearRegression(nn.Module):
-    """y = x w^T + b, initialised as the chapter does (w ~ N(0, 1), b = 0)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.randn(1, 2))
-        self.b = nn.Parameter(torch.zeros(1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.w.t() + self.b

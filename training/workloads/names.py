@@ -6,16 +6,17 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..errors import DataError
 from ..params import Param
 from .base import Batch, Data, Workload, split_indices
-from .charlstm import CharLSTM, sample, sequence_loss, sequence_sums
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,20 @@ class Names(Workload):
         )
 
     def build_model(self, params: Mapping[str, Any], meta: Mapping[str, Any]) -> nn.Module:
+        from .charlstm import CharLSTM
+
         return CharLSTM(len(meta["characters"]), params["hidden"], params["layers"], params["dropout"])
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        from .charlstm import sequence_loss
+
         (windows,) = batch
         logits, _ = model(windows[:, :-1])
         return sequence_loss(logits, windows[:, 1:])
 
     def eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        from .charlstm import sequence_sums
+
         (windows,) = batch
         logits, _ = model(windows[:, :-1])
         return sequence_sums(logits, windows[:, 1:])
@@ -76,6 +83,8 @@ class Names(Workload):
     def generate(self, model: nn.Module, meta: Mapping[str, Any], artifacts: Mapping[str, Any],
                  count: int, *, seed: int | None = None, prompt: str = "") -> list[str]:
         """Up to ``count`` new names: sampled until the stop character, names seen in training dropped."""
+        import torch
+
         known = {n.lower() for n in artifacts.get("known_names", ())}
         generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**31))
         found: dict[str, None] = {}
@@ -152,13 +161,27 @@ def encode_windows(names: Sequence[str], window: int) -> torch.Tensor:
     offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     index = np.repeat(starts, lengths) + offsets
     views = np.lib.stride_tricks.sliding_window_view(flat, window + 1)
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(views[index]))
 
 
-@torch.no_grad()
 def _sample_names(model: nn.Module, meta: Mapping[str, Any], count: int,
                   generator: torch.Generator, prompt: str) -> list[str]:
     """Sample ``count`` names in one batch, one character a step, until each hits the stop character."""
+    import torch
+
+    with torch.no_grad():
+        return _sampled(model, meta, count, generator, prompt)
+
+
+def _sampled(model: nn.Module, meta: Mapping[str, Any], count: int, generator: torch.Generator,
+             prompt: str) -> list[str]:
+    """:func:`_sample_names`' loop, run without autograd."""
+    import torch
+
+    from .charlstm import sample
+
     characters, window = meta["characters"], int(meta["window"])
     model.eval()
     seqs = torch.full((count, window + MAX_NAME_LENGTH), PAD, dtype=torch.long)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..params import Param
 from .base import Batch, Data, Workload
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class Xor(Workload):
@@ -28,6 +28,8 @@ class Xor(Workload):
     )
 
     def load_data(self, params: Mapping[str, Any], seed: int) -> Data:
+        import torch
+
         generator = torch.Generator().manual_seed(seed)
         return Data(
             train=continuous_xor(params["train_size"], params["noise"], generator),
@@ -36,13 +38,20 @@ class Xor(Workload):
         )
 
     def build_model(self, params: Mapping[str, Any], meta: Mapping[str, Any]) -> nn.Module:
+        from torch import nn
+
         return nn.Sequential(nn.Linear(2, params["hidden"]), nn.Tanh(), nn.Linear(params["hidden"], 1))
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        import torch.nn.functional as F
+
         x, y = batch
         return F.binary_cross_entropy_with_logits(model(x).squeeze(1), y)
 
     def eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        import torch
+        import torch.nn.functional as F
+
         x, y = batch
         logits = model(x).squeeze(1)
         return {
@@ -52,19 +61,25 @@ class Xor(Workload):
         }
 
     def make_optimizer(self, model: nn.Module, params: Mapping[str, Any]) -> torch.optim.Optimizer:
+        import torch
+
         return torch.optim.SGD(model.parameters(), lr=params["lr"])
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, data: Data) -> dict[str, Any]:
+        import torch
+
         assert data.test is not None
         x, y = data.test
         model.eval()
-        predicted = (model(x).squeeze(1) > 0).float()
+        with torch.no_grad():
+            predicted = (model(x).squeeze(1) > 0).float()
         return {"test_accuracy": float((predicted == y).float().mean()), "test_samples": len(y)}
 
 
 def continuous_xor(size: int, noise: float, generator: torch.Generator) -> Batch:
     """Points near the corners of the unit square; label 1 where exactly one coordinate is 1."""
+    import torch
+
     corners = torch.randint(0, 2, (size, 2), generator=generator).float()
     labels = (corners.sum(dim=1) == 1).float()
     return corners + noise * torch.randn(corners.shape, generator=generator), labels
