@@ -66,7 +66,7 @@ def start_cluster():
     from cluster import ClusterSpec, Target, open_client
 
     return open_client(Target(local=ClusterSpec(workers=WORKERS, gpus="off", dashboard_address="127.0.0.1:0"),
-                              preload=("training.trial", "tests.benchmarks.busy")))  # as Sweep.run's
+                              preload=("training.trial", "training.loop", "tests.benchmarks.busy")))  # as Sweep.run's
 
 
 def sweep_once(client, trials: int, steps: int, runs: str, name: str) -> float:
