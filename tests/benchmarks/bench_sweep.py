@@ -65,8 +65,8 @@ def start_cluster():
     """A fresh embedded cluster as ``Sweep.run`` starts one (same workers, settings and preload)."""
     from cluster import ClusterSpec, Target, open_client
 
-    return open_client(Target(local=ClusterSpec(workers=WORKERS, gpus="off", dashboard_address="127.0.0.1:0"),
-                              preload=("training.trial", "training.loop", "tests.benchmarks.busy")))  # as Sweep.run's
+    spec = ClusterSpec(workers=WORKERS, gpus="off", dashboard_address="127.0.0.1:0")
+    return open_client(Target(local=spec, preload=("training.trial", "training.loop", "tests.benchmarks.busy")))
 
 
 def sweep_once(client, trials: int, steps: int, runs: str, name: str) -> float:

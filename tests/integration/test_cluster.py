@@ -96,6 +96,31 @@ def test_workers_skip_the_defaults_that_slow_torch(client):
                         "cuda_visible_devices": ""}
 
 
+_PRELOADED = ["torch", "torch._dynamo", "training.trial", "training.loop", "training.rank"]
+
+
+def _loaded_before_any_task() -> list[str]:
+    import sys
+
+    return [m for m in _PRELOADED if m in sys.modules]
+
+
+def test_workers_start_with_torch_and_the_runners_loaded_and_so_does_a_restarted_one():
+    """Forked from a fork server that imported them while the cluster started: no plugin, no task asked
+    for them. A worker ended to free its slot comes back the same way (a fraction of a second, not the
+    seconds of importing torch again: bench_restart.py)."""
+    from training.slots import free_workers
+
+    with start_local_cluster(ClusterSpec(workers=2, gpus="off", dashboard_address="127.0.0.1:0")) as cluster, \
+            Client(cluster) as c:
+        assert list(c.run(_loaded_before_any_task).values()) == [_PRELOADED] * 2
+        first = sorted(c.scheduler_info()["workers"])[0]
+        free_workers(c, [first])
+        c.wait_for_workers(2, timeout=60)
+        after = c.run(_loaded_before_any_task)
+        assert first not in after and list(after.values()) == [_PRELOADED] * 2
+
+
 def test_starting_a_cluster_leaves_this_process_environment_alone():
     before = dict(os.environ)
     with start_local_cluster(ClusterSpec(workers=1, gpus="off", dashboard_address="127.0.0.1:0")):

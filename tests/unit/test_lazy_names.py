@@ -17,7 +17,7 @@ def test_no_public_name_is_shadowed_by_a_submodule(package):
     submodules = {m.name for m in pkgutil.iter_modules(imported.__path__)}
     clashes = sorted(set(imported.__all__) & submodules)
     assert not clashes, f"{package}: public names that are also submodules: {clashes}"
-    for module in submodules - {"worker_main", "__main__"}:
+    for module in submodules - {"worker_main", "fork_preload", "__main__"}:
         importlib.import_module(f"{package}.{module}")
     for name in imported.__all__:
         assert not isinstance(getattr(imported, name), types.ModuleType), f"{package}.{name} is a module"
