@@ -89,7 +89,9 @@ class Names(Workload):
         generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**31))
         found: dict[str, None] = {}
         for _ in range(20):  # bounded: a model that only repeats training names must not loop forever
-            for name in _sample_names(model, meta, max(count, 16), generator, prompt.lower()):
+            with torch.no_grad():
+                sampled = _sample_names(model, meta, max(count, 16), generator, prompt.lower())
+            for name in sampled:
                 if name and name not in known:
                     found.setdefault(name.title(), None)
             if len(found) >= count:
@@ -169,15 +171,6 @@ def encode_windows(names: Sequence[str], window: int) -> torch.Tensor:
 def _sample_names(model: nn.Module, meta: Mapping[str, Any], count: int,
                   generator: torch.Generator, prompt: str) -> list[str]:
     """Sample ``count`` names in one batch, one character a step, until each hits the stop character."""
-    import torch
-
-    with torch.no_grad():
-        return _sampled(model, meta, count, generator, prompt)
-
-
-def _sampled(model: nn.Module, meta: Mapping[str, Any], count: int, generator: torch.Generator,
-             prompt: str) -> list[str]:
-    """:func:`_sample_names`' loop, run without autograd."""
     import torch
 
     from .charlstm import sample
