@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .detached import DetachedSweep
     from .model_file import TrainedModel
     from .progress import LiveSweep
+    from .report import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,9 @@ class Sweep:
 
         target = dataclasses.replace(target or Target(), preload=_preload(self.spec))
         with open_client(target) as own:
-            return _run(self.spec, own, progress)
+            result = _run(self.spec, own, progress, report=False)
+        result.plotting = _report(self.spec.run_dir)  # once the cluster is closed: see _draw
+        return result
 
 
 def _preload(spec: SweepSpec) -> tuple[str, ...]:
@@ -222,8 +225,9 @@ def _default_view(progress: SweepProgress | bool | None) -> LiveSweep | None:
 
 
 def _run(spec: SweepSpec, client: Client, progress: SweepProgress,
-         stop: threading.Event | None = None) -> SweepResult:
-    """Run the sweep on ``client``; ``stop`` set: stop as Ctrl-C does (a detached sweep's cancel)."""
+         stop: threading.Event | None = None, report: bool = True) -> SweepResult:
+    """Run the sweep on ``client``; ``stop`` set: stop as Ctrl-C does (a detached sweep's cancel);
+    ``report``: write the report and start drawing its plots (else the caller does)."""
     from .coordinator import Coordinator
     from .store import RunStore
 
@@ -231,14 +235,15 @@ def _run(spec: SweepSpec, client: Client, progress: SweepProgress,
     with RunStore(spec.run_dir / "store.sqlite") as store:
         rows = Coordinator(spec, client, progress, stop=stop).run(store)
     result = result_of(spec, rows)
-    result.plotting = _report(spec.run_dir)
+    if report:
+        result.plotting = _report(spec.run_dir)
     return result
 
 
 def _report(run_dir: Path) -> threading.Thread | None:
     """summary.md now; the plots (matplotlib: a second or more) on a thread of their own, off the sweep's
     critical path. Results are already saved, so a report failure is logged, not raised."""
-    from .report import read_run, write_plots, write_report
+    from .report import read_run, write_report
 
     try:
         run = read_run(run_dir)
@@ -247,17 +252,35 @@ def _report(run_dir: Path) -> threading.Thread | None:
         log.exception("Could not write the report of %s; `dask-train results %s --plot` retries", run_dir, run_dir)
         return None
 
-    def plot() -> None:
-        try:
-            write_plots(run)
-        except Exception:
-            log.exception("Could not draw the plots of %s; `dask-train results %s --plot` retries", run_dir,
-                          run_dir)
-
     # Not a daemon: a script that ends right after the sweep still gets its plots.
-    thread = threading.Thread(target=plot, name=f"dask-train-report-{run_dir.name}")
+    thread = threading.Thread(target=_draw, args=(run,), name=f"dask-train-report-{run_dir.name}")
     thread.start()
     return thread
+
+
+_DRAW_ATTEMPTS = 3
+
+
+def _draw(run: RunSummary) -> None:
+    """Draw a report's plots on the sweep's background thread; a failure is logged.
+
+    A Dask server closing in this process (a cluster closed right after its sweep) takes its folder out of
+    ``sys.path``. Meanwhile this thread imports matplotlib, and CPython's import walks ``sys.path`` in place:
+    an entry removed under it makes the walk skip the next one, so a module that is installed is "not found"
+    (a ``ModuleNotFoundError`` for ``fontTools`` did this). Drawing again finds it; each closing server can
+    fail one attempt, and a cluster started for the sweep is closed before its plots are drawn."""
+    from .report import write_plots
+
+    for attempt in range(1, _DRAW_ATTEMPTS + 1):
+        try:
+            write_plots(run)
+            return
+        except Exception as exc:
+            if isinstance(exc, ModuleNotFoundError) and attempt < _DRAW_ATTEMPTS:
+                continue
+            log.exception("Could not draw the plots of %s; `dask-train results %s --plot` retries", run.run_dir,
+                          run.run_dir)
+            return
 
 
 def result_of(spec: SweepSpec, rows: list[TrialRecord], run_dir: Path | None = None) -> SweepResult:
