@@ -45,7 +45,7 @@ _WORKER_START_TIMEOUT = 120.0  # seconds for the worker processes to start and j
 #: wakes the scheduler and every nanny and worker 50 times a second: an idle 2-worker embedded cluster took
 #: ~11% of a core here, taken from training where there is a worker per core. With these, ~2%. The tick still
 #: reports a stalled event loop (past ``distributed.admin.tick.limit``, 3 s); the dashboard's system plots
-#: update each second; the nanny checks its worker's memory twice a second.
+#: update each second; the nanny and the worker check its memory twice a second.
 QUIET_TIMERS = {"distributed.admin.tick.interval": "500ms", "distributed.admin.system-monitor.interval": "1s",
                 "distributed.worker.memory.monitor-interval": "500ms"}
 
@@ -226,7 +226,8 @@ def _security_kwargs(spec: ClusterSpec) -> dict:
 
 @contextlib.contextmanager
 def _worker_config(worker_environ: dict[str, str]) -> Iterator[None]:
-    """Dask config the nannies capture at creation and hand to their worker processes."""
+    """Dask config for the scheduler and nannies created in this context (the quiet timers); the nannies
+    also hand it to their worker processes."""
     with dask.config.set(_worker_config_values(worker_environ)):
         yield
 

@@ -14,6 +14,7 @@ import datetime
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from .detached import DetachedSweep
     from .model_file import TrainedModel
     from .progress import LiveSweep
-    from .report import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +203,8 @@ class Sweep:
 
         target = dataclasses.replace(target or Target(), preload=_preload(self.spec))
         with open_client(target) as own:
-            result = _run(self.spec, own, progress, report=False)
-        result.plotting = _report(self.spec.run_dir)  # once the cluster is closed: see _draw
+            result = _run(self.spec, own, progress, draw=False)
+        result.plotting = _start_drawing(self.spec.run_dir)  # once the cluster is closed: see _draw
         return result
 
 
@@ -225,9 +225,9 @@ def _default_view(progress: SweepProgress | bool | None) -> LiveSweep | None:
 
 
 def _run(spec: SweepSpec, client: Client, progress: SweepProgress,
-         stop: threading.Event | None = None, report: bool = True) -> SweepResult:
-    """Run the sweep on ``client``; ``stop`` set: stop as Ctrl-C does (a detached sweep's cancel);
-    ``report``: write the report and start drawing its plots (else the caller does)."""
+         stop: threading.Event | None = None, draw: bool = True) -> SweepResult:
+    """Run the sweep on ``client`` and write its report; ``stop`` set: stop as Ctrl-C does (a detached
+    sweep's cancel); ``draw``: start drawing the report's plots (else the caller does)."""
     from .coordinator import Coordinator
     from .store import RunStore
 
@@ -235,25 +235,28 @@ def _run(spec: SweepSpec, client: Client, progress: SweepProgress,
     with RunStore(spec.run_dir / "store.sqlite") as store:
         rows = Coordinator(spec, client, progress, stop=stop).run(store)
     result = result_of(spec, rows)
-    if report:
-        result.plotting = _report(spec.run_dir)
+    if _write_summary(spec.run_dir) and draw:
+        result.plotting = _start_drawing(spec.run_dir)
     return result
 
 
-def _report(run_dir: Path) -> threading.Thread | None:
-    """summary.md now; the plots (matplotlib: a second or more) on a thread of their own, off the sweep's
-    critical path. Results are already saved, so a report failure is logged, not raised."""
+def _write_summary(run_dir: Path) -> bool:
+    """The report's summary.md; whether it was written. Results are already saved, so a report failure is
+    logged, not raised."""
     from .report import read_run, write_report
 
     try:
-        run = read_run(run_dir)
-        write_report(run, plots=False)
+        write_report(read_run(run_dir), plots=False)
+        return True
     except Exception:
         log.exception("Could not write the report of %s; `dask-train results %s --plot` retries", run_dir, run_dir)
-        return None
+        return False
 
-    # Not a daemon: a script that ends right after the sweep still gets its plots.
-    thread = threading.Thread(target=_draw, args=(run,), name=f"dask-train-report-{run_dir.name}")
+
+def _start_drawing(run_dir: Path) -> threading.Thread:
+    """The report's plots (matplotlib: a second or more) on a thread of their own, off the sweep's critical
+    path. Not a daemon: a script that ends right after the sweep still gets its plots."""
+    thread = threading.Thread(target=_draw, args=(run_dir,), name=f"dask-train-report-{run_dir.name}")
     thread.start()
     return thread
 
@@ -261,26 +264,38 @@ def _report(run_dir: Path) -> threading.Thread | None:
 _DRAW_ATTEMPTS = 3
 
 
-def _draw(run: RunSummary) -> None:
-    """Draw a report's plots on the sweep's background thread; a failure is logged.
+def _draw(run_dir: Path) -> None:
+    """Draw a report's plots (on the sweep's background thread); a failure is logged.
 
     A Dask server closing in this process (a cluster closed right after its sweep) takes its folder out of
     ``sys.path``. Meanwhile this thread imports matplotlib, and CPython's import walks ``sys.path`` in place:
     an entry removed under it makes the walk skip the next one, so a module that is installed is "not found"
-    (a ``ModuleNotFoundError`` for ``fontTools`` did this). Drawing again finds it; each closing server can
-    fail one attempt, and a cluster started for the sweep is closed before its plots are drawn."""
-    from .report import write_plots
+    (CI saw a ``ModuleNotFoundError`` for ``fontTools``). Drawing again, after forgetting the half-imported
+    modules, finds it; each closing server can fail one attempt. A cluster started for the sweep is closed
+    before its plots are drawn."""
+    from .report import read_run, write_plots
 
     for attempt in range(1, _DRAW_ATTEMPTS + 1):
         try:
-            write_plots(run)
+            write_plots(read_run(run_dir))
             return
         except Exception as exc:
             if isinstance(exc, ModuleNotFoundError) and attempt < _DRAW_ATTEMPTS:
+                _forget_orphaned_modules()
                 continue
-            log.exception("Could not draw the plots of %s; `dask-train results %s --plot` retries", run.run_dir,
-                          run.run_dir)
+            log.exception("Could not draw the plots of %s; `dask-train results %s --plot` retries", run_dir,
+                          run_dir)
             return
+
+
+def _forget_orphaned_modules() -> None:
+    """Drop the modules left in ``sys.modules`` by a failed import whose package was dropped: e.g.
+    ``matplotlib.colors`` once ``matplotlib/__init__`` failed, which still points at the broken package and
+    would fail the next import of matplotlib too."""
+    while orphans := [name for name in list(sys.modules)  # a copy: other threads may import meanwhile
+                      if "." in name and name.rpartition(".")[0] not in sys.modules]:
+        for name in orphans:
+            sys.modules.pop(name, None)
 
 
 def result_of(spec: SweepSpec, rows: list[TrialRecord], run_dir: Path | None = None) -> SweepResult:
