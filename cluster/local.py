@@ -34,20 +34,13 @@ from .cpus import torch_threads as threads_for_environ
 from .devices import GPU_WORKER_ENVIRON, dask_cuda_problem, detect_gpus
 from .errors import ClusterError
 from .plugin import TRAINING_SLOT
-from .spec import WORKER_MEMORY, WORKERS_PER_CPU, ClusterSpec, max_local_workers  # noqa: F401  (re-exported)
+from .spec import QUIET_TIMERS, WORKER_MEMORY, WORKERS_PER_CPU, ClusterSpec, max_local_workers  # noqa: F401  (re-exported)
 from .worker_process import WorkerProcess
 
 log = logging.getLogger(__name__)
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _WORKER_START_TIMEOUT = 120.0  # seconds for the worker processes to start and join
-#: Dask's timers, slowed for a cluster whose workers train. At the defaults the 20 ms event-loop tick alone
-#: wakes the scheduler and every nanny and worker 50 times a second: an idle 2-worker embedded cluster took
-#: ~11% of a core here, taken from training where there is a worker per core. With these, ~2%. The tick still
-#: reports a stalled event loop (past ``distributed.admin.tick.limit``, 3 s); the dashboard's system plots
-#: update each second; the nanny and the worker check its memory twice a second.
-QUIET_TIMERS = {"distributed.admin.tick.interval": "500ms", "distributed.admin.system-monitor.interval": "1s",
-                "distributed.worker.memory.monitor-interval": "500ms"}
 
 
 def start_local_cluster(spec: ClusterSpec | None = None) -> Cluster:

@@ -18,12 +18,14 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 from dask.utils import format_bytes, parse_bytes
 
 from .cpus import thread_environ
 from .devices import GPU_WORKER_ENVIRON
 from .plugin import TRAINING_SLOT
 from .security import TLSFiles
+from .spec import QUIET_TIMERS, QUIET_TIMERS_ENVIRON
 
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$")
 _WORD = re.compile(r"^[A-Za-z0-9_.:@+-]+$")
@@ -179,6 +181,8 @@ def sbatch_script(spec: SlurmSpec) -> str:
 {chr(10).join(sbatch_directives(spec))}
 set -euo pipefail
 {setup}
+# Dask's timers, slowed for training (the scheduler's and the workers'): see cluster.spec.QUIET_TIMERS.
+{_export(QUIET_TIMERS_ENVIRON)}
 
 # On the shared filesystem: the workers and your dask-train commands read it.
 SCHEDULER_FILE="$SLURM_SUBMIT_DIR/{spec.scheduler_file}"
@@ -225,15 +229,16 @@ def slurm_cluster(spec: SlurmSpec, **kwargs: Any):
     except ImportError:
         raise ImportError("Slurm clusters need dask-jobqueue: pip install 'dask-train[slurm]'") from None
     gpu = bool(spec.gpus_per_node)
-    return SLURMCluster(
-        cores=spec.workers, processes=spec.workers,
-        memory=format_bytes(parse_bytes(spec.memory_per_worker) * spec.workers),
-        job_cpu=spec.cpus_per_worker * spec.workers, walltime=spec.walltime, queue=spec.partition,
-        account=spec.account, job_name=spec.job_name, python=spec.python, interface=spec.interface,
-        job_script_prologue=[*spec.setup, _export(worker_environ(spec))],
-        job_extra_directives=[f"--gres=gpu:{spec.gpus_per_node}"] if gpu else [],
-        worker_command="dask cuda worker" if gpu else "distributed.cli.dask_worker",
-        worker_extra_args=["--resources", f"{TRAINING_SLOT}=1"],
-        scheduler_options={"dashboard_address": spec.dashboard_address, "preload": ["training.dashboard"]},
-        **kwargs,
-    )
+    with dask.config.set(QUIET_TIMERS):  # the scheduler's, created here; the workers' come with the prologue
+        return SLURMCluster(
+            cores=spec.workers, processes=spec.workers,
+            memory=format_bytes(parse_bytes(spec.memory_per_worker) * spec.workers),
+            job_cpu=spec.cpus_per_worker * spec.workers, walltime=spec.walltime, queue=spec.partition,
+            account=spec.account, job_name=spec.job_name, python=spec.python, interface=spec.interface,
+            job_script_prologue=[*spec.setup, _export(QUIET_TIMERS_ENVIRON), _export(worker_environ(spec))],
+            job_extra_directives=[f"--gres=gpu:{spec.gpus_per_node}"] if gpu else [],
+            worker_command="dask cuda worker" if gpu else "distributed.cli.dask_worker",
+            worker_extra_args=["--resources", f"{TRAINING_SLOT}=1"],
+            scheduler_options={"dashboard_address": spec.dashboard_address, "preload": ["training.dashboard"]},
+            **kwargs,
+        )

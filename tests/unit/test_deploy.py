@@ -3,8 +3,11 @@ files in deploy/ checked against their generators, and every dask command line p
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -17,6 +20,7 @@ from distributed.cli.dask_worker import main as worker_cli
 from cluster import TRAINING_SLOT
 from cluster.kubernetes import dask_cluster
 from cluster.slurm import SlurmSpec, sbatch_script, slurm_cluster, worker_environ
+from cluster.spec import QUIET_TIMERS, QUIET_TIMERS_ENVIRON
 from tests.helpers import run_cli
 from training.cli import cli
 
@@ -138,6 +142,38 @@ def test_slurm_cluster_from_dask_jobqueue_has_the_same_workers():
         parses_as(worker_cli, words_after(_worker_line(script), "distributed.cli.dask_worker")[1:])
     finally:
         cpu.close()
+
+
+def _dask_reads(export_line: str) -> dict[str, str]:
+    """The timers a Dask process started after ``export_line`` in bash reads from its environment."""
+    code = f"import dask, json; print(json.dumps({{k: dask.config.get(k) for k in {sorted(QUIET_TIMERS)!r}}}))"
+    done = subprocess.run(["bash", "-c", f'{export_line}\n"$0" -c "$1"', sys.executable, code],
+                          capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(done.stdout)
+
+
+def test_generated_clusters_slow_dasks_timers_as_the_embedded_one_does():
+    # sbatch: exported before the scheduler starts (the workers' srun inherits it), and Dask reads it
+    for spec in (SlurmSpec(gpus_per_node=4), SlurmSpec(workers_per_node=8)):
+        lines = sbatch_script(spec).splitlines()
+        export = next(i for i, line in enumerate(lines) if "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL" in line)
+        assert export < next(i for i, line in enumerate(lines) if "dask_scheduler" in line)
+        assert _dask_reads(lines[export]) == QUIET_TIMERS
+    # the image's environment, for the scheduler and worker containers (Compose, Kubernetes)
+    text = (DEPLOY / "docker" / "Dockerfile").read_text().replace("\\\n", " ")
+    final = text[text.index("AS final"):]
+    lines = re.findall(r"^ENV (.+)$", final, flags=re.M)
+    env = dict(pair.split("=", 1) for line in lines for pair in line.split())
+    assert env == QUIET_TIMERS_ENVIRON
+    # dask-jobqueue: the scheduler made in this process, and the workers' job script
+    pytest.importorskip("dask_jobqueue")
+    cluster = slurm_cluster(SlurmSpec(workers_per_node=2, dashboard_address="127.0.0.1:0"))
+    try:
+        assert cluster.scheduler.periodic_callbacks["tick"].callback_time == 500
+        line = next(x for x in cluster.job_script().splitlines() if "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL" in x)
+        assert _dask_reads(line) == QUIET_TIMERS
+    finally:
+        cluster.close()
 
 
 def _worker_line(job_script: str) -> str:
