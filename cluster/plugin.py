@@ -71,6 +71,7 @@ class TrainingWorkerPlugin(WorkerPlugin):
             # Ctrl-C in a terminal signals the whole process group. A nanny owns this process and closes
             # it; without this, every worker prints a KeyboardInterrupt traceback on the way down.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+        logging.getLogger("distributed.worker").addFilter(HEARTBEAT_WHILE_CLOSING)
         self.threads = self.torch_threads or threads_for_environ()
         self._ready = threading.Event()
         threading.Thread(target=self._warm_up, name="dask-train-warm-up", daemon=True).start()
@@ -99,6 +100,24 @@ class TrainingWorkerPlugin(WorkerPlugin):
         if not self._ready.wait(timeout):
             raise TimeoutError(f"dask-train worker warm-up did not finish in {timeout:.0f}s")
         return self.device
+
+
+class _HeartbeatWhileClosing(logging.Filter):
+    """A heartbeat a worker sent just as it closes (the cluster stopping) fails on the worker's own closed
+    connection pool, and Dask logs it as an error with its traceback ("Failed to communicate with scheduler
+    during heartbeat", ``CommClosedError: ConnectionPool closing.``): not news, so debug level only. Any
+    other heartbeat failure (a scheduler gone or unreachable) is shown as before."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if str(record.msg).startswith("Failed to communicate with scheduler during heartbeat") and \
+                type(error).__name__ == "CommClosedError" and "ConnectionPool closing" in str(error):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+HEARTBEAT_WHILE_CLOSING = _HeartbeatWhileClosing()  # one instance: a second setup adds no second filter
 
 
 def _preload(module: str) -> None:

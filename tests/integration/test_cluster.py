@@ -44,8 +44,11 @@ def client():
 
 
 def _worker_facts(dask_worker):
+    import logging
     import multiprocessing
     import os
+
+    from cluster.plugin import HEARTBEAT_WHILE_CLOSING
 
     return {
         "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
@@ -53,6 +56,7 @@ def _worker_facts(dask_worker):
         "daemon": multiprocessing.current_process().daemon,
         "profiling": "profile" in dask_worker.periodic_callbacks,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "quiet_closing_heartbeat": HEARTBEAT_WHILE_CLOSING in logging.getLogger("distributed.worker").filters,
     }
 
 
@@ -93,7 +97,7 @@ def test_workers_skip_the_defaults_that_slow_torch(client):
     facts = client.run(_worker_facts)
     for fact in facts.values():
         assert fact == {"malloc_trim": None, "omp": "1", "daemon": False, "profiling": False,
-                        "cuda_visible_devices": ""}
+                        "cuda_visible_devices": "", "quiet_closing_heartbeat": True}
 
 
 def _timers(dask_worker=None, dask_scheduler=None):
