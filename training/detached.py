@@ -272,8 +272,8 @@ class _Replay:
 
 
 def _result(spec: SweepSpec, rows: list[TrialRecord]) -> SweepResult:
-    """The result as an attached client shows it: the table (the model stays in the run directory, on the
-    scheduler's machine)."""
+    """The result as an attached client shows it: the table; the best model where this machine sees the run
+    directory (it is on the scheduler's machine)."""
     from .sweep import SweepResult
 
-    return SweepResult(spec, spec.run_dir, None, [r for r in rows if r.state.is_error], rows)
+    return SweepResult(spec, spec.run_dir, [r for r in rows if r.state.is_error], rows)

@@ -65,11 +65,22 @@ class SweepResult:
 
     spec: SweepSpec
     run_dir: Path
-    best: TrainedModel | None
     failed: list[TrialRecord] = field(default_factory=list)
     trials: list[TrialRecord] = field(default_factory=list)
     #: The report's plots being drawn in the background (None: drawn, or not part of this result).
     plotting: threading.Thread | None = field(default=None, repr=False, compare=False)
+
+    @functools.cached_property
+    def best(self) -> TrainedModel | None:
+        """The best trial's model (its best epoch), loaded from its model directory on first use: loading
+        imports torch (a second or more), which a caller that only reads the table does not pay. None when
+        no trial has a model, or its directory is not on this machine (a detached sweep's, elsewhere)."""
+        from .model_file import load_model
+
+        chosen = best_trial(self.trials, self.spec.mode)
+        if chosen is None or not chosen.model_dir or not (self.run_dir / chosen.model_dir).is_dir():
+            return None
+        return load_model(self.run_dir / chosen.model_dir, allow=(self.spec.workload,))  # the spec's: trusted
 
     @functools.cached_property
     def table(self) -> pd.DataFrame:
@@ -301,16 +312,9 @@ def _forget_orphaned_modules() -> None:
 def result_of(spec: SweepSpec, rows: list[TrialRecord], run_dir: Path | None = None) -> SweepResult:
     """The result of a sweep from its trial records; writes ``results.csv`` in ``run_dir`` (default: the
     spec's), the only place it writes."""
-    from .model_file import load_model
-
     run_dir = Path(run_dir or spec.run_dir)
     write_results_csv(run_dir / "results.csv", rows, spec)
-    chosen = best_trial(rows, spec.mode)
-    best = None
-    if chosen is not None and chosen.model_dir and (run_dir / chosen.model_dir).is_dir():
-        best = load_model(run_dir / chosen.model_dir, allow=(spec.workload,))  # the spec's: already trusted
-    failed = [r for r in rows if r.state.is_error]
-    return SweepResult(spec, run_dir, best, failed, rows)
+    return SweepResult(spec, run_dir, [r for r in rows if r.state.is_error], rows)
 
 
 def _records(rows: list[TrialRecord], spec: SweepSpec) -> list[dict[str, Any]]:

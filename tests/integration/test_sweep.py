@@ -95,6 +95,29 @@ def _check_report(run_dir, best_trial):
     assert f"## Best trial: {best_trial:04d}" in summary and summary.count("| completed |") == 4
 
 
+_CLIENT_WITHOUT_TORCH = """
+import sys
+from training import Sweep
+result = Sweep("xor", {"lr": [0.1, 0.3]}, epochs=2, name="lazy", runs_dir=sys.argv[1]).run(progress=False)
+result.wait_for_report()
+before = "torch" in sys.modules
+best = result.best
+print(before, best is not None and best.best_epoch >= 1, "torch" in sys.modules, result.best is best)
+"""
+
+
+def test_a_sweeps_client_imports_torch_only_to_load_the_best_model(tmp_path):
+    """The whole sweep (embedded cluster, trials, results, report) leaves torch to the workers; the best
+    model is loaded, and torch imported, on first use of ``result.best``, once."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _CLIENT_WITHOUT_TORCH, str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-4:] == ["False", "True", "True", "True"], done.stdout
+
+
 def test_results_command_shows_a_run_and_rewrites_its_report(client, tmp_path):
     result = Sweep("xor", {"lr": [0.1, 0.3]}, epochs=20, name="shown", runs_dir=str(tmp_path)).run(client)
     for png in (tmp_path / "shown" / "report").glob("*.png"):
