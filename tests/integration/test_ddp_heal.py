@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -90,7 +91,10 @@ def test_a_stopped_rank_is_named_within_its_timeout_and_the_workers_run_the_next
     assert took <= 10 + 10
     assert info.value.rank == 1 and info.value.worker == stopped["worker"]
     assert f"rank 1 on {stopped['worker']}" in message and "sent nothing for" in message
-    assert "last: epoch" in message and "holds epoch 1" in message
+    # SIGSTOP follows epoch 1's report: it lands in epoch 2, or later on a loaded machine; the checkpoint
+    # holds the last epoch finished before it.
+    held = re.search(r"holds epoch (\d+)", message)
+    assert "last: epoch" in message and held is not None and 1 <= int(held.group(1)) <= progress.epochs[-1]
     _wait_for_free_slots(client)
     after = train_ddp(client, "xor", {"batch_size": 128}, epochs=1, workers=2, runs_dir=str(tmp_path), name="next",
                       progress=False)
