@@ -1,9 +1,10 @@
 """The sweep coordinator: one client run of a sweep, as Dask tasks on training slots.
 
-It submits each trial as one task (``pure=False``, key ``trial-<sweep>-<n>``, one ``training_slot``),
-applies the trials' events (starts, epochs) to the run store and the progress hooks while they run,
-records each outcome with its best epoch, writes the model directory of each trial that has a model,
-and announces it all to the Training page. Rerunning the same sweep finishes only what is missing.
+It submits trials as tasks (``pure=False``, key ``trial-<sweep>-<n>``, one ``training_slot``; short
+trials several to a task, key ``trial-<sweep>-<first>-<last>``), applies the trials' events (starts,
+epochs, outcomes) to the run store and the progress hooks while they run, records each outcome with its
+best epoch as it ends, writes the model directory of each trial that has a model, and announces it all
+to the Training page. Rerunning the same sweep finishes only what is missing.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import contextlib
 import dataclasses
 import logging
 import os
+import statistics
 import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +50,7 @@ from .slots import free_workers, second_interrupt_exits
 from .sources import Source, make_source, read_rung_checkpoint, write_rung_checkpoint
 from .store import RunStore
 from .sweep_spec import NOT_FINGERPRINTED, SweepSpec
-from .trial import TrialSpec, keep_start_state, mark_run_dir, read_kept_checkpoint, run_trial
+from .trial import TrialSpec, keep_start_state, mark_run_dir, read_kept_checkpoint, run_trials
 
 if TYPE_CHECKING:
     from .sweep import SweepProgress
@@ -60,6 +63,9 @@ _WORKER_CHECK_EVERY = 5.0  # seconds between checks that slot workers are still 
 _RESULT_TIMEOUT = 120.0  # fetching a finished trial's result (its weights) from its worker
 _PUBLISH_TIMEOUT = 10.0  # at the end, for the Training page's announcements still on their way
 _RELAY_TIMEOUT = 120.0  # moving one trial checkpoint between a worker and the run directory
+_TASK_SECONDS = 0.5  # short trials are grouped into tasks of about this long (Dask's cost of a task paid once)
+_MAX_GROUP = 64  # trials in one task at most
+_GROUP_AFTER = 2  # trials seen to end before their length groups the next ones
 
 
 class Coordinator:
@@ -84,11 +90,13 @@ class Coordinator:
         store.begin_run(spec.name, spec.fingerprint(), spec.to_json(), trials, NOT_FINGERPRINTED)
         _write_spec(spec)  # after the store accepted it: a refused spec must not replace the run's own
         self.mark = str(mark_run_dir(spec.run_dir.resolve(), self.run_token))  # workers that see it write there
-        source = make_source(spec, store)
+        self.source = source = make_source(spec, store)
         self.stretches.replay(store)
         self.best = best_trial(store.trials(), spec.mode)
         _announce(self, total=spec.num_trials if spec.search == "tpe" else len(trials))
-        self.running: dict[Future, int] = {}
+        self.running: dict[Future, list[int]] = {}  # each submitted task's trials not recorded yet
+        self.groups = _Groups(spec)
+        self.requeues = 0  # trials put back after their task was stopped: their next task's key differs
         self.promoted = False  # a promoted ASHA trial waits to be submitted: top up now, not at the low mark
         with Inbox(self.client, self.run_token) as inbox:
             self.events = _Events(inbox, store, self.progress, _Relay(self.client, self.stretches))
@@ -116,67 +124,100 @@ class Coordinator:
         while True:
             if self.stop is not None and self.stop.is_set():
                 raise KeyboardInterrupt  # handled as Ctrl-C is: cancel, record, free the workers
-            self._top_up(source, _window(self.spec, watch.slots))
+            self._top_up(source, _window(self.spec, watch.slots), watch.slots)
             if not running:
                 return
             with contextlib.suppress(TimeoutError):  # distributed's wait raises when nothing finished
                 wait(list(running), timeout=_POLL, return_when="FIRST_COMPLETED")
             # The finished tasks first, then the events: a task's events came before its result on the same
             # streams, so all of them are in by now (a start applied after its trial's end would be lost).
-            done = {f: n for f, n in running.items() if f.done()}
+            done = [f for f in running if f.done()]
             with self.store.batch():  # one commit for all this round recorded
-                self.events.apply()
+                self.events.apply(self._arrived)
                 self._record_ended(source, done)
             watch.check()
 
-    def _record_ended(self, source: Source, done: dict[Future, int]) -> None:
-        """Record the trials that ended (``done``: finished or failed; or stopped past their time) and free
-        their slots."""
-        running = self.running
-        ended = _outcomes(self.client, done, self.events.done) + self.stops.overdue(running)
-        for future, outcome in ended:
-            del running[future]
-            self.events.done.pop(str(future.key), None)
-            record = self._record(outcome)
-            future.release()
-            if record.state == TrialState.PROMOTED:  # its next stretch goes first, submitted this round
-                source.requeue(record.number)
-                self.promoted = True
-            else:
-                source.finished(record)
+    def _arrived(self, key: str, outcome: TrialOutcome) -> None:
+        """A trial's outcome that came as an event: recorded now, in the order of the events (a grouped
+        trial ends before the next trial of its task starts), while its task may go on."""
+        numbers = next((n for f, n in self.running.items() if str(f.key) == key), [])
+        if outcome.number in numbers:  # else stale: its task was stopped, or the trial is recorded
+            numbers.remove(outcome.number)
+            self._ended(self.source, outcome)
 
-    def _top_up(self, source: Source, window: tuple[int, int]) -> None:
-        """Once no more than ``low`` trials are queued or running, submit the next ones up to ``high``, in
+    def _record_ended(self, source: Source, done: list[Future]) -> None:
+        """Record the trials of the tasks that finished or failed (``done``) whose outcome did not come as
+        an event, and the trials past their time; free the slots of the tasks that ended."""
+        running = self.running
+        finished = {f: running.pop(f) for f in done}
+        for outcome in _outcomes(self.client, finished):
+            self._ended(source, outcome)
+        for future in finished:
+            future.release()
+        for outcome in self.stops.overdue(running, self._put_back):
+            self._ended(source, outcome)
+
+    def _ended(self, source: Source, outcome: TrialOutcome) -> None:
+        record = self._record(outcome)
+        self.groups.seen(outcome)
+        if record.state == TrialState.PROMOTED:  # its next stretch goes first, submitted this round
+            source.requeue(record.number)
+            self.promoted = True
+        else:
+            source.finished(record)
+
+    def _put_back(self, numbers: list[int]) -> None:
+        """Trials of a task stopped before they ran (another trial of it was past its time): they go first,
+        in their order, submitted this round."""
+        for number in reversed(numbers):
+            self.source.requeue(number)
+        self.requeues += 1
+        self.promoted = True
+
+    def _top_up(self, source: Source, window: tuple[int, int], slots: int) -> None:
+        """Once no more than ``low`` tasks are queued or running, submit the next ones up to ``high``, in
         one message to the scheduler: trials are taken (TPE: asked) only as slots are about to free, so a
         10,000-trial sweep holds a few futures, not 10,000, and a sweep of short trials sends one graph
-        for several trials instead of one each. A promoted ASHA trial is submitted at once, not at the low
-        mark."""
+        for several tasks instead of one each, each task of several trials (:class:`_Groups`). A promoted
+        ASHA trial is submitted at once, not at the low mark."""
         low, high = window
         if len(self.running) > low and not self.promoted:
             return
         self.promoted = False
-        numbers: list[int] = []
-        while len(self.running) + len(numbers) < high and (number := source.take()) is not None:
-            numbers.append(number)
-        if numbers:
-            self.running.update(zip(self._submit(numbers), numbers, strict=True))
+        groups: list[list[int]] = []
+        while len(self.running) + len(groups) < high:
+            size, group = self.groups.size(source.left(), slots), list[int]()
+            while len(group) < size and (number := source.take()) is not None:
+                group.append(number)
+            if not group:
+                break
+            groups.append(group)
+        if groups:
+            self.running.update(zip(self._submit(groups), groups, strict=True))
 
-    def _submit(self, numbers: list[int]) -> list[Future]:
-        spec, trials, keys = self.spec, [], []
-        for number in numbers:
-            trial = TrialSpec(job=spec.name, run=self.run_token, number=number, workload=spec.workload,
-                              params=self.store.params(number), epochs=spec.epochs, seed=spec.seed,
-                              metric=spec.metric, mode=spec.mode, checkpoint=str(self.stretches.path(number)),
-                              checkpoint_every=spec.checkpoint_every, precision=spec.precision, run_mark=self.mark)
-            trial, suffix = self.stretches.next_stretch(trial)
-            trials.append(trial)
+    def _submit(self, groups: list[list[int]]) -> list[Future]:
+        spec, tasks, keys = self.spec, [], []
+        for group in groups:
+            trials, suffix = [], ""
+            for number in group:
+                trial = TrialSpec(job=spec.name, run=self.run_token, number=number, workload=spec.workload,
+                                  params=self.store.params(number), epochs=spec.epochs, seed=spec.seed,
+                                  metric=spec.metric, mode=spec.mode, checkpoint=str(self.stretches.path(number)),
+                                  checkpoint_every=spec.checkpoint_every, precision=spec.precision,
+                                  run_mark=self.mark)
+                trial, suffix = self.stretches.next_stretch(trial)
+                trials.append(trial)
+                self.publisher.send(TrialQueued(spec.name, self.run_token, trial=number, params=trial.params))
+            tasks.append(trials)
             # Readable keys for the dashboard (grouped as trial-<sweep>); each client run gets its own, so a
-            # key is never reused while a cancelled task of an earlier run may still be winding down.
-            keys.append(f"trial-{spec.name}-{number:04d}{suffix}-{self.run_token}")
-            self.publisher.send(TrialQueued(spec.name, self.run_token, trial=number, params=trial.params))
+            # key is never reused while a cancelled task of an earlier run may still be winding down (nor
+            # within a run: trials put back run under a key of their own).
+            numbers = f"{group[0]:04d}" if len(group) == 1 else f"{group[0]:04d}-{group[-1]:04d}"
+            again = f"-again{self.requeues}" if self.requeues else ""
+            keys.append(f"trial-{spec.name}-{numbers}{suffix}-{self.run_token}{again}")
         # Run in the order taken (a map's tasks keep their order; fifo_timeout 0: every batch after the
         # ones before it), so a promoted ASHA trial, taken first, goes before the new ones submitted with it.
-        return self.client.map(run_trial, trials, key=keys, pure=False, resources={TRAINING_SLOT: 1},
+        return self.client.map(run_trials, tasks, key=keys, pure=False, resources={TRAINING_SLOT: 1},
                                fifo_timeout="0ms")
 
     def _record(self, outcome: TrialOutcome) -> TrialRecord:
@@ -207,18 +248,30 @@ class _Stops:
         self.store, self.events = coordinator.store, coordinator.events
         self.publisher = coordinator.publisher
 
-    def overdue(self, running: dict[Future, int]) -> list[tuple[Future, TrialOutcome]]:
-        """Stop the running trials past their time. One whose worker was lost is not stalled: Dask runs it
-        again, and its clock restarts with its next start."""
-        late = [(f, n, why) for f, n in running.items()
-                if not f.done() and (why := self.events.overdue(n, self.spec))]
+    def overdue(self, running: dict[Future, list[int]],
+                put_back: Callable[[list[int]], None]) -> list[TrialOutcome]:
+        """Stop the running trials past their time, each with its task: the task's trials that had not
+        run yet are ``put_back`` to run in a task of their own. One whose worker was lost is not stalled:
+        Dask runs its task again, and its clock restarts with its next start."""
+        late = [(f, n, why) for f, numbers in running.items()
+                if not f.done() and (n := self.events.current(numbers)) is not None
+                and (why := self.events.overdue(n, self.spec))]
         if not late:
             return []
         alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
         for _, number, _ in late:
             if self.events.worker_of.get(number) not in alive:
                 self.events.started.pop(number, None)
-        return [(f, self._stop(f, n, why)) for f, n, why in late if n in self.events.started]
+        stopped = []
+        for future, number, why in late:
+            if number in self.events.started:
+                stopped.append(self._stop(future, number, why))
+                others = [n for n in running.pop(future) if n != number]
+                for other in others:  # ran earlier in the task without an outcome that came: run again
+                    self.events.started.pop(other, None)
+                if others:
+                    put_back(others)
+        return stopped
 
     def _stop(self, future: Future, number: int, why: str) -> TrialOutcome:
         """A trial past its time: cancel it, restart its worker (a Python thread cannot be stopped), and
@@ -232,20 +285,21 @@ class _Stops:
                             seconds=round(time.monotonic() - started, 4), history=self.store.history(number),
                             error_type="TrialTimeout", error=error)
 
-    def abandon(self, running: dict[Future, int]) -> None:
+    def abandon(self, running: dict[Future, list[int]]) -> None:
         """The sweep failed (a full disk, a lost scheduler): cancel what was submitted and free the workers
         of the running trials, writing nothing (the store keeps them running: a rerun resumes them)."""
-        workers = [self.events.worker_of[n] for n in running.values() if n in self.events.started]
+        workers = sorted({self.events.worker_of[n] for numbers in running.values() for n in numbers
+                          if n in self.events.started})
         self.client.cancel(list(running), force=True)
         free_workers(self.client, workers)
         running.clear()
 
-    def cancel(self, running: dict[Future, int]) -> list[int]:
+    def cancel(self, running: dict[Future, list[int]]) -> list[int]:
         """Interrupted: cancel every submitted trial, record the running ones as cancelled (a rerun resumes
         them from their checkpoints) and restart their workers. The trials that were running, in order."""
-        numbers = sorted(n for n in running.values() if n in self.events.started)
+        numbers = sorted(n for ns in running.values() for n in ns if n in self.events.started)
         self.client.cancel(list(running), force=True)
-        workers = [self.events.worker_of[n] for n in numbers]
+        workers = sorted({self.events.worker_of[n] for n in numbers})
         for number in numbers:
             self.store.cancel_trial(number)
             self.publisher.send(TrialEnded(self.spec.name, self.run, trial=number, state=TrialState.CANCELLED))
@@ -268,10 +322,10 @@ class _Events:
         self.active: dict[int, float] = {}
         self.worker_of: dict[int, str] = {}
         self.name_of: dict[int, str] = {}
-        self.done: dict[str, TrialOutcome] = {}  # outcomes sent as events, by task key
 
-    def apply(self) -> None:
-        """The events that arrived since the last call."""
+    def apply(self, outcome: Callable[[str, TrialOutcome], None] | None = None) -> None:
+        """The events that arrived since the last call; ``outcome(task key, outcome)`` for each outcome
+        sent as an event (None: they are dropped, and the tasks' results are fetched instead)."""
         for event in self.inbox.drain():
             if isinstance(event, TrialStarted) and event.trial not in self.ended:
                 name = event.worker_name or event.worker
@@ -287,11 +341,19 @@ class _Events:
                 self._epoch(event.trial, event.record)
                 if event.checkpoint and fresh:
                     self.relay.fetch(event)
-            elif isinstance(event, TrialDone) and event.trial not in self.ended:
+            elif isinstance(event, TrialDone) and event.trial not in self.ended and outcome is not None:
                 try:
-                    self.done[event.key] = TrialOutcome.from_dict(event.outcome)
+                    parsed = TrialOutcome.from_dict(event.outcome)
                 except (TypeError, ValueError) as exc:  # not an outcome: the task's result is fetched instead
                     log.debug("Ignoring a malformed outcome of trial %s: %s", event.trial, exc)
+                else:
+                    outcome(event.key, parsed)
+
+    def current(self, numbers: list[int]) -> int | None:
+        """The trial of a task's ``numbers`` that runs now (its trials run one after another: the one that
+        started last), or None before the first starts."""
+        started = [n for n in numbers if n in self.started]
+        return max(started, key=self.started.__getitem__) if started else None
 
     def overdue(self, number: int, spec: SweepSpec) -> str | None:
         """Why trial ``number``'s running attempt is past its time (None: it is not, or has not started)."""
@@ -351,6 +413,42 @@ def _announce(coordinator: Coordinator, total: int | None) -> None:
                                              store.histories()))
     coordinator.progress.on_start(spec, total or 0, (total or 0) - finished, dashboard_url(client))
     coordinator.progress.on_page(page)
+
+
+class _Groups:
+    """How many trials go in one task: one, until trials are seen to be short; then as many as take about
+    :data:`_TASK_SECONDS` together, so Dask's cost of a task (scheduling, messages, a result) is paid once
+    for several short trials. Never more than :data:`_MAX_GROUP`, nor so many that the sweep's last tasks
+    leave slots idle. TPE (each trial asked as a slot frees), ASHA (trials run in stretches) and
+    ``max_concurrent`` keep one trial a task.
+
+    Examples
+    --------
+    >>> from training.protocol import TrialOutcome, TrialState
+    >>> from training.sweep_spec import SweepSpec
+    >>> groups = _Groups(SweepSpec.create(workload="xor", space={"lr": [0.1, 0.2]}))
+    >>> groups.size(left=1000, slots=2)
+    1
+    >>> for n in range(3):
+    ...     groups.seen(TrialOutcome(n, TrialState.COMPLETED, seconds=0.01))
+    >>> groups.size(left=1000, slots=2), groups.size(left=40, slots=2)
+    (50, 5)
+    """
+
+    def __init__(self, spec: SweepSpec) -> None:
+        self.allowed = spec.search != "tpe" and spec.asha() is None and not spec.max_concurrent
+        self.seconds: list[float] = []  # the last completed trials' lengths, as their workers timed them
+
+    def seen(self, outcome: TrialOutcome) -> None:
+        if self.allowed and outcome.state == TrialState.COMPLETED and outcome.seconds:
+            self.seconds = [*self.seconds[-15:], float(outcome.seconds)]
+
+    def size(self, left: int, slots: int) -> int:
+        """Trials in the next task, with ``left`` trials still to submit on ``slots`` slots."""
+        if len(self.seconds) < _GROUP_AFTER:
+            return 1
+        fits = int(_TASK_SECONDS / max(statistics.median(self.seconds), 1e-3))
+        return max(1, min(fits, _MAX_GROUP, left // (4 * max(1, slots))))
 
 
 class _Stretches:
@@ -488,28 +586,34 @@ def _write_spec(spec: SweepSpec) -> None:
     (spec.run_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.to_json(), sort_keys=False))
 
 
-def _outcomes(client: Client, done: dict[Future, int],
-              sent: dict[str, TrialOutcome]) -> list[tuple[Future, TrialOutcome]]:
-    """The outcomes of finished tasks: those their workers ``sent`` as events, the results of the others
-    that returned, fetched in one round trip (a trial's weights come from its worker), and each other's
-    built from its error."""
-    arrived = {f: sent[str(f.key)] for f in done if f.status == "finished" and str(f.key) in sent}
-    returned = [f for f in done if f.status == "finished" and f not in arrived]
+def _outcomes(client: Client, finished: dict[Future, list[int]]) -> list[TrialOutcome]:
+    """The outcomes of the trials (not recorded yet) of tasks that ended: from the results of those that
+    returned, fetched in one round trip (a trial's weights come from its worker), or built from each other
+    task's own error."""
+    returned = [f for f, numbers in finished.items() if numbers and f.status == "finished"]
+    results: dict[Future, list[TrialOutcome]] = {}
     try:  # Client.gather has no timeout; its coroutine under sync() takes one
-        values = client.sync(client._gather, returned, callback_timeout=_RESULT_TIMEOUT) if returned else []
+        if returned:
+            values = client.sync(client._gather, returned, callback_timeout=_RESULT_TIMEOUT)
+            results = dict(zip(returned, values, strict=True))
     except Exception:  # e.g. a worker lost with a result on it: each on its own, with its own error
-        return [(f, arrived[f] if f in arrived else _outcome_of(n, f)) for f, n in done.items()]
-    outcomes = {**arrived, **dict(zip(returned, values, strict=True))}
-    return [(f, outcomes[f] if f in outcomes else _outcome_of(n, f)) for f, n in done.items()]
+        results = {}
+    return [outcome for future, numbers in finished.items() if numbers
+            for outcome in _outcomes_of(future, numbers, results.get(future))]
 
 
-def _outcome_of(number: int, future: Future) -> TrialOutcome:
-    """The trial's outcome, or a failure built from the task's own error (e.g. a worker killed too often)."""
+def _outcomes_of(future: Future, numbers: list[int], result: list[TrialOutcome] | None) -> list[TrialOutcome]:
+    """The outcomes of a task's trials ``numbers`` from its ``result``, or its result fetched on its own;
+    failures built from the task's own error if it has none (e.g. a worker killed too often)."""
     try:
-        return future.result(timeout=_RESULT_TIMEOUT)
+        if result is None:
+            result = future.result(timeout=_RESULT_TIMEOUT)
+        by_number = {outcome.number: outcome for outcome in result}
+        return [by_number[number] for number in numbers]
     except Exception as error:
-        return TrialOutcome(number, TrialState.FAILED, error_type=type(error).__name__, error=str(error),
-                            traceback="".join(traceback.format_exception(error)), finished=time.time())
+        return [TrialOutcome(number, TrialState.FAILED, error_type=type(error).__name__, error=str(error),
+                             traceback="".join(traceback.format_exception(error)), finished=time.time())
+                for number in numbers]
 
 
 def _save_model(spec: SweepSpec, outcome: TrialOutcome, params: dict[str, Any]) -> str:

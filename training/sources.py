@@ -23,8 +23,13 @@ class Source:
         return self.pending.popleft() if self.pending else None
 
     def requeue(self, number: int) -> None:
-        """A trial promoted to its next rung: it runs before new ones (ASHA favours the deepest)."""
+        """A trial promoted to its next rung (it runs before new ones: ASHA favours the deepest), or one
+        whose task was stopped before it ran."""
         self.pending.appendleft(number)
+
+    def left(self) -> int:
+        """Trials waiting to be taken (TPE: of those already asked)."""
+        return len(self.pending)
 
     def finished(self, row: TrialRecord) -> None:
         """Nothing to learn from a finished trial."""

@@ -132,6 +132,13 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
     return outcome
 
 
+def run_trials(specs: list[TrialSpec]) -> list[TrialOutcome]:
+    """Several trials as one task, one after another on this worker's slot (the coordinator groups short
+    trials so Dask's cost of a task is paid once for several): each sends its own start, epoch and outcome
+    events as :func:`run_trial` does, so the coordinator records each as it ends, not when the task does."""
+    return [run_trial(spec) for spec in specs]
+
+
 def _send_done(spec: TrialSpec, outcome: TrialOutcome) -> None:
     """Send the outcome as an event too, where it is small and travels as it is (no tensors: the model
     directory is written; no NaN or tuple that msgpack would change): see :class:`TrialDone`."""

@@ -95,6 +95,57 @@ def test_a_stuck_trial_times_out_its_worker_is_freed_and_the_rest_complete(clien
     _both_workers_take_work_at_once(client, gone=before[stuck.worker])
 
 
+def test_a_stuck_trial_in_a_task_of_several_times_out_and_the_trials_after_it_run_again(
+        client, tmp_path, monkeypatch):
+    """Short trials run several to a task. One that gets stuck there times out on its own clock (the trials
+    of its task before it are recorded as they ended), and the trials after it, stopped with the task, run
+    again in a task of their own: every other trial completes, each recorded once. Groups of four here
+    (monkeypatched: the sizing from trial lengths is its own test), so the stuck trial (lr 0.6, trial 5) is
+    the second of task 4-7. The progress hooks see each trial start after the one before it on its worker
+    ended, as the trials ran."""
+    from distributed import get_task_stream
+
+    import training.coordinator as coordinator
+    from training.sweep import SweepProgress
+
+    class Order(SweepProgress):
+        seen: list[tuple[str, int, str]] = []
+
+        def on_trial_start(self, number, worker):
+            self.seen.append(("start", number, worker))
+
+        def on_trial_end(self, row, counts, best):
+            self.seen.append(("end", row.number, row.worker))
+
+    monkeypatch.setattr(coordinator._Groups, "size", lambda self, left, slots: min(4, max(1, left)))
+    lrs = [0.1 * i for i in range(1, 13)]
+    sweep = Sweep(HANGING, {"lr": lrs}, params={"hang_after": 1, "hang_on_lr": lrs[5]}, epochs=2,
+                  name="grouped", runs_dir=str(tmp_path), trial_timeout=15.0)
+    before = _addresses(client)
+    with get_task_stream(client) as stream:
+        result = sweep.run(client, progress=Order())
+    keys = sorted({re.sub(r"-[0-9a-f]{8}", "", str(task["key"])) for task in stream.data
+                   if str(task["key"]).startswith("trial-grouped-")})
+    print(f"trial tasks: {keys}")
+    states = list(result.table["state"])
+    assert states == ["completed"] * 5 + ["timed_out"] + ["completed"] * 6
+    assert "trial-grouped-0000-0003" in keys and "trial-grouped-0008-0011" in keys
+    assert "trial-grouped-0006-0007-again1" in keys  # put back after trial 5's task was stopped
+    [stuck] = result.failed
+    assert stuck.number == 5 and "trial_timeout=15s" in stuck.error and stuck.worker in before
+    assert result.table.loc[4, "worker"] == stuck.worker  # its task's first trial ran there and was kept
+    assert all(trial.epochs == 2 for trial in result.trials if trial.number != 5)
+    running: dict[str, int] = {}  # worker -> its trial the hooks saw start and not end
+    for what, number, worker in Order.seen:
+        if what == "start":
+            assert worker not in running, f"trial {number} started on {worker} before {running[worker]} ended"
+            running[worker] = number
+        else:
+            assert running.pop(worker) == number
+    assert sorted(n for what, n, _ in Order.seen if what == "end") == list(range(12))
+    _both_workers_take_work_at_once(client, gone=before[stuck.worker])
+
+
 def test_ctrl_c_cancels_frees_the_worker_and_says_how_to_resume(client, tmp_path):
     sweep_file = tmp_path / "hang.yaml"
     sweep_file.write_text(yaml.safe_dump({

@@ -430,6 +430,35 @@ def test_trials_are_submitted_in_a_bounded_window(client, tmp_path):
     assert 2 * 2 + 2 < max(Count.seen) <= 3 * 2 + 4  # batches above the low mark, never above the high
 
 
+def test_short_trials_run_several_to_a_task_and_each_is_recorded_as_it_ends(client, tmp_path):
+    """Trials of some milliseconds (xor, one epoch: 10-60 ms here, so even 8x slower they group) run
+    several to a Dask task once two have ended, fewer and fewer towards the end so the last tasks keep
+    both slots busy; each trial still has its own start, outcome, store row and model directory."""
+    from distributed import get_task_stream
+
+    recorder = _Recorder()
+    with get_task_stream(client) as stream:
+        result = Sweep("xor", {"lr": [0.005 * i for i in range(1, 49)]}, epochs=1, name="short",
+                       runs_dir=str(tmp_path)).run(client, progress=recorder)
+    assert list(result.table["state"]) == ["completed"] * 48
+    assert sorted(n for n, _ in recorder.starts) == sorted(recorder.ends) == list(range(48))
+    groups = []
+    for task in stream.data:
+        match = re.fullmatch(r"trial-short-(\d{4})(?:-(\d{4}))?-[0-9a-f]{8}", str(task["key"]))
+        assert match, task["key"]
+        first, last = int(match[1]), int(match[2] or match[1])
+        groups.append(range(first, last + 1))
+    print(f"48 trials in {len(groups)} tasks: {[len(g) for g in sorted(groups, key=lambda g: g.start)]}")
+    assert sorted(n for g in groups for n in g) == list(range(48))  # each trial in exactly one task
+    assert len(groups) < 40 and max(len(g) for g in groups) >= 3
+    assert len(max(groups, key=lambda g: g.start)) == 1  # the last task: one trial
+    rows = _store_rows(tmp_path / "short")
+    assert [r["starts"] for r in rows] == [1] * 48
+    for trial in result.trials:
+        model = load_model(tmp_path / "short" / trial.model_dir)
+        assert model.extra == {"sweep": "short", "trial": trial.number} and len(model.history) == 1
+
+
 def test_workers_write_model_directories_and_send_outcomes_as_events(client, tmp_path, monkeypatch):
     """Where workers see the run directory, each trial's worker writes its model directory and its outcome
     comes as an event: the coordinator fetches no task result. The last epoch, which travels in the outcome
@@ -440,13 +469,13 @@ def test_workers_write_model_directories_and_send_outcomes_as_events(client, tmp
     import training.coordinator as coordinator
     from training.dashboard import enable_page
 
-    taken = {"futures": 0, "as_events": 0}
+    taken = {"tasks": 0, "fetched": 0}
     original = coordinator._outcomes
 
-    def counting(client, done, sent):
-        taken["futures"] += len(done)
-        taken["as_events"] += sum(1 for f in done if str(f.key) in sent)
-        return original(client, done, sent)
+    def counting(client, finished):
+        taken["tasks"] += len(finished)
+        taken["fetched"] += sum(len(numbers) for numbers in finished.values())
+        return original(client, finished)
 
     monkeypatch.setattr(coordinator, "_outcomes", counting)
     recorder = _Recorder()
@@ -454,7 +483,7 @@ def test_workers_write_model_directories_and_send_outcomes_as_events(client, tmp
                    runs_dir=str(tmp_path)).run(client, progress=recorder)
     assert [t.state for t in result.trials] == [TrialState.COMPLETED] * 4
     print(f"outcomes: {taken}")
-    assert taken == {"futures": 4, "as_events": 4}
+    assert taken == {"tasks": 4, "fetched": 0}  # every task ended; no trial's outcome had to be fetched
     for trial in result.trials:
         model = load_model(tmp_path / "events" / trial.model_dir)
         assert model.extra == {"sweep": "events", "trial": trial.number} and len(model.history) == 3
