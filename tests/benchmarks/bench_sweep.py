@@ -6,9 +6,9 @@ Every trial is the same fixed one-thread torch work (``--seconds`` each, calibra
   * bare ``client.map`` on the embedded cluster (``cluster.open_client``: the same workers, settings and
     preload ``Sweep.run`` gets), the strongest fair Dask baseline;
   * ``Sweep.run`` on that cluster (events, store, model files, live view, report).
-Cold: a fresh cluster's first run (bare and sweep each get their own fresh cluster); warm: later runs on the
-same cluster, medians of ``--rounds`` interleaved rounds. Efficiency = serial / (2 x wall); overhead per
-trial = (2 x wall - serial) / trials.
+Cold: a fresh cluster's first run (each cold run gets a fresh cluster of its own, bare and sweep
+alternating); warm: later runs on the same cluster; medians of ``--rounds`` interleaved rounds of each.
+Efficiency = serial / (2 x wall); overhead per trial = (2 x wall - serial) / trials.
 
 With ``--trials`` of 1000 or more (e.g. ``--trials 10000 --seconds 0.01``) it measures scale instead: each
 runner in a fresh process of its own on a fresh cluster, printing wall time, the client's peak RSS and (the
@@ -126,12 +126,19 @@ def compare(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     steps = calibrate(args.seconds)
     runs = tempfile.mkdtemp(prefix="bench-sweep-")
-    manager, client, bare_start = timed_start()  # fresh cluster: bare map's cold run
-    cold_bare = bare_map_once(client, args.trials, steps)
-    manager.__exit__(None, None, None)
-    manager, client, sweep_start = timed_start()  # fresh cluster: the sweep's cold run, then the warm rounds
-    try:
-        cold_sweep = sweep_once(client, args.trials, steps, runs, "cold")
+    cold: dict[str, list[float]] = {"serial": [], "bare": [], "sweep": []}
+    starts: dict[str, list[float]] = {"bare": [], "sweep": []}
+    manager = client = None
+    for i in range(args.rounds):  # each cold run on a fresh cluster of its own, bare and sweep alternating
+        cold["serial"].append(serial(args.trials, steps))
+        for runner in ("bare", "sweep"):
+            manager, client, started = timed_start()
+            starts[runner].append(started)
+            cold[runner].append(bare_map_once(client, args.trials, steps) if runner == "bare"
+                                else sweep_once(client, args.trials, steps, runs, f"cold-{i}"))
+            if i < args.rounds - 1 or runner == "bare":
+                manager.__exit__(None, None, None)
+    try:  # the warm rounds: on the last sweep's cluster
         warm: dict[str, list[float]] = {"serial": [], "pool": [], "sweep": [], "bare": []}
         with multiprocessing.get_context("spawn").Pool(WORKERS) as pool:
             pool.map(_pool_warm, range(WORKERS))
@@ -142,26 +149,31 @@ def compare(args: argparse.Namespace) -> None:
                 warm["sweep"].append(sweep_once(client, args.trials, steps, runs, f"warm-{i}"))
     finally:
         manager.__exit__(None, None, None)
-    base = statistics.median(warm["serial"])
+    base, cold_base = statistics.median(warm["serial"]), statistics.median(cold["serial"])
     print(f"{args.trials} trials x {base / args.trials:.3f} s of one-thread torch work (serial median "
-          f"{base:.2f} s); {WORKERS} workers; warm: medians of {args.rounds} interleaved rounds\n")
+          f"{base:.2f} s warm, {cold_base:.2f} s cold); {WORKERS} workers; medians of {args.rounds} interleaved "
+          "rounds (cold: a fresh cluster for each run)\n")
     ceiling = statistics.median(warm["pool"])
     print(f"{'runner':40}{'start s':>9}{'wall s':>9}{'efficiency':>12}{'overhead ms/trial':>19}{'vs ceiling':>12}")
     rows = [
-        ("plain 2-process pool (ceiling)", 0.0, ceiling),
-        ("bare client.map, embedded, cold", bare_start, cold_bare),
-        ("bare client.map, embedded, warm", sweep_start, statistics.median(warm["bare"])),
-        ("Sweep.run, embedded, cold", sweep_start, cold_sweep),
-        ("Sweep.run, embedded, warm", sweep_start, statistics.median(warm["sweep"])),
+        ("plain 2-process pool (ceiling)", 0.0, ceiling, base),
+        ("bare client.map, embedded, cold", statistics.median(starts["bare"]), statistics.median(cold["bare"]),
+         cold_base),
+        ("bare client.map, embedded, warm", 0.0, statistics.median(warm["bare"]), base),
+        ("Sweep.run, embedded, cold", statistics.median(starts["sweep"]), statistics.median(cold["sweep"]),
+         cold_base),
+        ("Sweep.run, embedded, warm", 0.0, statistics.median(warm["sweep"]), base),
     ]
-    for label, start_s, wall in rows:
-        print(f"{label:40}{start_s:>9.2f}{wall:>9.2f}{base / (WORKERS * wall):>12.3f}"
-              f"{(WORKERS * wall - base) / args.trials * 1e3:>19.1f}{ceiling / wall:>12.3f}")
-    rounds = "; ".join(f"{k} " + " ".join(f"{v:.2f}" for v in vs) for k, vs in warm.items())
-    print(f"\nwarm rounds (s): {rounds}")
+    for label, start_s, wall, work in rows:
+        print(f"{label:40}{start_s:>9.2f}{wall:>9.2f}{work / (WORKERS * wall):>12.3f}"
+              f"{(WORKERS * wall - work) / args.trials * 1e3:>19.1f}{ceiling / wall:>12.3f}")
+    rounds = "; ".join(f"{phase} {k} " + " ".join(f"{v:.2f}" for v in vs)
+                       for phase, runs_ in (("cold", cold), ("warm", warm)) for k, vs in runs_.items())
+    print(f"\nrounds (s): {rounds}")
     print("start = the embedded cluster's start (workers joined and warmed up). Cold: the first run on a fresh "
-          "cluster; warm: later runs on the same one. Sweep.run also writes store rows, a model directory per "
-          "trial, results.csv and the report. vs ceiling = pool wall / runner wall.")
+          "cluster (efficiency against the serial runs of the cold rounds); warm: later runs on the same one. "
+          "Sweep.run also writes store rows, a model directory per trial, results.csv and the report. "
+          "vs ceiling = pool wall / runner wall.")
 
 
 def scale(args: argparse.Namespace) -> None:
