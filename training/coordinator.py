@@ -107,6 +107,8 @@ class Coordinator:
                 ended = JobState.FINISHED
             except KeyboardInterrupt:
                 with second_interrupt_exits():
+                    with contextlib.suppress(Exception):  # trials whose outcome came are recorded, not cancelled
+                        self.events.apply(self._arrived)
                     cancelled = self.stops.cancel(self.running)
                 raise Interrupted(_interrupted(spec, store, cancelled)) from None
             except Exception:
@@ -150,12 +152,38 @@ class Coordinator:
         an event, and the trials past their time; free the slots of the tasks that ended."""
         running = self.running
         finished = {f: running.pop(f) for f in done}
-        for outcome in _outcomes(self.client, finished):
-            self._ended(source, outcome)
-        for future in finished:
+        results = _results(self.client, [f for f, n in finished.items() if n and f.status == "finished"])
+        for future, numbers in finished.items():
+            for outcome in self._outcomes(future, numbers, results.get(future)) if numbers else []:
+                self._ended(source, outcome)
             future.release()
         for outcome in self.stops.overdue(running, self._put_back):
             self._ended(source, outcome)
+
+    def _outcomes(self, future: Future, numbers: list[int],
+                  result: list[TrialOutcome] | None) -> list[TrialOutcome]:
+        """The outcomes of an ended task's trials ``numbers`` (not recorded yet) from its ``result``, or its
+        result fetched on its own. A task that failed (e.g. its worker killed too often) fails the trial it
+        was running (its first, if none had started); its other trials, which never ran or whose outcomes
+        were lost with it, are put back to run again."""
+        try:
+            if result is None:
+                result = future.result(timeout=_RESULT_TIMEOUT)
+            by_number = {outcome.number: outcome for outcome in result}
+            return [by_number[number] for number in numbers]
+        except Exception as error:
+            running = self.events.current(numbers)
+            failed = numbers[0] if running is None else running
+            others = [n for n in numbers if n != failed]
+            for number in others:
+                self.events.started.pop(number, None)
+            if others:
+                self._put_back(others)
+            started = self.events.started.get(failed)
+            return [TrialOutcome(failed, TrialState.FAILED, worker=self.events.name_of.get(failed, ""),
+                                 seconds=round(time.monotonic() - started, 4) if started is not None else 0.0,
+                                 error_type=type(error).__name__, error=str(error),
+                                 traceback="".join(traceback.format_exception(error)), finished=time.time())]
 
     def _ended(self, source: Source, outcome: TrialOutcome) -> None:
         record = self._record(outcome)
@@ -586,34 +614,16 @@ def _write_spec(spec: SweepSpec) -> None:
     (spec.run_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.to_json(), sort_keys=False))
 
 
-def _outcomes(client: Client, finished: dict[Future, list[int]]) -> list[TrialOutcome]:
-    """The outcomes of the trials (not recorded yet) of tasks that ended: from the results of those that
-    returned, fetched in one round trip (a trial's weights come from its worker), or built from each other
-    task's own error."""
-    returned = [f for f, numbers in finished.items() if numbers and f.status == "finished"]
-    results: dict[Future, list[TrialOutcome]] = {}
+def _results(client: Client, returned: list[Future]) -> dict[Future, list[TrialOutcome]]:
+    """The results of tasks that returned, fetched in one round trip (a trial's weights come from its
+    worker); {} if that failed (e.g. a worker lost with a result on it: each is then fetched on its own)."""
+    if not returned:
+        return {}
     try:  # Client.gather has no timeout; its coroutine under sync() takes one
-        if returned:
-            values = client.sync(client._gather, returned, callback_timeout=_RESULT_TIMEOUT)
-            results = dict(zip(returned, values, strict=True))
-    except Exception:  # e.g. a worker lost with a result on it: each on its own, with its own error
-        results = {}
-    return [outcome for future, numbers in finished.items() if numbers
-            for outcome in _outcomes_of(future, numbers, results.get(future))]
-
-
-def _outcomes_of(future: Future, numbers: list[int], result: list[TrialOutcome] | None) -> list[TrialOutcome]:
-    """The outcomes of a task's trials ``numbers`` from its ``result``, or its result fetched on its own;
-    failures built from the task's own error if it has none (e.g. a worker killed too often)."""
-    try:
-        if result is None:
-            result = future.result(timeout=_RESULT_TIMEOUT)
-        by_number = {outcome.number: outcome for outcome in result}
-        return [by_number[number] for number in numbers]
-    except Exception as error:
-        return [TrialOutcome(number, TrialState.FAILED, error_type=type(error).__name__, error=str(error),
-                             traceback="".join(traceback.format_exception(error)), finished=time.time())
-                for number in numbers]
+        values = client.sync(client._gather, returned, callback_timeout=_RESULT_TIMEOUT)
+    except Exception:
+        return {}
+    return dict(zip(returned, values, strict=True))
 
 
 def _save_model(spec: SweepSpec, outcome: TrialOutcome, params: dict[str, Any]) -> str:

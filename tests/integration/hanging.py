@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 from training.params import Param
@@ -27,6 +28,21 @@ class HangingXor(Xor):
 
     def load_data(self, params, seed):
         self._params = dict(params)
+        return super().load_data(params, seed)
+
+
+class CrashingXor(Xor):
+    """xor whose trial with lr ``crash_on_lr`` ends its worker process at its first step, as a segfault or
+    the kernel's OOM killer would (0: never)."""
+
+    name = "crashing-xor"
+    params = (*Xor.params,
+              Param("crash_on_lr", float, 0.0, "the trial with this lr kills its worker (0: none)", low=0.0,
+                    high=100.0))
+
+    def load_data(self, params, seed):
+        if params["crash_on_lr"] and params["lr"] == params["crash_on_lr"]:
+            os._exit(1)
         return super().load_data(params, seed)
 
 

@@ -146,6 +146,31 @@ def test_a_stuck_trial_in_a_task_of_several_times_out_and_the_trials_after_it_ru
     _both_workers_take_work_at_once(client, gone=before[stuck.worker])
 
 
+def test_a_trial_that_kills_its_worker_fails_alone_in_a_task_of_several(client, tmp_path, monkeypatch):
+    """A trial that kills its worker each time fails (Dask gives up on its task after the allowed worker
+    deaths) without taking its task's other trials with it: those that ended before it are recorded once,
+    those after it run again in a task of their own and complete."""
+    from distributed import get_task_stream
+
+    import training.coordinator as coordinator
+
+    monkeypatch.setattr(coordinator._Groups, "size", lambda self, left, slots: min(4, max(1, left)))
+    lrs = [0.1 * i for i in range(1, 9)]
+    sweep = Sweep("tests.integration.hanging:CrashingXor", {"lr": lrs}, params={"crash_on_lr": lrs[1]},
+                  epochs=2, name="crash", runs_dir=str(tmp_path))
+    with get_task_stream(client) as stream:
+        result = sweep.run(client)
+    keys = sorted({re.sub(r"-[0-9a-f]{8}", "", str(task["key"])) for task in stream.data
+                   if str(task["key"]).startswith("trial-crash-")})
+    print(f"trial tasks: {keys}; trial 1: {result.failed[0].error if result.failed else None}")
+    assert list(result.table["state"]) == ["completed", "failed"] + ["completed"] * 6
+    [crashed] = result.failed
+    assert crashed.number == 1 and crashed.error_type == "KilledWorker"
+    assert "trial-crash-0002-0003-again1" in keys
+    assert result.trials[0].starts == 1  # its reruns on other workers were not counted again
+    _both_workers_take_work_at_once(client)
+
+
 def test_ctrl_c_cancels_frees_the_worker_and_says_how_to_resume(client, tmp_path):
     sweep_file = tmp_path / "hang.yaml"
     sweep_file.write_text(yaml.safe_dump({
