@@ -11,6 +11,7 @@ ipywidgets installed; without it, Jupyter gets the lines).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from .sweep import SweepResult
     from .sweep_spec import SweepSpec
 
+#: Lines above the live area are printed together at most this often: each print redraws the whole area
+#: (about 4 ms), which at two lines a trial cost a sweep of short trials more than its trials' own overhead.
+_PRINT_EVERY = 0.25
 _SKIP = frozenset({"epoch", "seconds", "samples_per_s", "lr", "time"})  # not shown as a running trial's metrics
 
 
@@ -117,6 +121,10 @@ class LiveSweep(SweepProgress):
                                TextColumn("epochs"), TimeElapsedColumn(), console=self.console, transient=True)
         self.metric, self.mode = "val_loss", "min"
         self._waiting: dict[str, list[int]] = {}  # starts on a worker whose last trial has not ended
+        self._lines: list[str] = []  # lines for above the live area, printed together (see print)
+        self._printed = 0.0  # when they last were (time.monotonic)
+        self._printer: threading.Timer | None = None  # prints the lines held back, once due
+        self._print_lock = threading.Lock()
 
     def __enter__(self) -> LiveSweep:
         if self.live:
@@ -124,6 +132,7 @@ class LiveSweep(SweepProgress):
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._print_held()
         self.progress.stop()
 
     # --------------------------------------------------------------------------------------- the hooks
@@ -172,14 +181,44 @@ class LiveSweep(SweepProgress):
         """The final table (the Python API's default progress prints it; the CLI prints its own)."""
         from .results_view import results_table
 
+        self._print_held()
         self.progress.stop()
         self.console.print(results_table(result.trials, result.spec.space, self.metric, self.mode,
                                          width=self.console.width, title=_result_title(result, wall_seconds)))
 
     # ------------------------------------------------------------------------------------------ drawing
     def print(self, line: str) -> None:
-        """A line above the live area (or in the log)."""
-        self.console.print(line, soft_wrap=not self.live, highlight=False)
+        """A line above the live area (or in the log). While the live area is shown, lines that come
+        within :data:`_PRINT_EVERY` of the last print are held back and printed together when it has
+        passed, so a burst of starts and ends redraws the area once."""
+        if not self.progress.live.is_started:
+            self.console.print(line, soft_wrap=not self.live, highlight=False)
+            return
+        with self._print_lock:
+            self._lines.append(line)
+            if self._printer is not None:
+                return  # printed with the others held back, when the timer fires
+            due = self._printed + _PRINT_EVERY - time.monotonic()
+            if due <= 0:
+                self._print_lines()
+                return
+            self._printer = threading.Timer(due, self._print_held)
+            self._printer.daemon = True
+            self._printer.start()
+
+    def _print_held(self) -> None:
+        """Print the lines held back now (at the timer, or as the live area stops)."""
+        with self._print_lock:
+            if self._printer is not None:
+                self._printer.cancel()  # a no-op when it is the timer that runs this
+                self._printer = None
+            self._print_lines()
+
+    def _print_lines(self) -> None:
+        if self._lines:
+            self.console.print("\n".join(self._lines), soft_wrap=False, highlight=False)
+            self._lines = []
+        self._printed = time.monotonic()
 
     def running_table(self) -> Table:
         """One row per running trial: number, worker, epoch n/N, its latest metrics, time since start."""

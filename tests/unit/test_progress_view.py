@@ -103,3 +103,32 @@ def test_a_10000_trial_table_shows_the_best_and_the_failures_and_says_where_the_
     assert len(shown) == MAX_ROWS and shown == sorted(shown)
     assert 0 in shown and 5_000 in shown  # the best (trial 0: 1.0) and the failed one
     assert "The best 59 of 10,000 trials and the first 1 that failed; results.csv has them all." in table.title
+
+
+def test_lines_above_the_live_area_are_printed_together_in_order_and_none_is_held_for_long():
+    """Each print above the live area redraws it: a burst of trial starts and ends is printed a few lines
+    at a time (at most every 0.25 s), in order, and the last of a burst comes out on its own within a
+    moment, without waiting for the next event."""
+    import time
+
+    from tests.helpers import poll_for
+
+    out = io.StringIO()
+    view = LiveSweep(Console(file=out, width=100, force_terminal=True, highlight=False))
+    prints = []  # the view's own prints (the live area's refreshes print a control code)
+    original = view.console.print
+    view.console.print = lambda *a, **k: (isinstance(a[0], str) and prints.append(a), original(*a, **k))[1]
+    with view:
+        view.on_start(_spec(), total=200, todo=200, dashboard=None)
+        prints.clear()
+        started = time.monotonic()
+        for number in range(200):
+            view.on_trial_start(number, f"cpu-{number % 2}")
+            view.on_trial_end(_ended(number, f"cpu-{number % 2}", 0.5), {}, None)
+        took = time.monotonic() - started
+        poll_for(lambda: "trial 0199 completed" in out.getvalue(), 10, what="the burst's last line")
+        assert len(prints) <= 2 + took / 0.25, f"{len(prints)} prints for 400 lines in {took:.2f} s"
+    text = out.getvalue()
+    positions = [text.index(f"trial {n:04d} {what}") for n in range(200) for what in ("started", "completed")]
+    assert positions == sorted(positions)
+    print(f"400 lines in {len(prints)} prints over {took:.2f} s")
