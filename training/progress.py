@@ -125,14 +125,17 @@ class LiveSweep(SweepProgress):
         self._printed = 0.0  # when they last were (time.monotonic)
         self._printer: threading.Timer | None = None  # prints the lines held back, once due
         self._print_lock = threading.Lock()
+        self._shown = False  # inside ``with``: lines may be held back (see print)
 
     def __enter__(self) -> LiveSweep:
         if self.live:
             self.progress.start()
+        self._shown = True
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._print_held()
+        self._shown = False
         self.progress.stop()
 
     # --------------------------------------------------------------------------------------- the hooks
@@ -188,10 +191,10 @@ class LiveSweep(SweepProgress):
 
     # ------------------------------------------------------------------------------------------ drawing
     def print(self, line: str) -> None:
-        """A line above the live area (or in the log). While the live area is shown, lines that come
-        within :data:`_PRINT_EVERY` of the last print are held back and printed together when it has
-        passed, so a burst of starts and ends redraws the area once."""
-        if not self.progress.live.is_started:
+        """A line above the live area (or in the log). Inside ``with``, lines that come within
+        :data:`_PRINT_EVERY` of the last print are held back and printed together when it has passed, so
+        a burst of starts and ends redraws the live area once (and is one write to a log)."""
+        if not self._shown:
             self.console.print(line, soft_wrap=not self.live, highlight=False)
             return
         with self._print_lock:
@@ -216,7 +219,7 @@ class LiveSweep(SweepProgress):
 
     def _print_lines(self) -> None:
         if self._lines:
-            self.console.print("\n".join(self._lines), soft_wrap=False, highlight=False)
+            self.console.print("\n".join(self._lines), soft_wrap=not self.live, highlight=False)
             self._lines = []
         self._printed = time.monotonic()
 

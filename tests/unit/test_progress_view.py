@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from training.progress import LiveSweep
@@ -105,19 +106,21 @@ def test_a_10000_trial_table_shows_the_best_and_the_failures_and_says_where_the_
     assert "The best 59 of 10,000 trials and the first 1 that failed; results.csv has them all." in table.title
 
 
-def test_lines_above_the_live_area_are_printed_together_in_order_and_none_is_held_for_long():
+@pytest.mark.parametrize("terminal", [True, False])
+def test_lines_above_the_live_area_are_printed_together_in_order_and_none_is_held_for_long(terminal):
     """Each print above the live area redraws it: a burst of trial starts and ends is printed a few lines
     at a time (at most every 0.25 s), in order, and the last of a burst comes out on its own within a
-    moment, without waiting for the next event."""
+    moment, without waiting for the next event. The same into a log (no terminal: no live area)."""
     import time
 
     from tests.helpers import poll_for
 
     out = io.StringIO()
-    view = LiveSweep(Console(file=out, width=100, force_terminal=True, highlight=False))
+    view = LiveSweep(Console(file=out, width=100, force_terminal=terminal, highlight=False))
+    assert view.live == terminal
     prints = []  # the view's own prints (the live area's refreshes print a control code)
     original = view.console.print
-    view.console.print = lambda *a, **k: (isinstance(a[0], str) and prints.append(a), original(*a, **k))[1]
+    view.console.print = lambda *a, **k: (a and isinstance(a[0], str) and prints.append(a), original(*a, **k))[1]
     with view:
         view.on_start(_spec(), total=200, todo=200, dashboard=None)
         prints.clear()
