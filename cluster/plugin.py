@@ -103,15 +103,17 @@ class TrainingWorkerPlugin(WorkerPlugin):
 
 
 class _HeartbeatWhileClosing(logging.Filter):
-    """A heartbeat a worker sent just as it closes (the cluster stopping) fails on the worker's own closed
-    connection pool, and Dask logs it as an error with its traceback ("Failed to communicate with scheduler
-    during heartbeat", ``CommClosedError: ConnectionPool closing.``): not news, so debug level only. Any
-    other heartbeat failure (a scheduler gone or unreachable) is shown as before."""
+    """A heartbeat in flight as the cluster stops fails on a connection closed under it, the worker's own
+    (``CommClosedError: ConnectionPool closing.``) or the closing scheduler's (``... Stream is closed``),
+    and Dask logs it as an error with its traceback ("Failed to communicate with scheduler during
+    heartbeat"): not news, so debug level only (a scheduler that really went away ends the worker's
+    stream to it, and the worker stops saying so: "Reason: worker-handle-scheduler-connection-broken").
+    A heartbeat that cannot reach its scheduler (a connect timing out or refused) is shown as before."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if str(record.msg).startswith("Failed to communicate with scheduler during heartbeat") and \
-                type(error).__name__ == "CommClosedError" and "ConnectionPool closing" in str(error):
+                type(error).__name__ == "CommClosedError":
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
