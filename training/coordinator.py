@@ -174,11 +174,7 @@ class Coordinator:
         except Exception as error:
             running = self.events.current(numbers)
             failed = numbers[0] if running is None else running
-            others = [n for n in numbers if n != failed]
-            for number in others:
-                self.events.started.pop(number, None)
-            if others:
-                self._put_back(others)
+            self._put_back([n for n in numbers if n != failed])
             started = self.events.started.get(failed)
             return [TrialOutcome(failed, TrialState.FAILED, worker=self.events.name_of.get(failed, ""),
                                  seconds=round(time.monotonic() - started, 4) if started is not None else 0.0,
@@ -195,9 +191,13 @@ class Coordinator:
             source.finished(record)
 
     def _put_back(self, numbers: list[int]) -> None:
-        """Trials of a task stopped before they ran (another trial of it was past its time): they go first,
-        in their order, submitted this round."""
+        """Trials of a task that was stopped or failed, which never ran or whose outcomes were lost with it:
+        they run again (their clocks restart with their next start), first, in their order, submitted this
+        round."""
+        if not numbers:
+            return
         for number in reversed(numbers):
+            self.events.started.pop(number, None)
             self.source.requeue(number)
         self.requeues += 1
         self.promoted = True
@@ -294,11 +294,7 @@ class _Stops:
         for future, number, why in late:
             if number in self.events.started:
                 stopped.append(self._stop(future, number, why))
-                others = [n for n in running.pop(future) if n != number]
-                for other in others:  # ran earlier in the task without an outcome that came: run again
-                    self.events.started.pop(other, None)
-                if others:
-                    put_back(others)
+                put_back([n for n in running.pop(future) if n != number])
         return stopped
 
     def _stop(self, future: Future, number: int, why: str) -> TrialOutcome:
