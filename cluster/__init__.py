@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 #: Public name -> the module that defines it.
 _WHERE = {
     "Target": "target", "check_address": "target",
-    "connect": "client", "dashboard_url": "client", "describe_workers": "client", "open_client": "client",
-    "prepare_workers": "client", "require_slots": "client",
+    "cluster_workers": "client", "connect": "client", "dashboard_url": "client", "describe_workers": "client",
+    "open_client": "client", "prepare_workers": "client", "require_slots": "client",
     "SLOT_WORKERS_VARIABLE": "cpus", "TORCH_THREADS_VARIABLE": "cpus", "cpu_cores": "cpus",
     "torch_threads": "cpus",
     "cuda_visible_devices": "devices", "dask_cuda_problem": "devices", "detect_gpus": "devices",
@@ -44,6 +44,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from .client import (  # noqa: F401
+        cluster_workers,
         connect,
         dashboard_url,
         describe_workers,

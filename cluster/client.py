@@ -70,20 +70,31 @@ def connect(address: str | None = None, *, scheduler_file: str | None = None,
     return client
 
 
+def cluster_workers(client: Client) -> dict[str, dict[str, Any]]:
+    """Every worker the scheduler knows now, by address, asked afresh.
+
+    Not ``client.scheduler_info(n_workers=-1)["workers"]``: that returns the client's cached identity,
+    which the client's own periodic refresh (every 2 s, asking for no workers) can overwrite between the
+    fetch and the read, so a cluster of live workers now and then looks empty.
+    """
+    if client.scheduler is None:
+        raise ClusterConnectError("The client is closed: it knows of no workers.")
+    return dict(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
+
+
 def _wait_for_slots(client: Client, min_workers: int, timeout: float) -> None:
     try:
         client.wait_for_workers(min_workers, timeout=timeout)
     except TimeoutError:
-        info = client.scheduler_info(n_workers=-1)
-        have = len(info["workers"])
-        raise ClusterConnectError(f"Only {have} of {min_workers} workers joined {info['address']} "
+        have, address = len(cluster_workers(client)), client.scheduler_info()["address"]
+        raise ClusterConnectError(f"Only {have} of {min_workers} workers joined {address} "
                                   f"within {timeout:g}s. {_WORKER_HINT}") from None
     require_slots(client)
 
 
 def require_slots(client: Client, needed: int = 1) -> list[str]:
     """Addresses of the workers offering a training slot; at least ``needed`` of them, or a clear error."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    workers = cluster_workers(client)
     slotted = sorted(a for a, w in workers.items() if w.get("resources", {}).get(TRAINING_SLOT, 0) >= 1)
     if len(slotted) < needed:
         resources = sorted({k for w in workers.values() for k in w.get("resources", {})})
@@ -163,7 +174,7 @@ def dashboard_url(client: Client) -> str | None:
 
 def describe_workers(client: Client) -> list[dict[str, Any]]:
     """One row per worker: address, name, host, device, slots, memory, tasks running."""
-    info = client.scheduler_info(n_workers=-1)["workers"]
+    info = cluster_workers(client)
     devices = client.run(_device_of, wait=True, on_error="return")
     # Tasks the scheduler has handed each worker; with one training slot a worker, those are running.
     processing = client.processing()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import Client, Future, wait
 
-from cluster import TRAINING_SLOT, ClusterError, dashboard_url, require_slots
+from cluster import TRAINING_SLOT, ClusterError, cluster_workers, dashboard_url, require_slots
 
 from .board import SHOWN_TRIALS
 from .dashboard import enable_page
@@ -286,7 +286,7 @@ class _Stops:
                 and (why := self.events.overdue(n, self.spec))]
         if not late:
             return []
-        alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
+        alive = set(cluster_workers(self.client))
         for _, number, _ in late:
             if self.events.worker_of.get(number) not in alive:
                 self.events.started.pop(number, None)

@@ -21,7 +21,7 @@ from typing import Any
 
 from distributed import Client
 
-from cluster import Target, open_client, require_slots
+from cluster import Target, cluster_workers, open_client, require_slots
 
 from .dashboard import enable_page
 from .ddp_run import JobRun, Placement, assign_ranks, backend_of
@@ -239,7 +239,7 @@ def _choose(client: Client, workers: int | Sequence[str] | None) -> list[Placeme
     slotted = require_slots(client)
     busy = {w for w, keys in client.processing().items() if keys}
     free = [w for w in slotted if w not in busy]
-    hosts = {w: info["host"] for w, info in client.scheduler_info(n_workers=-1)["workers"].items()}
+    hosts = {w: info["host"] for w, info in cluster_workers(client).items()}
     if workers is None:
         chosen = free
     elif isinstance(workers, int):

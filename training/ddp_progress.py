@@ -78,7 +78,9 @@ def _worker_names() -> dict[str, str]:
     try:
         from distributed import default_client
 
-        workers = default_client().scheduler_info(n_workers=-1)["workers"]
+        from cluster.client import cluster_workers
+
+        workers = cluster_workers(default_client())
     except Exception:  # a view: no client, or a scheduler gone, leaves the addresses shown
         return {}
     return {address: str(w.get("name") or address) for address, w in workers.items()}

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from distributed import Client, Future
 
-from cluster import TRAINING_SLOT
+from cluster import TRAINING_SLOT, cluster_workers
 
 from .beats import BeatWatch
 from .ddp_checkpoint import CheckpointCopy
@@ -215,7 +215,7 @@ def _url_host(host: str) -> str:
 
 def _free_slot_workers(client: Client) -> dict[str, str]:
     """Slot workers running nothing now, by address, with their hosts, in address order."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    workers = cluster_workers(client)
     busy = {w for w, keys in client.processing().items() if keys}
     return {a: str(workers[a]["host"]) for a in sorted(workers)
             if workers[a].get("resources", {}).get(TRAINING_SLOT) and a not in busy}
@@ -223,4 +223,4 @@ def _free_slot_workers(client: Client) -> dict[str, str]:
 
 def _worker_names(client: Client) -> dict[str, str]:
     """Worker names (``cpu-1``) by address: what people know a worker by."""
-    return {a: str(w.get("name") or a) for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+    return {a: str(w.get("name") or a) for a, w in cluster_workers(client).items()}

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import Future, wait
 
+from cluster import cluster_workers
+
 from .beats import BeatWatch, hung_after
 from .ddp_checkpoint import CheckpointCopy
 from .errors import DDPJobFailed
@@ -105,7 +107,7 @@ class RankWatcher:
 
     def _lost_ranks(self) -> list[int]:
         """Ranks whose worker has left the cluster (remembered: their futures get cancelled)."""
-        alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
+        alive = set(cluster_workers(self.client))
         self.lost |= {p.rank for f, p in zip(self.futures, self.attempt.placements, strict=True)
                       if p.worker not in alive and f.status != "finished" and p.rank not in self.hung}
         return sorted(self.lost)

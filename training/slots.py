@@ -47,15 +47,19 @@ def free_workers(client: Any, workers: list[str]) -> None:
 def wait_until_gone(client: Any, workers: list[str], timeout: float = _GONE_TIMEOUT) -> None:
     """Wait (at most ``timeout`` seconds) until the ended ``workers`` have left the scheduler, so that no
     later request is sent to a process that is no more."""
+    from cluster.client import cluster_workers
+
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and set(workers) & set(client.scheduler_info(n_workers=-1)["workers"]):
+    while time.monotonic() < deadline and set(workers) & set(cluster_workers(client)):
         time.sleep(_POLL)
 
 
 def end_hung_processes(client: Any, workers: list[str]) -> None:
     """Kill the processes of ``workers`` from their nannies, which start fresh ones. SIGKILL is the one
     signal a stopped process obeys; its event loop cannot be asked to do anything. Bounded: best effort."""
-    known = client.scheduler_info(n_workers=-1)["workers"]
+    from cluster.client import cluster_workers
+
+    known = cluster_workers(client)
     nannied = [w for w in workers if known.get(w, {}).get("nanny")]
     if set(workers) - set(nannied):  # started with --no-nanny, or already gone
         log.warning("Hung worker(s) %s have no nanny to end them: restart them by hand.",

@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    from cluster import ClusterSpec, Target, open_client
+    from cluster import ClusterSpec, Target, cluster_workers, open_client
     from cluster.client import wait_for_warm_up
     from training.slots import free_workers
 
@@ -31,7 +31,7 @@ def main() -> None:
         print(f"cluster up and warm: {time.perf_counter() - start:.2f} s ({args.workers} workers)")
         joined, warm = [], []
         for _ in range(args.rounds):
-            worker = sorted(client.scheduler_info()["workers"])[0]
+            worker = sorted(cluster_workers(client))[0]
             start = time.perf_counter()
             free_workers(client, [worker])
             client.wait_for_workers(args.workers, timeout=120)

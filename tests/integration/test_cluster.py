@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 
+import dask
 import pytest
 from distributed import Client, LocalCluster
 from distributed.comm import connect as comm_connect
@@ -25,6 +26,7 @@ from cluster import (
     ClusterSpec,
     NoTrainingSlots,
     Target,
+    cluster_workers,
     connect,
     dashboard_url,
     describe_workers,
@@ -75,13 +77,23 @@ def _where_am_i():
 
 
 def test_embedded_cluster_has_one_slot_worker_per_core(client):
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    workers = cluster_workers(client)
     assert len(workers) == 2  # this machine has 2 cores
     assert all(w["resources"] == {TRAINING_SLOT: 1} for w in workers.values())
     assert all(w["host"] == "127.0.0.1" for w in workers.values())  # loopback by default
     rows = describe_workers(client)
     assert [r["slot"] for r in rows] == [1, 1]
     assert all(r["device"].startswith("cpu") for r in rows)
+
+
+def test_every_worker_is_seen_while_the_client_refreshes_its_cached_view(client):
+    """A client refreshes its cached view of the scheduler, which holds no workers, every 2 s (every 5 ms
+    here). Reading workers from that cache now and then found none: a DDP job once took its live ranks'
+    workers for gone. ``cluster_workers`` asks the scheduler each time."""
+    with dask.config.set({"distributed.client.scheduler-info-interval": "5ms"}), \
+            Client(client.scheduler.address, timeout=30) as refreshing:
+        seen = [len(cluster_workers(refreshing)) for _ in range(3000)]
+    assert seen == [2] * 3000
 
 
 def test_a_slot_task_runs_on_each_worker(client):
@@ -136,7 +148,7 @@ def test_workers_start_with_torch_and_the_runners_loaded_and_so_does_a_restarted
     with start_local_cluster(ClusterSpec(workers=2, gpus="off", dashboard_address="127.0.0.1:0")) as cluster, \
             Client(cluster) as c:
         assert list(c.run(_loaded_before_any_task).values()) == [_PRELOADED] * 2
-        first = sorted(c.scheduler_info()["workers"])[0]
+        first = sorted(cluster_workers(c))[0]
         free_workers(c, [first])
         c.wait_for_workers(2, timeout=60)
         after = c.run(_loaded_before_any_task)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from distributed import Client
 
-from cluster import TRAINING_SLOT, prepare_workers
+from cluster import TRAINING_SLOT, cluster_workers, prepare_workers
 from tests.helpers import poll_for
 
 pytestmark = [
@@ -89,7 +89,7 @@ def threads_by_worker_name(client: Client, names: list[str]) -> dict[str, int]:
 
     client.wait_for_workers(len(names), timeout=120)
     prepare_workers(client)
-    workers = {w["name"]: address for address, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+    workers = {w["name"]: address for address, w in cluster_workers(client).items()}
     futures = {name: client.submit(torch_threads_in_a_training_task, workers=[workers[name]],
                                    resources={TRAINING_SLOT: 1}, pure=False, key=f"threads-{name}")
                for name in names}

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from cluster import TRAINING_SLOT, ClusterSpec, Target, open_client, require_slots
+from cluster import TRAINING_SLOT, ClusterSpec, Target, cluster_workers, open_client, require_slots
 from tests.helpers import poll_for
 from training import train
 from training.ddp import DDPProgress, assign_ranks, train_ddp
@@ -36,7 +36,7 @@ def client():
 
 def _free_slots(client) -> int:
     """Slot workers with nothing to do; 0 (not an error) while a restarted worker is still rejoining."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    workers = cluster_workers(client)
     busy = client.processing()
     return sum(1 for a, w in workers.items() if w.get("resources", {}).get(TRAINING_SLOT) and not busy.get(a))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import TRAINING_SLOT, ClusterSpec, Target, open_client
+from cluster import TRAINING_SLOT, ClusterSpec, Target, cluster_workers, open_client
 from tests.helpers import ROOT, poll_for
 from training.ddp import DDPProgress, train_ddp
 from training.errors import DDPJobFailed
@@ -36,7 +36,7 @@ def client():
 
 
 def _free_slots(client) -> int:
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    workers = cluster_workers(client)
     busy = client.processing()
     return sum(1 for a, w in workers.items() if w.get("resources", {}).get(TRAINING_SLOT) and not busy.get(a))
 
@@ -103,7 +103,7 @@ def test_a_stopped_rank_is_named_within_its_timeout_and_the_workers_run_the_next
 
 def test_a_rank_stuck_in_its_thread_is_named_and_its_worker_restarted(client, tmp_path):
     _wait_for_free_slots(client)
-    before = {p: w["name"] for p, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+    before = {p: w["name"] for p, w in cluster_workers(client).items()}
     started = time.monotonic()
     with pytest.raises(DDPJobFailed) as info:
         train_ddp(client, "tests.integration.hanging:HangOnRankOne", {"batch_size": 128}, epochs=2, workers=2,
@@ -113,7 +113,7 @@ def test_a_rank_stuck_in_its_thread_is_named_and_its_worker_restarted(client, tm
     print(f"the stuck rank was reported after {took:.1f} s: {message}")
     assert info.value.rank == 1 and f"rank 1 on {info.value.worker} ({before[info.value.worker]})" in message
     assert "never left its step (last: epoch 1 step 2/" in message and "its worker was restarted" in message
-    assert info.value.worker not in client.scheduler_info(n_workers=-1)["workers"]  # a fresh process took over
+    assert info.value.worker not in cluster_workers(client)  # a fresh process took over
     _wait_for_free_slots(client)
     after = train_ddp(client, "xor", {"batch_size": 128}, epochs=1, workers=2, runs_dir=str(tmp_path), name="next",
                       progress=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster import connect
+from cluster import cluster_workers, connect
 from tests.helpers import cli_env, poll_for, run_cli, start_cli
 
 pytestmark = pytest.mark.timeout(300)
@@ -86,7 +86,7 @@ def test_cancel_stops_a_detached_sweep_and_frees_its_workers(cluster):
     assert started.returncode == 0, started.stdout + started.stderr
     assert "dask-train attach slow --scheduler-file" in started.stdout
     with connect(scheduler_file=scheduler_file, timeout=60) as client:
-        workers = list(client.scheduler_info(n_workers=-1)["workers"])
+        workers = list(cluster_workers(client))
         poll_for(lambda: _running(folder / "runs" / "slow") == 2, 120, what="both workers training for the sweep")
         cancelled = run_cli("cancel", "slow", "--scheduler-file", scheduler_file, timeout=180)
         assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
@@ -94,7 +94,7 @@ def test_cancel_stops_a_detached_sweep_and_frees_its_workers(cluster):
         assert "workers freed" in cancelled.stdout
         # Both slots take new work at once: the cancelled trials' threads are gone with their restarted workers.
         def fresh_workers():
-            now = list(client.scheduler_info(n_workers=-1)["workers"])
+            now = list(cluster_workers(client))
             return len(now) == 2 and not set(now) & set(workers) and now
         for address in poll_for(fresh_workers, 90, what="2 fresh workers"):
             client.submit(time.sleep, 0.1, workers=[address], allow_other_workers=False, pure=False,

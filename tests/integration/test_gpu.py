@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from cluster import cluster_workers
 from tests.helpers import poll_for
 from tests.precision_probe import ProbedXor
 from training import train
@@ -103,7 +104,7 @@ def test_nccl_ddp_across_the_gpus_puts_each_rank_on_its_own_gpu(gpu_client, tmp_
 
 def test_a_failing_nccl_rank_is_named_and_the_gpu_workers_stay_usable(gpu_client, tmp_path):
     ranks = _ranks(gpu_client)
-    workers_before = set(gpu_client.scheduler_info(n_workers=-1)["workers"])
+    workers_before = set(cluster_workers(gpu_client))
     started = time.monotonic()
     with pytest.raises(DDPJobFailed, match=r"rank 1 on .*rank one broke on purpose"):
         train_ddp(gpu_client, "tests.integration.diverging:FailOnRankOne",
@@ -113,7 +114,7 @@ def test_a_failing_nccl_rank_is_named_and_the_gpu_workers_stay_usable(gpu_client
     poll_for(lambda: not any(gpu_client.processing().values()), 120, what="the survivors to leave their ranks")
     # The survivors left their collectives with an error (TORCH_NCCL_ASYNC_ERROR_HANDLING=2): no worker died
     # (a restarted one would have a new address).
-    assert set(gpu_client.scheduler_info(n_workers=-1)["workers"]) == workers_before
+    assert set(cluster_workers(gpu_client)) == workers_before
     after = train_ddp(gpu_client, "xor", {"batch_size": 128 * ranks}, epochs=1, workers=ranks,
                       runs_dir=str(tmp_path), name="ok", progress=False)
     assert after.history[0]["epoch"] == 1

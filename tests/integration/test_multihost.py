@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import connect
+from cluster import cluster_workers, connect
 from tests.helpers import poll_for, stop_processes
 from training import Sweep, train_ddp
 from training.dashboard import page_url
@@ -89,7 +89,7 @@ def host_of(address: str) -> str:
 def test_sweep_and_ddp_across_namespaces(hosts, tmp_path):
     worker_ips = {hosts[f"{NAME}-2"], hosts[f"{NAME}-3"]}
     with connect(hosts["scheduler"], timeout=60, min_workers=2, preload=("training.trial",)) as client:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
+        workers = cluster_workers(client)
         assert {host_of(a) for a in workers} == worker_ips
         assert sorted(w["name"] for w in workers.values()) == ["host-a", "host-b"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster import ClusterSpec, Target, connect, open_client
+from cluster import ClusterSpec, Target, cluster_workers, connect, open_client
 from tests.helpers import cannot_mount_namespaces, poll_for, run_cli, start_cli, stop_processes
 from training import Sweep
 from training.protocol import EpochEnded, TrialState, parse_event
@@ -40,14 +40,14 @@ def client():
 
 def _addresses(client) -> dict[str, str]:
     """Worker name -> address."""
-    return {str(info["name"]): address for address, info in client.scheduler_info(n_workers=-1)["workers"].items()}
+    return {str(info["name"]): address for address, info in cluster_workers(client).items()}
 
 
 def _both_workers_take_work_at_once(client, gone: str | None = None) -> None:
     """A task pinned to each worker completes in seconds: no slot is held by a stuck thread. ``gone``: the
     address of the worker that was running the stuck trial, replaced by a fresh one."""
     def two_workers():
-        workers = list(client.scheduler_info(n_workers=-1)["workers"])
+        workers = list(cluster_workers(client))
         return len(workers) == 2 and gone not in workers and workers
     workers = poll_for(two_workers, 60, what="2 workers, the stuck one replaced")
     futures = [client.submit(time.sleep, 0.1, workers=[w], allow_other_workers=False, pure=False,

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 from distributed import Client
 
-from cluster import TRAINING_SLOT, connect, require_slots
+from cluster import TRAINING_SLOT, cluster_workers, connect, require_slots
 from cluster.slurm import SlurmSpec, sbatch_script
 from tests.helpers import poll_for
 
@@ -89,7 +89,7 @@ def test_cpu_job_script_starts_a_scheduler_and_slot_workers(tmp_path):
         page = f"http://127.0.0.1:{port}/training/data.json"
         with urllib.request.urlopen(page, timeout=10) as response:  # served: --preload training.dashboard
             assert json.load(response)["jobs"] == []
-        info = client.scheduler_info(n_workers=-1)["workers"].values()
+        info = cluster_workers(client).values()
         assert {w["nthreads"] for w in info} == {1}
         assert {round(w["memory_limit"] / 1e9) for w in info} == {2}
         assert torch_threads_per_worker(client) == [1, 1]  # the node's 2 CPUs shared by its 2 slot workers

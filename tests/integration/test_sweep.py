@@ -12,7 +12,7 @@ import threading
 import pytest
 import yaml
 
-from cluster import ClusterSpec, Target, open_client
+from cluster import ClusterSpec, Target, cluster_workers, open_client
 from tests.helpers import poll_for, run_cli, start_cli
 from training import load_model
 from training.errors import ConfigError
@@ -186,7 +186,7 @@ def _running_trial(run_dir):
 def _slot_pids(client):
     """Worker processes' pids by worker address and by worker name (what the store records)."""
     pids = client.run(os.getpid)
-    names = {a: str(i["name"]) for a, i in client.scheduler_info(n_workers=-1)["workers"].items()}
+    names = {a: str(i["name"]) for a, i in cluster_workers(client).items()}
     return {**pids, **{names[a]: pid for a, pid in pids.items() if a in names}}
 
 
