@@ -243,6 +243,7 @@ class Coordinator:
             numbers = f"{group[0]:04d}" if len(group) == 1 else f"{group[0]:04d}-{group[-1]:04d}"
             again = f"-again{self.requeues}" if self.requeues else ""
             keys.append(f"trial-{spec.name}-{numbers}{suffix}-{self.run_token}{again}")
+            self.events.key_of.update(dict.fromkeys(group, keys[-1]))
         # Run in the order taken (a map's tasks keep their order; fifo_timeout 0: every batch after the
         # ones before it), so a promoted ASHA trial, taken first, goes before the new ones submitted with it.
         return self.client.map(run_trials, tasks, key=keys, pure=False, resources={TRAINING_SLOT: 1},
@@ -346,12 +347,17 @@ class _Events:
         self.active: dict[int, float] = {}
         self.worker_of: dict[int, str] = {}
         self.name_of: dict[int, str] = {}
+        #: The task each trial was last submitted in: a stopped task's events that come late (its thread
+        #: went on to the next trial before its worker ended) are not the trial's run under its new key.
+        self.key_of: dict[int, str] = {}
 
     def apply(self, outcome: Callable[[str, TrialOutcome], None] | None = None) -> None:
         """The events that arrived since the last call; ``outcome(task key, outcome)`` for each outcome
         sent as an event (None: they are dropped, and the tasks' results are fetched instead)."""
         for event in self.inbox.drain():
-            if isinstance(event, TrialStarted) and event.trial not in self.ended:
+            if not isinstance(event, TrialStarted | EpochEnded | TrialDone) or self._stale(event):
+                continue
+            if isinstance(event, TrialStarted):
                 name = event.worker_name or event.worker
                 self.started[event.trial] = self.active[event.trial] = time.monotonic()
                 self.worker_of[event.trial], self.name_of[event.trial] = event.worker, name
@@ -359,19 +365,24 @@ class _Events:
                 self.progress.on_trial_start(event.trial, name)
                 if event.checkpoint:
                     self.relay.answer(event)
-            elif isinstance(event, EpochEnded) and event.trial not in self.ended:
+            elif isinstance(event, EpochEnded):
                 self.active[event.trial] = time.monotonic()
                 fresh = (event.trial, event.record["epoch"]) not in self.seen  # not trailing its outcome
                 self._epoch(event.trial, event.record)
                 if event.checkpoint and fresh:
                     self.relay.fetch(event)
-            elif isinstance(event, TrialDone) and event.trial not in self.ended and outcome is not None:
+            elif isinstance(event, TrialDone) and outcome is not None:
                 try:
                     parsed = TrialOutcome.from_dict(event.outcome)
                 except (TypeError, ValueError) as exc:  # not an outcome: the task's result is fetched instead
                     log.debug("Ignoring a malformed outcome of trial %s: %s", event.trial, exc)
                 else:
                     outcome(event.key, parsed)
+
+    def _stale(self, event: TrialStarted | EpochEnded | TrialDone) -> bool:
+        """Of a trial recorded already, or of a task that was stopped (its trial runs under a new key)."""
+        task = self.key_of.get(event.trial, event.key)
+        return event.trial in self.ended or event.key not in ("", task)  # "": not sent from a task
 
     def current(self, numbers: list[int]) -> int | None:
         """The trial of a task's ``numbers`` that runs now (its trials run one after another: the one that

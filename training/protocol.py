@@ -277,6 +277,9 @@ class TrialStarted(Event):
     #: Set where the worker cannot write the run directory: the worker-local path its checkpoints go to.
     #: The trial waits for the coordinator to put its start state beside it (``<checkpoint>.start``).
     checkpoint: str = ""
+    #: The task that runs it (a sweep's trials are put back to run under another key when their task was
+    #: stopped): the coordinator ignores a stopped task's late events. "" outside a Dask task.
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -291,6 +294,8 @@ class EpochEnded(Event):
     #: Where the worker kept this epoch's checkpoint when it cannot write the run directory: the
     #: coordinator fetches it from there into the run directory.
     checkpoint: str = ""
+    #: The sweep trial's task (see :class:`TrialStarted`); "" for DDP ranks and outside a Dask task.
+    key: str = ""
 
 
 @dataclass(frozen=True)

@@ -73,8 +73,8 @@ class _EpochEvents(Callback):
     events of epochs that saved it say so (not the attempt's last: its outcome ends the trial or stretch).
     """
 
-    def __init__(self, spec: TrialSpec, worker: str, relayed: Path | None = None) -> None:
-        self.spec, self.worker, self.relayed = spec, worker, relayed
+    def __init__(self, spec: TrialSpec, worker: str, key: str, relayed: Path | None = None) -> None:
+        self.spec, self.worker, self.key, self.relayed = spec, worker, key, relayed
         self.history: list[dict[str, Any]] = []
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
@@ -84,7 +84,8 @@ class _EpochEvents(Callback):
             return  # the attempt's outcome carries its last epoch, a moment later: one message, not two
         saved = self.relayed is not None and epoch % self.spec.checkpoint_every == 0
         emit(EpochEnded(job=self.spec.job, run=self.spec.run, time=time.time(), trial=self.spec.number,
-                        worker=self.worker, record=record, checkpoint=str(self.relayed) if saved else ""))
+                        worker=self.worker, record=record, checkpoint=str(self.relayed) if saved else "",
+                        key=self.key))
 
 
 def run_trial(spec: TrialSpec) -> TrialOutcome:
@@ -94,13 +95,13 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
 
     from .loop import build_trainer, isolated_rng, pick_device
 
-    worker = _worker_address()
+    worker, key = _worker_address(), _task_key()
     device = str(prepare_task_thread().get("name", ""))
     started = time.time()
     checkpoint, relayed = _checkpoint_place(spec)
     emit(TrialStarted(job=spec.job, run=spec.run, time=started, trial=spec.number, worker=_own_address(),
-                      device=device, worker_name=worker, checkpoint=str(checkpoint) if relayed else ""))
-    events = _EpochEvents(spec, worker, checkpoint if relayed else None)
+                      device=device, worker_name=worker, checkpoint=str(checkpoint) if relayed else "", key=key))
+    events = _EpochEvents(spec, worker, key, checkpoint if relayed else None)
     trainer: Trainer | None = None
     ended: dict[str, Any]
     try:
@@ -128,7 +129,8 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
     history = trainer.history if trainer is not None else events.history
     outcome = TrialOutcome(number=spec.number, worker=worker, device=device, started=started,
                            finished=finished, seconds=round(finished - started, 4), history=list(history), **ended)
-    _send_done(spec, outcome)
+    if key:
+        _send_done(spec, outcome, key)
     return outcome
 
 
@@ -139,7 +141,7 @@ def run_trials(specs: list[TrialSpec]) -> list[TrialOutcome]:
     return [run_trial(spec) for spec in specs]
 
 
-def _send_done(spec: TrialSpec, outcome: TrialOutcome) -> None:
+def _send_done(spec: TrialSpec, outcome: TrialOutcome, key: str) -> None:
     """Send the outcome as an event too, where it is small and travels as it is (no tensors: the model
     directory is written; no NaN or tuple that msgpack would change): see :class:`TrialDone`."""
     if outcome.model_dir is None or outcome.state_dict is not None or outcome.checkpoint is not None:
@@ -148,14 +150,8 @@ def _send_done(spec: TrialSpec, outcome: TrialOutcome) -> None:
     message = plain(data)
     if message != data:
         return
-    from distributed import get_worker
-
-    try:
-        key = get_worker().get_current_task()
-    except ValueError:
-        return  # not on a worker: nobody to tell
     emit(TrialDone(job=spec.job, run=spec.run, time=time.time(), trial=spec.number, worker=_own_address(),
-                   key=str(key), outcome=message))
+                   key=key, outcome=message))
 
 
 def _trained(trainer: Trainer, spec: TrialSpec, checkpoint: Path | None) -> dict[str, Any]:
@@ -299,6 +295,16 @@ def _to_cpu(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(_to_cpu(v) for v in value)
     return value
+
+
+def _task_key() -> str:
+    """The key of the Dask task running this trial ("" outside one)."""
+    from distributed import get_worker
+
+    try:
+        return str(get_worker().get_current_task())
+    except (ValueError, KeyError):  # not on a worker, or not in one of its task threads
+        return ""
 
 
 def _own_address() -> str:
