@@ -83,9 +83,7 @@ class Board(SchedulerPlugin):
             self.log_event(topic, message)
 
     def log_event(self, topic: str, msg: Any) -> None:
-        if topic == TOPIC:
-            self.apply(msg)
-        elif topic == PAGE_TOPIC:  # a coordinator's announcement, or several in one message
+        if topic in (TOPIC, PAGE_TOPIC):  # one event, or several in one message (held back together)
             for message in msg if isinstance(msg, list | tuple) else [msg]:  # msgpack may give a tuple
                 self.apply(message)
 

@@ -8,12 +8,14 @@ typed events back, and drop what does not parse.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .protocol import Event, parse_event
@@ -27,8 +29,17 @@ TOPIC = "dask-train"
 PAGE_TOPIC = "dask-train-page"
 
 
+#: How long at most :func:`held_events` holds an event back.
+HOLD_SECONDS = 0.1
+
+
 def emit(event: Event) -> None:
-    """Send ``event`` from the worker running this task; a no-op outside a Dask worker."""
+    """Send ``event`` from the worker running this task; a no-op outside a Dask worker. Inside
+    :func:`held_events`, it leaves with the others held there."""
+    held: _Held | None = getattr(_HOLDING, "held", None)
+    if held is not None:
+        held.add(plain(event.to_dict()))
+        return
     from distributed import get_worker
 
     try:
@@ -36,6 +47,56 @@ def emit(event: Event) -> None:
     except ValueError:
         return
     worker.log_event(TOPIC, plain(event.to_dict()))
+
+
+@contextlib.contextmanager
+def held_events(seconds: float = HOLD_SECONDS) -> Iterator[Callable[[], None]]:
+    """Inside, this task's events are held back and leave together, as one message: when the block calls
+    what it is given (a task of several trials does as each trial ends), at most ``seconds`` after the
+    first was held (a timer on the worker's event loop sends them, whatever the task's thread is doing,
+    stuck or not), and as the block ends. A task of short trials sends one message a trial, not one an
+    event, each waking the worker's event loop and the scheduler's. Outside a Dask worker, events are
+    dropped as :func:`emit` drops them."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:
+        yield lambda: None
+        return
+    held = _HOLDING.held = _Held(worker, seconds)
+    try:
+        yield held.send
+    finally:
+        _HOLDING.held = None
+        held.send()
+
+
+class _Held:
+    """Events held back on a worker (see :func:`held_events`): added from the task's thread, sent from
+    either the thread or the worker's event loop, in the order they were added."""
+
+    def __init__(self, worker: Any, seconds: float) -> None:
+        self.worker, self.seconds = worker, seconds
+        self.messages: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def add(self, message: dict[str, Any]) -> None:
+        with self.lock:
+            self.messages.append(message)
+            first = len(self.messages) == 1
+        if first:  # one timer for all held until it fires: one wake-up of the event loop, not one an event
+            self.worker.loop.add_callback(self.worker.loop.call_later, self.seconds, self.send)
+
+    def send(self) -> None:
+        """Send what is held, as one message (from the thread, or the event loop's timer)."""
+        with self.lock:
+            messages, self.messages = self.messages, []
+            if messages:  # taken and handed over under the lock: batches leave in the order they were made
+                self.worker.log_event(TOPIC, messages)
+
+
+_HOLDING = threading.local()
 
 
 def publish(client: Any, event: Event) -> None:
@@ -216,11 +277,12 @@ class _Router:
                 self.client.unsubscribe_topic(self.topic)
 
     def _deliver(self, event: tuple[float, Any]) -> None:
-        _, message = event
-        if isinstance(message, dict):
-            inbox = self.inboxes.get(str(message.get("run")))
-            if inbox is not None:  # another client's job, or a killed earlier run: not ours
-                inbox._queue.put(message)
+        _, messages = event
+        for message in messages if isinstance(messages, list | tuple) else [messages]:  # held ones come together
+            if isinstance(message, dict):
+                inbox = self.inboxes.get(str(message.get("run")))
+                if inbox is not None:  # another client's job, or a killed earlier run: not ours
+                    inbox._queue.put(message)
 
 
 _ATTACH = threading.Lock()

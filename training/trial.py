@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .callbacks import Callback
 from .errors import ConfigError, TrainingDiverged
-from .events import emit, plain
+from .events import emit, held_events, plain
 from .protocol import EpochEnded, TrialDone, TrialOutcome, TrialStarted, TrialState
 from .workloads import get_workload
 
@@ -69,12 +69,13 @@ class TrialSpec:
 class _EpochEvents(Callback):
     """Sends each epoch's record to the client as it is made, and keeps the history for failures.
 
-    ``relayed``: the worker-local checkpoint file, where this worker cannot write the run directory; the
-    events of epochs that saved it say so (not the attempt's last: its outcome ends the trial or stretch).
+    ``address``: the worker's, where the coordinator fetches from. ``relayed``: the worker-local checkpoint
+    file, where this worker cannot write the run directory; the events of epochs that saved it say so (not
+    the attempt's last: its outcome ends the trial or stretch).
     """
 
-    def __init__(self, spec: TrialSpec, worker: str, key: str, relayed: Path | None = None) -> None:
-        self.spec, self.worker, self.key, self.relayed = spec, worker, key, relayed
+    def __init__(self, spec: TrialSpec, address: str, key: str, relayed: Path | None = None) -> None:
+        self.spec, self.address, self.key, self.relayed = spec, address, key, relayed
         self.history: list[dict[str, Any]] = []
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
@@ -84,7 +85,7 @@ class _EpochEvents(Callback):
             return  # the attempt's outcome carries its last epoch, a moment later: one message, not two
         saved = self.relayed is not None and epoch % self.spec.checkpoint_every == 0
         emit(EpochEnded(job=self.spec.job, run=self.spec.run, time=time.time(), trial=self.spec.number,
-                        worker=self.worker, record=record, checkpoint=str(self.relayed) if saved else "",
+                        worker=self.address, record=record, checkpoint=str(self.relayed) if saved else "",
                         key=self.key))
 
 
@@ -95,13 +96,13 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
 
     from .loop import build_trainer, isolated_rng, pick_device
 
-    worker, key = _worker_address(), _task_key()
+    worker, address, key = _worker_address(), _own_address(), _task_key()
     device = str(prepare_task_thread().get("name", ""))
     started = time.time()
     checkpoint, relayed = _checkpoint_place(spec)
-    emit(TrialStarted(job=spec.job, run=spec.run, time=started, trial=spec.number, worker=_own_address(),
+    emit(TrialStarted(job=spec.job, run=spec.run, time=started, trial=spec.number, worker=address,
                       device=device, worker_name=worker, checkpoint=str(checkpoint) if relayed else "", key=key))
-    events = _EpochEvents(spec, worker, key, checkpoint if relayed else None)
+    events = _EpochEvents(spec, address, key, checkpoint if relayed else None)
     trainer: Trainer | None = None
     ended: dict[str, Any]
     try:
@@ -130,18 +131,28 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
     outcome = TrialOutcome(number=spec.number, worker=worker, device=device, started=started,
                            finished=finished, seconds=round(finished - started, 4), history=list(history), **ended)
     if key:
-        _send_done(spec, outcome, key)
+        _send_done(spec, outcome, key, address)
     return outcome
 
 
 def run_trials(specs: list[TrialSpec]) -> list[TrialOutcome]:
     """Several trials as one task, one after another on this worker's slot (the coordinator groups short
     trials so Dask's cost of a task is paid once for several): each sends its own start, epoch and outcome
-    events as :func:`run_trial` does, so the coordinator records each as it ends, not when the task does."""
-    return [run_trial(spec) for spec in specs]
+    events as :func:`run_trial` does, so the coordinator records each as it ends, not when the task does.
+    A trial's events leave together as it ends (and every tenth of a second while it runs:
+    :func:`~training.events.held_events`), handed to the worker's event loop before the next trial
+    starts, as they were when each left on its own."""
+    if len(specs) == 1:
+        return [run_trial(specs[0])]
+    outcomes = []
+    with held_events() as send:
+        for spec in specs:
+            outcomes.append(run_trial(spec))
+            send()
+    return outcomes
 
 
-def _send_done(spec: TrialSpec, outcome: TrialOutcome, key: str) -> None:
+def _send_done(spec: TrialSpec, outcome: TrialOutcome, key: str, address: str) -> None:
     """Send the outcome as an event too, where it is small and travels as it is (no tensors: the model
     directory is written; no NaN or tuple that msgpack would change): see :class:`TrialDone`."""
     if outcome.model_dir is None or outcome.state_dict is not None or outcome.checkpoint is not None:
@@ -150,8 +161,8 @@ def _send_done(spec: TrialSpec, outcome: TrialOutcome, key: str) -> None:
     message = plain(data)
     if message != data:
         return
-    emit(TrialDone(job=spec.job, run=spec.run, time=time.time(), trial=spec.number, worker=_own_address(),
-                   key=key, outcome=message))
+    emit(TrialDone(job=spec.job, run=spec.run, time=time.time(), trial=spec.number, worker=address, key=key,
+                   outcome=message))
 
 
 def _trained(trainer: Trainer, spec: TrialSpec, checkpoint: Path | None) -> dict[str, Any]:

@@ -212,7 +212,9 @@ def test_ctrl_c_cancels_frees_the_worker_and_says_how_to_resume(client, tmp_path
 
 
 def _epoch_events(client, job: str, trial: int) -> list[EpochEnded]:
-    events = [parse_event(message) for _, message in client.get_events("dask-train")]
+    events = []
+    for _, message in client.get_events("dask-train"):  # an event, or several held back together
+        events += [parse_event(m) for m in (message if isinstance(message, list | tuple) else [message])]
     return [e for e in events if isinstance(e, EpochEnded) and e.job == job and e.trial == trial]
 
 

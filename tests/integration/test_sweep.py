@@ -521,3 +521,24 @@ with Client({client.scheduler.address!r}) as c:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     assert "after run: False 2" in done.stdout and "table: ['completed', 'completed'] True" in done.stdout
+
+
+def test_held_events_leave_together_in_order_and_on_time_while_their_task_is_stuck(client, tmp_path):
+    """A task of several trials holds its events back and sends them together: the ones held while it is
+    stuck still arrive (a timer on the worker's event loop sends them), all in order, in a few messages."""
+    from tests.integration.holding import send_then_wait
+    from training.events import TOPIC, Inbox
+
+    release, got = tmp_path / "release", []
+    with Inbox(client, "held-run") as inbox:
+        future = client.submit(send_then_wait, "held-run", 50, str(release), 0.2, pure=False)
+        poll_for(lambda: got.extend(inbox.drain()) or len(got) >= 50, timeout=30,
+                 what="the 50 events held by a task that is still running")
+        assert not future.done()
+        release.touch()
+        assert future.result(timeout=60) == 51
+        poll_for(lambda: got.extend(inbox.drain()) or len(got) >= 51, timeout=30, what="the last event")
+    assert [e.trial for e in got] == list(range(51))
+    messages = [m for _, m in client.get_events(TOPIC)
+                if isinstance(m, list | tuple) and m and m[0].get("run") == "held-run"]
+    assert sum(len(m) for m in messages) == 51 and len(messages) <= 10
