@@ -97,6 +97,7 @@ class Coordinator:
         self.running: dict[Future, list[int]] = {}  # each submitted task's trials not recorded yet
         self.groups = _Groups(spec)
         self.requeues = 0  # trials put back after their task was stopped: their next task's key differs
+        self.careful: set[int] = set()  # trials of a failed task: their next task sends each one's events
         self.promoted = False  # a promoted ASHA trial waits to be submitted: top up now, not at the low mark
         with Inbox(self.client, self.run_token) as inbox:
             self.events = _Events(inbox, store, self.progress, _Relay(self.client, self.stretches))
@@ -163,15 +164,23 @@ class Coordinator:
     def _outcomes(self, future: Future, numbers: list[int],
                   result: list[TrialOutcome] | None) -> list[TrialOutcome]:
         """The outcomes of an ended task's trials ``numbers`` (not recorded yet) from its ``result``, or its
-        result fetched on its own. A task that failed (e.g. its worker killed too often) fails the trial it
-        was running (its first, if none had started); its other trials, which never ran or whose outcomes
-        were lost with it, are put back to run again."""
+        result fetched on its own.
+
+        A task that failed (e.g. its worker killed too often) fails the trial it was running. Where its
+        trials' events were held back (see :func:`~training.trial.run_trials`), which one that was is not
+        known (what it held died with it): its trials not recorded run again first, in a task that sends
+        each trial's events as it ends. Otherwise the trial the task was running fails (its first, if none
+        had started), and its other trials, which never ran or whose outcomes were lost, run again."""
         try:
             if result is None:
                 result = future.result(timeout=_RESULT_TIMEOUT)
             by_number = {outcome.number: outcome for outcome in result}
             return [by_number[number] for number in numbers]
         except Exception as error:
+            if len(numbers) > 1 and not self.careful & set(numbers):
+                self.careful.update(numbers)
+                self._put_back(numbers)
+                return []
             running = self.events.current(numbers)
             failed = numbers[0] if running is None else running
             self._put_back([n for n in numbers if n != failed])
@@ -246,7 +255,8 @@ class Coordinator:
             self.events.key_of.update(dict.fromkeys(group, keys[-1]))
         # Run in the order taken (a map's tasks keep their order; fifo_timeout 0: every batch after the
         # ones before it), so a promoted ASHA trial, taken first, goes before the new ones submitted with it.
-        return self.client.map(run_trials, tasks, key=keys, pure=False, resources={TRAINING_SLOT: 1},
+        each = [bool(self.careful.intersection(group)) for group in groups]
+        return self.client.map(run_trials, tasks, each, key=keys, pure=False, resources={TRAINING_SLOT: 1},
                                fifo_timeout="0ms")
 
     def _record(self, outcome: TrialOutcome) -> TrialRecord:

@@ -176,7 +176,8 @@ class LiveSweep(SweepProgress):
         shown = (f"best {self.metric}={compact(row.best)} (epoch {row.best_epoch})" if row.best is not None
                  else row.error_type or "")
         state = f"promoted at epoch {row.epochs}" if row.state == TrialState.PROMOTED else row.state.value
-        self.print(f"  trial {row.number:04d} {state} {shown} ({duration(row.seconds)} on {row.worker})")
+        where = f" on {row.worker}" if row.worker else ""  # none: it never started (e.g. its worker kept dying)
+        self.print(f"  trial {row.number:04d} {state} {shown} ({duration(row.seconds)}{where})")
         self._start_waiting()
         self._update()
 

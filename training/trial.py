@@ -135,20 +135,24 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
     return outcome
 
 
-def run_trials(specs: list[TrialSpec]) -> list[TrialOutcome]:
+def run_trials(specs: list[TrialSpec], each: bool = False) -> list[TrialOutcome]:
     """Several trials as one task, one after another on this worker's slot (the coordinator groups short
     trials so Dask's cost of a task is paid once for several): each sends its own start, epoch and outcome
     events as :func:`run_trial` does, so the coordinator records each as it ends, not when the task does.
-    A trial's events leave together as it ends (and every tenth of a second while it runs:
-    :func:`~training.events.held_events`), handed to the worker's event loop before the next trial
-    starts, as they were when each left on its own."""
+
+    Their events are held back and leave together every tenth of a second
+    (:func:`~training.events.held_events`): a few messages a second, not two or more a trial. ``each``:
+    a trial's leave as it ends instead, handed to the worker's event loop before the next trial starts,
+    so that should one kill the worker, the coordinator knows which (it asks for this when it runs again
+    the trials of a task that failed)."""
     if len(specs) == 1:
         return [run_trial(specs[0])]
     outcomes = []
     with held_events() as send:
         for spec in specs:
             outcomes.append(run_trial(spec))
-            send()
+            if each:
+                send()
     return outcomes
 
 
