@@ -51,12 +51,11 @@ def emit(event: Event) -> None:
 
 @contextlib.contextmanager
 def held_events(seconds: float = HOLD_SECONDS) -> Iterator[Callable[[], None]]:
-    """Inside, this task's events are held back and leave together, as one message: when the block calls
-    what it is given (a task of several trials does as each trial ends), at most ``seconds`` after the
-    first was held (a timer on the worker's event loop sends them, whatever the task's thread is doing,
-    stuck or not), and as the block ends. A task of short trials sends one message a trial, not one an
-    event, each waking the worker's event loop and the scheduler's. Outside a Dask worker, events are
-    dropped as :func:`emit` drops them."""
+    """Inside, this task's events are held back and leave together, as one message: at most ``seconds``
+    after the first was held (a timer on the worker's event loop sends them, whatever the task's thread is
+    doing, stuck or not), whenever the block calls what it is given, and as the block ends. A task of
+    short trials sends a few messages a second, not one an event, each waking the worker's event loop and
+    the scheduler's. Outside a Dask worker, events are dropped as :func:`emit` drops them."""
     from distributed import get_worker
 
     try:
@@ -92,8 +91,12 @@ class _Held:
         """Send what is held, as one message (from the thread, or the event loop's timer)."""
         with self.lock:
             messages, self.messages = self.messages, []
-            if messages:  # taken and handed over under the lock: batches leave in the order they were made
+            if not messages:
+                return
+            try:  # taken and handed over under the lock: batches leave in the order they were made
                 self.worker.log_event(TOPIC, messages)
+            except Exception as exc:  # the worker closing: the task's end tells the coordinator instead
+                log.debug("Could not send %d training events: %s", len(messages), exc)
 
 
 _HOLDING = threading.local()
