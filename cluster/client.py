@@ -76,10 +76,19 @@ def cluster_workers(client: Client) -> dict[str, dict[str, Any]]:
     Not ``client.scheduler_info(n_workers=-1)["workers"]``: that returns the client's cached identity,
     which the client's own periodic refresh (every 2 s, asking for no workers) can overwrite between the
     fetch and the read, so a cluster of live workers now and then looks empty.
+
+    Raises
+    ------
+    ClusterConnectError
+        The client is closed, or the scheduler did not answer (callers that check periodically wait and
+        ask again).
     """
     if client.scheduler is None:
         raise ClusterConnectError("The client is closed: it knows of no workers.")
-    return dict(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
+    try:
+        return dict(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
+    except OSError as exc:  # distributed's CommClosedError and connect timeouts among them
+        raise ClusterConnectError(f"The scheduler did not answer ({type(exc).__name__}: {exc}).") from None
 
 
 def _wait_for_slots(client: Client, min_workers: int, timeout: float) -> None:

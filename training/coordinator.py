@@ -207,6 +207,7 @@ class Coordinator:
             return
         for number in reversed(numbers):
             self.events.started.pop(number, None)
+            self.events.key_of[number] = ""  # no task until it is submitted again: every task's events are stale
             self.source.requeue(number)
         self.requeues += 1
         self.promoted = True
@@ -297,7 +298,10 @@ class _Stops:
                 and (why := self.events.overdue(n, self.spec))]
         if not late:
             return []
-        alive = set(cluster_workers(self.client))
+        try:
+            alive = set(cluster_workers(self.client))
+        except ClusterError:  # the scheduler did not answer: decide nothing now, ask again next round
+            return []
         for _, number, _ in late:
             if self.events.worker_of.get(number) not in alive:
                 self.events.started.pop(number, None)

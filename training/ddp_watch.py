@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import Future, wait
 
-from cluster import cluster_workers
+from cluster import ClusterError, cluster_workers
 
 from .beats import BeatWatch, hung_after
 from .ddp_checkpoint import CheckpointCopy
@@ -107,7 +107,10 @@ class RankWatcher:
 
     def _lost_ranks(self) -> list[int]:
         """Ranks whose worker has left the cluster (remembered: their futures get cancelled)."""
-        alive = set(cluster_workers(self.client))
+        try:
+            alive = set(cluster_workers(self.client))
+        except ClusterError:  # the scheduler did not answer: none found lost now (the job's timeouts stand)
+            return sorted(self.lost)
         self.lost |= {p.rank for f, p in zip(self.futures, self.attempt.placements, strict=True)
                       if p.worker not in alive and f.status != "finished" and p.rank not in self.hung}
         return sorted(self.lost)

@@ -88,15 +88,19 @@ class _Held:
             self.worker.loop.add_callback(self.worker.loop.call_later, self.seconds, self.send)
 
     def send(self) -> None:
-        """Send what is held, as one message (from the thread, or the event loop's timer)."""
+        """Send what is held, as one message (from the thread, or the event loop's timer). Taken and queued
+        on the event loop under the lock, from either: batches leave in the order they were made."""
         with self.lock:
             messages, self.messages = self.messages, []
-            if not messages:
-                return
-            try:  # taken and handed over under the lock: batches leave in the order they were made
-                self.worker.log_event(TOPIC, messages)
-            except Exception as exc:  # the worker closing: the task's end tells the coordinator instead
-                log.debug("Could not send %d training events: %s", len(messages), exc)
+            if messages:
+                self.worker.loop.add_callback(self._write, messages)
+
+    def _write(self, messages: list[dict[str, Any]]) -> None:
+        """On the worker's event loop, in the order :meth:`send` queued them."""
+        try:
+            self.worker.log_event(TOPIC, messages)
+        except Exception as exc:  # the worker closing: the task's end tells the coordinator instead
+            log.debug("Could not send %d training events: %s", len(messages), exc)
 
 
 _HOLDING = threading.local()

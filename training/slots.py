@@ -47,19 +47,28 @@ def free_workers(client: Any, workers: list[str]) -> None:
 def wait_until_gone(client: Any, workers: list[str], timeout: float = _GONE_TIMEOUT) -> None:
     """Wait (at most ``timeout`` seconds) until the ended ``workers`` have left the scheduler, so that no
     later request is sent to a process that is no more."""
-    from cluster.client import cluster_workers
+    from cluster import ClusterError, cluster_workers
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and set(workers) & set(cluster_workers(client)):
+    while time.monotonic() < deadline:
+        try:
+            if not set(workers) & set(cluster_workers(client)):
+                return
+        except ClusterError:  # the scheduler did not answer: ask again until the deadline
+            pass
         time.sleep(_POLL)
 
 
 def end_hung_processes(client: Any, workers: list[str]) -> None:
     """Kill the processes of ``workers`` from their nannies, which start fresh ones. SIGKILL is the one
     signal a stopped process obeys; its event loop cannot be asked to do anything. Bounded: best effort."""
-    from cluster.client import cluster_workers
+    from cluster import ClusterError, cluster_workers
 
-    known = cluster_workers(client)
+    try:
+        known = cluster_workers(client)
+    except ClusterError as exc:
+        log.warning("Could not end the hung worker(s) %s (%s); restart them by hand.", sorted(workers), exc)
+        return
     nannied = [w for w in workers if known.get(w, {}).get("nanny")]
     if set(workers) - set(nannied):  # started with --no-nanny, or already gone
         log.warning("Hung worker(s) %s have no nanny to end them: restart them by hand.",

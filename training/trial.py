@@ -290,8 +290,12 @@ def keep_start_state(checkpoint: str, data: bytes) -> None:
 
 
 def read_kept_checkpoint(checkpoint: str) -> bytes:
-    """Run on a worker by the coordinator (``client.run``): the bytes of a checkpoint this worker kept."""
-    return Path(checkpoint).read_bytes()
+    """Run on a worker by the coordinator (``client.run``): the bytes of a checkpoint this worker kept;
+    empty when it is gone (its trial ended meanwhile and removed it: its outcome carries the rest)."""
+    try:
+        return Path(checkpoint).read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 def _error(state: TrialState, exc: Exception) -> dict[str, Any]:

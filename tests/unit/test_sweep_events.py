@@ -49,9 +49,11 @@ def test_a_stopped_tasks_late_events_do_not_count_for_the_trials_it_put_back(tmp
         store.begin_run("s", "f", {}, [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}])
         inbox, hooks = Arrived(), Hooks()
         events = _Events(inbox, store, hooks, relay=None)  # type: ignore[arg-type]  (no checkpoints relayed)
-        # Trials 0-1 ran in task "old", which was stopped; trial 1 was put back and submitted as "new".
-        events.key_of.update({0: "old", 1: "new"})
+        # Trials 0-1 ran in task "old", which was stopped. Both were put back (no task: ""); trial 1 was
+        # submitted again as "new", trial 0 waits for a slot.
+        events.key_of.update({0: "", 1: "new"})
         inbox.events = [
+            TrialStarted("s", "r", time=0.9, trial=0, worker="tcp://a:1", worker_name="cpu-0", key="old"),
             TrialStarted("s", "r", time=1.0, trial=1, worker="tcp://a:1", worker_name="cpu-0", key="old"),
             EpochEnded("s", "r", time=1.1, trial=1, worker="cpu-0", record=_epoch(9.0), key="old"),
             _done(1, "old"),
@@ -65,6 +67,7 @@ def test_a_stopped_tasks_late_events_do_not_count_for_the_trials_it_put_back(tmp
         events.apply(lambda key, outcome: arrived.append((key, outcome.number)))
         assert hooks.seen == [("start", 1, "cpu-1"), ("epoch", 1, 1), ("start", 2, "local")]
         assert arrived == [("new", 1)]
-        assert events.worker_of[1] == "tcp://b:2"
+        assert events.worker_of[1] == "tcp://b:2" and 0 not in events.started
+        assert store.trial(0).starts == 0
         assert store.trial(1).starts == 1 and store.trial(1).worker == "cpu-1"
         assert store.history(1) == [_epoch(0.5)]
