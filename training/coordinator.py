@@ -187,7 +187,7 @@ class Coordinator:
             started = self.events.started.get(failed)
             return [TrialOutcome(failed, TrialState.FAILED, worker=self.events.name_of.get(failed, ""),
                                  seconds=round(time.monotonic() - started, 4) if started is not None else 0.0,
-                                 error_type=type(error).__name__, error=str(error),
+                                 error_type=type(error).__name__, error=_task_error(failed, error),
                                  traceback="".join(traceback.format_exception(error)), finished=time.time())]
 
     def _ended(self, source: Source, outcome: TrialOutcome) -> None:
@@ -633,6 +633,18 @@ def _write_spec(spec: SweepSpec) -> None:
     import yaml
 
     (spec.run_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.to_json(), sort_keys=False))
+
+
+def _task_error(number: int, error: BaseException) -> str:
+    """What a trial whose task failed is told: Dask's words, and for a worker that kept dying, what that
+    usually means (Dask's message names a task key, not the trial)."""
+    from distributed import KilledWorker
+
+    if isinstance(error, KilledWorker):
+        return (f"Trial {number}'s worker process died each time it ran it (a crash in native code, "
+                "os._exit, or the out-of-memory killer: see the worker's log), so Dask gave up on it. "
+                f"Dask said: {error}")
+    return str(error)
 
 
 def _results(client: Client, returned: list[Future]) -> dict[Future, list[TrialOutcome]]:
