@@ -164,6 +164,7 @@ class LiveSweep(SweepProgress):
         self._start(number, worker)
 
     def on_epoch(self, number: int, record: dict[str, Any]) -> None:
+        self._start_parked(number)
         self.state.epoch(number, record)
         if not self.live:
             trial = self.state.running[number]
@@ -172,6 +173,7 @@ class LiveSweep(SweepProgress):
         self._update()
 
     def on_trial_end(self, row: TrialRecord, counts: dict[TrialState, int], best: TrialRecord | None) -> None:
+        self._start_parked(row.number)
         self.state.trial_ended(row, best)
         shown = (f"best {self.metric}={compact(row.best)} (epoch {row.best_epoch})" if row.best is not None
                  else row.error_type or "")
@@ -251,6 +253,17 @@ class LiveSweep(SweepProgress):
             self.print(f"  trial {number:04d} started on {worker}")
         self._start_waiting()
         self._update()
+
+    def _start_parked(self, number: int) -> None:
+        """A trial whose start was held back sends an epoch or ends before its worker's trial ended (that
+        one's end is known only when their task ends, e.g. a failed trial's): start it now, never after."""
+        for worker, numbers in list(self._waiting.items()):
+            if number in numbers:
+                numbers.remove(number)
+                if not numbers:
+                    del self._waiting[worker]
+                self._start(number, worker)
+                return
 
     def _start_waiting(self) -> None:
         """Show the starts held back for workers now free (their trial ended, or moved after a worker loss)."""

@@ -158,8 +158,9 @@ def run_trials(specs: list[TrialSpec], each: bool = False) -> list[TrialOutcome]
 
 def _send_done(spec: TrialSpec, outcome: TrialOutcome, key: str, address: str) -> None:
     """Send the outcome as an event too, where it is small and travels as it is (no tensors: the model
-    directory is written; no NaN or tuple that msgpack would change): see :class:`TrialDone`."""
-    if outcome.model_dir is None or outcome.state_dict is not None or outcome.checkpoint is not None:
+    directory is written, or the trial failed; no NaN or tuple that msgpack would change): see
+    :class:`TrialDone`. A failed trial's too: the next trial of its task starts before its task ends."""
+    if outcome.state_dict is not None or outcome.checkpoint is not None:
         return
     data = outcome.to_dict()
     message = plain(data)

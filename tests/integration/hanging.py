@@ -46,6 +46,19 @@ class CrashingXor(Xor):
         return super().load_data(params, seed)
 
 
+class RaisingXor(Xor):
+    """xor whose trial with lr ``fail_on_lr`` raises as it starts (a bug in the user's code; 0: none)."""
+
+    name = "raising-xor"
+    params = (*Xor.params,
+              Param("fail_on_lr", float, 0.0, "the trial with this lr raises (0: none)", low=0.0, high=100.0))
+
+    def load_data(self, params, seed):
+        if params["fail_on_lr"] and params["lr"] == params["fail_on_lr"]:
+            raise RuntimeError("broken on purpose")
+        return super().load_data(params, seed)
+
+
 class HangOnRankOne(Xor):
     """xor whose DDP rank 1 blocks forever in its third step (a thread stuck in user code): its peers wait in
     their collective until it times out, while rank 1's heartbeat thread goes on beating."""

@@ -146,6 +146,39 @@ def test_a_stuck_trial_in_a_task_of_several_times_out_and_the_trials_after_it_ru
     _both_workers_take_work_at_once(client, gone=before[stuck.worker])
 
 
+def test_a_trial_that_fails_in_a_task_of_several_ends_before_the_next_one_starts(client, tmp_path, monkeypatch):
+    """A trial that raises in a task of four is recorded as it fails, not when its task ends: the progress
+    hooks see it end before the next trial of its task starts, and every other trial completes."""
+    import training.coordinator as coordinator
+    from training.sweep import SweepProgress
+
+    class Order(SweepProgress):
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, int, str]] = []
+
+        def on_trial_start(self, number, worker):
+            self.seen.append(("start", number, worker))
+
+        def on_trial_end(self, row, counts, best):
+            self.seen.append(("end", row.number, row.worker))
+
+    monkeypatch.setattr(coordinator._Groups, "size", lambda self, left, slots: min(4, max(1, left)))
+    lrs = [0.1 * i for i in range(1, 9)]
+    order = Order()
+    result = Sweep("tests.integration.hanging:RaisingXor", {"lr": lrs}, params={"fail_on_lr": lrs[1]}, epochs=2,
+                   name="raise", runs_dir=str(tmp_path)).run(client, progress=order)
+    assert list(result.table["state"]) == ["completed", "failed"] + ["completed"] * 6
+    assert result.failed[0].error_type == "RuntimeError" and "broken on purpose" in result.failed[0].error
+    running: dict[str, int] = {}  # worker -> its trial the hooks saw start and not end
+    for what, number, worker in order.seen:
+        if what == "start":
+            assert worker not in running, f"trial {number} started on {worker} before {running[worker]} ended"
+            running[worker] = number
+        else:
+            assert running.pop(worker) == number
+    assert sorted(n for what, n, _ in order.seen if what == "end") == list(range(8))
+
+
 def test_a_trial_that_kills_its_worker_fails_alone_in_a_task_of_several(client, tmp_path, monkeypatch):
     """A trial that kills its worker each time fails (Dask gives up on its task after the allowed worker
     deaths) without taking its task's other trials with it: the one that ended before it is recorded,

@@ -46,6 +46,28 @@ def test_a_start_on_a_worker_is_shown_after_the_end_of_its_previous_trial():
     assert any("trial 0000 cpu-0 epoch 1/2 val_accuracy=0.5 train_loss=0.7" in line for line in lines)
 
 
+def test_a_start_held_back_is_shown_at_its_first_epoch_or_end_when_those_come_first():
+    """Trial 0 fails in a task of several, and its end is known only when the task ends: trial 1, after it
+    on the same worker, reports its epoch and its end first. Trial 1's start is shown then, once, with its
+    worker, and the worker does not stay busy with it: trial 2's start shows at once."""
+    view, out = _view(terminal=False)
+    view.on_trial_start(0, "cpu-0")
+    view.on_trial_start(1, "cpu-0")  # held back: cpu-0's trial 0 has not ended
+    view.on_epoch(1, {"epoch": 1, "val_accuracy": 0.5})
+    view.on_trial_end(_ended(1, "cpu-0", 0.6), {}, None)
+    failed = TrialRecord(number=0, params={"lr": 0.001}, state=TrialState.FAILED, worker="cpu-0", epochs=0,
+                         seconds=0.1, error_type="RuntimeError")
+    view.on_trial_end(failed, {}, None)
+    view.on_trial_start(2, "cpu-0")
+    lines = out.getvalue().splitlines()
+    at = {text: next(i for i, line in enumerate(lines) if text in line)
+          for text in ("trial 0001 started on cpu-0", "trial 0001 cpu-0 epoch 1/2", "trial 0001 completed",
+                       "trial 0000 failed RuntimeError", "trial 0002 started on cpu-0")}
+    assert list(at.values()) == sorted(at.values())
+    assert sum("trial 0001 started" in line for line in lines) == 1
+    assert "1 running" in view.status_line()  # trial 2 only
+
+
 def test_counts_follow_the_trials_actually_running_and_the_bar_moves_with_epochs():
     view, _ = _view(terminal=True)
     view.on_trial_start(0, "cpu-0")
