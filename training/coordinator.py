@@ -16,13 +16,12 @@ import os
 import statistics
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distributed import Client, Future, wait
+from distributed import Client, Future, KilledWorker, wait
 
 from cluster import TRAINING_SLOT, ClusterError, cluster_workers, dashboard_url, require_slots
 
@@ -169,26 +168,30 @@ class Coordinator:
         A task that failed (e.g. its worker killed too often) fails the trial it was running. Where its
         trials' events were held back (see :func:`~training.trial.run_trials`), which one that was is not
         known (what it held died with it): its trials not recorded run again first, in a task that sends
-        each trial's events as it ends. Otherwise the trial the task was running fails (its first, if none
-        had started), and its other trials, which never ran or whose outcomes were lost, run again."""
+        each trial's events as it ends. A trial never seen running whose worker kept dying may have only
+        waited there while another trial killed it (Dask blames every task on a worker that dies): it runs
+        again too, once. Otherwise the trial the task was running fails (its first, if none had started),
+        and its other trials, which never ran or whose outcomes were lost, run again."""
         try:
             if result is None:
                 result = future.result(timeout=_RESULT_TIMEOUT)
             by_number = {outcome.number: outcome for outcome in result}
             return [by_number[number] for number in numbers]
         except Exception as error:
-            if len(numbers) > 1 and not self.careful & set(numbers):
+            running = self.events.current(numbers)
+            never_ran = running is None and isinstance(error, KilledWorker)
+            if (len(numbers) > 1 or never_ran) and not self.careful & set(numbers):
                 self.careful.update(numbers)
                 self._put_back(numbers)
                 return []
-            running = self.events.current(numbers)
             failed = numbers[0] if running is None else running
             self._put_back([n for n in numbers if n != failed])
-            started = self.events.started.get(failed)
+            started, said = self.events.started.get(failed), _task_error(failed, error)
+            # No traceback: its frames would be the coordinator's, saying nothing of the trial.
             return [TrialOutcome(failed, TrialState.FAILED, worker=self.events.name_of.get(failed, ""),
                                  seconds=round(time.monotonic() - started, 4) if started is not None else 0.0,
-                                 error_type=type(error).__name__, error=_task_error(failed, error),
-                                 traceback="".join(traceback.format_exception(error)), finished=time.time())]
+                                 error_type=type(error).__name__, error=said,
+                                 traceback=f"{type(error).__name__}: {said}", finished=time.time())]
 
     def _ended(self, source: Source, outcome: TrialOutcome) -> None:
         record = self._record(outcome)
@@ -638,12 +641,10 @@ def _write_spec(spec: SweepSpec) -> None:
 def _task_error(number: int, error: BaseException) -> str:
     """What a trial whose task failed is told: Dask's words, and for a worker that kept dying, what that
     usually means (Dask's message names a task key, not the trial)."""
-    from distributed import KilledWorker
-
     if isinstance(error, KilledWorker):
-        return (f"Trial {number}'s worker process died each time it ran it (a crash in native code, "
-                "os._exit, or the out-of-memory killer: see the worker's log), so Dask gave up on it. "
-                f"Dask said: {error}")
+        return (f"The worker process running trial {number}, or holding it queued, died each time (a crash "
+                "in native code, os._exit or the out-of-memory killer, in this trial or in one that ran there "
+                f"while it waited: see the worker's log), so Dask gave up on it. Dask said: {error}")
     return str(error)
 
 

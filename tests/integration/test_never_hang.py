@@ -201,7 +201,7 @@ def test_a_trial_that_kills_its_worker_fails_alone_in_a_task_of_several(client, 
     assert list(result.table["state"]) == ["completed", "failed"] + ["completed"] * 6
     [crashed] = result.failed
     assert crashed.number == 1 and crashed.error_type == "KilledWorker"
-    assert crashed.error.startswith("Trial 1's worker process died each time it ran it")
+    assert crashed.error.startswith("The worker process running trial 1, or holding it queued, died each time")
     assert "trial-crash-0002-0003-again2" in keys
     # Trial 0 is recorded once: from its outcome event, or (when the worker died before sending it) from
     # its task's rerun on another worker.
