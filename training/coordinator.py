@@ -62,6 +62,7 @@ _WORKER_CHECK_EVERY = 5.0  # seconds between checks that slot workers are still 
 _RESULT_TIMEOUT = 120.0  # fetching a finished trial's result (its weights) from its worker
 _PUBLISH_TIMEOUT = 10.0  # at the end, for the Training page's announcements still on their way
 _RELAY_TIMEOUT = 120.0  # moving one trial checkpoint between a worker and the run directory
+_ASK_TIMEOUT = 10.0  # asking the workers what they run, as a sweep stops
 _TASK_SECONDS = 0.5  # short trials are grouped into tasks of about this long (Dask's cost of a task paid once)
 _MAX_GROUP = 64  # trials in one task at most
 _GROUP_AFTER = 2  # trials seen to end before their length groups the next ones
@@ -330,8 +331,7 @@ class _Stops:
     def abandon(self, running: dict[Future, list[int]]) -> None:
         """The sweep failed (a full disk, a lost scheduler): cancel what was submitted and free the workers
         of the running trials, writing nothing (the store keeps them running: a rerun resumes them)."""
-        workers = sorted({self.events.worker_of[n] for numbers in running.values() for n in numbers
-                          if n in self.events.started})
+        workers = self._executing(running)
         self.client.cancel(list(running), force=True)
         free_workers(self.client, workers)
         running.clear()
@@ -340,14 +340,31 @@ class _Stops:
         """Interrupted: cancel every submitted trial, record the running ones as cancelled (a rerun resumes
         them from their checkpoints) and restart their workers. The trials that were running, in order."""
         numbers = sorted(n for ns in running.values() for n in ns if n in self.events.started)
+        workers = self._executing(running)
         self.client.cancel(list(running), force=True)
-        workers = sorted({self.events.worker_of[n] for n in numbers})
         for number in numbers:
             self.store.cancel_trial(number)
             self.publisher.send(TrialEnded(self.spec.name, self.run, trial=number, state=TrialState.CANCELLED))
         free_workers(self.client, workers)
         running.clear()
         return numbers
+
+    def _executing(self, running: dict[Future, list[int]]) -> list[str]:
+        """The workers running the trials of ``running``'s tasks, which are about to be cancelled: those of
+        the trials seen starting, and those whose thread runs one of the tasks now (a task of several holds
+        its trials' starts back for up to 0.1 s). From now on, the tasks' late events are stale."""
+        workers = {self.events.worker_of[n] for ns in running.values() for n in ns if n in self.events.started}
+        keys = {str(f.key) for f in running}
+        try:
+            executing = self.client.sync(self.client._run, _executing_keys, on_error="return",
+                                         callback_timeout=_ASK_TIMEOUT)
+        except Exception as exc:  # the workers of the started trials are ended still
+            log.debug("Could not ask the workers what they run: %s", exc)
+            executing = {}
+        workers |= {w for w, run in executing.items() if isinstance(run, list) and keys.intersection(run)}
+        for numbers in running.values():
+            self.events.key_of.update(dict.fromkeys(numbers, ""))
+        return sorted(workers)
 
 
 class _Events:
@@ -636,6 +653,11 @@ def _write_spec(spec: SweepSpec) -> None:
     import yaml
 
     (spec.run_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.to_json(), sort_keys=False))
+
+
+def _executing_keys(dask_worker: Any) -> list[str]:
+    """Run on each worker: the keys of the tasks its threads run now."""
+    return [str(task.key) for task in dask_worker.state.executing]
 
 
 def _task_error(number: int, error: BaseException) -> str:

@@ -209,6 +209,41 @@ def test_a_trial_that_kills_its_worker_fails_alone_in_a_task_of_several(client, 
     _both_workers_take_work_at_once(client)
 
 
+def test_ctrl_c_in_a_sweep_of_short_trials_leaves_none_running_and_a_rerun_ends_each_once(client, tmp_path):
+    """Ctrl-C (a progress hook raising KeyboardInterrupt, as the signal does in the main thread) while tasks
+    of several short trials run, their events held back: the workers running them are restarted, no trial
+    is left running in the store (the tasks' late events change nothing), and a rerun ends every trial once."""
+    from training.errors import Interrupted
+    from training.sweep import SweepProgress
+
+    class CtrlC(SweepProgress):
+        ended = 0
+
+        def on_trial_end(self, row, counts, best):
+            self.ended += 1
+            if self.ended == 8:
+                raise KeyboardInterrupt
+
+    def sweep():
+        return Sweep("xor", {"lr": [0.01 * i for i in range(1, 41)]}, params={"train_size": 6000}, epochs=2,
+                     name="ctrlc", runs_dir=str(tmp_path))
+
+    before = set(_addresses(client).values())
+    with pytest.raises(Interrupted):
+        sweep().run(client, progress=CtrlC())
+    with sqlite3.connect(tmp_path / "ctrlc" / "store.sqlite") as db:
+        states = dict(db.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
+    after = set(_addresses(client).values())
+    print(f"after Ctrl-C: {states}; workers replaced: {len(before - after)}")
+    assert "running" not in states and states.get("completed", 0) >= 7 and sum(states.values()) == 40
+    assert before - after  # the workers whose threads ran the cancelled tasks were ended
+    _both_workers_take_work_at_once(client)
+    result = sweep().run(client, progress=False)
+    assert list(result.table["state"]) == ["completed"] * 40
+    assert all(t.epochs == 2 and t.model_dir == f"trials/{t.number:04d}" for t in result.trials)
+    assert not list((tmp_path / "ctrlc" / "trials").glob("*/checkpoint.pt"))  # finished trials keep none
+
+
 def test_ctrl_c_cancels_frees_the_worker_and_says_how_to_resume(client, tmp_path):
     sweep_file = tmp_path / "hang.yaml"
     sweep_file.write_text(yaml.safe_dump({
