@@ -95,6 +95,7 @@ class Coordinator:
         self.best = best_trial(store.trials(), spec.mode)
         _announce(self, total=spec.num_trials if spec.search == "tpe" else len(trials))
         self.running: dict[Future, list[int]] = {}  # each submitted task's trials not recorded yet
+        self.trials_of: dict[Future, tuple[int, ...]] = {}  # each submitted task's trials
         self.groups = _Groups(spec)
         self.requeues = 0  # trials put back after their task was stopped: their next task's key differs
         self.careful: set[int] = set()  # trials of a failed task: their next task sends each one's events
@@ -157,6 +158,11 @@ class Coordinator:
         for future, numbers in finished.items():
             for outcome in self._outcomes(future, numbers, results.get(future)) if numbers else []:
                 self._ended(source, outcome)
+            # A task Dask ran again after a lost worker trains its recorded trials again, and their resume
+            # checkpoints with them: a trial ended for good keeps none (dropped when it was recorded).
+            for number in self.trials_of.pop(future, ()):
+                if number in self.events.ended:
+                    self.stretches.path(number).unlink(missing_ok=True)
             future.release()
         for outcome in self.stops.overdue(running, self._put_back):
             self._ended(source, outcome)
@@ -235,7 +241,9 @@ class Coordinator:
                 break
             groups.append(group)
         if groups:
-            self.running.update(zip(self._submit(groups), groups, strict=True))
+            futures = self._submit(groups)
+            self.running.update(zip(futures, groups, strict=True))
+            self.trials_of.update(zip(futures, [tuple(g) for g in groups], strict=True))
 
     def _submit(self, groups: list[list[int]]) -> list[Future]:
         spec, tasks, keys = self.spec, [], []

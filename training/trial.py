@@ -188,8 +188,6 @@ def _trained(trainer: Trainer, spec: TrialSpec, checkpoint: Path | None) -> dict
             write_model_dir(folder, weights, workload=spec.workload, params=spec.params, meta=meta,
                             artifacts=artifacts, history=trainer.history, seed=spec.seed,
                             extra={"sweep": spec.job, "trial": spec.number}, best_epoch=trainer.best.epoch)
-            if spec.until_epoch is None:  # ended for good (ASHA's rung checkpoints are the coordinator's)
-                checkpoint.unlink(missing_ok=True)  # also when this is a rerun the coordinator ignores
             return {**ended, "model_dir": f"{folder.parent.name}/{folder.name}"}
         except OSError as exc:  # e.g. a full disk: the coordinator tries, and says what to do if it fails too
             log.warning("Could not write trial %s's model directory %s (%s); sending the weights instead",

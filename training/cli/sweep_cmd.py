@@ -158,8 +158,9 @@ def show_result(result: SweepResult, seconds: float | None, label: str = "wall t
                           soft_wrap=False)
     if result.failed:
         first = result.failed[0]
-        display.console.print(f"{len(result.failed)} trial(s) failed. First: trial {first.number:04d} on "
-                              f"{first.worker} with params {first.params}:\n{first.traceback}", style="red")
+        where = f" on {first.worker}" if first.worker else ""  # none: it never started
+        display.console.print(f"{len(result.failed)} trial(s) failed. First: trial {first.number:04d}{where} "
+                              f"with params {first.params}:\n{first.traceback}", style="red")
     if result.best is None or result.best_trial is None:
         return
     best, number = result.best, result.best_trial
