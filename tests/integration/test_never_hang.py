@@ -23,6 +23,7 @@ from cluster import ClusterSpec, Target, cluster_workers, connect, open_client
 from tests.helpers import cannot_mount_namespaces, poll_for, run_cli, start_cli, stop_processes
 from training import Sweep
 from training.protocol import EpochEnded, TrialState, parse_event
+from training.sweep import SweepProgress
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -95,6 +96,30 @@ def test_a_stuck_trial_times_out_its_worker_is_freed_and_the_rest_complete(clien
     _both_workers_take_work_at_once(client, gone=before[stuck.worker])
 
 
+class _Order(SweepProgress):
+    """Progress hooks that keep the order of trial starts and ends, by worker."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, str]] = []
+
+    def on_trial_start(self, number, worker):
+        self.seen.append(("start", number, worker))
+
+    def on_trial_end(self, row, counts, best):
+        self.seen.append(("end", row.number, row.worker))
+
+    def check_one_at_a_time(self, trials: int) -> None:
+        """Each trial started on a worker after the one before it there ended; all ``trials`` ended."""
+        running: dict[str, int] = {}  # worker -> its trial the hooks saw start and not end
+        for what, number, worker in self.seen:
+            if what == "start":
+                assert worker not in running, f"trial {number} started on {worker} before {running[worker]} ended"
+                running[worker] = number
+            else:
+                assert running.pop(worker) == number
+        assert sorted(n for what, n, _ in self.seen if what == "end") == list(range(trials))
+
+
 def test_a_stuck_trial_in_a_task_of_several_times_out_and_the_trials_after_it_run_again(
         client, tmp_path, monkeypatch):
     """Short trials run several to a task. One that gets stuck there times out on its own clock (the trials
@@ -106,24 +131,15 @@ def test_a_stuck_trial_in_a_task_of_several_times_out_and_the_trials_after_it_ru
     from distributed import get_task_stream
 
     import training.coordinator as coordinator
-    from training.sweep import SweepProgress
-
-    class Order(SweepProgress):
-        seen: list[tuple[str, int, str]] = []
-
-        def on_trial_start(self, number, worker):
-            self.seen.append(("start", number, worker))
-
-        def on_trial_end(self, row, counts, best):
-            self.seen.append(("end", row.number, row.worker))
 
     monkeypatch.setattr(coordinator._Groups, "size", lambda self, left, slots: min(4, max(1, left)))
     lrs = [0.1 * i for i in range(1, 13)]
+    order = _Order()
     sweep = Sweep(HANGING, {"lr": lrs}, params={"hang_after": 1, "hang_on_lr": lrs[5]}, epochs=2,
                   name="grouped", runs_dir=str(tmp_path), trial_timeout=15.0)
     before = _addresses(client)
     with get_task_stream(client) as stream:
-        result = sweep.run(client, progress=Order())
+        result = sweep.run(client, progress=order)
     keys = sorted({re.sub(r"-[0-9a-f]{8}", "", str(task["key"])) for task in stream.data
                    if str(task["key"]).startswith("trial-grouped-")})
     print(f"trial tasks: {keys}")
@@ -135,14 +151,7 @@ def test_a_stuck_trial_in_a_task_of_several_times_out_and_the_trials_after_it_ru
     assert stuck.number == 5 and "trial_timeout=15s" in stuck.error and stuck.worker in before
     assert result.table.loc[4, "worker"] == stuck.worker  # its task's first trial ran there and was kept
     assert all(trial.epochs == 2 for trial in result.trials if trial.number != 5)
-    running: dict[str, int] = {}  # worker -> its trial the hooks saw start and not end
-    for what, number, worker in Order.seen:
-        if what == "start":
-            assert worker not in running, f"trial {number} started on {worker} before {running[worker]} ended"
-            running[worker] = number
-        else:
-            assert running.pop(worker) == number
-    assert sorted(n for what, n, _ in Order.seen if what == "end") == list(range(12))
+    order.check_one_at_a_time(12)
     _both_workers_take_work_at_once(client, gone=before[stuck.worker])
 
 
@@ -150,33 +159,15 @@ def test_a_trial_that_fails_in_a_task_of_several_ends_before_the_next_one_starts
     """A trial that raises in a task of four is recorded as it fails, not when its task ends: the progress
     hooks see it end before the next trial of its task starts, and every other trial completes."""
     import training.coordinator as coordinator
-    from training.sweep import SweepProgress
-
-    class Order(SweepProgress):
-        def __init__(self) -> None:
-            self.seen: list[tuple[str, int, str]] = []
-
-        def on_trial_start(self, number, worker):
-            self.seen.append(("start", number, worker))
-
-        def on_trial_end(self, row, counts, best):
-            self.seen.append(("end", row.number, row.worker))
 
     monkeypatch.setattr(coordinator._Groups, "size", lambda self, left, slots: min(4, max(1, left)))
     lrs = [0.1 * i for i in range(1, 9)]
-    order = Order()
+    order = _Order()
     result = Sweep("tests.integration.hanging:RaisingXor", {"lr": lrs}, params={"fail_on_lr": lrs[1]}, epochs=2,
                    name="raise", runs_dir=str(tmp_path)).run(client, progress=order)
     assert list(result.table["state"]) == ["completed", "failed"] + ["completed"] * 6
     assert result.failed[0].error_type == "RuntimeError" and "broken on purpose" in result.failed[0].error
-    running: dict[str, int] = {}  # worker -> its trial the hooks saw start and not end
-    for what, number, worker in order.seen:
-        if what == "start":
-            assert worker not in running, f"trial {number} started on {worker} before {running[worker]} ended"
-            running[worker] = number
-        else:
-            assert running.pop(worker) == number
-    assert sorted(n for what, n, _ in order.seen if what == "end") == list(range(8))
+    order.check_one_at_a_time(8)
 
 
 def test_a_trial_that_kills_its_worker_fails_alone_in_a_task_of_several(client, tmp_path, monkeypatch):
@@ -214,7 +205,6 @@ def test_ctrl_c_in_a_sweep_of_short_trials_leaves_none_running_and_a_rerun_ends_
     of several short trials run, their events held back: the workers running them are restarted, no trial
     is left running in the store (the tasks' late events change nothing), and a rerun ends every trial once."""
     from training.errors import Interrupted
-    from training.sweep import SweepProgress
 
     class CtrlC(SweepProgress):
         ended = 0
