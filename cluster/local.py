@@ -35,7 +35,7 @@ from .devices import GPU_WORKER_ENVIRON, dask_cuda_problem, detect_gpus
 from .errors import ClusterError
 from .plugin import TRAINING_SLOT
 from .spec import QUIET_TIMERS, WORKER_MEMORY, WORKERS_PER_CPU, ClusterSpec, max_local_workers  # noqa: F401  (re-exported)
-from .worker_process import WorkerProcess
+from .worker_process import WorkerHost, WorkerProcess
 
 log = logging.getLogger(__name__)
 
@@ -140,34 +140,51 @@ class _NanniesRestart:
 
 
 class _CpuCluster(_NanniesRestart, LocalCluster):
-    """The embedded CPU cluster."""
+    """The embedded CPU cluster: its nannies run in one program (``worker_host``), which ends with it."""
+
+    worker_host: WorkerHost | None = None
+
+    async def _close(self) -> None:
+        try:
+            await super()._close()
+        finally:
+            if self.worker_host is not None:
+                await self.worker_host.close()
 
 
 def _start_cpu_cluster(spec: ClusterSpec) -> Cluster:
     workers = spec.workers or cpu_cores()
-    with _environ_preserved(), dask.config.set(QUIET_TIMERS):  # the scheduler's timers
-        cluster = _CpuCluster(
-            n_workers=0, threads_per_worker=1, processes=True, resources={TRAINING_SLOT: 1},
-            host=spec.host, scheduler_port=spec.scheduler_port, dashboard_address=spec.dashboard_address,
-            **_security_kwargs(spec),
-        )
-        try:
-            _start_named_workers(cluster, _worker_process_spec(spec, workers), workers, "cpu")
-        except BaseException:
-            cluster.close()
-            raise
-        return cluster
+    # First, so that its fork server imports torch while the scheduler starts.
+    host = WorkerHost(_cpu_worker_environ(workers, spec.torch_threads))
+    try:
+        with _environ_preserved(), dask.config.set(QUIET_TIMERS):  # the scheduler's timers
+            cluster = _CpuCluster(
+                n_workers=0, threads_per_worker=1, processes=True, resources={TRAINING_SLOT: 1},
+                host=spec.host, scheduler_port=spec.scheduler_port, dashboard_address=spec.dashboard_address,
+                **_security_kwargs(spec),
+            )
+    except BaseException:
+        host.close_now()
+        raise
+    cluster.worker_host = host
+    try:
+        _start_named_workers(cluster, _worker_process_spec(spec, host), workers, "cpu")
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
 
 
-def _worker_process_spec(spec: ClusterSpec, workers: int) -> dict[str, Any]:
-    """Each worker's nanny in its own process (``cluster.worker_process``): it never re-imports the
-    caller's ``__main__``, so client scripts need no ``if __name__ == "__main__":`` guard."""
+def _worker_process_spec(spec: ClusterSpec, host: WorkerHost) -> dict[str, Any]:
+    """Each worker's nanny in the cluster's worker program (``cluster.worker_main``): it never re-imports
+    the caller's ``__main__``, so client scripts need no ``if __name__ == "__main__":`` guard."""
     nanny = {"nthreads": 1, "resources": {TRAINING_SLOT: 1}, "host": spec.host,
-             "env": _cpu_worker_environ(workers, spec.torch_threads)}  # outranks the nanny's own variables
+             "env": host.environ}  # outranks the nanny's own variables
     if spec.tls is not None:
         nanny["protocol"] = "tls://"
     tls = None if spec.tls is None else {"ca_file": spec.tls.ca_file, "cert": spec.tls.cert, "key": spec.tls.key}
-    return {"cls": WorkerProcess, "options": {"nanny": nanny, "config": _worker_config_values({}), "tls": tls}}
+    return {"cls": WorkerProcess, "options": {"host": host, "nanny": nanny, "config": _worker_config_values({}),
+                                              "tls": tls}}
 
 
 def _start_named_workers(cluster: LocalCluster, worker_spec: dict[str, Any], count: int, prefix: str) -> None:

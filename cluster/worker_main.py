@@ -1,14 +1,21 @@
-"""The program each embedded-cluster worker runs in: ``python -m cluster.worker_main REQUEST_JSON``.
+"""The program the embedded cluster's nannies run in: ``python -m cluster.worker_main REPLY_FD ENVIRON_JSON``.
 
-Started by :class:`cluster.worker_process.WorkerProcess`. The nanny here starts its worker process, which
-imports this module again as its main module: importing it must do nothing (the package does not import it).
+Started once per CPU cluster by :class:`cluster.worker_process.WorkerHost`. It reads one JSON command a line
+on its standard input: ``{"start": REQUEST}`` starts a nanny (its worker joins the scheduler named in
+REQUEST), ``{"close": NAME}`` closes one; and it answers on file descriptor REPLY_FD: ``{"started": NAME}``,
+``{"failed": NAME}`` (its error is printed on standard error) and ``{"closed": NAME}``, the last also when a
+nanny ends on its own. The end of its standard input (the cluster's process closed it, or died) closes every
+nanny, within a bound, and ends the program. Each nanny's worker process imports this module again as its
+main module: importing it must do nothing (the package does not import it).
 
-The worker process is forked from a fork server that this program starts first, which imports torch and
-the training loop (:mod:`cluster.fork_preload`) while the nanny starts and joins: the worker starts with
-them loaded, and so does every worker the nanny starts again after dask-train ended one (a timed-out
-trial, a cancelled sweep, a hung DDP rank), in a fraction of a second instead of the seconds of a fresh
-import. The fork server is a fresh, single-threaded process that only imports: forking it is safe, where
-forking the nanny (an event loop and its threads) is not.
+The worker processes are forked from one fork server that this program starts first, with ENVIRON (the
+workers' environment: OpenMP reads its thread settings when torch loads), which imports torch and the
+training loop (:mod:`cluster.fork_preload`) while the cluster's scheduler starts and the nannies join: every
+worker starts with them loaded, and so does every worker a nanny starts again after dask-train ended one (a
+timed-out trial, a cancelled sweep, a hung DDP rank), in a fraction of a second instead of the seconds of a
+fresh import. One fork server for all the workers imports torch once, on one core, where one a worker had
+them import it side by side on every core at once. The fork server is a fresh, single-threaded process that
+only imports: forking it is safe, where forking a nanny's process (an event loop and its threads) is not.
 """
 
 from __future__ import annotations
@@ -19,27 +26,69 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
 import sys
-from typing import Any
+from typing import IO, Any
 
-_ORPHAN_CHECK_EVERY = 1.0  # seconds between checks that the cluster's process is still there
-_ORPHAN_CLOSE_TIMEOUT = 10.0  # seconds an orphaned nanny gets to close before its process just ends
+_CLOSE_TIMEOUT = 10.0  # seconds a nanny gets to close (its scheduler may be gone) before its worker is killed
 
 
-async def _serve(request: dict[str, Any], forked: bool) -> None:
-    """Run the nanny until the scheduler closes it (or this process is told to stop); ``forked``: its worker
-    processes come from the fork server already running."""
+class _Host:
+    """The nannies of this program, by worker name, and the replies about them."""
+
+    def __init__(self, replies: IO[str], forked: bool) -> None:
+        self.replies = replies
+        self.forked = forked
+        self.nannies: dict[str, Any] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def reply(self, **message: str) -> None:
+        with contextlib.suppress(OSError):  # the cluster's process is gone: nobody to tell
+            self.replies.write(json.dumps(message) + "\n")
+
+    def run(self, command: dict[str, Any]) -> None:
+        if "start" in command:
+            task = asyncio.ensure_future(self.start(command["start"]))
+        elif "close" in command:
+            task = asyncio.ensure_future(self.close(command["close"]))
+        else:
+            raise ValueError(f"unknown command {sorted(command)}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def start(self, request: dict[str, Any]) -> None:
+        name = request["name"]
+        try:
+            nanny = await _start_nanny(request, self.forked)
+        except Exception:
+            logging.getLogger(__name__).exception("The nanny of worker %r did not start", name)
+            self.reply(failed=name)
+            return
+        self.nannies[name] = nanny
+        self.reply(started=name)
+        await nanny.finished()
+        if self.nannies.get(name) is nanny:
+            del self.nannies[name]
+            self.reply(closed=name)
+
+    async def close(self, name: str) -> None:
+        nanny = self.nannies.pop(name, None)
+        if nanny is not None:
+            await _close_nanny(nanny)
+        self.reply(closed=name)
+
+    async def close_all(self) -> None:
+        nannies, self.nannies = list(self.nannies.values()), {}
+        await asyncio.gather(*(_close_nanny(n) for n in nannies))
+        for task in list(self.tasks):
+            task.cancel()
+
+
+async def _start_nanny(request: dict[str, Any], forked: bool) -> Any:
     import dask
-    from distributed import Nanny, utils
+    from distributed import Nanny
 
     dask.config.set(request["config"])
-    if forked:
-        dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
-        # The fork server is ours, already running with its own preload: Dask would import numpy, pandas
-        # and lz4 here to set one (private flag; should it go, those imports are all it costs).
-        utils._forkserver_preload_set = True
     options = dict(request["nanny"])
     tls = request.get("tls")
     if tls:
@@ -48,30 +97,43 @@ async def _serve(request: dict[str, Any], forked: bool) -> None:
         options["security"] = Security(
             tls_ca_file=tls["ca_file"], tls_worker_cert=tls["cert"], tls_worker_key=tls["key"],
             tls_client_cert=tls["cert"], tls_client_key=tls["key"], require_encryption=True)
-    async with Nanny(request["scheduler"], name=request["name"], silence_logs=logging.WARNING,
-                     **options) as nanny:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(nanny.close()))
-        watch = asyncio.ensure_future(_close_when_orphaned(nanny, os.getppid()))
-        await nanny.finished()
-        watch.cancel()
+    nanny = Nanny(request["scheduler"], name=request["name"], silence_logs=logging.WARNING, **options)
+    await nanny
+    return nanny
 
 
-async def _close_when_orphaned(nanny: Any, parent: int) -> None:
-    """Close when the process that started this one is gone (killed before it could close its cluster).
-    The scheduler went with it, so a nanny's close can wait on it forever: bounded, then this process and
-    its worker end regardless."""
-    while os.getppid() == parent:
-        await asyncio.sleep(_ORPHAN_CHECK_EVERY)
-    with contextlib.suppress(Exception):  # ending is all that is left to do
-        await asyncio.wait_for(nanny.close(timeout=_ORPHAN_CLOSE_TIMEOUT), _ORPHAN_CLOSE_TIMEOUT + 5)
-    for child in multiprocessing.active_children():
-        child.kill()
-    # os._exit skips multiprocessing's own clean-up: the fork server's socket folder goes here. The fork
-    # server ends by itself once this process is gone.
-    shutil.rmtree(multiprocessing.util.get_temp_dir(), ignore_errors=True)
-    os._exit(0)
+async def _close_nanny(nanny: Any) -> None:
+    """Close within a bound (a nanny whose scheduler is gone can wait on it forever); kill its worker
+    process when that bound passes."""
+    with contextlib.suppress(Exception):  # closing is all that is left to do
+        await asyncio.wait_for(nanny.close(timeout=_CLOSE_TIMEOUT), _CLOSE_TIMEOUT + 5)
+    process = getattr(getattr(nanny, "process", None), "process", None)  # the worker's multiprocessing one
+    with contextlib.suppress(Exception):
+        if process is not None and process.is_alive():
+            process.kill()
+
+
+async def _serve(commands: int, replies: IO[str], forked: bool) -> None:
+    """Run the commands read from ``commands`` until it ends or this process is told to stop, then close every
+    nanny."""
+    loop = asyncio.get_running_loop()
+    host = _Host(replies, forked)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    reader = asyncio.StreamReader(limit=1 << 24)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(commands, "rb"))
+
+    async def read() -> None:
+        while line := await reader.readline():
+            host.run(json.loads(line))
+
+    reading = asyncio.ensure_future(read())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([reading, stopping], return_when=asyncio.FIRST_COMPLETED)
+    reading.cancel()
+    stopping.cancel()
+    await host.close_all()
 
 
 #: What the nanny warns about when dask-train ends a worker on purpose (a timed-out or cancelled trial, a
@@ -90,10 +152,10 @@ class _Expected(logging.Filter):
 
 
 def _start_fork_server(environ: dict[str, str]) -> bool:
-    """Start the fork server the worker processes come from, with the worker's environment (OpenMP reads
-    its thread settings when torch loads, in the server), which imports :mod:`cluster.fork_preload`.
-    False where the platform has none (Windows): the nanny spawns its workers, as Dask does."""
-    os.environ.update(environ)  # this process exists for this one worker: its environment is the worker's
+    """Start the fork server the worker processes come from, with the workers' environment, which imports
+    :mod:`cluster.fork_preload`. False where the platform has none (Windows): the nannies spawn their
+    workers, as Dask does."""
+    os.environ.update(environ)  # this process exists for these workers: its environment is theirs
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return False
     context = multiprocessing.get_context("forkserver")
@@ -105,17 +167,36 @@ def _start_fork_server(environ: dict[str, str]) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of the worker subprocess: ``python -m cluster.worker_main REQUEST_JSON``."""
-    request = json.loads(argv[1])
-    # Told to stop before the nanny is up (its own handler comes with it): end as a normal exit does, which
-    # also ends the worker process and cleans up after the fork server.
+    """Entry point: ``python -m cluster.worker_main REPLY_FD ENVIRON_JSON``."""
+    replies = os.fdopen(int(argv[1]), "w", buffering=1)
+    environ = json.loads(argv[2])
+    # Told to stop before the loop is up (its own handler comes with it): end as a normal exit does, which
+    # also ends the worker processes and cleans up after the fork server.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    forked = _start_fork_server(request["nanny"].get("env", {}))
+    # The commands come on a descriptor of their own; standard input becomes /dev/null, which is what the
+    # fork server and the workers inherit (a trial that reads its input must not read the commands).
+    commands = os.dup(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    forked = _start_fork_server(environ)
     logging.getLogger("distributed").setLevel(logging.WARNING)  # as LocalCluster's silence_logs
     logging.getLogger("distributed.nanny").addFilter(_Expected())
-    asyncio.run(_serve(request, forked))
+    if forked:
+        import dask
+        from distributed import utils
+
+        dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+        # The fork server is ours, already running with its own preload: Dask would import numpy, pandas
+        # and lz4 here to set one (private flag; should it go, those imports are all it costs).
+        utils._forkserver_preload_set = True
+    try:
+        asyncio.run(_serve(commands, replies, forked))
+    finally:  # multiprocessing's exit joins the workers, so none may be left; the fork server ends with us
+        for child in multiprocessing.active_children():
+            child.kill()
     return 0
 
 
-if __name__ == "__main__":  # the worker process imports this module again as its main: it must do nothing
+if __name__ == "__main__":  # the worker processes import this module again as their main: it must do nothing
     sys.exit(main(sys.argv))

@@ -155,6 +155,30 @@ def test_workers_start_with_torch_and_the_runners_loaded_and_so_does_a_restarted
         assert first not in after and list(after.values()) == [_PRELOADED] * 2
 
 
+def _parent_and_input() -> tuple[int, str]:
+    import os
+    import sys
+
+    return os.getppid(), sys.stdin.read()
+
+
+def test_the_workers_come_from_one_fork_server_and_read_nothing_from_their_input(client):
+    """One fork server imports torch for all the workers (where one a worker imported it on every core at
+    once); the commands its program reads are not the workers' input (a trial reading it gets none)."""
+    import psutil
+
+    facts = list(client.run(_parent_and_input).values())
+    assert len(facts) == 2 and {text for _, text in facts} == {""}
+    parents = {parent for parent, _ in facts}
+    assert len(parents) == 1
+    fork_server = psutil.Process(parents.pop())
+    assert "forkserver" in " ".join(fork_server.cmdline())
+    program = fork_server.parent()
+    assert program is not None and "cluster.worker_main" in program.cmdline()
+    servers = [p for p in program.children() if "forkserver" in " ".join(p.cmdline())]
+    assert servers == [fork_server]
+
+
 def test_starting_a_cluster_leaves_this_process_environment_alone():
     before = dict(os.environ)
     with start_local_cluster(ClusterSpec(workers=1, gpus="off", dashboard_address="127.0.0.1:0")):
