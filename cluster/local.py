@@ -6,8 +6,9 @@ and CPU. Two Dask defaults that cost torch throughput are switched off for these
 ``OMP_NUM_THREADS=1`` and friends into the *creating* process's environment; this module passes thread
 settings to the workers only, and leaves the caller's environment as it found it.
 
-CPU workers are started as their own programs (:mod:`cluster.worker_process`, as ``dask worker`` is), so
-they never re-import the caller's ``__main__``: a client script needs no ``__main__`` guard.
+CPU workers are started in a program of their own (:mod:`cluster.worker_process`, as ``dask worker`` is), so
+they never re-import the caller's ``__main__``: a client script needs no ``__main__`` guard. That program
+starts first, and its one fork server imports torch for all the workers while the scheduler starts.
 CPU workers are started with ``CUDA_VISIBLE_DEVICES`` empty, so none of them trains on a GPU this machine
 may have (``--gpus off``, or dask-cuda missing); their torch threads follow ``cluster.cpus``' rule.
 """

@@ -44,7 +44,8 @@ class WorkerHost:
     Examples
     --------
     >>> host = WorkerHost({"OMP_NUM_THREADS": "1"})  # doctest: +SKIP
-    >>> spec = {"cls": WorkerProcess, "options": {"host": host, "nanny": {"nthreads": 1}, "config": {}}}
+    >>> options = {"host": host, "nanny": {"nthreads": 1}, "config": {}}  # doctest: +SKIP
+    >>> spec = {"cls": WorkerProcess, "options": options}  # doctest: +SKIP
     """
 
     def __init__(self, environ: dict[str, str]) -> None:
@@ -202,8 +203,8 @@ class WorkerProcess(ProcessInterface):
 
     Examples
     --------
-    >>> spec = {"cls": WorkerProcess, "options": {"host": host, "nanny": {"nthreads": 1}, "config": {}}}
-    >>> cluster.worker_spec["cpu-0"] = spec  # doctest: +SKIP
+    >>> options = {"host": host, "nanny": {"nthreads": 1}, "config": {}}  # doctest: +SKIP
+    >>> cluster.worker_spec["cpu-0"] = {"cls": WorkerProcess, "options": options}  # doctest: +SKIP
     """
 
     def __init__(self, scheduler: str, name: str, host: WorkerHost, nanny: dict[str, Any],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -46,6 +46,23 @@ class Placement:
     local_rank: int
     worker: str
     host: str
+
+
+def _outcomes(attempt: Attempt, name_of: Callable[[int], str]) -> list[RankOutcome]:
+    """The ranks' outcomes once every rank ended, each fetched within the job's timeout: a rank's worker that
+    leaves just after the rank ended takes its outcome with it (pinned there, it would wait for that worker
+    for ever), which fails this attempt, as a lost worker does."""
+    deadline = time.monotonic() + attempt.timeout
+    outcomes = []
+    for placement, future in zip(attempt.placements, attempt.futures, strict=True):
+        try:
+            outcomes.append(future.result(timeout=max(0.1, deadline - time.monotonic())))
+        except TimeoutError:
+            raise DDPJobFailed(
+                f"rank {placement.rank} on {placement.worker} ({name_of(placement.rank)}): its worker left the "
+                "cluster just after the rank ended, and its outcome with it.", rank=placement.rank,
+                worker=placement.worker) from None
+    return outcomes
 
 
 def assign_ranks(workers: Mapping[str, str]) -> list[Placement]:
@@ -116,7 +133,7 @@ class JobRun:
                 first = RankWatcher(client, self.current, inbox, beats, self.copy, self.progress,
                                     lambda r: names.get(placements[r].worker, "?")).watch()
             self.first_step = self.first_step or first
-            return client.gather(futures)
+            return _outcomes(self.current, lambda r: names.get(placements[r].worker, "?"))
         finally:
             self.copy.remove_from(head.worker, job.name, key)
             for future in [*futures, *([state] if state is not None else [])]:
