@@ -20,6 +20,8 @@ import pytest
 from cluster import TRAINING_SLOT, ClusterSpec, Target, cluster_workers, open_client
 from tests.helpers import ROOT, poll_for
 from training.ddp import DDPProgress, train_ddp
+from training.ddp_run import Placement, _outcomes
+from training.ddp_watch import Attempt
 from training.errors import DDPJobFailed
 from training.loop import read_checkpoint
 
@@ -166,6 +168,23 @@ def test_with_min_workers_a_restart_goes_on_with_the_workers_left(tmp_path):
     [(ranks, epoch)] = [(r[3], r[4]) for r in progress.restarts]
     assert ranks == 1 and 1 <= epoch < 6  # one rank, from the last epoch finished before the kill
     assert result.rank_outputs[0].resumed_from == epoch
+
+
+def test_an_outcome_lost_with_its_worker_after_its_rank_ended_fails_the_attempt(tmp_path):
+    """Pinned to a worker that is gone, a finished rank's outcome would be waited for for ever."""
+    with open_client(Target(local=CLUSTER)) as c:
+        workers = sorted(cluster_workers(c))
+        futures = [c.submit(os.getpid, key=f"ddp-lost-rank{r}", workers=[w], allow_other_workers=False, pure=False)
+                   for r, w in enumerate(workers)]
+        pid = futures[1].result(timeout=60)
+        c.run(_never_restart, workers=[workers[1]], nanny=True)
+        os.kill(pid, signal.SIGKILL)
+        poll_for(lambda: not futures[1].done(), 60, what="the scheduler to see rank 1's outcome lost")
+        placements = [Placement(r, r, w, "127.0.0.1") for r, w in enumerate(workers)]
+        attempt = Attempt("lost", "t0", 0, 2.0, futures, placements, 0)
+        with pytest.raises(DDPJobFailed, match=r"rank 1 on .* \(cpu-1\): its worker left the cluster just after"):
+            _outcomes(attempt, lambda rank: f"cpu-{rank}")
+        assert futures[0].result(timeout=5) != pid  # the other rank's outcome is still there
 
 
 # ------------------------------------------------------------------------------------- no shared filesystem
