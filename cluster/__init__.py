@@ -20,7 +20,7 @@ _WHERE = {
     "cuda_visible_devices": "devices", "dask_cuda_problem": "devices", "detect_gpus": "devices",
     "visible_gpus": "devices",
     "ClusterConnectError": "errors", "ClusterError": "errors", "NoTrainingSlots": "errors",
-    "ClusterSpec": "spec", "start_local_cluster": "local",
+    "ClusterSpec": "spec", "start_local_cluster": "local", "start_early": "worker_host",
     "TRAINING_SLOT": "plugin", "TrainingWorkerPlugin": "plugin", "prepare_task_thread": "plugin",
     "TLSFiles": "security", "check_scheduler_file_path": "security", "make_tls_files": "security",
     "read_scheduler_file": "security", "remove_tls_files": "security", "write_scheduler_file": "security",
@@ -67,3 +67,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     )
     from .spec import ClusterSpec  # noqa: F401
     from .target import Target, check_address  # noqa: F401
+    from .worker_host import start_early  # noqa: F401

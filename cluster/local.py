@@ -31,16 +31,15 @@ from distributed import LocalCluster
 from distributed.deploy.cluster import Cluster
 
 from .cpus import cpu_cores, thread_environ
-from .cpus import torch_threads as threads_for_environ
 from .devices import GPU_WORKER_ENVIRON, dask_cuda_problem, detect_gpus
 from .errors import ClusterError
 from .plugin import TRAINING_SLOT
 from .spec import QUIET_TIMERS, WORKER_MEMORY, WORKERS_PER_CPU, ClusterSpec, max_local_workers  # noqa: F401  (re-exported)
-from .worker_process import WorkerHost, WorkerProcess
+from .worker_host import THREAD_VARIABLES, WorkerHost, cpu_worker_environ, openmp_environ, take_early
+from .worker_process import WorkerProcess
 
 log = logging.getLogger(__name__)
 
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _WORKER_START_TIMEOUT = 120.0  # seconds for the worker processes to start and join
 
 
@@ -105,25 +104,6 @@ def _known_warnings_as_one_line() -> Iterator[None]:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
-def _cpu_worker_environ(workers: int, torch_threads: int | None = None) -> dict[str, str]:
-    """The environment CPU workers start with: no GPU, their share of the CPUs for torch and OpenMP.
-
-    Examples
-    --------
-    >>> env = _cpu_worker_environ(2, torch_threads=3)
-    >>> env["CUDA_VISIBLE_DEVICES"], env["DASK_TRAIN_SLOT_WORKERS"], env["OMP_NUM_THREADS"]
-    ('', '2', '3')
-    """
-    environ = {"CUDA_VISIBLE_DEVICES": "", **thread_environ(workers, torch_threads)}
-    return {**environ, **_openmp_environ(environ)}
-
-
-def _openmp_environ(worker_environ: dict[str, str]) -> dict[str, str]:
-    """OpenMP/BLAS pool sizes equal to the torch threads the workers will use (they inherit our CPUs)."""
-    threads = str(threads_for_environ({**os.environ, **worker_environ}))
-    return dict.fromkeys(_THREAD_VARIABLES, threads)
-
-
 class _NanniesRestart:
     """For the embedded clusters (SpecClusters): a worker whose process ended is restarted by its nanny.
 
@@ -155,8 +135,10 @@ class _CpuCluster(_NanniesRestart, LocalCluster):
 
 def _start_cpu_cluster(spec: ClusterSpec) -> Cluster:
     workers = spec.workers or cpu_cores()
-    # First, so that its fork server imports torch while the scheduler starts.
-    host = WorkerHost(_cpu_worker_environ(workers, spec.torch_threads))
+    # First (unless a command line started it earlier), so that its fork server imports torch while the
+    # scheduler starts.
+    environ = cpu_worker_environ(workers, spec.torch_threads)
+    host = take_early(environ) or WorkerHost(environ)
     try:
         with _environ_preserved(), dask.config.set(QUIET_TIMERS):  # the scheduler's timers
             cluster = _CpuCluster(
@@ -221,7 +203,7 @@ def _start_gpu_cluster(spec: ClusterSpec, gpus: list[str]) -> Cluster:
     # dask-cuda replaces the nanny's env= with CUDA_VISIBLE_DEVICES: the rest travels as Dask config.
     environ = thread_environ(len(chosen), spec.torch_threads)
     cuda_cluster = type("_CudaCluster", (_NanniesRestart, LocalCUDACluster), {})
-    with _worker_config({**environ, **_openmp_environ(environ), **GPU_WORKER_ENVIRON}), _environ_preserved():
+    with _worker_config({**environ, **openmp_environ(environ), **GPU_WORKER_ENVIRON}), _environ_preserved():
         return cuda_cluster(
             CUDA_VISIBLE_DEVICES=",".join(chosen), n_workers=len(chosen), threads_per_worker=1,
             resources={TRAINING_SLOT: 1}, host=spec.host, scheduler_port=spec.scheduler_port,
@@ -247,7 +229,7 @@ def _worker_config_values(worker_environ: dict[str, str]) -> dict[str, Any]:
     """No malloc trim or one-thread pools from the nanny, ``worker_environ`` for the worker, no profiler,
     quiet timers."""
     unset = {f"distributed.nanny.pre-spawn-environ.{name}": None
-             for name in ("MALLOC_TRIM_THRESHOLD_", *_THREAD_VARIABLES)}
+             for name in ("MALLOC_TRIM_THRESHOLD_", *THREAD_VARIABLES)}
     child_env = {f"distributed.nanny.environ.{name}": value for name, value in worker_environ.items()}
     return {**unset, **child_env, "distributed.worker.profile.enabled": False, **QUIET_TIMERS}
 

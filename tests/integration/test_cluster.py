@@ -179,6 +179,28 @@ def test_the_workers_come_from_one_fork_server_and_read_nothing_from_their_input
     assert servers == [fork_server]
 
 
+def test_a_cluster_takes_the_worker_program_started_early_and_ends_one_started_for_other_workers():
+    """``dask-train sweep`` starts the worker program as soon as its input is read (its fork server imports
+    torch meanwhile); the cluster started next uses it, or ends it when it was started for other workers."""
+    import psutil
+
+    from cluster import worker_host
+
+    one = ClusterSpec(workers=1, gpus="off", dashboard_address="127.0.0.1:0")
+    worker_host.start_early(Target(address="tcp://127.0.0.1:8786"))
+    assert worker_host._early is None  # no embedded cluster there: nothing to start
+    for early_spec, taken in ((one, True), (ClusterSpec(workers=2, gpus="off"), False)):
+        worker_host.start_early(Target(local=early_spec))
+        early = worker_host._early
+        assert early is not None and early.process is not None and early.process.poll() is None
+        with open_client(Target(local=one)) as c:
+            [(fork_server, _)] = c.run(_parent_and_input).values()
+            program = psutil.Process(fork_server).parent()
+            assert (program.pid == early.process.pid) is taken
+            assert early.process.poll() is None if taken else early.process.poll() is not None
+        assert worker_host._early is None and early.process.poll() is not None  # ended with its cluster
+
+
 def test_starting_a_cluster_leaves_this_process_environment_alone():
     before = dict(os.environ)
     with start_local_cluster(ClusterSpec(workers=1, gpus="off", dashboard_address="127.0.0.1:0")):
