@@ -127,13 +127,17 @@ class JobRun:
                    for spec, p in zip(specs, placements, strict=True)]
         self.current = Attempt(job.name, self.token, number, job.timeout, futures, placements, self.copy.epoch)
         names = _worker_names(client)
+
+        def name_of(rank: int) -> str:
+            return names.get(placements[rank].worker, "?")
+
         try:
             with Inbox(client, self.token) as inbox, BeatWatch(client, self.token, world, number,
                                                                job.timeout) as beats:
                 first = RankWatcher(client, self.current, inbox, beats, self.copy, self.progress,
-                                    lambda r: names.get(placements[r].worker, "?")).watch()
+                                    name_of).watch()
             self.first_step = self.first_step or first
-            return _outcomes(self.current, lambda r: names.get(placements[r].worker, "?"))
+            return _outcomes(self.current, name_of)
         finally:
             self.copy.remove_from(head.worker, job.name, key)
             for future in [*futures, *([state] if state is not None else [])]:

@@ -78,14 +78,6 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
     spec = load_sweep_file(resolve_sweep_file(sweep_file), allow=allow, name=name, epochs=epochs,
                            runs_dir=runs_dir, trial_timeout=trial_timeout, stall_timeout=stall_timeout,
                            precision=precision)
-    if not detach:
-        from cluster import start_early
-
-        start_early(target)  # its workers import torch while this process imports the sweep's code
-    from ..integrations import MlflowLogger, TensorBoardLogger, combine
-    from ..progress import LiveSweep
-    from ..sweep import Sweep
-
     if detach:
         from .detach_cmd import detach_sweep
 
@@ -94,6 +86,13 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
                                    "foreground sweeps.")
         detach_sweep(spec, target)
         return
+    from cluster import start_early
+
+    start_early(target)  # its workers import torch while this process imports the sweep's code
+    from ..integrations import MlflowLogger, TensorBoardLogger, combine
+    from ..progress import LiveSweep
+    from ..sweep import Sweep
+
     started = time.perf_counter()
     try:
         with LiveSweep(display.console) as shown:
