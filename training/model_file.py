@@ -226,5 +226,30 @@ def _read_json(path: Path, default: Any) -> Any:
 
 def _write_json(path: Path, value: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1, sort_keys=False), encoding="utf-8")
+    tmp.write_bytes(_json_text(value).encode("utf-8"))
     os.replace(tmp, path)
+
+
+def _json_text(value: Any) -> str:
+    """``value`` as JSON with each top-level entry on a line of its own (a history's epochs, the metadata's
+    fields): readable, and written by json's C encoder, which an indent turns off (a sweep writes a model
+    directory a trial).
+
+    Examples
+    --------
+    >>> print(_json_text({"epochs": 2, "params": {"lr": 0.1}}), end="")
+    {
+     "epochs": 2,
+     "params": {"lr": 0.1}
+    }
+    >>> json.loads(_json_text([{"epoch": 1}, {"epoch": 2}])), _json_text([]).strip()
+    ([{'epoch': 1}, {'epoch': 2}], '[]')
+    """
+    if isinstance(value, dict) and value:
+        lines = [json.dumps({key: item})[1:-1] for key, item in value.items()]  # keys as json writes them
+    elif isinstance(value, list) and value:
+        lines = [json.dumps(item) for item in value]
+    else:
+        return json.dumps(value) + "\n"
+    opening, closing = "{}" if isinstance(value, dict) else "[]"
+    return opening + "\n " + ",\n ".join(lines) + "\n" + closing + "\n"

@@ -1,11 +1,13 @@
 """Benchmark: what a sweep costs over the work itself, against the strongest fair baselines, in one run.
 
-Every trial is the same fixed one-thread torch work (``--seconds`` each, calibrated here). Measured:
-  * serial: the work in this process, one trial after another (the work alone);
+Every runner runs the same trial: the ``Busy`` workload trained for one epoch by the same Trainer, its
+loss fixed one-thread torch work (``--seconds`` each, calibrated here), then a step of its one-weight model
+and a validation pass (``busy.train_busy``; a sweep runs it through ``run_trial``). Measured:
+  * serial: the trial in this process, one after another (the trial alone);
   * a plain 2-process pool with torch already imported (the ceiling of this machine's 2-process scaling);
-  * bare ``client.map`` on the embedded cluster (``cluster.open_client``: the same workers, settings and
-    preload ``Sweep.run`` gets), the strongest fair Dask baseline;
-  * ``Sweep.run`` on that cluster (events, store, model files, live view, report).
+  * bare ``client.map`` of the trial on the embedded cluster (``cluster.open_client``: the same workers,
+    settings and preload ``Sweep.run`` gets), the strongest fair Dask baseline;
+  * ``Sweep.run`` on that cluster (events, store, a model directory a trial, live view, report).
 Cold: a fresh cluster's first run (each cold run gets a fresh cluster of its own, bare and sweep
 alternating); warm: later runs on the same cluster; medians of ``--rounds`` interleaved rounds of each.
 Efficiency = serial / (2 x wall); overhead per trial = (2 x wall - serial) / trials.
@@ -53,6 +55,16 @@ def calibrate(seconds: float) -> int:
 
 
 def serial(trials: int, steps: int) -> float:
+    from tests.benchmarks.busy import train_busy
+
+    start = time.perf_counter()
+    for _ in range(trials):
+        train_busy(steps)
+    return time.perf_counter() - start
+
+
+def serial_work(trials: int, steps: int) -> float:
+    """The fixed work alone (no Trainer), for the line that says what the Trainer adds to a trial."""
     from tests.benchmarks.busy import busy_work
 
     start = time.perf_counter()
@@ -89,26 +101,32 @@ def sweep_once(client, trials: int, steps: int, runs: str, name: str) -> float:
 
 
 def bare_map_once(client, trials: int, steps: int) -> float:
-    from tests.benchmarks.busy import busy_work
+    from tests.benchmarks.busy import train_busy
 
     start = time.perf_counter()
-    client.gather(client.map(busy_work, [steps] * trials, pure=False))
+    client.gather(client.map(train_busy, [steps] * trials, pure=False))
     return time.perf_counter() - start
 
 
 def pool_once(pool, trials: int, steps: int) -> float:
     """The ceiling: a plain 2-process pool with torch already imported in both processes."""
-    from tests.benchmarks.busy import busy_work
+    from tests.benchmarks.busy import train_busy
 
     start = time.perf_counter()
-    pool.map(busy_work, [steps] * trials, chunksize=1)
+    pool.map(train_busy, [steps] * trials, chunksize=1)
     return time.perf_counter() - start
 
 
 def _pool_warm(_: int) -> int:
+    """A pool process trains one short trial (torch, the Trainer and torch._dynamo imported, as a sweep's
+    workers have them), then waits, so that the other process takes the next item."""
     import torch
 
+    from tests.benchmarks.busy import train_busy
+
     torch.set_num_threads(1)
+    train_busy(1)
+    time.sleep(0.5)
     return 0
 
 
@@ -123,8 +141,11 @@ def compare(args: argparse.Namespace) -> None:
     """The side-by-side table: pool ceiling, bare client.map and Sweep.run, cold and warm."""
     import torch
 
+    from tests.benchmarks.busy import train_busy
+
     torch.set_num_threads(1)
     steps = calibrate(args.seconds)
+    train_busy(1)  # this process's first trial imports torch._dynamo: not on the serial runs' time
     runs = tempfile.mkdtemp(prefix="bench-sweep-")
     cold: dict[str, list[float]] = {"serial": [], "bare": [], "sweep": []}
     starts: dict[str, list[float]] = {"bare": [], "sweep": []}
@@ -139,20 +160,23 @@ def compare(args: argparse.Namespace) -> None:
             if i < args.rounds - 1 or runner == "bare":
                 manager.__exit__(None, None, None)
     try:  # the warm rounds: on the last sweep's cluster
-        warm: dict[str, list[float]] = {"serial": [], "pool": [], "sweep": [], "bare": []}
+        warm: dict[str, list[float]] = {"serial": [], "work": [], "pool": [], "sweep": [], "bare": []}
         with multiprocessing.get_context("spawn").Pool(WORKERS) as pool:
             pool.map(_pool_warm, range(WORKERS))
             for i in range(args.rounds):  # interleaved: a noisy neighbour hits every runner alike
                 warm["serial"].append(serial(args.trials, steps))
+                warm["work"].append(serial_work(args.trials, steps))
                 warm["pool"].append(pool_once(pool, args.trials, steps))
                 warm["bare"].append(bare_map_once(client, args.trials, steps))
                 warm["sweep"].append(sweep_once(client, args.trials, steps, runs, f"warm-{i}"))
     finally:
         manager.__exit__(None, None, None)
     base, cold_base = statistics.median(warm["serial"]), statistics.median(cold["serial"])
-    print(f"{args.trials} trials x {base / args.trials:.3f} s of one-thread torch work (serial median "
-          f"{base:.2f} s warm, {cold_base:.2f} s cold); {WORKERS} workers; medians of {args.rounds} interleaved "
-          "rounds (cold: a fresh cluster for each run)\n")
+    work = statistics.median(warm["work"])
+    print(f"{args.trials} trials of {base / args.trials:.3f} s each (serial median {base:.2f} s warm, "
+          f"{cold_base:.2f} s cold; of a trial, the Trainer's own step and validation take "
+          f"{(base - work) / args.trials * 1e3:.1f} ms, the fixed torch work the rest); {WORKERS} workers; "
+          f"medians of {args.rounds} interleaved rounds (cold: a fresh cluster for each run)\n")
     ceiling = statistics.median(warm["pool"])
     print(f"{'runner':40}{'start s':>9}{'wall s':>9}{'efficiency':>12}{'overhead ms/trial':>19}{'vs ceiling':>12}")
     rows = [
@@ -180,14 +204,19 @@ def scale(args: argparse.Namespace) -> None:
     """Many short trials: each runner in its own fresh process and cluster (its peak RSS is its own)."""
     import torch
 
+    from tests.benchmarks.busy import train_busy
+
     torch.set_num_threads(1)
     steps = calibrate(args.seconds)
+    train_busy(1)  # this process's first trial imports torch._dynamo: not on the serial sample's time
     sample = min(args.trials, 200)
-    per_trial = serial(sample, steps) / sample
+    per_trial, work = serial(sample, steps) / sample, serial_work(sample, steps) / sample
     ideal = per_trial * args.trials / WORKERS
-    print(f"{args.trials} trials x {per_trial * 1e3:.1f} ms of one-thread torch work; {WORKERS} workers; "
-          f"ideal wall (serial / {WORKERS}) {ideal:.1f} s\n")
-    print(f"{'runner':32}{'wall s':>9}{'vs ideal':>10}{'client peak RSS MB':>20}{'store MB':>10}")
+    print(f"{args.trials} trials of {per_trial * 1e3:.1f} ms each (the Trainer's own step and validation "
+          f"{(per_trial - work) * 1e3:.1f} ms of it); {WORKERS} workers; ideal wall (serial / {WORKERS}) "
+          f"{ideal:.1f} s\n")
+    print(f"{'runner':32}{'wall s':>9}{'vs ideal':>10}{'client CPU s':>14}{'client peak RSS MB':>20}"
+          f"{'store MB':>10}")
     walls = {}
     for runner in ("bare", "sweep"):
         command = [sys.executable, __file__, "--runner", runner, "--trials", str(args.trials),
@@ -199,7 +228,8 @@ def scale(args: argparse.Namespace) -> None:
         walls[runner] = out["wall"]
         store = f"{out['store'] / 2**20:>10.1f}" if out.get("store") else f"{'':>10}"
         label = "bare client.map, embedded" if runner == "bare" else "Sweep.run, embedded"
-        print(f"{label:32}{out['wall']:>9.1f}{out['wall'] / ideal:>10.2f}{out['rss'] / 2**20:>20.0f}{store}")
+        print(f"{label:32}{out['wall']:>9.1f}{out['wall'] / ideal:>10.2f}{out['cpu']:>14.1f}"
+              f"{out['rss'] / 2**20:>20.0f}{store}")
     print(f"\nSweep.run / bare client.map wall: {walls['sweep'] / walls['bare']:.2f}")
 
 
@@ -207,13 +237,16 @@ def run_one(args: argparse.Namespace) -> None:
     """One runner in this fresh process (scale mode): prints its wall, peak RSS and store size as JSON."""
     runs = tempfile.mkdtemp(prefix="bench-sweep-")
     with start_cluster() as client:
+        before = resource.getrusage(resource.RUSAGE_SELF)
         if args.runner == "bare":
             wall, store = bare_map_once(client, args.trials, args.steps), 0
         else:
             wall = sweep_once(client, args.trials, args.steps, runs, "scale")
             store = sum(p.stat().st_size for p in Path(runs, "scale").glob("store.sqlite*"))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    print(json.dumps({"wall": wall, "rss": rss, "store": store}))
+        after = resource.getrusage(resource.RUSAGE_SELF)  # this process: the client and the scheduler
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    rss = after.ru_maxrss * 1024  # KiB on Linux
+    print(json.dumps({"wall": wall, "cpu": cpu, "rss": rss, "store": store}))
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""A workload of fixed CPU work (``steps`` 256x256 matmuls on one thread), for measuring sweep overhead."""
+"""A workload of fixed CPU work (``steps`` 256x256 matmuls on one thread), for measuring sweep overhead, and
+the trial itself as a bare Dask map or a process pool runs it (:func:`train_busy`)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,13 @@ class Busy(Workload):
     def eval_sums(self, model, batch):
         return {"loss": model(batch[0]).sum() * 0, "count": torch.tensor(1)}
 
+
+
+def train_busy(steps: int) -> float:
+    """One trial as bare Dask (``client.map``) or a process pool runs it: the Busy workload trained for one
+    epoch by the same Trainer a sweep's trial uses (its loss is ``busy_work(steps)``, then a step of its
+    one-weight model and the validation pass), returning the validation loss. What a sweep adds over this
+    (events, the run store, a model directory a trial, the live view) is the sweep's overhead."""
+    from training.loop import train
+
+    return float(train(Busy(), {"steps": steps}, epochs=1).history[-1]["val_loss"])
