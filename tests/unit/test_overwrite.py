@@ -103,3 +103,21 @@ def test_cluster_up_tls_never_deletes_a_folder_it_did_not_create(tmp_path):
     assert "already exists" in result.stderr and "Traceback" not in result.stderr
     assert (folder / "precious.txt").read_text() == "keep"
     assert (tmp_path / "sched.json").exists()  # another cluster's scheduler file stays too
+
+
+def test_the_cli_refuses_a_run_directory_before_starting_any_worker(tmp_path, monkeypatch):
+    """`dask-train sweep` starts its workers early (as soon as the sweep file is read), but not for a run
+    directory it will refuse: nothing is started that would only have to be ended."""
+    import cluster
+    from click.testing import CliRunner
+
+    from training.cli.sweep_cmd import resolve_sweep_file, sweep_command
+    from training.sweep_spec import load_sweep_file
+
+    started: list[object] = []
+    monkeypatch.setattr(cluster, "start_early", started.append)
+    name = load_sweep_file(resolve_sweep_file("pets-quick")).name
+    theirs = _someone_elses(tmp_path / "runs" / name)
+    out = CliRunner().invoke(sweep_command, ["pets-quick", "--runs-dir", str(tmp_path / "runs")])
+    assert isinstance(out.exception, ConfigError) and "did not write" in str(out.exception)
+    assert started == [] and (theirs / "notes.txt").read_text() == "mine\n"

@@ -88,6 +88,10 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
         return
     from cluster import start_early
 
+    from ..run_dirs import SWEEP_MARKERS, check_run_dir
+
+    if not new:  # a run directory it would refuse is refused before the workers start (with --new: once set aside)
+        check_run_dir(spec.run_dir, SWEEP_MARKERS)
     start_early(target)  # its workers import torch while this process imports the sweep's code
     from ..integrations import MlflowLogger, TensorBoardLogger, combine
     from ..progress import LiveSweep
