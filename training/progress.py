@@ -150,7 +150,8 @@ class LiveSweep(SweepProgress):
         elif finished:
             self.print(f"Nothing to run: all {total} trials in {spec.run_dir} already finished (new=True, or "
                        "--new, starts afresh).")
-        self.print(f"Dashboard: {dashboard or 'not available on this scheduler'}")
+        if dashboard or todo:  # none and nothing to run: no cluster was started for it
+            self.print(f"Dashboard: {dashboard or 'not available on this scheduler'}")
         self.task = self.progress.add_task(self._description(), total=total * spec.epochs,
                                            completed=self.state.epochs_done)
 

@@ -118,6 +118,20 @@ class RunStore:
                   free: tuple[str, ...] = ()) -> int:
         """Record the sweep (or check it matches the one recorded: ``free`` fields may change between
         runs) and its trials; return the run count."""
+        recorded = self.check_sweep(name, fingerprint, spec, free)
+        with self._transaction():
+            if not recorded:
+                self.db.execute("INSERT INTO sweep (id, name, fingerprint, spec, created, runs) "
+                                "VALUES (1, ?, ?, ?, ?, 0)", (name, fingerprint, json.dumps(spec), time.time()))
+                self.db.executemany("INSERT INTO trials (number, params, state) VALUES (?, ?, ?)",
+                                    [(i, json.dumps(p), TrialState.PENDING.value) for i, p in enumerate(trials)])
+            self.db.execute("UPDATE sweep SET runs = runs + 1 WHERE id = 1")
+        self._counts = None
+        return int(self.db.execute("SELECT runs FROM sweep WHERE id = 1").fetchone()[0])
+
+    def check_sweep(self, name: str, fingerprint: str, spec: dict[str, Any], free: tuple[str, ...] = ()) -> bool:
+        """Whether a sweep is recorded here; raises if it is not the one of ``fingerprint`` (``spec``, whose
+        ``free`` fields may change between runs)."""
         row = self.db.execute("SELECT fingerprint, spec FROM sweep WHERE id = 1").fetchone()
         if row is not None and row["fingerprint"] != fingerprint:
             old = json.loads(row["spec"])
@@ -126,15 +140,7 @@ class RunStore:
                 f"A different sweep named '{name}' is already in {self.path.parent} (changed: "
                 f"{', '.join(changed) or 'trials'}). Rerun it unchanged to resume, pick another name, or pass "
                 "--new (new=True) to set the old run aside and start afresh.")
-        with self._transaction():
-            if row is None:
-                self.db.execute("INSERT INTO sweep (id, name, fingerprint, spec, created, runs) "
-                                "VALUES (1, ?, ?, ?, ?, 0)", (name, fingerprint, json.dumps(spec), time.time()))
-                self.db.executemany("INSERT INTO trials (number, params, state) VALUES (?, ?, ?)",
-                                    [(i, json.dumps(p), TrialState.PENDING.value) for i, p in enumerate(trials)])
-            self.db.execute("UPDATE sweep SET runs = runs + 1 WHERE id = 1")
-        self._counts = None
-        return int(self.db.execute("SELECT runs FROM sweep WHERE id = 1").fetchone()[0])
+        return row is not None
 
     def unfinished(self) -> list[int]:
         rows = self.db.execute(f"SELECT number FROM trials WHERE {_NOT_FINISHED} ORDER BY number", _FINISHED)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from cluster import Target
 
 from .protocol import TrialRecord, TrialState, best_trial
-from .sweep_spec import STALL_TIMEOUT, SweepSpec
+from .sweep_spec import STALL_TIMEOUT, SweepSpec, finished_trials
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -210,6 +210,9 @@ class Sweep:
                          here=client is None and (target is None or target.embedded))
         if client is not None:
             return _run(self.spec, client, progress)
+        finished = finished_trials(self.spec)
+        if finished is not None:  # a rerun with nothing left to run: no cluster is started for it
+            return _finished_run(self.spec, finished, progress)
         from cluster import open_client
 
         target = dataclasses.replace(target or Target(), preload=_preload(self.spec))
@@ -247,6 +250,15 @@ def _run(spec: SweepSpec, client: Client, progress: SweepProgress,
         rows = Coordinator(spec, client, progress, stop=stop).run(store)
     result = result_of(spec, rows)
     if _write_summary(spec.run_dir) and draw:
+        result.plotting = _start_drawing(spec.run_dir)
+    return result
+
+
+def _finished_run(spec: SweepSpec, rows: list[TrialRecord], progress: SweepProgress) -> SweepResult:
+    """The result of a sweep whose trials had all finished before this run: its table and report again."""
+    progress.on_start(spec, len(rows), 0, None)
+    result = result_of(spec, rows)
+    if _write_summary(spec.run_dir):
         result.plotting = _start_drawing(spec.run_dir)
     return result
 

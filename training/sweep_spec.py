@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .limits import MAX_EPOCHS, STALL_TIMEOUT, check_count, check_trial_count, clip, short
@@ -17,6 +17,9 @@ from .precision import check_precision
 from .safe_yaml import read_yaml
 from .space import Domain, grid_trials, random_trials, space_to_json, validate_space
 from .workloads import get_workload, trusted_workload
+
+if TYPE_CHECKING:
+    from .protocol import TrialRecord
 
 SEARCHES = ("grid", "random", "tpe")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -251,3 +254,21 @@ def _check_field(where: str, key: str, value: Any) -> None:
     if key in _FIELD_RANGES:
         low, high = _FIELD_RANGES[key]
         check_count(f"{where}: {key}", value, high, low)
+
+
+def finished_trials(spec: SweepSpec) -> list[TrialRecord] | None:
+    """Every trial of ``spec``'s run, when its run store already records them all finished: a rerun has
+    nothing to run, and needs no cluster. None when there is something to run (or no store yet, or TPE,
+    whose study decides). A store of another sweep of this name is refused now, as it would be once a
+    cluster had started."""
+    path = spec.run_dir / "store.sqlite"
+    if spec.search == "tpe" or not path.is_file():
+        return None
+    from .store import RunStore
+
+    with RunStore(path) as store:
+        if not store.check_sweep(spec.name, spec.fingerprint(), spec.to_json(), NOT_FINGERPRINTED) \
+                or store.unfinished():
+            return None
+        rows = store.trials()
+    return rows if len(rows) == len(spec.trials()) else None

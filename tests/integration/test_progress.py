@@ -46,6 +46,44 @@ def test_a_rerun_says_it_reuses_the_run_and_progress_false_prints_nothing(client
     assert "Nothing to run: all 2 trials in" in capsys.readouterr().out
 
 
+def test_a_finished_sweep_rerun_starts_no_cluster(client, tmp_path, capsys, monkeypatch):
+    """With every trial finished, a rerun on its own cluster (no client given) has nothing to run: it shows
+    the results and writes the report again without starting one."""
+    import cluster
+
+    sweep = _sweep(tmp_path, "done")
+    first = sweep.run(client, progress=False)
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a cluster was started for a sweep with nothing to run")
+
+    monkeypatch.setattr(cluster, "open_client", no_cluster)
+    (tmp_path / "done" / "results.csv").unlink()
+    again = sweep.run()
+    out = capsys.readouterr().out
+    assert "Nothing to run: all 2 trials in" in out and "Dashboard:" not in out, out
+    assert [(t.number, t.state, t.best) for t in again.trials] == [(t.number, t.state, t.best) for t in first.trials]
+    assert again.best_trial == first.best_trial and (tmp_path / "done" / "results.csv").is_file()
+    assert again.wait_for_report().joinpath("summary.md").is_file()
+
+
+def test_the_cli_refuses_a_changed_sweep_before_starting_any_worker(client, tmp_path, monkeypatch):
+    """A sweep file changed since its run (same name) is refused before the CLI starts its workers early."""
+    import cluster
+    from click.testing import CliRunner
+
+    from training.cli.sweep_cmd import sweep_command
+    from training.errors import ConfigError
+
+    _sweep(tmp_path, "changed").run(client, progress=False)
+    started: list[object] = []
+    monkeypatch.setattr(cluster, "start_early", started.append)
+    (tmp_path / "changed.yaml").write_text("name: changed\nworkload: xor\nspace:\n  lr: [0.001, 0.01]\nepochs: 3\n")
+    out = CliRunner().invoke(sweep_command, [str(tmp_path / "changed.yaml"), "--runs-dir", str(tmp_path)])
+    assert isinstance(out.exception, ConfigError) and "changed: epochs" in str(out.exception), out.output
+    assert started == []
+
+
 def test_the_cli_table_at_80_columns_shows_each_lr_and_the_worker_names(client, tmp_path, monkeypatch):
     (tmp_path / "narrow.yaml").write_text("name: narrow\nworkload: xor\nspace:\n  lr: [0.001, 0.01]\n"
                                           "  batch_size: [64]\nepochs: 2\n")

@@ -73,7 +73,7 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
     if examples or not sweep_file:
         _list_examples()
         return
-    from ..sweep_spec import load_sweep_file
+    from ..sweep_spec import finished_trials, load_sweep_file
 
     spec = load_sweep_file(resolve_sweep_file(sweep_file), allow=allow, name=name, epochs=epochs,
                            runs_dir=runs_dir, trial_timeout=trial_timeout, stall_timeout=stall_timeout,
@@ -90,9 +90,13 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
 
     from ..run_dirs import SWEEP_MARKERS, check_run_dir
 
-    if not new:  # a run directory it would refuse is refused before the workers start (with --new: once set aside)
+    # A run directory it would refuse, and a rerun with nothing left to run (no cluster needed), are known
+    # before any worker starts (with --new, once the old run is set aside).
+    if not new:
         check_run_dir(spec.run_dir, SWEEP_MARKERS)
-    start_early(target)  # its workers import torch while this process imports the sweep's code
+    nothing_to_run = not new and finished_trials(spec) is not None
+    if not nothing_to_run:
+        start_early(target)  # its workers import torch while this process imports the sweep's code
     from ..integrations import MlflowLogger, TensorBoardLogger, combine
     from ..progress import LiveSweep
     from ..sweep import Sweep
@@ -108,7 +112,10 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
             result = Sweep.from_spec(spec).run(progress=combine(shown, *loggers), new=new, target=target)
     except Interrupted as stop:
         display.interrupted(stop, drop=("--new",))
-    show_result(result, time.perf_counter() - started)
+    if nothing_to_run:  # this run's time would say nothing: the sweep's own, over the runs that ran it
+        show_result(result, wall_time(result.trials), label="first start to last finish")
+    else:
+        show_result(result, time.perf_counter() - started)
     if result.best is None:
         raise click.ClickException(f"No trial of sweep '{spec.name}' completed.")
 
