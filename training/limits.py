@@ -92,3 +92,16 @@ def check_count(name: str, value: object, high: int, low: int = 1) -> int:
 
 #: Training precisions (see training.precision); here so the CLI offers them without importing torch.
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def max_run_file_bytes() -> int:
+    """The largest run directory's sweep.yaml read back: dask-train wrote it from a sweep made in Python,
+    whose space may list up to a whole sweep's values (10,000 numbers take ~110 KB), more than a sweep file
+    may hold; 128 bytes a trial of :func:`max_trials` over that.
+
+    Examples
+    --------
+    >>> max_run_file_bytes() >= MAX_SWEEP_FILE_BYTES + 128 * 10_000
+    True
+    """
+    return MAX_SWEEP_FILE_BYTES + 128 * max_trials()

@@ -66,7 +66,7 @@ def read_yaml(path: str | Path, what: str = "Sweep file", limit: int = MAX_SWEEP
         raise ConfigError(f"{what} {name} does not exist or is not a file.")
     size = path.stat().st_size
     if size > limit:
-        raise ConfigError(f"{what} {name} is {size:,} bytes, more than the {limit:,} a sweep file may be; "
+        raise ConfigError(f"{what} {name} is {size:,} bytes, more than the {limit:,} a {what.lower()} may be; "
                           "is it the right file?")
     data = path.read_bytes()[:limit + 1]
     if b"\0" in data:

@@ -62,23 +62,25 @@ def test_a_finished_sweep_rerun_starts_no_cluster(client, tmp_path, capsys, monk
     again = sweep.run()
     out = capsys.readouterr().out
     assert "Nothing to run: all 2 trials in" in out and "Dashboard:" not in out, out
-    assert [(t.number, t.state, t.best) for t in again.trials] == [(t.number, t.state, t.best) for t in first.trials]
+    rows = [[(t.number, t.state, t.best) for t in result.trials] for result in (first, again)]
+    assert rows[0] == rows[1], rows
     assert again.best_trial == first.best_trial and (tmp_path / "done" / "results.csv").is_file()
     assert again.wait_for_report().joinpath("summary.md").is_file()
 
 
 def test_the_cli_refuses_a_changed_sweep_before_starting_any_worker(client, tmp_path, monkeypatch):
     """A sweep file changed since its run (same name) is refused before the CLI starts its workers early."""
-    import cluster
     from click.testing import CliRunner
 
+    import cluster
     from training.cli.sweep_cmd import sweep_command
     from training.errors import ConfigError
 
     _sweep(tmp_path, "changed").run(client, progress=False)
     started: list[object] = []
     monkeypatch.setattr(cluster, "start_early", started.append)
-    (tmp_path / "changed.yaml").write_text("name: changed\nworkload: xor\nspace:\n  lr: [0.001, 0.01]\nepochs: 3\n")
+    (tmp_path / "changed.yaml").write_text("name: changed\nworkload: xor\nspace:\n  lr: [0.001, 0.01]\n"
+                                           "epochs: 3\n")
     out = CliRunner().invoke(sweep_command, [str(tmp_path / "changed.yaml"), "--runs-dir", str(tmp_path)])
     assert isinstance(out.exception, ConfigError) and "changed: epochs" in str(out.exception), out.output
     assert started == []

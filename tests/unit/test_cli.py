@@ -102,3 +102,17 @@ def test_model_files_load_without_pickle(tmp_path):
     result = run("evaluate", str(out))
     assert result.returncode == 2 and "damaged or mismatched weights" in result.stderr
     assert not marker.exists()
+
+
+def test_a_workload_of_your_own_may_define_neither_evaluate_nor_generate(tmp_path):
+    """Putting a trained model to use is the workload's option: `train` of one that defines neither ends
+    with its metrics and saved model, exit 0 (it used to end with a NotImplementedError)."""
+    from tests.helpers import ROOT, cli_command, cli_env
+
+    out = tmp_path / "busy-model"
+    done = subprocess.run(cli_command("train", "tests.benchmarks.busy:Busy", "--steps", "1", "--epochs", "1",
+                                      "--out", str(out)), capture_output=True, text=True, timeout=120,
+                          env={**cli_env(), "PYTHONPATH": ROOT})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"Saved model to {out}" in done.stdout and "NotImplementedError" not in done.stdout + done.stderr
+    assert (out / "model.safetensors").is_file()

@@ -108,9 +108,9 @@ def test_cluster_up_tls_never_deletes_a_folder_it_did_not_create(tmp_path):
 def test_the_cli_refuses_a_run_directory_before_starting_any_worker(tmp_path, monkeypatch):
     """`dask-train sweep` starts its workers early (as soon as the sweep file is read), but not for a run
     directory it will refuse: nothing is started that would only have to be ended."""
-    import cluster
     from click.testing import CliRunner
 
+    import cluster
     from training.cli.sweep_cmd import resolve_sweep_file, sweep_command
     from training.sweep_spec import load_sweep_file
 

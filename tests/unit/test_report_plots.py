@@ -113,3 +113,35 @@ def test_plots_are_drawn_while_a_closing_dask_server_takes_its_folder_out_of_sys
     assert "Could not draw" not in done.stderr and "Traceback" not in done.stderr, done.stderr
     for name in ("curves.png", "params.png"):
         assert (run_dir / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_sweep_made_in_python_with_ten_thousand_values_gets_its_report(tmp_path):
+    """A sweep made in Python may list a whole sweep's values in its space: its run's sweep.yaml (written by
+    dask-train) is then larger than a sweep file may be, and is still read back for the report and
+    `dask-train results`. Its many curves are drawn, the unlabelled ones as one collection: one-epoch trials
+    show as dots, longer ones as lines."""
+    import yaml
+
+    from training.limits import MAX_SWEEP_FILE_BYTES
+    from training.report import read_run, write_report
+
+    run_dir = tmp_path / "big"
+    run_dir.mkdir()
+    values = [round(0.1 + n * 1e-5, 6) for n in range(10_000)]
+    spec = {"name": "big", "workload": "xor", "search": "grid", "epochs": 3, "metric": "val_loss", "mode": "min",
+            "space": {"lr": values}}
+    (run_dir / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert (run_dir / "sweep.yaml").stat().st_size > MAX_SWEEP_FILE_BYTES
+    with RunStore(run_dir / "store.sqlite") as store:
+        store.begin_run("big", "fp", spec, [{"lr": v} for v in values[:40]])
+        for n in range(40):  # half of them one epoch long, half three
+            history = [{"epoch": e, "val_loss": 1.0 / (n + e)} for e in range(1, 2 + 2 * (n % 2))]
+            store.trial_started(n, "cpu-0", 1.0)
+            outcome = TrialOutcome(n, TrialState.COMPLETED, history=history, seconds=1.0)
+            store.finish_trial(outcome, TrialState.COMPLETED, best_epoch(history, "val_loss", "min"), None)
+    run = read_run(run_dir)
+    assert run.spec["space"]["lr"] == values and len(run.trials) == 40
+    folder = write_report(run)
+    assert "# Sweep big" in (folder / "summary.md").read_text()
+    for name in ("curves.png", "params.png"):
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

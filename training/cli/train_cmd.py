@@ -92,7 +92,10 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out: Pa
 def _show_use(trained: Any, seed: int) -> None:
     from ..workloads import get_workload
 
-    if get_workload(trained.workload).use == "generate":
+    work = get_workload(trained.workload)
+    if not work.defines_use():
+        return
+    if work.use == "generate":
         samples = trained.generate(_GENERATE_DEFAULT.get(trained.workload, 10), seed=seed)
         display.console.print("Generated:", ", ".join(samples) if trained.workload == "names" else "")
         if trained.workload != "names":

@@ -105,6 +105,11 @@ class Workload(ABC):
         """A report on held-out data (accuracy, recovered weights), for ``dask-train evaluate``."""
         raise NotImplementedError(f"Workload '{self.name}' does not evaluate; use `dask-train generate`.")
 
+    def defines_use(self) -> bool:
+        """Whether this workload defines its :attr:`use` (``generate`` or ``evaluate``): one of your own may
+        define neither, and the CLI then shows a trained model's metrics only."""
+        return getattr(type(self), self.use, None) is not getattr(Workload, self.use, None)
+
 
 def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[torch.Tensor]:
     """Shuffle ``range(n)`` under ``seed`` and cut it into the given fractions, the rest last.
