@@ -249,7 +249,7 @@ def _run(spec: SweepSpec, client: Client, progress: SweepProgress,
     with RunStore(spec.run_dir / "store.sqlite") as store:
         rows = Coordinator(spec, client, progress, stop=stop).run(store)
     result = result_of(spec, rows)
-    if _write_summary(spec.run_dir) and draw:
+    if _write_summary(spec, rows) and draw:
         result.plotting = _start_drawing(spec.run_dir)
     return result
 
@@ -258,18 +258,20 @@ def _finished_run(spec: SweepSpec, rows: list[TrialRecord], progress: SweepProgr
     """The result of a sweep whose trials had all finished before this run: its table and report again."""
     progress.on_start(spec, len(rows), 0, None)
     result = result_of(spec, rows)
-    if _write_summary(spec.run_dir):
+    if _write_summary(spec, rows):
         result.plotting = _start_drawing(spec.run_dir)
     return result
 
 
-def _write_summary(run_dir: Path) -> bool:
-    """The report's summary.md; whether it was written. Results are already saved, so a report failure is
-    logged, not raised."""
-    from .report import read_run, write_report
+def _write_summary(spec: SweepSpec, rows: list[TrialRecord]) -> bool:
+    """The report's summary.md, from the sweep's own spec and records (not read back: a 10,000-trial run's
+    sweep.yaml and store take half a second); whether it was written. Results are already saved, so a
+    report failure is logged, not raised."""
+    from .report import RunSummary, write_report
 
+    run_dir = spec.run_dir
     try:
-        write_report(read_run(run_dir), plots=False)
+        write_report(RunSummary(run_dir, spec.to_json(), rows, {}), plots=False)
         return True
     except Exception:
         log.exception("Could not write the report of %s; `dask-train results %s --plot` retries", run_dir, run_dir)
