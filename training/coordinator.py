@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distributed import Client, Future, KilledWorker, wait
+from distributed import Client, Future, KilledWorker
 
 from cluster import TRAINING_SLOT, ClusterError, cluster_workers, dashboard_url, require_slots
 
@@ -56,7 +56,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_POLL = 0.2  # seconds between checks of the futures and the event queue
+_POLL = 0.2  # seconds between checks of the futures and the event queue, when nothing wakes the loop sooner
+_MIN_ROUND = 0.05  # at most one round of the loop this often: events coming faster are applied together
 _NO_WORKERS_GRACE = 60.0  # how long a sweep waits for a slot worker to come back before giving up
 _WORKER_CHECK_EVERY = 5.0  # seconds between checks that slot workers are still there
 _RESULT_TIMEOUT = 120.0  # fetching a finished trial's result (its weights) from its worker
@@ -100,7 +101,10 @@ class Coordinator:
         self.requeues = 0  # trials put back after their task was stopped: their next task's key differs
         self.careful: set[int] = set()  # trials of a failed task: their next task sends each one's events
         self.promoted = False  # a promoted ASHA trial waits to be submitted: top up now, not at the low mark
-        with Inbox(self.client, self.run_token) as inbox:
+        # Set as an event arrives or a task ends: the loop applies it now (a trial's start is on screen at
+        # once, not at the next poll), at most every _MIN_ROUND seconds.
+        self.wake = threading.Event()
+        with Inbox(self.client, self.run_token, wake=self.wake) as inbox:
             self.events = _Events(inbox, store, self.progress, _Relay(self.client, self.stretches))
             self.stops = _Stops(self)
             ended = JobState.STOPPED
@@ -125,14 +129,17 @@ class Coordinator:
 
     def _run_trials(self, source: Source, slots: int) -> None:
         running, watch = self.running, _SlotWatch(self.client, self.spec.run_dir, slots)
+        last = 0.0  # when the last round began (time.monotonic)
         while True:
             if self.stop is not None and self.stop.is_set():
                 raise KeyboardInterrupt  # handled as Ctrl-C is: cancel, record, free the workers
             self._top_up(source, _window(self.spec, watch.slots), watch.slots)
             if not running:
                 return
-            with contextlib.suppress(TimeoutError):  # distributed's wait raises when nothing finished
-                wait(list(running), timeout=_POLL, return_when="FIRST_COMPLETED")
+            time.sleep(max(0.0, last + _MIN_ROUND - time.monotonic()))
+            self.wake.wait(_POLL)  # a task ended or an event came (or the poll is due)
+            self.wake.clear()  # before looking: what comes from now on wakes the next round
+            last = time.monotonic()
             # The finished tasks first, then the events: a task's events came before its result on the same
             # streams, so all of them are in by now (a start applied after its trial's end would be lost).
             done = [f for f in running if f.done()]
@@ -140,6 +147,10 @@ class Coordinator:
                 self.events.apply(self._arrived)
                 self._record_ended(source, done)
             watch.check()
+
+    def _task_ended(self, future: Future) -> None:
+        """On Dask's callback thread, as a submitted task ends (or fails, or is cancelled): wake the loop."""
+        self.wake.set()
 
     def _arrived(self, key: str, outcome: TrialOutcome) -> None:
         """A trial's outcome that came as an event: recorded now, in the order of the events (a grouped
@@ -242,6 +253,8 @@ class Coordinator:
             groups.append(group)
         if groups:
             futures = self._submit(groups)
+            for future in futures:
+                future.add_done_callback(self._task_ended)
             self.running.update(zip(futures, groups, strict=True))
             self.trials_of.update(zip(futures, [tuple(g) for g in groups], strict=True))
 

@@ -261,8 +261,9 @@ class Inbox:
     ...     for event in inbox.drain(): ...
     """
 
-    def __init__(self, client: Any, run: str, topic: str = TOPIC) -> None:
+    def __init__(self, client: Any, run: str, topic: str = TOPIC, wake: threading.Event | None = None) -> None:
         self.client, self.run, self.topic = client, run, topic
+        self.wake = wake  # set as messages arrive (the reader waits on it instead of polling)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
 
     def __enter__(self) -> Inbox:
@@ -317,11 +318,16 @@ class _Router:
 
     def _deliver(self, event: tuple[float, Any]) -> None:
         _, messages = event
+        woken: set[Inbox] = set()
         for message in messages if isinstance(messages, list | tuple) else [messages]:  # held ones come together
             if isinstance(message, dict):
                 inbox = self.inboxes.get(str(message.get("run")))
                 if inbox is not None:  # another client's job, or a killed earlier run: not ours
                     inbox._queue.put(message)
+                    woken.add(inbox)
+        for inbox in woken:
+            if inbox.wake is not None:
+                inbox.wake.set()
 
 
 _ATTACH = threading.Lock()

@@ -142,21 +142,21 @@ class LiveSweep(SweepProgress):
     def on_start(self, spec: SweepSpec, total: int, todo: int, dashboard: str | None) -> None:
         self.metric, self.mode, finished = spec.metric or self.metric, spec.mode or self.mode, total - todo
         self.state = SweepState(total, spec.epochs, finished)
-        self.print(f"Sweep '{spec.name}': {total} trials of {spec.workload} ({spec.search} search), "
+        self._print_now(f"Sweep '{spec.name}': {total} trials of {spec.workload} ({spec.search} search), "
                    f"{spec.epochs} epochs each. Run directory: {spec.run_dir}")
         if finished and todo:
-            self.print(f"Reusing the earlier run in {spec.run_dir}: {finished} already finished, {todo} of "
+            self._print_now(f"Reusing the earlier run in {spec.run_dir}: {finished} already finished, {todo} of "
                        f"{total} trials to run (new=True, or --new, starts afresh).")
         elif finished:
-            self.print(f"Nothing to run: all {total} trials in {spec.run_dir} already finished (new=True, or "
+            self._print_now(f"Nothing to run: all {total} trials in {spec.run_dir} already finished (new=True, or "
                        "--new, starts afresh).")
         if dashboard or todo:  # none and nothing to run: no cluster was started for it
-            self.print(f"Dashboard: {dashboard or 'not available on this scheduler'}")
+            self._print_now(f"Dashboard: {dashboard or 'not available on this scheduler'}")
         self.task = self.progress.add_task(self._description(), total=total * spec.epochs,
                                            completed=self.state.epochs_done)
 
     def on_page(self, url: str | None) -> None:
-        self.print(f"Training page: {url or 'not available on this scheduler'}")
+        self._print_now(f"Training page: {url or 'not available on this scheduler'}")
 
     def on_trial_start(self, number: int, worker: str) -> None:
         if self.state.worker_busy(worker) and number not in self.state.running:
@@ -212,6 +212,19 @@ class LiveSweep(SweepProgress):
             self._printer = threading.Timer(due, self._print_held)
             self._printer.daemon = True
             self._printer.start()
+
+    def _print_now(self, line: str) -> None:
+        """A line of the sweep's header (what it is, its URLs), printed at once with any held back: the
+        sweep's first trial lines, a moment later, are not held back behind it (the hold is for bursts)."""
+        if not self._shown:
+            self.console.print(line, soft_wrap=not self.live, highlight=False)
+            return
+        with self._print_lock:
+            self._lines.append(line)
+            if self._printer is None:  # else printed with the others held back, when the timer fires
+                printed = self._printed
+                self._print_lines()
+                self._printed = printed
 
     def _print_held(self) -> None:
         """Print the lines held back now (at the timer, or as the live area stops)."""
