@@ -156,7 +156,9 @@ class Board(SchedulerPlugin):
         if worker:
             trial["worker"] = worker
         if isinstance(event, TrialQueued):
-            trial.update(params=event.params or trial["params"], state=TrialState.QUEUED)
+            trial["params"] = event.params or trial["params"]
+            if trial["state"] != TrialState.RUNNING:  # else its announcement, held back, came after its start
+                trial["state"] = TrialState.QUEUED
         elif isinstance(event, TrialStarted):
             trial["state"] = TrialState.RUNNING
         elif isinstance(event, EpochEnded):

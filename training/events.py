@@ -129,8 +129,9 @@ class Publisher:
     on a busy machine); a sweep sends two a trial, so the coordinator hands them over here and goes on. One
     coroutine at a time sends what is queued, oldest first and all of it in one message, so the Training
     page sees a trial queued before it ended. After each message it lets :data:`PAGE_HOLD` seconds of
-    announcements gather (the first after a quiet spell leaves at once: a sweep's start and its first
-    trials are on the page before they run), so a sweep pays a few round trips a second, not two a trial.
+    announcements gather (the first after a quiet spell leaves at once), so a sweep pays a few round trips a
+    second, not two a trial; a trial's start, which its worker sends, may come first (the page keeps it
+    running).
     :meth:`flush` sends what is held at once and waits (bounded) until everything handed over was sent.
 
     Examples

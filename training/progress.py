@@ -143,13 +143,13 @@ class LiveSweep(SweepProgress):
         self.metric, self.mode, finished = spec.metric or self.metric, spec.mode or self.mode, total - todo
         self.state = SweepState(total, spec.epochs, finished)
         self._print_now(f"Sweep '{spec.name}': {total} trials of {spec.workload} ({spec.search} search), "
-                   f"{spec.epochs} epochs each. Run directory: {spec.run_dir}")
+                        f"{spec.epochs} epochs each. Run directory: {spec.run_dir}")
         if finished and todo:
-            self._print_now(f"Reusing the earlier run in {spec.run_dir}: {finished} already finished, {todo} of "
-                       f"{total} trials to run (new=True, or --new, starts afresh).")
+            self._print_now(f"Reusing the earlier run in {spec.run_dir}: {finished} already finished, {todo} "
+                            f"of {total} trials to run (new=True, or --new, starts afresh).")
         elif finished:
-            self._print_now(f"Nothing to run: all {total} trials in {spec.run_dir} already finished (new=True, or "
-                       "--new, starts afresh).")
+            self._print_now(f"Nothing to run: all {total} trials in {spec.run_dir} already finished (new=True, "
+                            "or --new, starts afresh).")
         if dashboard or todo:  # none and nothing to run: no cluster was started for it
             self._print_now(f"Dashboard: {dashboard or 'not available on this scheduler'}")
         self.task = self.progress.add_task(self._description(), total=total * spec.epochs,

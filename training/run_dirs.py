@@ -58,13 +58,18 @@ def is_ours(path: Path, markers: Sequence[str]) -> bool:
     return not any(path.iterdir()) or any((path / m).exists() for m in markers)
 
 
-def set_aside(run_dir: Path) -> Path | None:
-    """Move a sweep run dask-train wrote to ``NAME.old-TIME`` (``--new``); refuse anything else."""
-    if not run_dir.exists():
-        return None
-    if not run_dir.is_dir() or not all((run_dir / m).exists() for m in SWEEP_MARKERS):
+def check_set_aside(run_dir: Path) -> None:
+    """Refuse ``--new`` for ``run_dir`` unless it is absent or a sweep run dask-train wrote (nothing moved)."""
+    if run_dir.exists() and (not run_dir.is_dir() or not all((run_dir / m).exists() for m in SWEEP_MARKERS)):
         raise ConfigError(f"--new sets aside only a sweep run dask-train wrote; {short(str(run_dir))} is not one "
                           f"(no {' and '.join(SWEEP_MARKERS)}). Move it yourself or choose another --name.")
+
+
+def set_aside(run_dir: Path) -> Path | None:
+    """Move a sweep run dask-train wrote to ``NAME.old-TIME`` (``--new``); refuse anything else."""
+    check_set_aside(run_dir)
+    if not run_dir.exists():
+        return None
     aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
     if aside.exists():
         raise ConfigError(f"{short(str(aside))} already exists; wait a second and run again.")

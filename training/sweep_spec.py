@@ -262,13 +262,19 @@ def finished_trials(spec: SweepSpec) -> list[TrialRecord] | None:
     whose study decides). A store of another sweep of this name is refused now, as it would be once a
     cluster had started."""
     path = spec.run_dir / "store.sqlite"
-    if spec.search == "tpe" or not path.is_file():
+    if not path.is_file():
         return None
+    import sqlite3
+
     from .store import RunStore
 
-    with RunStore(path) as store:
-        if not store.check_sweep(spec.name, spec.fingerprint(), spec.to_json(), NOT_FINGERPRINTED) \
-                or store.unfinished():
-            return None
-        rows = store.trials()
+    try:
+        with RunStore(path) as store:
+            recorded = store.check_sweep(spec.name, spec.fingerprint(), spec.to_json(), NOT_FINGERPRINTED)
+            if not recorded or spec.search == "tpe" or store.unfinished():  # TPE: its study decides
+                return None
+            rows = store.trials()
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"{str(path)!r} is not a dask-train run store ({exc}); pass --new (new=True) to set "
+                          "the run aside and start afresh.") from None
     return rows if len(rows) == len(spec.trials()) else None

@@ -47,7 +47,6 @@ class Busy(Workload):
         return {"loss": model(batch[0]).sum() * 0, "count": torch.tensor(1)}
 
 
-
 def train_busy(steps: int) -> float:
     """One trial as bare Dask (``client.map``) or a process pool runs it: the Busy workload trained for one
     epoch by the same Trainer a sweep's trial uses (its loss is ``busy_work(steps)``, then a step of its

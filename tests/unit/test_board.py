@@ -27,6 +27,22 @@ def test_epochs_that_arrive_before_the_job_announcement_are_kept():
     assert view["trials"][1]["state"] == "queued" and view["counts"] == {"running": 1, "queued": 1}
 
 
+def test_a_queued_announcement_that_comes_after_its_trials_start_leaves_it_running():
+    """The coordinator's announcements gather for a moment before they leave; a trial's start comes from its
+    worker at once, so its "queued" may come second: the trial stays running. A promoted ASHA trial's next
+    stretch is queued again, and runs again when it starts."""
+    board = Board()
+    board.apply({"kind": "job", "job": "s", "run": "r1", "type": "sweep"})
+    board.apply({"kind": "start", "job": "s", "run": "r1", "trial": 0, "worker": "tcp://w:1"})
+    board.apply({"kind": "queued", "job": "s", "run": "r1", "trial": 0, "params": {"lr": 0.1}})
+    assert [(t["state"], t["params"]) for t in job(board)["trials"]] == [("running", {"lr": 0.1})]
+    board.apply({"kind": "end", "job": "s", "run": "r1", "trial": 0, "state": "promoted", "best": 0.5})
+    board.apply({"kind": "queued", "job": "s", "run": "r1", "trial": 0, "params": {"lr": 0.1}})
+    assert job(board)["trials"][0]["state"] == "queued"
+    board.apply({"kind": "start", "job": "s", "run": "r1", "trial": 0, "worker": "tcp://w:2"})
+    assert job(board)["trials"][0]["state"] == "running"
+
+
 def test_a_repeated_epoch_replaces_its_point_and_the_curve_stays_in_epoch_order():
     board = Board()
     board.apply({"kind": "job", "job": "s", "run": "r1", "type": "sweep", "metric": "val_loss", "mode": "min"})

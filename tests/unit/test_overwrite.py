@@ -12,6 +12,7 @@ from cluster import ClusterError, make_tls_files, remove_tls_files
 from tests.helpers import run_cli
 from training.errors import ConfigError
 from training.run_dirs import DDP_MARKERS, MODEL_MARKERS, SWEEP_MARKERS, check_run_dir, set_aside
+from training.store import RunStore
 from training.sweep import Sweep
 
 pytestmark = pytest.mark.timeout(120)
@@ -121,3 +122,41 @@ def test_the_cli_refuses_a_run_directory_before_starting_any_worker(tmp_path, mo
     out = CliRunner().invoke(sweep_command, ["pets-quick", "--runs-dir", str(tmp_path / "runs")])
     assert isinstance(out.exception, ConfigError) and "did not write" in str(out.exception)
     assert started == [] and (theirs / "notes.txt").read_text() == "mine\n"
+
+
+def test_the_cli_refuses_new_for_someone_elses_directory_before_starting_any_worker(tmp_path, monkeypatch):
+    """--new sets aside only a sweep run dask-train wrote: anything else is refused before the workers start."""
+    from click.testing import CliRunner
+
+    import cluster
+    from training.cli.sweep_cmd import resolve_sweep_file, sweep_command
+    from training.sweep_spec import load_sweep_file
+
+    started: list[object] = []
+    monkeypatch.setattr(cluster, "start_early", started.append)
+    theirs = _someone_elses(tmp_path / "runs" / load_sweep_file(resolve_sweep_file("pets-quick")).name)
+    out = CliRunner().invoke(sweep_command, ["pets-quick", "--new", "--runs-dir", str(tmp_path / "runs")])
+    assert isinstance(out.exception, ConfigError) and "--new sets aside only" in str(out.exception)
+    assert started == [] and (theirs / "notes.txt").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("search", ["grid", "tpe"])
+def test_a_changed_or_damaged_run_is_refused_before_a_cluster_is_needed(tmp_path, search):
+    """What a sweep's run store says is read before any cluster starts: another sweep of the same name (grid
+    or TPE alike) and a damaged store are refused with one clear error."""
+    from training.sweep_spec import SweepSpec, finished_trials
+
+    extra = {"num_trials": 4, "space": {"lr": {"loguniform": [0.01, 0.5]}}} if search == "tpe" else \
+        {"space": {"lr": [0.1, 0.2]}}
+    spec = SweepSpec.create(workload="xor", name="x", runs_dir=str(tmp_path), search=search, **extra)
+    spec.run_dir.mkdir()
+    (spec.run_dir / "sweep.yaml").write_text("name: x\nworkload: xor\n")
+    with RunStore(spec.run_dir / "store.sqlite") as store:
+        store.begin_run("x", "another sweep's fingerprint", {"epochs": 99}, [{"lr": 0.3}])
+    with pytest.raises(ConfigError, match="A different sweep named 'x'"):
+        finished_trials(spec)
+    (spec.run_dir / "store.sqlite").write_bytes(b"not a database" * 100)
+    for leftover in spec.run_dir.glob("store.sqlite-*"):
+        leftover.unlink()
+    with pytest.raises(ConfigError, match="is not a dask-train run store"):
+        finished_trials(spec)

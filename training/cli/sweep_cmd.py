@@ -88,11 +88,13 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
         return
     from cluster import start_early
 
-    from ..run_dirs import SWEEP_MARKERS, check_run_dir
+    from ..run_dirs import SWEEP_MARKERS, check_run_dir, check_set_aside
 
     # A run directory it would refuse, and a rerun with nothing left to run (no cluster needed), are known
-    # before any worker starts (with --new, once the old run is set aside).
-    if not new:
+    # before any worker starts (with --new, what it would not set aside too).
+    if new:
+        check_set_aside(spec.run_dir)
+    else:
         check_run_dir(spec.run_dir, SWEEP_MARKERS)
     nothing_to_run = not new and finished_trials(spec) is not None
     if not nothing_to_run:
