@@ -142,21 +142,21 @@ class LiveSweep(SweepProgress):
     def on_start(self, spec: SweepSpec, total: int, todo: int, dashboard: str | None) -> None:
         self.metric, self.mode, finished = spec.metric or self.metric, spec.mode or self.mode, total - todo
         self.state = SweepState(total, spec.epochs, finished)
-        self._print_now(f"Sweep '{spec.name}': {total} trials of {spec.workload} ({spec.search} search), "
-                        f"{spec.epochs} epochs each. Run directory: {spec.run_dir}")
+        self.print(f"Sweep '{spec.name}': {total} trials of {spec.workload} ({spec.search} search), "
+                   f"{spec.epochs} epochs each. Run directory: {spec.run_dir}", at_once=True)
         if finished and todo:
-            self._print_now(f"Reusing the earlier run in {spec.run_dir}: {finished} already finished, {todo} "
-                            f"of {total} trials to run (new=True, or --new, starts afresh).")
+            self.print(f"Reusing the earlier run in {spec.run_dir}: {finished} already finished, {todo} of "
+                       f"{total} trials to run (new=True, or --new, starts afresh).", at_once=True)
         elif finished:
-            self._print_now(f"Nothing to run: all {total} trials in {spec.run_dir} already finished (new=True, "
-                            "or --new, starts afresh).")
+            self.print(f"Nothing to run: all {total} trials in {spec.run_dir} already finished (new=True, or "
+                       "--new, starts afresh).", at_once=True)
         if dashboard or todo:  # none and nothing to run: no cluster was started for it
-            self._print_now(f"Dashboard: {dashboard or 'not available on this scheduler'}")
+            self.print(f"Dashboard: {dashboard or 'not available on this scheduler'}", at_once=True)
         self.task = self.progress.add_task(self._description(), total=total * spec.epochs,
                                            completed=self.state.epochs_done)
 
     def on_page(self, url: str | None) -> None:
-        self._print_now(f"Training page: {url or 'not available on this scheduler'}")
+        self.print(f"Training page: {url or 'not available on this scheduler'}", at_once=True)
 
     def on_trial_start(self, number: int, worker: str) -> None:
         if self.state.worker_busy(worker) and number not in self.state.running:
@@ -194,10 +194,12 @@ class LiveSweep(SweepProgress):
                                          width=self.console.width, title=_result_title(result, wall_seconds)))
 
     # ------------------------------------------------------------------------------------------ drawing
-    def print(self, line: str) -> None:
+    def print(self, line: str, at_once: bool = False) -> None:
         """A line above the live area (or in the log). Inside ``with``, lines that come within
         :data:`_PRINT_EVERY` of the last print are held back and printed together when it has passed, so
-        a burst of starts and ends redraws the live area once (and is one write to a log)."""
+        a burst of starts and ends redraws the live area once (and is one write to a log). ``at_once``: the
+        sweep's header (what it is, its URLs), printed now without counting as the last print, so the first
+        trial lines a moment later are not held back behind it."""
         if not self._shown:
             self.console.print(line, soft_wrap=not self.live, highlight=False)
             return
@@ -206,25 +208,15 @@ class LiveSweep(SweepProgress):
             if self._printer is not None:
                 return  # printed with the others held back, when the timer fires
             due = self._printed + _PRINT_EVERY - time.monotonic()
-            if due <= 0:
+            if at_once or due <= 0:
+                printed = self._printed
                 self._print_lines()
+                if at_once:
+                    self._printed = printed
                 return
             self._printer = threading.Timer(due, self._print_held)
             self._printer.daemon = True
             self._printer.start()
-
-    def _print_now(self, line: str) -> None:
-        """A line of the sweep's header (what it is, its URLs), printed at once with any held back: the
-        sweep's first trial lines, a moment later, are not held back behind it (the hold is for bursts)."""
-        if not self._shown:
-            self.console.print(line, soft_wrap=not self.live, highlight=False)
-            return
-        with self._print_lock:
-            self._lines.append(line)
-            if self._printer is None:  # else printed with the others held back, when the timer fires
-                printed = self._printed
-                self._print_lines()
-                self._printed = printed
 
     def _print_held(self) -> None:
         """Print the lines held back now (at the timer, or as the live area stops)."""
