@@ -129,24 +129,27 @@ WARM_UP_TIMEOUT = 120.0
 def wait_for_warm_up(client: Client, timeout: float = WARM_UP_TIMEOUT) -> bool:
     """Wait until every worker has imported torch and the preloaded modules (the plugin's warm-up), so the
     first trial starts as fast as later ones: that time counts as the cluster's start, not the first
-    trial's. Bounded: a worker still warming after ``timeout`` is logged and left to finish on its own.
-    True when all were warm."""
-    deadline = time.monotonic() + timeout
-    while True:
-        warm = client.run(_is_warm, on_error="return")
-        if all(v is True for v in warm.values()):
-            return True
-        if time.monotonic() > deadline:
-            log.warning("Workers %s were still warming up after %.0fs; their first tasks wait for it.",
-                        sorted(a for a, v in warm.items() if v is not True), timeout)
-            return False
-        time.sleep(0.05)
+    trial's. Each worker answers as its warm-up ends (no polling). Bounded: a worker still warming after
+    ``timeout`` is logged and left to finish on its own. True when all were warm."""
+    warm = client.run(_warmed, timeout, on_error="return")
+    if all(v is True for v in warm.values()):
+        return True
+    log.warning("Workers %s were still warming up after %.0fs; their first tasks wait for it.",
+                sorted(a for a, v in warm.items() if v is not True), timeout)
+    return False
 
 
-def _is_warm(dask_worker) -> bool:
-    """On a worker: its warm-up finished (True as well without our plugin, or one that cannot tell)."""
-    warm = getattr(dask_worker.plugins.get(PLUGIN_NAME), "warm", None)
-    return warm is None or bool(warm())
+async def _warmed(timeout: float, dask_worker) -> bool:
+    """On a worker: True once its warm-up has finished (at once without our plugin, or one that cannot tell),
+    False after ``timeout`` seconds. Waits on a thread: the worker's event loop goes on."""
+    import asyncio
+
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    wait = getattr(plugin, "wait_warm", None)
+    if wait is None:
+        warm = getattr(plugin, "warm", None)
+        return warm is None or bool(warm())
+    return bool(await asyncio.to_thread(wait, timeout))
 
 
 @contextlib.contextmanager

@@ -8,8 +8,10 @@ variables::
             = max(1, cpus // DASK_TRAIN_SLOT_WORKERS)      otherwise
 
 ``cpus`` is what the worker process may really run on: its CPU affinity (``taskset``, Slurm's binding),
-capped by its cgroup CPU quota (a Kubernetes CPU limit, ``docker run --cpus``), rounded up, as
-``dask.system.cpu_count`` reads them. ``DASK_TRAIN_SLOT_WORKERS`` is how many slot workers were started on
+capped by its cgroup CPU quota (a Kubernetes CPU limit, ``docker run --cpus``), rounded up, read where
+``dask.system.cpu_count`` reads them. Read here, not by importing Dask: a command line counts the CPUs to
+start its worker program before it has imported Dask (a tenth of a second it spends while that program
+imports torch). ``DASK_TRAIN_SLOT_WORKERS`` is how many slot workers were started on
 those same CPUs (``dask worker --nworkers N`` starts N; default 1): whoever starts the workers sets it in
 the environment they start with (the generated Slurm scripts, dask-jobqueue jobs, the Compose file and
 the embedded cluster do), never a running worker.
@@ -17,10 +19,10 @@ the embedded cluster do), never a running worker.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
-
-from dask.system import cpu_count
+from pathlib import Path
 
 #: Torch threads for every training task on a worker; overrides the rule. Set where the worker is started.
 TORCH_THREADS_VARIABLE = "DASK_TRAIN_TORCH_THREADS"
@@ -30,7 +32,34 @@ SLOT_WORKERS_VARIABLE = "DASK_TRAIN_SLOT_WORKERS"
 
 def cpu_cores() -> int:
     """CPUs this process may use: its CPU affinity capped by its cgroup CPU quota (rounded up), at least 1."""
-    return max(1, cpu_count())
+    if not hasattr(os, "sched_getaffinity"):  # macOS, Windows: no cgroups; Dask reads their affinity
+        from dask.system import cpu_count
+
+        return max(1, cpu_count())
+    count = len(os.sched_getaffinity(0))
+    quota = cgroup_cpu_quota()
+    return max(1, min(count, math.ceil(quota)) if quota else count)
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")) -> float | None:
+    """This process's cgroup CPU quota in CPUs (``1.5``: one and a half), None without one: cgroup v1's
+    ``cpu.cfs_quota_us / cpu.cfs_period_us`` (``-1``: none), else v2's ``cpu.max`` of this process's group
+    (``max 100000``: none). Files that are missing or unreadable mean no quota.
+    """
+    for folder in ("cpuacct,cpu", "cpu,cpuacct"):  # v1: the name differs across distributions
+        try:
+            quota = int((root / folder / "cpu.cfs_quota_us").read_text())
+            period = int((root / folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return quota / period if quota > 0 and period > 0 else None
+    try:  # v2: the group this process is in (the last field of its one line)
+        group = own.read_text().strip().split(":")[-1].strip("/")
+        quota_text, period_text = (root / group / "cpu.max").read_text().split()
+        quota, period = int(quota_text), int(period_text)
+    except (OSError, ValueError):  # no such files, or "max PERIOD": no quota
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def threads_per_worker(cpus: int, slot_workers: int) -> int:

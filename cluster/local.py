@@ -41,6 +41,7 @@ from .worker_process import WorkerProcess
 log = logging.getLogger(__name__)
 
 _WORKER_START_TIMEOUT = 120.0  # seconds for the worker processes to start and join
+_JOIN_POLL = 0.02  # seconds between looks at who joined (the scheduler's news, in this process: no message)
 
 
 def start_local_cluster(spec: ClusterSpec | None = None) -> Cluster:
@@ -193,7 +194,7 @@ def _wait_for_worker_processes(cluster: LocalCluster, count: int, timeout: float
             raise ClusterError(f"Only {len(cluster.scheduler_info.get('workers', {}))} of {count} workers "
                                f"joined the embedded cluster within {timeout:g}s. The machine may be "
                                "overloaded: retry, or start fewer workers (--workers).")
-        time.sleep(0.1)
+        time.sleep(_JOIN_POLL)
 
 
 def _start_gpu_cluster(spec: ClusterSpec, gpus: list[str]) -> Cluster:

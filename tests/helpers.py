@@ -83,3 +83,15 @@ def descendants(pid: int) -> list[psutil.Process]:
 
 def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
     return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def slow_warm_up(seconds: float) -> Any:
+    """dask-train's worker plugin with a warm-up ``seconds`` longer: a worker still importing torch."""
+    from cluster.plugin import TrainingWorkerPlugin
+
+    class SlowWarmUp(TrainingWorkerPlugin):
+        def _warm_up(self) -> None:
+            time.sleep(seconds)
+            super()._warm_up()
+
+    return SlowWarmUp()

@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from .errors import ConfigError
 
 
@@ -56,6 +54,8 @@ class Asha:
 
     def promote(self, rung: int, value: float) -> bool:
         """Record ``value`` at ``rung``; True if it is in the best 1/reduction_factor recorded there."""
+        import numpy as np  # here: validating a sweep spec builds an Asha, and loads no numpy for it
+
         values = self.recorded.setdefault(rung, [])
         values.append(value)
         if self.mode == "min":

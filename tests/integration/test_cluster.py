@@ -34,7 +34,7 @@ from cluster import (
     require_slots,
     start_local_cluster,
 )
-from tests.helpers import alive, cli_env, descendants, poll_for, run_cli, start_cli
+from tests.helpers import alive, cli_env, descendants, poll_for, run_cli, slow_warm_up, start_cli
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -128,6 +128,22 @@ def test_scheduler_nannies_and_workers_wake_rarely_when_idle(client):
         assert timers == {"tick": 500, "monitor": 1000, "memory": 500}
     assert {k: v for k, v in client.run_on_scheduler(_timers).items() if k != "memory"} == \
         {"tick": 500, "monitor": 1000}
+
+
+def test_waiting_for_the_warm_up_ends_as_it_ends_and_within_its_bound(client, caplog):
+    from cluster.client import wait_for_warm_up
+    from cluster.plugin import PLUGIN_NAME, TrainingWorkerPlugin
+
+    try:
+        client.register_plugin(slow_warm_up(3.0), name=PLUGIN_NAME)
+        with caplog.at_level(logging.WARNING, logger="cluster.client"):
+            assert wait_for_warm_up(client, timeout=0.5) is False
+        assert "were still warming up" in caplog.text
+        assert wait_for_warm_up(client, timeout=60) is True
+        assert all(client.run(lambda dask_worker: dask_worker.plugins[PLUGIN_NAME].warm()).values())
+    finally:
+        client.register_plugin(TrainingWorkerPlugin(), name=PLUGIN_NAME)
+    assert wait_for_warm_up(client, timeout=60) is True
 
 
 _PRELOADED = ["torch", "torch._dynamo", "training.trial", "training.loop", "training.rank"]

@@ -91,3 +91,24 @@ print(len(spec.trials()), "torch" in sys.modules)
     assert done.returncode == 0, done.stderr
     count, imported = done.stdout.split()
     assert int(count) > 0 and imported == "False"
+
+
+def test_a_sweep_starts_its_worker_program_before_importing_dask_or_numpy(tmp_path):
+    """`dask-train sweep` checks the sweep and its run directory and starts the worker program (whose fork
+    server then imports torch, seconds) before it imports Dask or numpy itself: those load on the other core
+    meanwhile, not before the workers' imports begin."""
+    code = """
+import json, sys
+import cluster, cluster.worker_host
+def start_early(target):
+    print(json.dumps(sorted(m for m in ("dask", "distributed", "numpy", "torch", "pandas") if m in sys.modules)))
+    raise SystemExit(0)
+cluster.start_early = cluster.worker_host.start_early = start_early
+from training.cli import main
+sys.argv = ["dask-train", "sweep", "pets-quick", "--runs-dir", sys.argv[1]]
+main()
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []

@@ -22,7 +22,7 @@ from cluster import (
     torch_threads,
     visible_gpus,
 )
-from cluster.cpus import thread_environ, threads_per_worker
+from cluster.cpus import cgroup_cpu_quota, cpu_cores, thread_environ, threads_per_worker
 from cluster.errors import ClusterConnectError
 from cluster.security import read_scheduler_file, write_scheduler_file
 
@@ -127,6 +127,35 @@ def test_cpu_cores_follows_the_cpu_affinity_the_process_is_given():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
                          preexec_fn=lambda: os.sched_setaffinity(0, {first}))
     assert out.stdout.strip() == "1"
+
+
+def test_cpu_cores_reads_what_dask_reads():
+    from dask.system import cpu_count
+
+    assert cpu_cores() == max(1, cpu_count())
+
+
+def _cgroup_files(root, files):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize(("files", "quota"), [
+    ({"cpu,cpuacct/cpu.cfs_quota_us": "250000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 2.5),
+    ({"cpuacct,cpu/cpu.cfs_quota_us": "-1\n", "cpuacct,cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({"app/cpu.max": "150000 100000\n"}, 1.5),
+    ({"app/cpu.max": "max 100000\n"}, None),
+    ({"other/cpu.max": "150000 100000\n"}, None),  # another group's quota is not this process's
+    ({"app/cpu.max": "garbage\n"}, None),
+    ({}, None),
+])
+def test_cgroup_cpu_quota_in_v1_and_v2_layouts(tmp_path, files, quota):
+    root = _cgroup_files(tmp_path / "cgroup", files)
+    own = tmp_path / "self-cgroup"
+    own.write_text("0::/app\n")
+    assert cgroup_cpu_quota(root, own) == quota
 
 
 @pytest.mark.parametrize(

@@ -9,17 +9,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ..errors import DataError
 from ..params import Param
 from .base import Batch, Data, Workload, split_indices, take
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
-_IDX_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+# numpy is imported where data is read: the client names workloads without loading any.
+_IDX_DTYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -120,6 +120,7 @@ def _sklearn_digits(seed: int) -> tuple[Batch, Batch]:
     if spec is None or not spec.submodule_search_locations:
         raise DataError("scikit-learn is not installed: `pip install scikit-learn`, or pass --data to MNIST.")
     path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    import numpy as np
     import torch
 
     table = torch.from_numpy(np.loadtxt(path, delimiter=",", dtype=np.float32))
@@ -130,6 +131,7 @@ def _sklearn_digits(seed: int) -> tuple[Batch, Batch]:
 
 
 def _read_mnist(folder: Path) -> tuple[Batch, Batch]:
+    import numpy as np
     import torch
 
     if not folder.is_dir():
@@ -155,6 +157,8 @@ def _find(folder: Path, stem: str) -> Path:
 
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (MNIST's format), plain or gzipped, as a numpy array."""
+    import numpy as np
+
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
         raw = handle.read()

@@ -8,8 +8,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ..errors import DataError
 from ..params import Param
 from .base import Batch, Data, Workload, split_indices
@@ -154,6 +152,8 @@ def encode_windows(names: Sequence[str], window: int) -> torch.Tensor:
     ``window + 1`` characters and padded on the left with ``'*'``. Inputs are ``w[:, :-1]``,
     targets ``w[:, 1:]``. Built with one sliding view over all names at once.
     """
+    import numpy as np
+
     lookup = np.zeros(256, dtype=np.uint8)
     lookup[np.frombuffer(CHARACTERS.encode(), dtype=np.uint8)] = np.arange(len(CHARACTERS))
     padded = "".join("*" * window + n + "+" for n in names).encode("ascii")
