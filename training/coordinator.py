@@ -102,8 +102,9 @@ class Coordinator:
         self.careful: set[int] = set()  # trials of a failed task: their next task sends each one's events
         self.promoted = False  # a promoted ASHA trial waits to be submitted: top up now, not at the low mark
         # Set as an event arrives or a task ends: the loop applies it now (a trial's start is on screen at
-        # once, not at the next poll), at most every _MIN_ROUND seconds.
-        self.wake = threading.Event()
+        # once, not at the next poll), at most every _MIN_ROUND seconds for events; a task's end starts the
+        # next round at once (its slot is free; after the last one the sweep is over).
+        self.wake, self.task_ended = threading.Event(), threading.Event()
         with Inbox(self.client, self.run_token, wake=self.wake) as inbox:
             self.events = _Events(inbox, store, self.progress, _Relay(self.client, self.stretches))
             self.stops = _Stops(self)
@@ -136,9 +137,10 @@ class Coordinator:
             self._top_up(source, _window(self.spec, watch.slots), watch.slots)
             if not running:
                 return
-            time.sleep(max(0.0, last + _MIN_ROUND - time.monotonic()))
+            self.task_ended.wait(max(0.0, last + _MIN_ROUND - time.monotonic()))  # events wait their turn
             self.wake.wait(_POLL)  # a task ended or an event came (or the poll is due)
             self.wake.clear()  # before looking: what comes from now on wakes the next round
+            self.task_ended.clear()
             last = time.monotonic()
             # The finished tasks first, then the events: a task's events came before its result on the same
             # streams, so all of them are in by now (a start applied after its trial's end would be lost).
@@ -150,6 +152,7 @@ class Coordinator:
 
     def _task_ended(self, future: Future) -> None:
         """On Dask's callback thread, as a submitted task ends (or fails, or is cancelled): wake the loop."""
+        self.task_ended.set()
         self.wake.set()
 
     def _arrived(self, key: str, outcome: TrialOutcome) -> None:
