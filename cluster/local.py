@@ -153,7 +153,8 @@ def _start_cpu_cluster(spec: ClusterSpec) -> Cluster:
     cluster.worker_host = host
     try:
         _start_named_workers(cluster, _worker_process_spec(spec, host), workers, "cpu")
-    except BaseException:
+    except BaseException:  # e.g. Ctrl-C while the workers start
+        host.close_now()  # first: a nanny still joining must not see its scheduler go (it would say so)
         cluster.close()
         raise
     return cluster

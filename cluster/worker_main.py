@@ -41,6 +41,7 @@ class _Host:
         self.forked = forked
         self.nannies: dict[str, Any] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.closing = False  # set once the program ends: a nanny still starting then fails quietly
 
     def reply(self, **message: str) -> None:
         with contextlib.suppress(OSError):  # the cluster's process is gone: nobody to tell
@@ -61,7 +62,8 @@ class _Host:
         try:
             nanny = await _start_nanny(request, self.forked)
         except Exception:
-            logging.getLogger(__name__).exception("The nanny of worker %r did not start", name)
+            if not self.closing:  # else ended with the program (Ctrl-C while the cluster started): not news
+                logging.getLogger(__name__).exception("The nanny of worker %r did not start", name)
             self.reply(failed=name)
             return
         self.nannies[name] = nanny
@@ -78,10 +80,35 @@ class _Host:
         self.reply(closed=name)
 
     async def close_all(self) -> None:
+        """Close the nannies that started; end the ones still starting, and the fork server with them."""
+        self.closing = True
         nannies, self.nannies = list(self.nannies.values()), {}
         await asyncio.gather(*(_close_nanny(n) for n in nannies))
+        if self.forked:
+            # The starts this cuts short fail in Dask's threads and streams, which log it: the end, not news.
+            logging.getLogger("distributed").setLevel(logging.CRITICAL)
+            _end_fork_server()
         for task in list(self.tasks):
             task.cancel()
+
+
+def _end_fork_server() -> None:
+    """Kill the fork server and the worker processes it forked that are left: those of nannies still
+    starting as the program ends (the workers of started nannies have closed). Left alone, such a process
+    goes on unpickling what its nanny sent after this program's exit removed it, and prints a traceback
+    for nothing (Ctrl-C while the cluster starts)."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        for server in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                if "multiprocessing.forkserver" not in " ".join(server.cmdline()):
+                    continue  # the resource tracker: it removes what the killed processes leave
+                server.suspend()  # forks no more while its children go
+                for child in server.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        child.kill()
+                server.kill()
 
 
 async def _start_nanny(request: dict[str, Any], forked: bool) -> Any:

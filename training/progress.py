@@ -136,7 +136,8 @@ class LiveSweep(SweepProgress):
     def __exit__(self, *exc: object) -> None:
         self._print_held()
         self._shown = False
-        self.progress.stop()
+        if self.live:  # rich prints an empty line as a Progress that never started stops
+            self.progress.stop()
 
     # --------------------------------------------------------------------------------------- the hooks
     def on_start(self, spec: SweepSpec, total: int, todo: int, dashboard: str | None) -> None:
@@ -189,7 +190,8 @@ class LiveSweep(SweepProgress):
         from .results_view import results_table
 
         self._print_held()
-        self.progress.stop()
+        if self.live:
+            self.progress.stop()
         self.console.print(results_table(result.trials, result.spec.space, self.metric, self.mode,
                                          width=self.console.width, title=_result_title(result, wall_seconds)))
 

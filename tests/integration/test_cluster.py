@@ -16,6 +16,7 @@ import time
 import urllib.request
 
 import dask
+import psutil
 import pytest
 from distributed import Client, LocalCluster
 from distributed.comm import connect as comm_connect
@@ -330,6 +331,34 @@ def test_cluster_up_and_cluster_info_work_together_and_sigint_stops_cleanly(tmp_
     assert "Cluster stopped." in output and "Traceback" not in output
     assert re.search(r"Training page:\s+http://127\.0\.0\.1:\d+/training", output), output
     assert not scheduler_file.exists()
+
+
+@pytest.mark.parametrize("later", [0.0, 0.8], ids=["as-the-fork-server-starts", "as-the-workers-are-asked-for"])
+def test_ctrl_c_while_a_sweeps_cluster_starts_says_one_line_and_leaves_nothing(tmp_path, later):
+    """Ctrl-C before the sweep's cluster is up: one line, exit 130, no traceback (a worker process its
+    nanny asked for as the program ended printed one), no process left, nothing recorded."""
+    proc = start_cli("sweep", "pets-quick", "--runs-dir", str(tmp_path / "runs"))
+    seen: dict[int, psutil.Process] = {}
+
+    def fork_server_started():
+        assert proc.poll() is None, proc.communicate()[0]
+        seen.update((p.pid, p) for p in descendants(proc.pid))
+        return any("multiprocessing.forkserver" in " ".join(p.cmdline()) for p in alive(list(seen.values())))
+
+    try:
+        poll_for(fork_server_started, 60, period=0.02, what="the worker program's fork server")
+        time.sleep(later)  # a moment of the start-up (each moment must end the same way)
+        seen.update((p.pid, p) for p in descendants(proc.pid))
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    poll_for(lambda: not alive(list(seen.values())), 20, what="every process of the sweep gone")
+    assert proc.returncode == 130, output
+    assert output.strip().splitlines()[-1] == "Interrupted (Ctrl-C).", output
+    assert "Traceback" not in output and "Aborted!" not in output, output
+    assert not (tmp_path / "runs" / "pets-quick" / "store.sqlite").exists()
 
 
 def test_tls_cluster_admits_only_clients_with_the_certificate(tmp_path):

@@ -25,7 +25,8 @@ __all__ = ["cli", "main"]
 
 class _Group(click.Group):
     """Turns every failure below into one line: exit code 2 for bad input (ConfigError, usage errors), 1 for
-    runtime failures (cluster, DDP job, disk, anything unexpected). ``--debug`` re-raises with the traceback."""
+    runtime failures (cluster, DDP job, disk, anything unexpected), 130 for a Ctrl-C no command summed up
+    itself. ``--debug`` re-raises with the traceback."""
 
     def make_context(self, info_name, args, parent=None, **extra):
         try:
@@ -36,8 +37,13 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+        except (click.exceptions.Exit, click.Abort):
             raise
+        except KeyboardInterrupt:  # one the command did not turn into its own summary (e.g. during start-up)
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo("Interrupted (Ctrl-C).", err=True)
+            ctx.exit(130)
         except click.UsageError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
