@@ -93,22 +93,41 @@ print(len(spec.trials()), "torch" in sys.modules)
     assert int(count) > 0 and imported == "False"
 
 
-def test_a_sweep_starts_its_worker_program_before_importing_dask_or_numpy(tmp_path):
-    """`dask-train sweep` checks the sweep and its run directory and starts the worker program (whose fork
-    server then imports torch, seconds) before it imports Dask or numpy itself: those load on the other core
-    meanwhile, not before the workers' imports begin."""
+@pytest.mark.parametrize("command", [["sweep", "pets-quick"], ["ddp", "xor", "--epochs", "2"]])
+def test_a_sweep_or_ddp_job_starts_its_worker_program_before_importing_dask_or_torch(tmp_path, command):
+    """`dask-train sweep` and `ddp` check what they were given and start the worker program (whose fork
+    server then imports torch, seconds) before they import Dask, numpy or torch themselves: those load on the
+    other core meanwhile, not before the workers' imports begin."""
+    result = _early_start(tmp_path, *command)
+    assert result["started"] == [], result
+
+
+@pytest.mark.parametrize("command", [["ddp", "xor", "--lr", "x"], ["ddp", "nosuch"],
+                                     ["ddp", "xor", "--epochs", "0"], ["sweep", "pets-quick", "--epochs", "0"]])
+def test_bad_input_starts_no_worker_program(tmp_path, command):
+    result = _early_start(tmp_path, *command)
+    assert result["started"] is None and result["exit"] == 2, result
+
+
+def _early_start(tmp_path, *command: str) -> dict:
+    """Run the command line in-process, its start_early recording which heavy modules were loaded when it
+    was called (None: not called) and ending the run there."""
     code = """
 import json, sys
 import cluster, cluster.worker_host
+seen = {"started": None}
 def start_early(target):
-    print(json.dumps(sorted(m for m in ("dask", "distributed", "numpy", "torch", "pandas") if m in sys.modules)))
+    seen["started"] = sorted(m for m in ("dask", "distributed", "numpy", "torch", "pandas") if m in sys.modules)
     raise SystemExit(0)
 cluster.start_early = cluster.worker_host.start_early = start_early
-from training.cli import main
-sys.argv = ["dask-train", "sweep", "pets-quick", "--runs-dir", sys.argv[1]]
-main()
+from training.cli import cli
+try:
+    cli.main(sys.argv[2:] + ["--runs-dir", sys.argv[1]], prog_name="dask-train")
+except SystemExit as exit:
+    seen["exit"] = exit.code
+print(json.dumps(seen))
 """
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs")], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs"), *command], capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1]) == []
+    return json.loads(done.stdout.splitlines()[-1])

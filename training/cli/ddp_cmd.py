@@ -15,7 +15,7 @@ from .train_cmd import _EXTRA, _show_use, parse_param_args, precision_option
 
 @click.command(context_settings=_EXTRA)
 @click.argument("workload")
-@click.option("--epochs", type=int, default=None, help="Total epochs (default: the workload's).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Total epochs (default: the workload's).")
 @click.option("--name", default=None, help="Job name: its run directory is RUNS_DIR/NAME (default WORKLOAD-ddp).")
 @click.option("--runs-dir", default="runs", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -37,10 +37,18 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
                 precision: str, target: Target) -> None:
     """Train WORKLOAD on several workers with DistributedDataParallel (--workers N ranks; default: every
     free worker). Hyperparameters: --name value, as for `dask-train train`."""
+    from cluster import start_early
+
+    from ..params import resolve
+    from ..workloads import get_workload
+
+    params = parse_param_args(ctx.args)
+    work = get_workload(workload)
+    resolve(work.params, params, owner=work.name)  # a bad name or value is refused before any worker starts
+    start_early(target)  # its workers import torch while this process imports the DDP runner (torch too)
     from ..ddp import train_ddp
     from ..ddp_progress import LiveDDP
 
-    params = parse_param_args(ctx.args)
     try:
         result = train_ddp(None, workload, params, epochs=epochs, workers=target.local.workers, name=name,
                            runs_dir=runs_dir, seed=seed, resume=resume, timeout=rank_timeout,
