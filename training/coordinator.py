@@ -93,8 +93,9 @@ class Coordinator:
         self.mark = str(mark_run_dir(spec.run_dir.resolve(), self.run_token))  # workers that see it write there
         self.source = source = make_source(spec, store)
         self.stretches.replay(store)
-        self.best = best_trial(store.trials(), spec.mode)
-        _announce(self, total=spec.num_trials if spec.search == "tpe" else len(trials))
+        rows = store.trials()
+        self.best = best_trial(rows, spec.mode)
+        _announce(self, rows, total=spec.num_trials if spec.search == "tpe" else len(trials))
         self.running: dict[Future, list[int]] = {}  # each submitted task's trials not recorded yet
         self.trials_of: dict[Future, tuple[int, ...]] = {}  # each submitted task's trials
         self.groups = _Groups(spec)
@@ -496,10 +497,10 @@ def _window(spec: SweepSpec, slots: int) -> tuple[int, int]:
     return 2 * slots + 2, 3 * slots + 4
 
 
-def _announce(coordinator: Coordinator, total: int | None) -> None:
-    """Announce the sweep to the Training page (with what the store knows of its trials) and the progress."""
+def _announce(coordinator: Coordinator, trials: list[TrialRecord], total: int | None) -> None:
+    """Announce the sweep to the Training page (with what the store knows of its ``trials``) and the
+    progress."""
     spec, client, store = coordinator.spec, coordinator.client, coordinator.store
-    trials = store.trials()
     finished = sum(1 for t in trials if t.state.is_finished)
     page = enable_page(client)
     coordinator.publisher.send(_announcement(spec, coordinator.run_token, client.id, total, trials,
@@ -674,9 +675,11 @@ def _interrupted(spec: SweepSpec, store: RunStore, cancelled: list[int]) -> str:
 
 
 def _write_spec(spec: SweepSpec) -> None:
+    """The run's sweep.yaml (plain YAML, through libyaml where PyYAML has it: ten times faster)."""
     import yaml
 
-    (spec.run_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.to_json(), sort_keys=False))
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    (spec.run_dir / "sweep.yaml").write_text(yaml.dump(spec.to_json(), Dumper=dumper, sort_keys=False))
 
 
 def _executing_keys(dask_worker: Any) -> list[str]:
