@@ -123,32 +123,38 @@ def prepare_workers(client: Client, torch_threads: int | None = None, preload: t
 
 #: How long a new client waits for the workers' warm-up before it goes on (their first task then waits).
 WARM_UP_TIMEOUT = 120.0
+_WARM_POLL = 0.02  # seconds between a worker's looks at its own warm-up (no message: on the worker itself)
 
 
 def wait_for_warm_up(client: Client, timeout: float = WARM_UP_TIMEOUT) -> bool:
     """Wait until every worker has imported torch and the preloaded modules (the plugin's warm-up), so the
     first trial starts as fast as later ones: that time counts as the cluster's start, not the first
-    trial's. Each worker answers as its warm-up ends (no polling). Bounded: a worker still warming after
-    ``timeout`` is logged and left to finish on its own. True when all were warm."""
+    trial's. Each worker answers as its warm-up ends (it looks, not this client). Bounded: a worker still
+    warming after ``timeout`` is logged and left to finish on its own. True when all were warm."""
     warm = client.run(_warmed, timeout, on_error="return")
     if all(v is True for v in warm.values()):
         return True
-    log.warning("Workers %s were still warming up after %.0fs; their first tasks wait for it.",
+    log.warning("Workers %s were still warming up after %gs; their first tasks wait for it.",
                 sorted(a for a, v in warm.items() if v is not True), timeout)
     return False
 
 
 async def _warmed(timeout: float, dask_worker) -> bool:
     """On a worker: True once its warm-up has finished (at once without our plugin, or one that cannot tell),
-    False after ``timeout`` seconds. Waits on a thread: the worker's event loop goes on."""
+    False after ``timeout`` seconds. Looks every 20 ms on the worker's event loop, not from a thread: a
+    worker told to close meanwhile closes at once."""
     import asyncio
 
-    plugin = dask_worker.plugins.get(PLUGIN_NAME)
-    wait = getattr(plugin, "wait_warm", None)
-    if wait is None:
-        warm = getattr(plugin, "warm", None)
-        return warm is None or bool(warm())
-    return bool(await asyncio.to_thread(wait, timeout))
+    warm = getattr(dask_worker.plugins.get(PLUGIN_NAME), "warm", None)
+    if warm is None:
+        return True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not warm():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(_WARM_POLL)
+    return True
 
 
 @contextlib.contextmanager

@@ -36,7 +36,8 @@ def cpu_cores() -> int:
         from dask.system import cpu_count
 
         return max(1, cpu_count())
-    count = len(os.sched_getaffinity(0))
+    process_cpu_count = getattr(os, "process_cpu_count", None)  # 3.13+: the affinity, or PYTHON_CPU_COUNT
+    count = (process_cpu_count() or 1) if process_cpu_count else len(os.sched_getaffinity(0))
     quota = cgroup_cpu_quota()
     return max(1, min(count, math.ceil(quota)) if quota else count)
 

@@ -93,10 +93,6 @@ class TrainingWorkerPlugin(WorkerPlugin):
         """Whether the warm-up (torch, the preloaded modules) has finished; does not wait."""
         return self._ready is not None and self._ready.is_set()
 
-    def wait_warm(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the warm-up to finish; whether it has."""
-        return self._ready is not None and self._ready.wait(timeout)
-
     def describe(self, timeout: float = _DESCRIBE_TIMEOUT) -> dict[str, Any]:
         """This worker's device, waiting for the warm-up if it is still importing torch."""
         if self._ready is None:

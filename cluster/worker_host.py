@@ -58,14 +58,15 @@ class WorkerHost:
         self._states: dict[str, str] = {}  # worker name: starting, started, failed or closed
         self._ended: dict[str, asyncio.Event] = {}
         self._reading: asyncio.Task[None] | None = None  # follows the current process's replies, once read
+        self._closed = False  # closed for good (the cluster closes): no program starts again
         self.start()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> WorkerHost:
         return self  # one per cluster: SpecCluster copies its worker specs, which name it
 
     def start(self) -> None:
-        """Start the program unless it runs."""
-        if self.process is not None and self.process.poll() is None:
+        """Start the program unless it runs (or this host was closed)."""
+        if self._closed or (self.process is not None and self.process.poll() is None):
             return
         read, write = os.pipe()
         environ = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -86,9 +87,12 @@ class WorkerHost:
     async def start_nanny(self, request: dict[str, Any]) -> None:
         """Ask the program to start the nanny ``request`` describes (``name``, ``scheduler``, ``nanny``,
         ``config``, ``tls``): it joins the scheduler on its own."""
+        name = request["name"]
+        if self._closed:  # the cluster closed while this worker was on its way (Ctrl-C as it started)
+            self._states[name] = "failed"
+            return
         self.start()
         await self._read_replies()
-        name = request["name"]
         self._states[name] = "starting"
         self._ended[name] = asyncio.Event()
         self._send({"start": request})
@@ -119,6 +123,7 @@ class WorkerHost:
 
     async def close(self) -> None:
         """End the program: it closes the nannies still running, then ends (killed after :data:`_REPLY_GRACE`)."""
+        self._closed = True
         process = self.process
         if process is None:
             return
@@ -130,6 +135,7 @@ class WorkerHost:
 
     def close_now(self) -> None:
         """:meth:`close`, outside an event loop (the cluster did not start)."""
+        self._closed = True
         process = self.process
         if process is None:
             return

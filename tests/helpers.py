@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -32,10 +33,11 @@ def run_cli(*args: str, timeout: float = 120, cwd: Any = None) -> subprocess.Com
                           env=cli_env())
 
 
-def start_cli(*args: str, cwd: Any = None, new_session: bool = True, importable: bool = False) -> subprocess.Popen:
+def start_cli(*args: str, cwd: Any = None, new_session: bool = True, importable: bool = False,
+              extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start ``dask-train ARGS`` in the background, in its own process group (like a terminal job).
     ``importable``: the CLI can import this checkout's test modules (workloads named ``tests....:Class``)."""
-    env = {**cli_env(), "PYTHONUNBUFFERED": "1"}
+    env = {**cli_env(), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     if importable:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     return subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -95,3 +97,14 @@ def slow_warm_up(seconds: float) -> Any:
             super()._warm_up()
 
     return SlowWarmUp()
+
+
+def processes_marked(variable: str, value: str) -> list[psutil.Process]:
+    """The live processes whose environment holds ``variable=value`` (what a command started, its
+    descendants and their descendants, re-parented or not)."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.environ().get(variable) == value and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 _POLL = 0.2  # seconds between checks of the futures and the event queue, when nothing wakes the loop sooner
 _MIN_ROUND = 0.05  # at most one round of the loop this often: events coming faster are applied together
+_MIN_TASK_ROUND = 0.005  # ... unless a task ended: its slot is free (tasks ending within this share a round)
 _NO_WORKERS_GRACE = 60.0  # how long a sweep waits for a slot worker to come back before giving up
 _WORKER_CHECK_EVERY = 5.0  # seconds between checks that slot workers are still there
 _RESULT_TIMEOUT = 120.0  # fetching a finished trial's result (its weights) from its worker
@@ -139,6 +140,7 @@ class Coordinator:
             if not running:
                 return
             self.task_ended.wait(max(0.0, last + _MIN_ROUND - time.monotonic()))  # events wait their turn
+            time.sleep(max(0.0, last + _MIN_TASK_ROUND - time.monotonic()))  # tasks ending together: one round
             self.wake.wait(_POLL)  # a task ended or an event came (or the poll is due)
             self.wake.clear()  # before looking: what comes from now on wakes the next round
             self.task_ended.clear()

@@ -33,7 +33,6 @@ from .model_file import TrainedModel, save_model
 from .params import check_data_paths, resolve
 from .precision import check_device_supports, check_precision
 from .protocol import JobAnnounced, JobEnded, JobState, RankOutcome, TrialState
-from .sweep_spec import NAME_PATTERN
 from .workloads import get_workload, workload_ref
 
 __all__ = ["DDPProgress", "DDPResult", "Placement", "assign_ranks", "train_ddp"]
@@ -155,21 +154,14 @@ class _Job:
         return self.run_dir / "checkpoint.pt"
 
     def validate(self) -> None:
-        if not NAME_PATTERN.match(self.name):
-            raise ConfigError(f"Job name {self.name!r} must be 1-64 letters, digits, '_', '.' or '-'.")
         if not self.timeout > 0:
             raise ConfigError(f"timeout={self.timeout!r}: must be a positive number of seconds.")
         check_count("max_restarts", self.max_restarts, MAX_RESTARTS, low=0)
         if self.min_workers is not None:
             check_count("min_workers", self.min_workers, 100_000)
-        from .run_dirs import DDP_MARKERS, check_run_dir
+        from .run_dirs import check_ddp_start
 
-        check_run_dir(self.run_dir, DDP_MARKERS)
-        if self.resume and not self.checkpoint.is_file():
-            raise ConfigError(f"Nothing to resume: {self.checkpoint} does not exist. Run without --resume first.")
-        if not self.resume and self.checkpoint.is_file():
-            raise ConfigError(f"{self.run_dir} already holds a DDP run (checkpoint.pt). Pass --resume to "
-                              "continue it, or choose another --name.")
+        check_ddp_start(self.name, self.runs_dir, self.resume)
 
     def check_world(self, world: int) -> None:
         """The first run's rank count fits the batch size and ``min_workers``."""

@@ -27,6 +27,23 @@ MODEL_MARKERS = ("model.json", "checkpoint.pt")
 MIN_FREE_BYTES = 64 * 2**20
 
 
+def check_ddp_start(name: str, runs_dir: Path, resume: bool) -> None:
+    """What a DDP job named ``name`` checks before anything starts: its name, a run directory dask-train would
+    write (``runs_dir/name``), holding a checkpoint exactly when the job resumes (``--resume``)."""
+    from .sweep_spec import NAME_PATTERN
+
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ConfigError(f"Job name {short(name)} must be 1-64 letters, digits, '_', '.' or '-'.")
+    run_dir = runs_dir / name
+    check_run_dir(run_dir, DDP_MARKERS)
+    checkpoint = run_dir / "checkpoint.pt"
+    if resume and not checkpoint.is_file():
+        raise ConfigError(f"Nothing to resume: {checkpoint} does not exist. Run without --resume first.")
+    if not resume and checkpoint.is_file():
+        raise ConfigError(f"{run_dir} already holds a DDP run (checkpoint.pt). Pass --resume to continue it, or "
+                          "choose another --name.")
+
+
 def check_run_dir(run_dir: str | Path, markers: Sequence[str], what: str = "run directory") -> Path:
     """``run_dir`` resolved, after checking dask-train may write there; nothing is created.
 

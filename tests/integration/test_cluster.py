@@ -4,6 +4,7 @@ processes, SIGINT shutdown, TLS, and the errors for an absent scheduler or slot-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -35,7 +36,16 @@ from cluster import (
     require_slots,
     start_local_cluster,
 )
-from tests.helpers import alive, cli_env, descendants, poll_for, run_cli, slow_warm_up, start_cli
+from tests.helpers import (
+    alive,
+    cli_env,
+    descendants,
+    poll_for,
+    processes_marked,
+    run_cli,
+    slow_warm_up,
+    start_cli,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -333,32 +343,44 @@ def test_cluster_up_and_cluster_info_work_together_and_sigint_stops_cleanly(tmp_
     assert not scheduler_file.exists()
 
 
-@pytest.mark.parametrize("later", [0.0, 0.8], ids=["as-the-fork-server-starts", "as-the-workers-are-asked-for"])
-def test_ctrl_c_while_a_sweeps_cluster_starts_says_one_line_and_leaves_nothing(tmp_path, later):
-    """Ctrl-C before the sweep's cluster is up: one line, exit 130, no traceback (a worker process its
-    nanny asked for as the program ended printed one), no process left, nothing recorded."""
-    proc = start_cli("sweep", "pets-quick", "--runs-dir", str(tmp_path / "runs"))
-    seen: dict[int, psutil.Process] = {}
+def _fork_server_up(processes: list[psutil.Process]) -> bool:
+    return any("multiprocessing.forkserver" in " ".join(p.cmdline()) for p in processes)
 
-    def fork_server_started():
+
+def _workers_forked(processes: list[psutil.Process]) -> bool:
+    return any(p.ppid() in {q.pid for q in processes if "multiprocessing.forkserver" in " ".join(q.cmdline())}
+               and "multiprocessing.forkserver" in " ".join(p.cmdline()) for p in processes)
+
+
+@pytest.mark.parametrize("moment", [_fork_server_up, _workers_forked], ids=["fork-server-up", "workers-forked"])
+def test_ctrl_c_while_a_sweeps_cluster_starts_says_one_line_and_leaves_nothing(tmp_path, moment):
+    """Ctrl-C while the sweep's cluster starts: one line, exit 130, no traceback (a worker process its nanny
+    asked for as the program ended printed one), no process left. (Where the sweep is already running by
+    then, its own summary line.)"""
+    mark = f"ctrl-c-{os.getpid()}-{time.monotonic_ns()}"
+    proc = start_cli("sweep", "pets-quick", "--runs-dir", str(tmp_path / "runs"),
+                     extra_env={"DASK_TRAIN_TEST_MARK": mark})
+
+    def reached():
         assert proc.poll() is None, proc.communicate()[0]
-        seen.update((p.pid, p) for p in descendants(proc.pid))
-        return any("multiprocessing.forkserver" in " ".join(p.cmdline()) for p in alive(list(seen.values())))
+        with contextlib.suppress(psutil.Error):
+            return moment(processes_marked("DASK_TRAIN_TEST_MARK", mark))
+        return False
 
     try:
-        poll_for(fork_server_started, 60, period=0.02, what="the worker program's fork server")
-        time.sleep(later)  # a moment of the start-up (each moment must end the same way)
-        seen.update((p.pid, p) for p in descendants(proc.pid))
+        poll_for(reached, 60, period=0.01, what=f"the cluster's start ({moment.__name__})")
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
         output, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    poll_for(lambda: not alive(list(seen.values())), 20, what="every process of the sweep gone")
+    poll_for(lambda: not processes_marked("DASK_TRAIN_TEST_MARK", mark), 20, what="the sweep's processes gone")
     assert proc.returncode == 130, output
-    assert output.strip().splitlines()[-1] == "Interrupted (Ctrl-C).", output
     assert "Traceback" not in output and "Aborted!" not in output, output
-    assert not (tmp_path / "runs" / "pets-quick" / "store.sqlite").exists()
+    last = output.strip().splitlines()[-1]
+    if not last.startswith("Interrupted: sweep 'pets-quick'"):  # stopped before the sweep began
+        assert last == "Interrupted (Ctrl-C).", output
+        assert not (tmp_path / "runs" / "pets-quick" / "store.sqlite").exists()
 
 
 def test_tls_cluster_admits_only_clients_with_the_certificate(tmp_path):

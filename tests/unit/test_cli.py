@@ -116,3 +116,26 @@ def test_a_workload_of_your_own_may_define_neither_evaluate_nor_generate(tmp_pat
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"Saved model to {out}" in done.stdout and "NotImplementedError" not in done.stdout + done.stderr
     assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_ctrl_c_no_command_summed_up_is_one_line_and_exit_130(debug):
+    """A KeyboardInterrupt that leaves a command (e.g. while its cluster starts): "Interrupted (Ctrl-C).",
+    exit 130; with --debug its traceback first. Never click's "Aborted!" and exit 1."""
+    import click
+    from click.testing import CliRunner
+
+    from training.cli import cli
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    cli.add_command(click.Command("interrupted-here", callback=interrupted))
+    try:
+        result = CliRunner().invoke(cli, [*(["--debug"] if debug else []), "interrupted-here"])
+    finally:
+        cli.commands.pop("interrupted-here")
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines()[-1] == "Interrupted (Ctrl-C)."
+    assert "Aborted!" not in result.output
+    assert ("Traceback (most recent call last)" in result.output) is debug

@@ -103,7 +103,9 @@ def test_a_sweep_or_ddp_job_starts_its_worker_program_before_importing_dask_or_t
 
 
 @pytest.mark.parametrize("command", [["ddp", "xor", "--lr", "x"], ["ddp", "nosuch"],
-                                     ["ddp", "xor", "--epochs", "0"], ["sweep", "pets-quick", "--epochs", "0"]])
+                                     ["ddp", "xor", "--epochs", "0"], ["ddp", "xor", "--name", "../up"],
+                                     ["ddp", "xor", "--resume"],
+                                     ["sweep", "pets-quick", "--epochs", "0"]])
 def test_bad_input_starts_no_worker_program(tmp_path, command):
     result = _early_start(tmp_path, *command)
     assert result["started"] is None and result["exit"] == 2, result

@@ -7,6 +7,7 @@ import logging
 import os
 import sqlite3
 import sys
+import traceback
 
 import click
 
@@ -41,7 +42,7 @@ class _Group(click.Group):
             raise
         except KeyboardInterrupt:  # one the command did not turn into its own summary (e.g. during start-up)
             if ctx.obj and ctx.obj.get("debug"):
-                raise
+                traceback.print_exc()  # re-raised, click would say "Aborted!" instead
             click.echo("Interrupted (Ctrl-C).", err=True)
             ctx.exit(130)
         except click.UsageError as exc:

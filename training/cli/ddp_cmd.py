@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from cluster import Target
@@ -40,11 +42,14 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
     from cluster import start_early
 
     from ..params import resolve
+    from ..run_dirs import check_ddp_start
     from ..workloads import get_workload
 
+    # What is refused is refused before any worker starts (train_ddp checks it all again).
     params = parse_param_args(ctx.args)
     work = get_workload(workload)
-    resolve(work.params, params, owner=work.name)  # a bad name or value is refused before any worker starts
+    resolve(work.params, params, owner=work.name)
+    check_ddp_start(name or f"{work.name}-ddp", Path(runs_dir), resume)
     start_early(target)  # its workers import torch while this process imports the DDP runner (torch too)
     from ..ddp import train_ddp
     from ..ddp_progress import LiveDDP
