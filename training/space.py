@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
-from .limits import check_trial_count, clip, short
+from .limits import check_trial_count, clip, max_trials, short
 from .params import Param
 
 _NUMERIC = (int, float)
@@ -122,11 +122,22 @@ def _validate_entry(param: Param, entry: Any) -> Any:
     if entry.discrete:
         if not entry.values:
             raise ConfigError(f"{where}: {entry.kind} has no values; give at least one.")
+        limit = max_trials()  # more values than a sweep has trials: a numeric range is what was meant
+        if len(entry.values) > limit:
+            raise ConfigError(f"{where}: {entry.kind} lists {len(entry.values):,} values, more than the limit of "
+                              f"{limit:,}. For a numeric range use uniform, loguniform or randint: [low, high]; "
+                              "or raise the limit with DASK_TRAIN_MAX_TRIALS=N.")
         values = tuple(param.parse(v) for v in entry.values)
-        repeated = sorted({repr(v) for i, v in enumerate(values) if v in values[:i]})
+        seen: set[Any] = set()  # parsed values are plain scalars: hashable, and equal ones hash alike
+        repeated: set[str] = set()
+        for value in values:
+            if value in seen:
+                repeated.add(repr(value))
+            seen.add(value)
         if repeated:
-            raise ConfigError(f"{where}: {clip(', '.join(repeated))} given more than once; list each value once "
-                              "(a repeated value would train the same trial twice).")
+            shown = clip(", ".join(sorted(repeated)))
+            raise ConfigError(f"{where}: {shown} given more than once; list each value once (a repeated value "
+                              "would train the same trial twice).")
         return Domain(entry.kind, values)
     if param.kind not in _NUMERIC:
         raise ConfigError(f"{where}: {entry.kind} needs a numeric hyperparameter; '{param.name}' is "

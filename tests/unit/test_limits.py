@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -56,6 +57,27 @@ def test_default_trial_limit_and_num_trials_of_a_trillion(monkeypatch):
     assert max_trials() == DEFAULT_MAX_TRIALS
     with pytest.raises(ConfigError, match="more than the limit"):
         SweepSpec.create(workload="xor", space={"lr": {"uniform": [0.1, 1]}}, search="random", num_trials=10**12)
+
+
+def test_a_value_list_longer_than_the_trial_limit_is_refused_before_its_values_are_read(monkeypatch):
+    monkeypatch.setenv("DASK_TRAIN_MAX_TRIALS", "500")
+    values = [i * 1e-6 for i in range(1, 502)]
+    with pytest.raises(ConfigError, match=r"choice lists 501 values, more than the limit of 500\. For a numeric "
+                                          r"range use uniform"):
+        SweepSpec.create(workload="xor", space={"lr": {"choice": values}}, search="random", num_trials=10)
+    spec = SweepSpec.create(workload="xor", space={"lr": {"choice": values[:500]}}, search="random", num_trials=10)
+    assert len(spec.space["lr"].values) == 500
+
+
+def test_a_long_value_list_is_checked_for_repeats_in_linear_time(monkeypatch):
+    """10,000 values: checked with a set (a pairwise check took 0.26 s for 8,000, 1.7 s for 20,000)."""
+    monkeypatch.delenv("DASK_TRAIN_MAX_TRIALS", raising=False)
+    values = [i * 1e-6 for i in range(1, 10_001)]
+    spec = SweepSpec.create(workload="xor", space={"lr": {"choice": values}}, search="random", num_trials=10)
+    assert len(spec.space["lr"].values) == 10_000
+    again = [*values[:-1], values[4_999]]
+    with pytest.raises(ConfigError, match=re.escape(f"{values[4_999]!r} given more than once")):
+        SweepSpec.create(workload="xor", space={"lr": {"choice": again}}, search="random", num_trials=10)
 
 
 def test_repeated_values_and_an_empty_space_are_refused():
