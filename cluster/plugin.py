@@ -17,9 +17,11 @@ import multiprocessing
 import os
 import signal
 import threading
+import weakref
 from typing import Any
 
 from distributed import WorkerPlugin
+from distributed.core import Status
 from distributed.worker import Worker
 
 from .cpus import torch_threads as threads_for_environ
@@ -72,6 +74,8 @@ class TrainingWorkerPlugin(WorkerPlugin):
             # it; without this, every worker prints a KeyboardInterrupt traceback on the way down.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         logging.getLogger("distributed.worker").addFilter(HEARTBEAT_WHILE_CLOSING)
+        CANCELLED_WHILE_CLOSING.workers.add(worker)
+        logging.getLogger("distributed.worker.state_machine").addFilter(CANCELLED_WHILE_CLOSING)
         self.threads = self.torch_threads or threads_for_environ()
         self._ready = threading.Event()
         threading.Thread(target=self._warm_up, name="dask-train-warm-up", daemon=True).start()
@@ -120,6 +124,28 @@ class _HeartbeatWhileClosing(logging.Filter):
 
 
 HEARTBEAT_WHILE_CLOSING = _HeartbeatWhileClosing()  # one instance: a second setup adds no second filter
+
+
+class _CancelledWhileClosing(logging.Filter):
+    """A worker that closes while it trains (its cluster ends under a sweep whose client was killed, or a
+    nanny ends it) cancels the running task, and Dask warns "Async instruction for <Task ...
+    execute('trial-...')> ended with CancelledError" for each: not news from a closing worker, so debug
+    level only (``-vv`` still has it). From a worker that is not closing it is shown as before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.workers: weakref.WeakSet[Worker] = weakref.WeakSet()  # those of this process with our plugin
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith("Async instruction for") and message.endswith("ended with CancelledError") and \
+                any(w.status in (Status.closing, Status.closed) for w in self.workers):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+CANCELLED_WHILE_CLOSING = _CancelledWhileClosing()  # one instance, as HEARTBEAT_WHILE_CLOSING
 
 
 def _preload(module: str) -> None:

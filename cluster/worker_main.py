@@ -80,13 +80,16 @@ class _Host:
         self.reply(closed=name)
 
     async def close_all(self) -> None:
-        """Close the nannies that started; end the ones still starting, and the fork server with them."""
+        """Close the nannies that started; end the ones still starting, and the fork server with them.
+
+        What fails from here on is the end of this program, not news, and Dask logs it with tracebacks: the
+        starts this cuts short (in Dask's threads and streams), nannies closing after their scheduler went
+        (the client killed, its scheduler with it). So Dask's log says nothing more."""
         self.closing = True
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
         nannies, self.nannies = list(self.nannies.values()), {}
         await asyncio.gather(*(_close_nanny(n) for n in nannies))
         if self.forked:
-            # The starts this cuts short fail in Dask's threads and streams, which log it: the end, not news.
-            logging.getLogger("distributed").setLevel(logging.CRITICAL)
             _end_fork_server()
         for task in list(self.tasks):
             task.cancel()

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -381,6 +382,34 @@ def test_ctrl_c_while_a_sweeps_cluster_starts_says_one_line_and_leaves_nothing(t
     if not last.startswith("Interrupted: sweep 'pets-quick'"):  # stopped before the sweep began
         assert last == "Interrupted (Ctrl-C).", output
         assert not (tmp_path / "runs" / "pets-quick" / "store.sqlite").exists()
+
+
+def test_a_sweep_client_killed_mid_trial_leaves_no_process_and_no_warnings(tmp_path):
+    """SIGKILL of `dask-train sweep` while trials train: its worker program closes the workers (the end of
+    its command pipe), quietly (each closing worker warned of the task it cancelled), and nothing is left."""
+    mark = f"killed-{os.getpid()}-{time.monotonic_ns()}"
+    store = tmp_path / "runs" / "pets-quick" / "store.sqlite"
+    proc = start_cli("sweep", "pets-quick", "--runs-dir", str(tmp_path / "runs"),
+                     extra_env={"DASK_TRAIN_TEST_MARK": mark})
+
+    def training():
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            with sqlite3.connect(store, timeout=10) as db:
+                return db.execute("SELECT COUNT(*) FROM trials WHERE state = 'running'").fetchone()[0] > 0
+        except sqlite3.OperationalError:  # not there yet, or its tables not yet made
+            return False
+
+    try:
+        poll_for(training, 120, what="a trial training")
+        proc.kill()
+        output, _ = proc.communicate(timeout=60)  # to the end: the workers write to the same pipe
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    poll_for(lambda: not processes_marked("DASK_TRAIN_TEST_MARK", mark), 30, what="the sweep's processes gone")
+    assert "started on" in output
+    assert "CancelledError" not in output and "Traceback" not in output, output
 
 
 def test_tls_cluster_admits_only_clients_with_the_certificate(tmp_path):

@@ -234,7 +234,9 @@ def test_ctrl_c_in_a_sweep_of_short_trials_leaves_none_running_and_a_rerun_ends_
     assert not list((tmp_path / "ctrlc" / "trials").glob("*/checkpoint.pt"))  # finished trials keep none
 
 
-def test_ctrl_c_cancels_frees_the_worker_and_says_how_to_resume(client, tmp_path):
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_cancels_frees_the_worker_and_says_how_to_resume(client, tmp_path, sig, code):
+    """SIGTERM (kill, a batch system's time limit) stops a sweep as Ctrl-C does; exit code 143, not 130."""
     sweep_file = tmp_path / "hang.yaml"
     sweep_file.write_text(yaml.safe_dump({
         "name": "hang", "workload": HANGING, "space": {"lr": [0.2]}, "params": {"hang_after": 1},
@@ -256,12 +258,12 @@ def test_ctrl_c_cancels_frees_the_worker_and_says_how_to_resume(client, tmp_path
             return row is not None and row[0] == "running"
         poll_for(running, 120, what="the trial running")
         time.sleep(1)  # let it block inside its first epoch
-        os.kill(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, sig)
         output, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, output
+    assert proc.returncode == code, output
     assert "Interrupted: sweep 'hang': 0 trials finished, 1 cancelled (trial 0) and their workers freed" in output
     assert (f"Resume with: dask-train sweep {sweep_file} --address {client.scheduler.address} --allow-workload "
             f"{HANGING}") in output

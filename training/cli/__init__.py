@@ -5,9 +5,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import sqlite3
 import sys
 import traceback
+from typing import Any
 
 import click
 
@@ -43,8 +45,8 @@ class _Group(click.Group):
         except KeyboardInterrupt:  # one the command did not turn into its own summary (e.g. during start-up)
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()  # re-raised, click would say "Aborted!" instead
-            click.echo("Interrupted (Ctrl-C).", err=True)
-            ctx.exit(130)
+            click.echo(f"Interrupted ({display.interrupt.cause}).", err=True)
+            ctx.exit(display.interrupt.code)
         except click.UsageError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -126,4 +128,13 @@ cli.add_command(cancel_command, "cancel")
 
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _terminated)
     sys.exit(cli.main(prog_name="dask-train", standalone_mode=True))
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    """SIGTERM (``kill``, a batch system's time limit, ``docker stop``) stops a command as Ctrl-C does: a
+    sweep's running trials are cancelled and recorded, their workers freed, one line is printed; exit code
+    143 (128 + 15). ``cluster up`` handles both signals itself."""
+    display.interrupt.cause, display.interrupt.code = "SIGTERM", 128 + signal.SIGTERM
+    raise KeyboardInterrupt

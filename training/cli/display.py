@@ -6,6 +6,7 @@ import os
 import shlex
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -85,13 +86,25 @@ def table(title: str, columns: list[str], rows: Iterable[Iterable[Any]]) -> None
     console.print(out)
 
 
+@dataclass
+class Interrupt:
+    """What stopped the command, and its exit code: Ctrl-C (SIGINT: 130, as a shell has it), or SIGTERM
+    (143), which ``dask-train`` turns into the same KeyboardInterrupt (see :func:`training.cli.main`)."""
+
+    cause: str = "Ctrl-C"
+    code: int = 130
+
+
+interrupt = Interrupt()
+
+
 def interrupted(stop: Any, drop: tuple[str, ...] = (), add: tuple[str, ...] = ()) -> None:
-    """Ctrl-C: one summary line with the command that resumes, then exit 130 (as a shell does for SIGINT).
-    The command is this one, less the ``drop`` flags, plus the ``add`` ones."""
+    """Ctrl-C (or SIGTERM): one summary line with the command that resumes, then exit 130 (143). The command
+    is this one, less the ``drop`` flags, plus the ``add`` ones."""
     args = [a for a in sys.argv[1:] if a not in drop]
     command = shlex.join(["dask-train", *args, *(a for a in add if a not in args)])
     console.print(f"Interrupted: {stop.summary} Resume with: {command}")
-    sys.exit(130)
+    sys.exit(interrupt.code)
 
 
 def report(values: Mapping[str, Any]) -> None:
