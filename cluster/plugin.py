@@ -112,12 +112,13 @@ class _HeartbeatWhileClosing(logging.Filter):
     and Dask logs it as an error with its traceback ("Failed to communicate with scheduler during
     heartbeat"): not news, so debug level only (a scheduler that really went away ends the worker's
     stream to it, and the worker stops saying so: "Reason: worker-handle-scheduler-connection-broken").
-    A heartbeat that cannot reach its scheduler (a connect timing out or refused) is shown as before."""
+    A heartbeat that cannot reach its scheduler (a connect timing out or refused) is shown as before, unless
+    its worker is closing (its client was killed, and the scheduler with it)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if str(record.msg).startswith("Failed to communicate with scheduler during heartbeat") and \
-                type(error).__name__ == "CommClosedError":
+                (type(error).__name__ == "CommClosedError" or CANCELLED_WHILE_CLOSING.closing()):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
@@ -136,10 +137,14 @@ class _CancelledWhileClosing(logging.Filter):
         super().__init__()
         self.workers: weakref.WeakSet[Worker] = weakref.WeakSet()  # those of this process with our plugin
 
+    def closing(self) -> bool:
+        """Whether a worker of this process (with our plugin) is closing or closed."""
+        return any(w.status in (Status.closing, Status.closed) for w in self.workers)
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
         if message.startswith("Async instruction for") and message.endswith("ended with CancelledError") and \
-                any(w.status in (Status.closing, Status.closed) for w in self.workers):
+                self.closing():
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True

@@ -16,6 +16,9 @@ MAX_SWEEP_FILE_BYTES = 64 * 1024
 MAX_YAML_DEPTH = 16
 #: The default cap on a sweep's trials (grid combinations or num_trials); DASK_TRAIN_MAX_TRIALS overrides.
 DEFAULT_MAX_TRIALS = 10_000
+#: Values one grid or choice list may hold (a grid's combinations are also capped by the trial limit). Fixed,
+#: not the trial limit: a spec read back (results, a detached sweep) must not depend on the reader's environment.
+MAX_DOMAIN_VALUES = 100_000
 #: Epochs per trial, DDP job or `train` run.
 MAX_EPOCHS = 100_000
 #: Automatic restarts of one DDP job (``--max-restarts``).

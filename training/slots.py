@@ -94,14 +94,20 @@ def kill_worker_process(dask_worker: Any) -> None:
 
 @contextlib.contextmanager
 def second_interrupt_exits() -> Iterator[None]:
-    """While cleaning up after Ctrl-C, a second Ctrl-C exits at once (main thread only: where signals go)."""
+    """While cleaning up after Ctrl-C (or SIGTERM), a second Ctrl-C exits at once, 130, and a second SIGTERM
+    too, 143 (main thread only: where signals go); an ignored SIGTERM stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    previous_term = signal.getsignal(signal.SIGTERM)
+    if previous_term is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(128 + signal.SIGTERM))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        if previous_term is not signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, previous_term)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
-from .limits import check_trial_count, clip, max_trials, short
+from .limits import MAX_DOMAIN_VALUES, check_trial_count, clip, short
 from .params import Param
 
 _NUMERIC = (int, float)
@@ -122,11 +122,10 @@ def _validate_entry(param: Param, entry: Any) -> Any:
     if entry.discrete:
         if not entry.values:
             raise ConfigError(f"{where}: {entry.kind} has no values; give at least one.")
-        limit = max_trials()  # more values than a sweep has trials: a numeric range is what was meant
-        if len(entry.values) > limit:
+        if len(entry.values) > MAX_DOMAIN_VALUES:  # sized before any value is parsed
             raise ConfigError(f"{where}: {entry.kind} lists {len(entry.values):,} values, more than the limit of "
-                              f"{limit:,}. For a numeric range use uniform, loguniform or randint: [low, high]; "
-                              "or raise the limit with DASK_TRAIN_MAX_TRIALS=N.")
+                              f"{MAX_DOMAIN_VALUES:,}. For a numeric range use uniform, loguniform or randint: "
+                              "[low, high].")
         values = tuple(param.parse(v) for v in entry.values)
         seen: set[Any] = set()  # parsed values are plain scalars: hashable, and equal ones hash alike
         repeated: set[str] = set()

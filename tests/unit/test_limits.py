@@ -59,14 +59,25 @@ def test_default_trial_limit_and_num_trials_of_a_trillion(monkeypatch):
         SweepSpec.create(workload="xor", space={"lr": {"uniform": [0.1, 1]}}, search="random", num_trials=10**12)
 
 
-def test_a_value_list_longer_than_the_trial_limit_is_refused_before_its_values_are_read(monkeypatch):
-    monkeypatch.setenv("DASK_TRAIN_MAX_TRIALS", "500")
+def test_a_value_list_longer_than_its_limit_is_refused_before_its_values_are_read(monkeypatch):
+    import training.space
+
+    monkeypatch.setattr(training.space, "MAX_DOMAIN_VALUES", 500)
     values = [i * 1e-6 for i in range(1, 502)]
     with pytest.raises(ConfigError, match=r"choice lists 501 values, more than the limit of 500\. For a numeric "
                                           r"range use uniform"):
         SweepSpec.create(workload="xor", space={"lr": {"choice": values}}, search="random", num_trials=10)
     spec = SweepSpec.create(workload="xor", space={"lr": {"choice": values[:500]}}, search="random", num_trials=10)
     assert len(spec.space["lr"].values) == 500
+
+
+def test_a_choice_may_list_more_values_than_the_sweep_has_trials(monkeypatch):
+    """The value limit is not the trial limit: a spec read back elsewhere (results, a detached sweep) does not
+    depend on that reader's DASK_TRAIN_MAX_TRIALS."""
+    monkeypatch.setenv("DASK_TRAIN_MAX_TRIALS", "50")
+    values = [i * 1e-6 for i in range(1, 20_001)]
+    spec = SweepSpec.create(workload="xor", space={"lr": {"choice": values}}, search="random", num_trials=10)
+    assert len(spec.space["lr"].values) == 20_000
 
 
 def test_a_long_value_list_is_checked_for_repeats_in_linear_time(monkeypatch):

@@ -1,26 +1,31 @@
-"""While a sweep or DDP job cleans up after Ctrl-C, a second Ctrl-C ends the process at once (exit 130)."""
+"""While a sweep or DDP job cleans up after Ctrl-C (or SIGTERM), a second Ctrl-C ends the process at once
+(exit 130), and a second SIGTERM too (143)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+
+import pytest
 
 from tests.helpers import cli_env
 
 _PROGRAM = """
-import os, signal, time
+import os, signal, sys, time
 from training.slots import second_interrupt_exits
 with second_interrupt_exits():   # the cleanup after a first Ctrl-C
-    os.kill(os.getpid(), signal.SIGINT)   # the second
+    os.kill(os.getpid(), int(sys.argv[1]))   # the second
     time.sleep(60)   # a cleanup that would take long
 print("not reached")
 """
 
 
-def test_a_second_ctrl_c_during_cleanup_exits_at_once():
-    done = subprocess.run([sys.executable, "-c", _PROGRAM], capture_output=True, text=True, timeout=50,
-                          env=cli_env())
-    assert done.returncode == 130, done.stdout + done.stderr
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_a_second_ctrl_c_during_cleanup_exits_at_once(sig, code):
+    done = subprocess.run([sys.executable, "-c", _PROGRAM, str(int(sig))], capture_output=True, text=True,
+                          timeout=50, env=cli_env())
+    assert done.returncode == code, done.stdout + done.stderr
     assert "not reached" not in done.stdout and "Traceback" not in done.stderr
 
 
@@ -33,3 +38,15 @@ def test_after_cleanup_ctrl_c_is_a_keyboard_interrupt_again():
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=50,
                           env=cli_env())
     assert done.returncode == 0 and "interrupted as usual" in done.stdout, done.stdout + done.stderr
+
+
+def test_after_cleanup_sigterm_has_the_handler_it_had():
+    program = ("import signal\n"
+               "from training.slots import second_interrupt_exits\n"
+               "def mine(*_): pass\n"
+               "signal.signal(signal.SIGTERM, mine)\n"
+               "with second_interrupt_exits():\n    inside = signal.getsignal(signal.SIGTERM)\n"
+               "print(inside is not mine, signal.getsignal(signal.SIGTERM) is mine)\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=50,
+                          env=cli_env())
+    assert done.stdout.split() == ["True", "True"], done.stdout + done.stderr

@@ -128,7 +128,8 @@ cli.add_command(cancel_command, "cancel")
 
 def main() -> None:
     """Console-script entry point."""
-    signal.signal(signal.SIGTERM, _terminated)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # a launcher that ignores it for us keeps it so
+        signal.signal(signal.SIGTERM, _terminated)
     sys.exit(cli.main(prog_name="dask-train", standalone_mode=True))
 
 
