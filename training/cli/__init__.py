@@ -28,8 +28,8 @@ __all__ = ["cli", "main"]
 
 class _Group(click.Group):
     """Turns every failure below into one line: exit code 2 for bad input (ConfigError, usage errors), 1 for
-    runtime failures (cluster, DDP job, disk, anything unexpected), 130 for a Ctrl-C no command summed up
-    itself. ``--debug`` re-raises with the traceback."""
+    runtime failures (cluster, DDP job, disk, anything unexpected), 130 for a Ctrl-C (143 for SIGTERM) no command
+    summed up itself. ``--debug`` shows the traceback too."""
 
     def make_context(self, info_name, args, parent=None, **extra):
         try:
