@@ -74,7 +74,7 @@ class TrainingWorkerPlugin(WorkerPlugin):
             # it; without this, every worker prints a KeyboardInterrupt traceback on the way down.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         logging.getLogger("distributed.worker").addFilter(HEARTBEAT_WHILE_CLOSING)
-        CANCELLED_WHILE_CLOSING.workers.add(worker)
+        _WORKERS.add(worker)
         logging.getLogger("distributed.worker.state_machine").addFilter(CANCELLED_WHILE_CLOSING)
         self.threads = self.torch_threads or threads_for_environ()
         self._ready = threading.Event()
@@ -118,13 +118,20 @@ class _HeartbeatWhileClosing(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if str(record.msg).startswith("Failed to communicate with scheduler during heartbeat") and \
-                (type(error).__name__ == "CommClosedError" or CANCELLED_WHILE_CLOSING.closing()):
+                (type(error).__name__ == "CommClosedError" or _a_worker_closing()):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
 
 
 HEARTBEAT_WHILE_CLOSING = _HeartbeatWhileClosing()  # one instance: a second setup adds no second filter
+
+_WORKERS: weakref.WeakSet[Worker] = weakref.WeakSet()  # the workers of this process with our plugin
+
+
+def _a_worker_closing() -> bool:
+    """Whether a worker of this process (with our plugin) is closing or closed."""
+    return any(w.status in (Status.closing, Status.closed) for w in _WORKERS)
 
 
 class _CancelledWhileClosing(logging.Filter):
@@ -133,18 +140,10 @@ class _CancelledWhileClosing(logging.Filter):
     execute('trial-...')> ended with CancelledError" for each: not news from a closing worker, so debug
     level only (``-vv`` still has it). From a worker that is not closing it is shown as before."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.workers: weakref.WeakSet[Worker] = weakref.WeakSet()  # those of this process with our plugin
-
-    def closing(self) -> bool:
-        """Whether a worker of this process (with our plugin) is closing or closed."""
-        return any(w.status in (Status.closing, Status.closed) for w in self.workers)
-
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
         if message.startswith("Async instruction for") and message.endswith("ended with CancelledError") and \
-                self.closing():
+                _a_worker_closing():
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True

@@ -23,8 +23,7 @@ print("not reached")
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
 def test_a_second_ctrl_c_during_cleanup_exits_at_once(sig, code):
-    done = subprocess.run([sys.executable, "-c", _PROGRAM, str(int(sig))], capture_output=True, text=True,
-                          timeout=50, env=cli_env())
+    done = _python(_PROGRAM, str(int(sig)))
     assert done.returncode == code, done.stdout + done.stderr
     assert "not reached" not in done.stdout and "Traceback" not in done.stderr
 
@@ -35,8 +34,7 @@ def test_after_cleanup_ctrl_c_is_a_keyboard_interrupt_again():
                "with second_interrupt_exits():\n    pass\n"
                "try:\n    os.kill(os.getpid(), signal.SIGINT); time.sleep(30)\n"
                "except KeyboardInterrupt:\n    print('interrupted as usual')\n")
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=50,
-                          env=cli_env())
+    done = _python(program)
     assert done.returncode == 0 and "interrupted as usual" in done.stdout, done.stdout + done.stderr
 
 
@@ -47,6 +45,11 @@ def test_after_cleanup_sigterm_has_the_handler_it_had():
                "signal.signal(signal.SIGTERM, mine)\n"
                "with second_interrupt_exits():\n    inside = signal.getsignal(signal.SIGTERM)\n"
                "print(inside is not mine, signal.getsignal(signal.SIGTERM) is mine)\n")
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=50,
-                          env=cli_env())
+    done = _python(program)
     assert done.stdout.split() == ["True", "True"], done.stdout + done.stderr
+
+
+def _python(program: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``program`` in a fresh interpreter (signals reach it alone), bounded."""
+    return subprocess.run([sys.executable, "-c", program, *args], capture_output=True, text=True, timeout=50,
+                          env=cli_env())
