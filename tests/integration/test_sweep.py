@@ -408,14 +408,17 @@ def test_tensorboard_and_mlflow_get_every_trial(client, tmp_path):
 def test_trials_are_submitted_in_a_bounded_window(client, tmp_path):
     """A sweep hands the scheduler at most three trials a slot and four more, topped up in batches as trials
     end, never all of them: counted on the scheduler at every trial start. Every start is seen, though these
-    trials end within milliseconds and each start's hook here takes a round trip."""
+    trials end within milliseconds and each start's hook here takes a round trip. Counted: the tasks not
+    ended (an ended task's release may reach the scheduler just after the batch submitted in the same
+    round: Dask sends a release one event-loop turn later than a submission)."""
     from training.sweep import SweepProgress
 
-    def trial_tasks(dask_scheduler) -> int:
-        return sum(1 for key in dask_scheduler.tasks if str(key).startswith("trial-window-"))
+    def trial_tasks(dask_scheduler) -> tuple[int, int]:
+        tasks = [task for key, task in dask_scheduler.tasks.items() if str(key).startswith("trial-window-")]
+        return sum(task.state not in ("memory", "erred", "forgotten") for task in tasks), len(tasks)
 
     class Count(SweepProgress):
-        seen: list[int] = []
+        seen: list[tuple[int, int]] = []
         numbers: list[int] = []
 
         def on_trial_start(self, number, worker):
@@ -425,9 +428,10 @@ def test_trials_are_submitted_in_a_bounded_window(client, tmp_path):
     result = Sweep("xor", {"lr": [0.01 * i for i in range(1, 25)]}, epochs=2, name="window",
                    runs_dir=str(tmp_path)).run(client, progress=Count())
     assert list(result.table["state"]) == ["completed"] * 24
-    print(f"trial tasks on the scheduler at each start: {Count.seen}")
+    print(f"trial tasks on the scheduler at each start (not ended, all): {Count.seen}")
     assert sorted(Count.numbers) == list(range(24)), "every trial's start is seen, however fast it ends"
-    assert 2 * 2 + 2 < max(Count.seen) <= 3 * 2 + 4  # batches above the low mark, never above the high
+    assert max(not_ended for not_ended, _ in Count.seen) <= 3 * 2 + 4  # never above the high mark
+    assert max(held for _, held in Count.seen) > 2 * 2 + 2  # in batches above the low mark
 
 
 def test_short_trials_run_several_to_a_task_and_each_is_recorded_as_it_ends(client, tmp_path, monkeypatch):
