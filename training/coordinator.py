@@ -48,7 +48,7 @@ from .protocol import (
 from .slots import free_workers, second_interrupt_exits
 from .sources import Source, make_source, read_rung_checkpoint, write_rung_checkpoint
 from .store import RunStore
-from .sweep_spec import NOT_FINGERPRINTED, SweepSpec
+from .sweep_spec import NOT_FINGERPRINTED, SweepSpec, write_spec_file
 from .trial import TrialSpec, keep_start_state, mark_run_dir, read_kept_checkpoint, run_trials
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class Coordinator:
         slots = len(slotted)
         trials = spec.trials()
         store.begin_run(spec.name, spec.fingerprint(), spec.to_json(), trials, NOT_FINGERPRINTED)
-        _write_spec(spec)  # after the store accepted it: a refused spec must not replace the run's own
+        write_spec_file(spec)  # after the store accepted it: a refused spec must not replace the run's own
         self.mark = str(mark_run_dir(spec.run_dir.resolve(), self.run_token))  # workers that see it write there
         self.source = source = make_source(spec, store)
         self.stretches.replay(store)
@@ -674,14 +674,6 @@ def _interrupted(spec: SweepSpec, store: RunStore, cancelled: list[int]) -> str:
     which = f" (trial{'s' if len(cancelled) > 1 else ''} {', '.join(map(str, cancelled))})" if cancelled else ""
     return (f"sweep '{spec.name}': {finished} trials finished, {len(cancelled)} cancelled{which} and their "
             f"workers freed; {spec.run_dir} keeps everything.")
-
-
-def _write_spec(spec: SweepSpec) -> None:
-    """The run's sweep.yaml (plain YAML, through libyaml where PyYAML has it: ten times faster)."""
-    import yaml
-
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    (spec.run_dir / "sweep.yaml").write_text(yaml.dump(spec.to_json(), Dumper=dumper, sort_keys=False))
 
 
 def _executing_keys(dask_worker: Any) -> list[str]:

@@ -19,6 +19,10 @@ DEFAULT_MAX_TRIALS = 10_000
 #: Values one grid or choice list may hold (a grid's combinations are also capped by the trial limit). Fixed,
 #: not the trial limit: a spec read back (results, a detached sweep) must not depend on the reader's environment.
 MAX_DOMAIN_VALUES = 100_000
+#: A sweep's spec written out (the JSON its run store records), in bytes. A sweep made in Python may list up to
+#: MAX_DOMAIN_VALUES values a hyperparameter (two lists of 100,000 floats take 4 MB): a larger spec is refused
+#: when the sweep is made, and when a run's spec is read back (`dask-train results`, the report).
+MAX_SPEC_BYTES = 16 * 2**20
 #: Epochs per trial, DDP job or `train` run.
 MAX_EPOCHS = 100_000
 #: Automatic restarts of one DDP job (``--max-restarts``).
@@ -95,16 +99,3 @@ def check_count(name: str, value: object, high: int, low: int = 1) -> int:
 
 #: Training precisions (see training.precision); here so the CLI offers them without importing torch.
 PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def max_run_file_bytes() -> int:
-    """The largest run directory's sweep.yaml read back: dask-train wrote it from a sweep made in Python,
-    whose space may list up to a whole sweep's values (10,000 numbers take ~110 KB), more than a sweep file
-    may hold; 128 bytes a trial of :func:`max_trials` over that.
-
-    Examples
-    --------
-    >>> max_run_file_bytes() >= MAX_SWEEP_FILE_BYTES + 128 * 10_000
-    True
-    """
-    return MAX_SWEEP_FILE_BYTES + 128 * max_trials()

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .limits import max_run_file_bytes
 from .protocol import TrialRecord, best_trial, is_number
-from .safe_yaml import read_yaml
 from .store import RunStore
+from .store import read_spec as recorded_spec
 
 _DRAWING = threading.Lock()  # matplotlib is not thread-safe
 REPORT_DIR = "report"
@@ -48,7 +47,7 @@ class RunSummary:
 
 
 def read_run(run_dir: str | Path) -> RunSummary:
-    """Read a sweep's run directory (``store.sqlite`` and ``sweep.yaml``)."""
+    """Read a sweep's run directory: its spec and trials, from its store."""
     run_dir = Path(run_dir)
     spec = read_spec(run_dir)
     try:
@@ -60,14 +59,11 @@ def read_run(run_dir: str | Path) -> RunSummary:
 
 
 def read_spec(run_dir: Path) -> dict[str, Any]:
-    """A run directory's ``sweep.yaml``, read as untrusted data, without touching its store."""
+    """A run directory's sweep spec, read as untrusted data from its store, which nothing here writes."""
     if not (run_dir / "store.sqlite").is_file() or not (run_dir / "sweep.yaml").is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a sweep run directory (no store.sqlite or sweep.yaml). "
                           "Pass runs/<sweep name>, as written by `dask-train sweep`.")
-    spec = read_yaml(run_dir / "sweep.yaml", what="Run file", limit=max_run_file_bytes())
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{str(run_dir / 'sweep.yaml')!r} is not a sweep written by dask-train (not a mapping).")
-    return spec
+    return recorded_spec(run_dir / "store.sqlite")
 
 
 def write_report(run: RunSummary, plots: bool = True) -> Path:

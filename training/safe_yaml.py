@@ -1,4 +1,4 @@
-"""Reading YAML that dask-train did not write (sweep files, a run's sweep.yaml): bounded and plain.
+"""Reading YAML that dask-train did not write (sweep files): bounded and plain.
 
 The file's size is checked before it is read; aliases (the "billion laughs"), duplicate keys, deep nesting,
 binary content and every tag beyond YAML's plain types are refused. Nothing in the file is ever imported,

@@ -255,7 +255,14 @@ def _run(spec: SweepSpec, client: Client, progress: SweepProgress,
 
 
 def _finished_run(spec: SweepSpec, rows: list[TrialRecord], progress: SweepProgress) -> SweepResult:
-    """The result of a sweep whose trials had all finished before this run: its table and report again."""
+    """The result of a sweep whose trials had all finished before this run: its table and report again. Its
+    spec is recorded as this run's (a free field, e.g. a timeout, may have changed)."""
+    from .store import RunStore
+    from .sweep_spec import write_spec_file
+
+    with RunStore(spec.run_dir / "store.sqlite") as store:
+        store.record_spec(spec.to_json())
+    write_spec_file(spec)
     progress.on_start(spec, len(rows), 0, None)
     result = result_of(spec, rows)
     if _write_summary(spec, rows):

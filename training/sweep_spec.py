@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
-from .limits import MAX_EPOCHS, STALL_TIMEOUT, check_count, check_trial_count, clip, short
+from .limits import MAX_EPOCHS, MAX_SPEC_BYTES, STALL_TIMEOUT, check_count, check_trial_count, clip, short
 from .params import Param
 from .precision import check_precision
 from .safe_yaml import read_yaml
@@ -86,10 +86,12 @@ class SweepSpec:
         if mode is None:
             mode = work.mode if metric == work.metric else "min" if metric.endswith("loss") else "max"
         _check_int("epochs", epochs, allow_none=True)
-        return cls(name=name or f"{work.name}-sweep", workload=workload,
+        spec = cls(name=name or f"{work.name}-sweep", workload=workload,
                    space=validate_space(space, work.params, work.name),
                    params=validate_space(params, work.params, work.name), metric=metric, mode=mode,
                    epochs=epochs or work.default_epochs, **rest)
+        _check_written_size(spec)
+        return spec
 
     def __post_init__(self) -> None:
         raw = [k for k, v in self.space.items() if isinstance(v, Mapping | list | tuple)]
@@ -176,6 +178,16 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_written_size(spec: SweepSpec) -> None:
+    """Refuse a spec larger written out (the JSON its run store records) than a run's spec may be read
+    back: only a sweep made in Python can list so many values (a sweep file is far smaller)."""
+    size = len(json.dumps(spec.to_json()))  # ASCII: characters are bytes
+    _check(size <= MAX_SPEC_BYTES,
+           f"This sweep's spec takes {size:,} bytes written out, more than the limit of {MAX_SPEC_BYTES:,}: its "
+           "space lists too many values, or too long ones. List fewer, or give numbers as a range (uniform, "
+           "loguniform, randint).")
+
+
 def _check_int(name: str, value: Any, *, allow_none: bool = False, low: int = 1) -> None:
     if value is None and allow_none:
         return
@@ -254,6 +266,15 @@ def _check_field(where: str, key: str, value: Any) -> None:
     if key in _FIELD_RANGES:
         low, high = _FIELD_RANGES[key]
         check_count(f"{where}: {key}", value, high, low)
+
+
+def write_spec_file(spec: SweepSpec) -> None:
+    """The run's sweep.yaml, the spec of its latest run for people to read (plain YAML, through libyaml where
+    PyYAML has it: ten times faster); dask-train reads the one in the run store back."""
+    import yaml
+
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    (spec.run_dir / "sweep.yaml").write_text(yaml.dump(spec.to_json(), Dumper=dumper, sort_keys=False))
 
 
 def finished_trials(spec: SweepSpec) -> list[TrialRecord] | None:

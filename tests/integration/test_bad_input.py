@@ -137,8 +137,10 @@ CASES: list[tuple[str, list[str], int]] = [
     ("results-missing", ["results", "runs/nope"], 2),
     ("results-not-a-run", ["results", "someone-elses"], 2),
     ("results-marker-module", ["results", "runs/marker"], 2),
-    ("results-aliases", ["results", "runs/aliases"], 2),
-    ("results-not-mapping", ["results", "runs/not-mapping"], 2),
+    ("results-no-sweep", ["results", "runs/no-sweep"], 2),
+    ("results-spec-not-json", ["results", "runs/spec-not-json"], 2),
+    ("results-spec-not-mapping", ["results", "runs/spec-not-mapping"], 2),
+    ("results-spec-huge", ["results", "runs/spec-huge"], 2),
     ("results-garbage-store", ["results", "runs/garbage-store"], 2),
     ("cluster-up-file-not-ours", ["cluster", "up", "--scheduler-file", "plain-file.txt", "--workers", "1"], 2),
     ("cluster-up-folder", ["cluster", "up", "--scheduler-file", "someone-elses", "--workers", "1"], 2),
@@ -178,19 +180,30 @@ def _model_dirs(models: Path) -> None:
 
 
 def _run_dirs(runs: Path) -> None:
-    def run(name: str, sweep_yaml: str, store: bytes | None = None) -> None:
+    """Run directories whose store records the given spec (a sweep's is read back from its store as JSON;
+    sweep.yaml is for people), none, or garbage."""
+    from training.limits import MAX_SPEC_BYTES
+    from training.store import RunStore
+
+    def run(name: str, spec: str | None = None, store: bytes | None = None) -> None:
         folder = runs / name
         folder.mkdir(parents=True)
-        (folder / "sweep.yaml").write_text(sweep_yaml)
-        if store is None:
+        (folder / "sweep.yaml").write_text(_sweep(name=name, space=GOOD_SPACE))
+        if store is not None:
+            (folder / "store.sqlite").write_bytes(store)
+        elif spec is None:
             sqlite3.connect(folder / "store.sqlite").close()
         else:
-            (folder / "store.sqlite").write_bytes(store)
+            with RunStore(folder / "store.sqlite") as recorded:
+                recorded.begin_run(name, "fp", {}, [{"lr": 0.1}])
+                recorded.db.execute("UPDATE sweep SET spec = ?", (spec,))
 
-    run("marker", _sweep(name="marker", workload=f"{MARKER_MODULE}:Thing", space=GOOD_SPACE))
-    run("aliases", SWEEP_FILES["aliases.yaml"])  # type: ignore[arg-type]
-    run("not-mapping", "- 1\n- 2\n")
-    run("garbage-store", _sweep(name="garbage-store", space=GOOD_SPACE), store=b"not a database" * 100)
+    run("marker", json.dumps({"name": "marker", "workload": f"{MARKER_MODULE}:Thing", "space": GOOD_SPACE}))
+    run("no-sweep")
+    run("spec-not-json", "{not json")
+    run("spec-not-mapping", "[1, 2]")
+    run("spec-huge", json.dumps({"name": "huge", "workload": "xor", "space": {"lr": "x" * MAX_SPEC_BYTES}}))
+    run("garbage-store", store=b"not a database" * 100)
 
 
 @pytest.fixture(scope="module")

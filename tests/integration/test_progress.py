@@ -48,8 +48,12 @@ def test_a_rerun_says_it_reuses_the_run_and_progress_false_prints_nothing(client
 
 def test_a_finished_sweep_rerun_starts_no_cluster(client, tmp_path, capsys, monkeypatch):
     """With every trial finished, a rerun on its own cluster (no client given) has nothing to run: it shows
-    the results and writes the report again without starting one."""
+    the results and writes the report again without starting one. A field free to change between runs
+    (a timeout) is recorded as this run's, in sweep.yaml and in the store the spec is read back from."""
+    import yaml
+
     import cluster
+    from training.store import read_spec
 
     sweep = _sweep(tmp_path, "done")
     first = sweep.run(client, progress=False)
@@ -59,13 +63,16 @@ def test_a_finished_sweep_rerun_starts_no_cluster(client, tmp_path, capsys, monk
 
     monkeypatch.setattr(cluster, "open_client", no_cluster)
     (tmp_path / "done" / "results.csv").unlink()
-    again = sweep.run()
+    again = Sweep("xor", {"lr": [0.001, 0.01]}, epochs=2, name="done", runs_dir=str(tmp_path),
+                  trial_timeout=600).run()
     out = capsys.readouterr().out
     assert "Nothing to run: all 2 trials in" in out and "Dashboard:" not in out, out
     rows = [[(t.number, t.state, t.best) for t in result.trials] for result in (first, again)]
     assert rows[0] == rows[1], rows
     assert again.best_trial == first.best_trial and (tmp_path / "done" / "results.csv").is_file()
     assert again.wait_for_report().joinpath("summary.md").is_file()
+    assert yaml.safe_load((tmp_path / "done" / "sweep.yaml").read_text())["trial_timeout"] == 600
+    assert read_spec(tmp_path / "done" / "store.sqlite")["trial_timeout"] == 600
 
 
 def test_the_cli_refuses_a_changed_sweep_before_starting_any_worker(client, tmp_path, monkeypatch):

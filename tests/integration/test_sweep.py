@@ -131,6 +131,26 @@ def test_results_command_shows_a_run_and_rewrites_its_report(client, tmp_path):
     assert missing.returncode == 2 and "is not a sweep run directory" in missing.stderr
 
 
+def test_a_sweep_listing_two_hundred_thousand_values_gets_its_plots_and_results(client, tmp_path, caplog):
+    """A sweep made in Python may list 100,000 values a hyperparameter (its sweep.yaml: 2.9 MB, beyond the
+    1.3 MB a run file could be read back at before): its plots are drawn and `dask-train results` shows it,
+    its spec read back from the run store."""
+    import logging
+
+    space = {"lr": choice([0.05 + n * 1e-6 for n in range(100_000)]),
+             "noise": choice([n / 200_000 for n in range(100_000)])}
+    with caplog.at_level(logging.ERROR, logger="training"):
+        result = Sweep("xor", space, search="random", num_trials=2, epochs=1, name="wide",
+                       runs_dir=str(tmp_path)).run(client, progress=False)
+        report = result.wait_for_report()
+    assert not caplog.records, [r.getMessage()[:200] for r in caplog.records]
+    assert {p.name for p in report.iterdir()} == {"curves.png", "params.png", "summary.md"}
+    assert (tmp_path / "wide" / "sweep.yaml").stat().st_size > 2 * 2**20
+    shown = run_cli("results", str(tmp_path / "wide"))
+    assert shown.returncode == 0, shown.stderr
+    assert f"Best trial: {result.best_trial:04d}" in shown.stdout
+
+
 def test_trials_run_concurrently_on_both_workers(client, tmp_path):
     result = Sweep("xor", {"lr": [0.1, 0.2]}, params=XOR_LONG, epochs=10, name="both",
                    runs_dir=str(tmp_path)).run(client)

@@ -4,6 +4,7 @@ one report at a time, and every one comes out whole."""
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 
@@ -12,6 +13,7 @@ import pytest
 from training.protocol import TrialOutcome, TrialRecord, TrialState, best_epoch
 from training.report import RunSummary, write_plots
 from training.store import RunStore
+from training.sweep_spec import SweepSpec, write_spec_file
 
 
 def _run(folder, name: str) -> RunSummary:
@@ -97,10 +99,11 @@ def test_plots_are_drawn_while_a_closing_dask_server_takes_its_folder_out_of_sys
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "sweep.yaml").write_text("name: s\nworkload: xor\nsearch: grid\nepochs: 2\nmetric: val_loss\n"
-                                        "mode: min\nspace:\n  lr: [0.1, 0.2, 0.3]\n")
+    spec = SweepSpec.create(name="run", workload="xor", space={"lr": [0.1, 0.2, 0.3]}, epochs=2, metric="val_loss",
+                            runs_dir=str(tmp_path))
+    write_spec_file(spec)
     with RunStore(run_dir / "store.sqlite") as store:  # a finished sweep of three trials
-        store.begin_run("s", "fp", {"name": "s"}, [{"lr": 0.1 * (n + 1)} for n in range(3)])
+        store.begin_run("run", spec.fingerprint(), spec.to_json(), spec.trials())
         for n in range(3):
             history = [{"epoch": e, "val_loss": 1.0 / (n + e)} for e in (1, 2)]
             store.trial_started(n, "cpu-0", 1.0)
@@ -115,32 +118,32 @@ def test_plots_are_drawn_while_a_closing_dask_server_takes_its_folder_out_of_sys
         assert (run_dir / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_sweep_made_in_python_with_ten_thousand_values_gets_its_report(tmp_path):
-    """A sweep made in Python may list a whole sweep's values in its space: its run's sweep.yaml (written by
-    dask-train) is then larger than a sweep file may be, and is still read back for the report and
-    `dask-train results`. Its many curves are drawn, the unlabelled ones as one collection: one-epoch trials
-    show as dots, longer ones as lines."""
-    import yaml
-
+def test_a_sweep_made_in_python_with_two_hundred_thousand_values_gets_its_report(tmp_path):
+    """A sweep made in Python may list 100,000 values a hyperparameter: its run's sweep.yaml (2.9 MB here) is
+    far larger than a sweep file may be, and the spec is read back from the run store's JSON for the report
+    and `dask-train results` (its YAML read 4.8 s here for a 5 MB one). Its many curves are drawn, the unlabelled
+    ones as one collection: one-epoch trials show as dots, longer ones as lines."""
     from training.limits import MAX_SWEEP_FILE_BYTES
     from training.report import read_run, write_report
+    from training.space import choice
 
-    run_dir = tmp_path / "big"
+    rates, noises = [round(0.1 + n * 1e-6, 7) for n in range(100_000)], [n / 200_000 for n in range(100_000)]
+    spec = SweepSpec.create(name="big", workload="xor", space={"lr": choice(rates), "noise": choice(noises)},
+                            search="random", num_trials=40, epochs=3, metric="val_loss", runs_dir=str(tmp_path))
+    run_dir = spec.run_dir
     run_dir.mkdir()
-    values = [round(0.1 + n * 1e-5, 6) for n in range(10_000)]
-    spec = {"name": "big", "workload": "xor", "search": "grid", "epochs": 3, "metric": "val_loss", "mode": "min",
-            "space": {"lr": values}}
-    (run_dir / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    assert (run_dir / "sweep.yaml").stat().st_size > MAX_SWEEP_FILE_BYTES
+    write_spec_file(spec)
+    assert (run_dir / "sweep.yaml").stat().st_size > 2 * 2**20 > 30 * MAX_SWEEP_FILE_BYTES
     with RunStore(run_dir / "store.sqlite") as store:
-        store.begin_run("big", "fp", spec, [{"lr": v} for v in values[:40]])
+        store.begin_run("big", spec.fingerprint(), spec.to_json(), spec.trials())
         for n in range(40):  # half of them one epoch long, half three
             history = [{"epoch": e, "val_loss": 1.0 / (n + e)} for e in range(1, 2 + 2 * (n % 2))]
             store.trial_started(n, "cpu-0", 1.0)
             outcome = TrialOutcome(n, TrialState.COMPLETED, history=history, seconds=1.0)
             store.finish_trial(outcome, TrialState.COMPLETED, best_epoch(history, "val_loss", "min"), None)
     run = read_run(run_dir)
-    assert run.spec["space"]["lr"] == values and len(run.trials) == 40
+    assert run.spec == json.loads(json.dumps(spec.to_json())) and len(run.trials) == 40
+    assert SweepSpec.create(**run.spec).fingerprint() == spec.fingerprint()
     folder = write_report(run)
     assert "# Sweep big" in (folder / "summary.md").read_text()
     for name in ("curves.png", "params.png"):

@@ -60,3 +60,73 @@ def test_a_batch_commits_once_and_keeps_what_was_whole_before_an_error(tmp_path)
         assert _fresh_counts(path) == {TrialState.COMPLETED: 1, TrialState.RUNNING: 1, TrialState.PENDING: 1}
         assert store.counts() == _fresh_counts(path)
         assert store.history(1) == [] and store.trial(1).state == TrialState.RUNNING
+
+
+def _files(folder) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_a_runs_spec_is_read_back_as_its_latest_run_recorded_it_writing_nothing(tmp_path):
+    """The spec read back is the latest run's (a free field, here a timeout, may change between runs). A
+    store no sweep is writing is read as immutable, leaving every file as it was and no -wal or -shm file;
+    one a sweep holds open (its write-ahead log beside it) is read read-only and gives what was committed."""
+    from training.store import read_spec
+
+    path = tmp_path / "store.sqlite"
+    first, second = {"name": "s", "trial_timeout": None}, {"name": "s", "trial_timeout": 60.0}
+    with RunStore(path) as store:
+        store.begin_run("s", "f", first, [{"lr": 0.1}])
+        assert read_spec(path) == first  # a sweep is writing it: its log is beside it
+        store.begin_run("s", "f", second, [{"lr": 0.1}], free=("trial_timeout",))
+        assert read_spec(path) == second
+    before = _files(tmp_path)
+    assert set(before) == {"store.sqlite"}
+    assert read_spec(path) == second
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize(("spec", "said"), [
+    (None, "records no sweep"),
+    ("{not json", "not a JSON mapping"),
+    ("[1, 2]", "not a JSON mapping"),
+    ('{"space": "' + "x" * 5000 + '"}', "records a sweep spec of 5,013 bytes, more than the 4,096"),
+])
+def test_a_bad_recorded_spec_is_refused_by_name_before_it_is_read_whole(tmp_path, monkeypatch, spec, said):
+    from training import limits
+    from training.errors import ConfigError
+    from training.store import read_spec
+
+    monkeypatch.setattr(limits, "MAX_SPEC_BYTES", 4096)
+    path = tmp_path / "store.sqlite"
+    with RunStore(path) as store:
+        if spec is not None:
+            store.begin_run("s", "f", {}, [])
+            store.db.execute("UPDATE sweep SET spec = ?", (spec,))
+    with pytest.raises(ConfigError, match=said) as raised:
+        read_spec(path)
+    assert str(path) in str(raised.value)
+
+
+def test_a_file_that_is_no_store_is_refused_and_left_as_it_was(tmp_path):
+    from training.errors import ConfigError
+    from training.store import read_spec
+
+    path = tmp_path / "store.sqlite"
+    path.write_bytes(b"not a database" * 100)
+    before = _files(tmp_path)
+    with pytest.raises(ConfigError, match="is not a dask-train run store"):
+        read_spec(path)
+    assert _files(tmp_path) == before
+
+
+def test_a_spec_larger_than_can_be_read_back_is_refused_when_it_is_made(monkeypatch):
+    """Only a sweep made in Python can list so many values; it is refused when made, saying by how much,
+    not once its trials have run."""
+    from training import sweep_spec
+    from training.errors import ConfigError
+    from training.sweep_spec import SweepSpec
+
+    monkeypatch.setattr(sweep_spec, "MAX_SPEC_BYTES", 10_000)
+    SweepSpec.create(workload="xor", space={"lr": [0.001 * n for n in range(1, 300)]})  # ~7 KB
+    with pytest.raises(ConfigError, match=r"spec takes [\d,]+ bytes written out, more than the limit of 10,000"):
+        SweepSpec.create(workload="xor", space={"lr": [0.0001 * n for n in range(1, 1000)]})
