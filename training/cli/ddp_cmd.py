@@ -12,7 +12,7 @@ from ..errors import Interrupted
 from ..limits import MAX_RESTARTS
 from . import display
 from .cluster_cmd import target_options
-from .train_cmd import _EXTRA, _show_use, parse_param_args, precision_option
+from .train_cmd import _EXTRA, parse_param_args, precision_option
 
 
 @click.command(context_settings=_EXTRA)
@@ -68,4 +68,4 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
         restarts = f" after {len(result.restarts)} restart(s)" if result.restarts else ""
         display.console.print(f"Trained in {result.seconds:.1f} s on {len(result.placements)} ranks{restarts}; "
                               f"model saved to {result.model_dir}")
-    _show_use(result.trained, seed)
+    display.show_use(result.trained, "Generated", seed)

@@ -107,6 +107,29 @@ def interrupted(stop: Any, drop: tuple[str, ...] = (), add: tuple[str, ...] = ()
     sys.exit(interrupt.code)
 
 
+#: Names, or characters of text, a generating model shows unless asked for another count.
+GENERATE_DEFAULT = {"names": 20, "charlm": 400}
+
+
+def show_use(model: Any, label: str, seed: int | None) -> None:
+    """A trained model (or a sweep's best) put to the use its workload defines: samples it generates (names
+    on the line of ``label``, text below it) or its test metrics; nothing where the workload defines none."""
+    from ..workloads import get_workload
+
+    work = get_workload(model.workload)
+    if not work.defines_use():
+        return
+    if work.use != "generate":
+        report(model.evaluate())
+        return
+    samples = model.generate(GENERATE_DEFAULT.get(model.workload, 10), seed=seed)
+    if model.workload == "names":
+        console.print(f"{label}: " + ", ".join(samples))
+    else:
+        console.print(f"{label}:")
+        console.print(samples[0])
+
+
 def report(values: Mapping[str, Any]) -> None:
     """A key: value listing (evaluation results)."""
     width = max((len(k) for k in values), default=0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -22,7 +21,6 @@ _EXTRA = {"ignore_unknown_options": True, "allow_extra_args": True}
 allow_option = click.option(
     "--allow-workload", "allow", multiple=True, metavar="MODULE:CLASS",
     help="Your own workload that the file may name (imported only when listed here; built-ins always are).")
-_GENERATE_DEFAULT = {"names": 20, "charlm": 400}
 
 
 def precision_option(default: str | None):
@@ -86,22 +84,7 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out: Pa
                               f"{len(trained.history)} of {total}; pass a larger --epochs to train on.")
     trained.save(out)
     display.console.print(f"Saved model to {out}")
-    _show_use(trained, seed)
-
-
-def _show_use(trained: Any, seed: int) -> None:
-    from ..workloads import get_workload
-
-    work = get_workload(trained.workload)
-    if not work.defines_use():
-        return
-    if work.use == "generate":
-        samples = trained.generate(_GENERATE_DEFAULT.get(trained.workload, 10), seed=seed)
-        display.console.print("Generated:", ", ".join(samples) if trained.workload == "names" else "")
-        if trained.workload != "names":
-            display.console.print(samples[0])
-    else:
-        display.report(trained.evaluate())
+    display.show_use(trained, "Generated", seed)
 
 
 @click.command()
@@ -120,7 +103,8 @@ def generate_command(model_dir: Path, count: int | None, seed: int | None, promp
 
     trained = load_model(model_dir, allow=allow)
     _require_use(trained.workload, "generate")
-    samples = trained.generate(count or _GENERATE_DEFAULT.get(trained.workload, 10), seed=seed, prompt=prompt)
+    count = count or display.GENERATE_DEFAULT.get(trained.workload, 10)
+    samples = trained.generate(count, seed=seed, prompt=prompt)
     for sample in samples:
         display.console.print(sample)
 
