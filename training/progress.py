@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .protocol import TrialRecord, TrialState
-from .results_view import compact, duration
+from .results_view import compact, duration, span
 from .sweep import SweepProgress
 
 if TYPE_CHECKING:
@@ -319,6 +319,9 @@ def _metrics_text(metrics: dict[str, Any], metric: str) -> str:
 
 
 def _result_title(result: SweepResult, wall_seconds: float) -> str:
+    """The final table's title: this run's wall time, or where it ran nothing, the sweep's over its runs."""
     trial_time = sum(t.seconds or 0 for t in result.trials)
-    return (f"Sweep '{result.spec.name}': wall time {duration(wall_seconds)}, trial time summed "
-            f"{duration(trial_time)}. {result.run_dir / 'results.csv'}, report in {result.run_dir / 'report'}")
+    took = f"wall time {duration(wall_seconds)}" if result.ran else \
+        f"first start to last finish {duration(span(result.trials))}"
+    return (f"Sweep '{result.spec.name}': {took}, trial time summed {duration(trial_time)}. "
+            f"{result.run_dir / 'results.csv'}, report in {result.run_dir / 'report'}")

@@ -42,6 +42,13 @@ def compact(value: Any) -> str:
     return str(value)
 
 
+def span(trials: list[TrialRecord]) -> float | None:
+    """From the first trial's start to the last one's finish: a sweep's wall time over all its runs."""
+    starts = [t.started for t in trials if t.started]
+    ends = [t.finished for t in trials if t.finished]
+    return max(ends) - min(starts) if starts and ends else None
+
+
 def duration(seconds: float | None) -> str:
     """Seconds as ``4.2 s``, ``3m05s`` or ``1h02m``.
 

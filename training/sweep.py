@@ -67,6 +67,8 @@ class SweepResult:
     run_dir: Path
     failed: list[TrialRecord] = field(default_factory=list)
     trials: list[TrialRecord] = field(default_factory=list)
+    #: Whether this run ran any trial (False: every trial had finished before it, and nothing ran).
+    ran: bool = True
     #: The report's plots being drawn in the background (None: drawn, or not part of this result).
     plotting: threading.Thread | None = field(default=None, repr=False, compare=False)
 
@@ -264,7 +266,7 @@ def _finished_run(spec: SweepSpec, rows: list[TrialRecord], progress: SweepProgr
         store.record_spec(spec.to_json())
     write_spec_file(spec)
     progress.on_start(spec, len(rows), 0, None)
-    result = result_of(spec, rows)
+    result = dataclasses.replace(result_of(spec, rows), ran=False)
     if _write_summary(spec, rows):
         result.plotting = _start_drawing(spec.run_dir)
     return result

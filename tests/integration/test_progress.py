@@ -67,6 +67,9 @@ def test_a_finished_sweep_rerun_starts_no_cluster(client, tmp_path, capsys, monk
                   trial_timeout=600).run()
     out = capsys.readouterr().out
     assert "Nothing to run: all 2 trials in" in out and "Dashboard:" not in out, out
+    # This run's time (none) would say nothing: the sweep's own is shown, over the runs that ran it.
+    assert "Sweep 'done': first start to last finish" in out and "wall time" not in out, out
+    assert first.ran and not again.ran
     rows = [[(t.number, t.state, t.best) for t in result.trials] for result in (first, again)]
     assert rows[0] == rows[1], rows
     assert again.best_trial == first.best_trial and (tmp_path / "done" / "results.csv").is_file()

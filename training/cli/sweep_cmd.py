@@ -19,7 +19,6 @@ from .cluster_cmd import target_options
 from .train_cmd import allow_option, precision_option
 
 if TYPE_CHECKING:
-    from ..protocol import TrialRecord
     from ..sweep import SweepProgress, SweepResult
 
 # The sweep machinery (Dask, torch, the workloads) is imported when a command runs, not when the CLI loads.
@@ -96,11 +95,11 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
         check_set_aside(spec.run_dir)
     else:
         check_run_dir(spec.run_dir, SWEEP_MARKERS)
-    nothing_to_run = not new and finished_trials(spec) is not None
-    if not nothing_to_run:
+    if new or finished_trials(spec) is None:
         start_early(target)  # its workers import torch while this process imports the sweep's code
     from ..integrations import MlflowLogger, TensorBoardLogger, combine
     from ..progress import LiveSweep
+    from ..results_view import span
     from ..sweep import Sweep
 
     started = time.perf_counter()
@@ -114,19 +113,12 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
             result = Sweep.from_spec(spec).run(progress=combine(shown, *loggers), new=new, target=target)
     except Interrupted as stop:
         display.interrupted(stop, drop=("--new",))
-    if nothing_to_run:  # this run's time would say nothing: the sweep's own, over the runs that ran it
-        show_result(result, wall_time(result.trials), label="first start to last finish")
+    if not result.ran:  # this run's time would say nothing: the sweep's own, over the runs that ran it
+        show_result(result, span(result.trials), label="first start to last finish")
     else:
         show_result(result, time.perf_counter() - started)
     if result.best is None:
         raise click.ClickException(f"No trial of sweep '{spec.name}' completed.")
-
-
-def wall_time(trials: list[TrialRecord]) -> float | None:
-    """From the first trial's start to the last one's finish (the sweep's wall time over all its runs)."""
-    starts = [t.started for t in trials if t.started]
-    ends = [t.finished for t in trials if t.finished]
-    return max(ends) - min(starts) if starts and ends else None
 
 
 def _list_examples() -> None:
@@ -148,6 +140,7 @@ def _list_examples() -> None:
 def results_command(run_dir: Path, plot: bool, allow: tuple[str, ...]) -> None:
     """Show a sweep's results table and best trial from its run directory (runs/NAME)."""
     from ..report import read_run, read_spec, write_report
+    from ..results_view import span
     from ..sweep import result_of
     from ..sweep_spec import SweepSpec
     from ..workloads import trusted_workload
@@ -155,7 +148,7 @@ def results_command(run_dir: Path, plot: bool, allow: tuple[str, ...]) -> None:
     trusted_workload(read_spec(run_dir).get("workload"), allow, source=f"Run directory {str(run_dir)!r}")
     run = read_run(run_dir)
     spec = SweepSpec.create(**{**run.spec, "runs_dir": str(run_dir.parent)})
-    show_result(result_of(spec, run.trials, run_dir), wall_time(run.trials), label="first start to last finish")
+    show_result(result_of(spec, run.trials, run_dir), span(run.trials), label="first start to last finish")
     if plot:
         folder = write_report(run)
         display.console.print(f"Report: {', '.join(str(p) for p in sorted(folder.iterdir()))}")
