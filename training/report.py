@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .limits import short
 from .protocol import TrialRecord, best_trial, is_number
 from .store import RunStore
-from .store import read_spec as recorded_spec
 
 _DRAWING = threading.Lock()  # matplotlib is not thread-safe
 REPORT_DIR = "report"
@@ -47,23 +47,24 @@ class RunSummary:
 
 
 def read_run(run_dir: str | Path) -> RunSummary:
-    """Read a sweep's run directory: its spec and trials, from its store."""
+    """Read a sweep's run directory, as untrusted data: its spec, trials and histories, from its store,
+    opened read-only (nothing in the directory is written, nothing it names is imported)."""
     run_dir = Path(run_dir)
-    spec = read_spec(run_dir)
-    try:
-        with RunStore(run_dir / "store.sqlite") as store:
-            trials, histories = store.trials(), store.histories()
-    except sqlite3.DatabaseError as exc:
-        raise ConfigError(f"{str(run_dir / 'store.sqlite')!r} is not a dask-train run store ({exc}).") from None
-    return RunSummary(run_dir, spec, trials, histories)
-
-
-def read_spec(run_dir: Path) -> dict[str, Any]:
-    """A run directory's sweep spec, read as untrusted data from its store, which nothing here writes."""
-    if not (run_dir / "store.sqlite").is_file() or not (run_dir / "sweep.yaml").is_file():
+    path = run_dir / "store.sqlite"
+    if not path.is_file() or not (run_dir / "sweep.yaml").is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a sweep run directory (no store.sqlite or sweep.yaml). "
                           "Pass runs/<sweep name>, as written by `dask-train sweep`.")
-    return recorded_spec(run_dir / "store.sqlite")
+    try:
+        with RunStore(path, read_only=True) as store:
+            spec = store.spec()
+            trials, histories = store.trials(), store.histories()
+    except ConfigError:
+        raise
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"{str(path)!r} is not a dask-train run store ({exc}).") from None
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"{str(path)!r} records trials dask-train did not write ({short(str(exc))}).") from None
+    return RunSummary(run_dir, spec, trials, histories)
 
 
 def write_report(run: RunSummary, plots: bool = True) -> Path:

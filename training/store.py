@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -34,10 +35,18 @@ _NOT_FINISHED = f"state NOT IN ({','.join('?' * len(_FINISHED))})"
 
 
 class RunStore:
-    """A sweep's SQLite store. Use as a context manager; every write commits at once."""
+    """A sweep's SQLite store. Use as a context manager; every write commits at once.
 
-    def __init__(self, path: str | Path) -> None:
+    ``read_only``: a store read as untrusted data (`dask-train results`, the report), which nothing here
+    writes: see :func:`_open_read_only`."""
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = Path(path)
+        self._counts: dict[TrialState, int] | None = None
+        self._params: dict[int, dict[str, Any]] = {}
+        if read_only:
+            self.db = _open_read_only(self.path)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
@@ -47,10 +56,9 @@ class RunStore:
         columns = {r["name"] for r in self.db.execute("PRAGMA table_info(trials)")}
         if "best_epoch" not in columns:  # a store written before best epochs were recorded
             self.db.execute("ALTER TABLE trials ADD COLUMN best_epoch INTEGER")
-        # Trials by state, kept up to date by this store's own writes (one query at first use, not one a
-        # trial: a 10,000-trial sweep asks after every trial). None: count again.
-        self._counts: dict[TrialState, int] | None = None
-        self._params: dict[int, dict[str, Any]] = {}  # a trial's params never change once recorded
+        # _counts: trials by state, kept up to date by this store's own writes (one query at first use, not
+        # one a trial: a 10,000-trial sweep asks after every trial); None: count again. _params: a trial's
+        # params never change once recorded.
 
     def __enter__(self) -> RunStore:
         return self
@@ -133,9 +141,41 @@ class RunStore:
 
     def record_spec(self, spec: dict[str, Any]) -> None:
         """Record ``spec`` as the sweep's (already recorded, with the same fingerprint): the spec of its
-        latest run, which :func:`read_spec` reads back."""
+        latest run, which :meth:`spec` reads back."""
         with self._transaction():
             self.db.execute("UPDATE sweep SET spec = ? WHERE id = 1", (json.dumps(spec),))
+
+    def spec(self) -> dict[str, Any]:
+        """The spec the store records (its latest run's), as plain JSON, its size checked before it is read
+        whole (:data:`~training.limits.MAX_SPEC_BYTES`). JSON written by dask-train: read back a hundred
+        times faster than the run's sweep.yaml, which is for people."""
+        from .limits import MAX_SPEC_BYTES
+
+        name = repr(str(self.path))
+        too_big = ConfigError(f"{name} records a sweep spec larger than the {MAX_SPEC_BYTES:,} bytes dask-train "
+                              "writes: not one it wrote. Pass a run directory a dask-train sweep wrote.")
+        try:
+            if not hasattr(self.db, "setlimit"):  # Python 3.10: measured first
+                size = self.db.execute("SELECT length(CAST(spec AS BLOB)) FROM sweep WHERE id = 1").fetchone()
+                if size is not None and (size[0] or 0) > MAX_SPEC_BYTES:
+                    raise too_big
+            row = self.db.execute("SELECT spec FROM sweep WHERE id = 1").fetchone()
+        except sqlite3.DataError:  # larger than the connection's length limit: never read whole
+            raise too_big from None
+        if row is None:
+            raise ConfigError(f"{name} records no sweep: its first run stopped before it began. Run the sweep "
+                              "again to start it.")
+        text = row[0]
+        if isinstance(text, str | bytes) and len(text) > MAX_SPEC_BYTES:
+            raise too_big
+        try:
+            spec = json.loads(text)
+        except (TypeError, ValueError, RecursionError):
+            spec = None
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{name} records a sweep spec that is not a JSON mapping: not one dask-train wrote. "
+                              "Pass a run directory a dask-train sweep wrote.")
+        return spec
 
     def check_sweep(self, name: str, fingerprint: str, spec: dict[str, Any], free: tuple[str, ...] = ()) -> bool:
         """Whether a sweep is recorded here; raises if it is not the one of ``fingerprint`` (``spec``, whose
@@ -249,35 +289,28 @@ class RunStore:
         self._counts[after] = self._counts.get(after, 0) + 1
 
 
-def read_spec(path: Path) -> dict[str, Any]:
-    """The spec a run store records (its latest run's), as plain JSON, read without writing anything: the
-    store is opened read-only, and where no write-ahead log is beside it (no sweep is writing it) as
-    immutable, so that reading leaves no ``-wal`` or ``-shm`` file behind. Its size is checked before it is
-    read (:data:`~training.limits.MAX_SPEC_BYTES`). JSON written by dask-train: read back 100 times faster
-    than the run's sweep.yaml, which is for people."""
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that reads a store and writes nothing, leaving no ``-wal`` or ``-shm`` file behind:
+    read-only where a write-ahead log is beside the store (a sweep is writing it, or one was killed), else
+    immutable (a sweep that starts writing it in the milliseconds of a read can make that read fail, never
+    change the store). No value larger than a spec may be is read (Python 3.11+; 3.10: :meth:`spec` measures
+    its spec first)."""
     from .limits import MAX_SPEC_BYTES
 
-    name = repr(str(path))
-    log_beside = path.with_name(path.name + "-wal").exists()
-    uri = f"{path.resolve().as_uri()}?{'mode=ro' if log_beside else 'immutable=1'}"
-    try:
-        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as db:
-            row = db.execute("SELECT length(CAST(spec AS BLOB)) FROM sweep WHERE id = 1").fetchone()
-            if row is None:
-                raise ConfigError(f"{name} records no sweep (a sweep that never started?).")
-            if row[0] > MAX_SPEC_BYTES:
-                raise ConfigError(f"{name} records a sweep spec of {row[0]:,} bytes, more than the "
-                                  f"{MAX_SPEC_BYTES:,} dask-train writes; is it the right run directory?")
-            text = db.execute("SELECT spec FROM sweep WHERE id = 1").fetchone()[0]
-    except sqlite3.DatabaseError as exc:
-        raise ConfigError(f"{name} is not a dask-train run store ({exc}).") from None
-    try:
-        spec = json.loads(text)
-    except (TypeError, ValueError):
-        spec = None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{name} records a sweep spec that is not a JSON mapping: not one dask-train wrote.")
-    return spec
+    real = path.resolve()  # the log is beside the file itself, where a link points
+    log = real.with_name(real.name + "-wal")
+    if log.exists() and not real.with_name(real.name + "-shm").exists() and not os.access(real.parent, os.W_OK):
+        raise ConfigError(f"{str(path)!r} cannot be read here: a sweep writing it was killed (its {log.name} is "
+                          "left) and its folder is read-only. Copy the run directory somewhere writable.")
+    db = sqlite3.connect(f"{real.as_uri()}?{'mode=ro' if log.exists() else 'immutable=1'}", uri=True, timeout=30)
+    db.row_factory = sqlite3.Row
+    if hasattr(db, "setlimit"):
+        db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_SPEC_BYTES + _ROW_ROOM)
+    return db
+
+
+#: Bytes a read-only store's values may have over the largest spec (the length limit SQLite puts on a read).
+_ROW_ROOM = 64 * 1024
 
 
 def _decode(row: sqlite3.Row) -> TrialRecord:

@@ -53,7 +53,7 @@ def test_a_finished_sweep_rerun_starts_no_cluster(client, tmp_path, capsys, monk
     import yaml
 
     import cluster
-    from training.store import read_spec
+    from training.store import RunStore
 
     sweep = _sweep(tmp_path, "done")
     first = sweep.run(client, progress=False)
@@ -75,7 +75,8 @@ def test_a_finished_sweep_rerun_starts_no_cluster(client, tmp_path, capsys, monk
     assert again.best_trial == first.best_trial and (tmp_path / "done" / "results.csv").is_file()
     assert again.wait_for_report().joinpath("summary.md").is_file()
     assert yaml.safe_load((tmp_path / "done" / "sweep.yaml").read_text())["trial_timeout"] == 600
-    assert read_spec(tmp_path / "done" / "store.sqlite")["trial_timeout"] == 600
+    with RunStore(tmp_path / "done" / "store.sqlite", read_only=True) as store:
+        assert store.spec()["trial_timeout"] == 600
 
 
 def test_the_cli_refuses_a_changed_sweep_before_starting_any_worker(client, tmp_path, monkeypatch):

@@ -3,7 +3,9 @@ writes commits as one while each trial's write stays whole."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
+import sys
 
 import pytest
 
@@ -66,57 +68,122 @@ def _files(folder) -> dict[str, tuple[int, int]]:
     return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
 
 
+def _spec(path) -> dict:
+    with RunStore(path, read_only=True) as store:
+        return store.spec()
+
+
 def test_a_runs_spec_is_read_back_as_its_latest_run_recorded_it_writing_nothing(tmp_path):
     """The spec read back is the latest run's (a free field, here a timeout, may change between runs). A
     store no sweep is writing is read as immutable, leaving every file as it was and no -wal or -shm file;
-    one a sweep holds open (its write-ahead log beside it) is read read-only and gives what was committed."""
-    from training.store import read_spec
-
-    path = tmp_path / "store.sqlite"
+    one a sweep holds open (its write-ahead log beside it) is read read-only and gives what was committed,
+    through a link to it too."""
+    path, link = tmp_path / "store.sqlite", tmp_path / "elsewhere" / "store.sqlite"
+    link.parent.mkdir()
+    link.symlink_to(path)
     first, second = {"name": "s", "trial_timeout": None}, {"name": "s", "trial_timeout": 60.0}
     with RunStore(path) as store:
         store.begin_run("s", "f", first, [{"lr": 0.1}])
-        assert read_spec(path) == first  # a sweep is writing it: its log is beside it
+        assert _spec(path) == _spec(link) == first  # a sweep is writing it: its log is beside it
         store.begin_run("s", "f", second, [{"lr": 0.1}], free=("trial_timeout",))
-        assert read_spec(path) == second
-    before = _files(tmp_path)
-    assert set(before) == {"store.sqlite"}
-    assert read_spec(path) == second
-    assert _files(tmp_path) == before
+        assert _spec(path) == _spec(link) == second
+    before, beside_link = _files(tmp_path), _files(link.parent)
+    assert set(before) == {"store.sqlite", "elsewhere"}
+    assert _spec(path) == _spec(link) == second
+    assert _files(tmp_path) == before and _files(link.parent) == beside_link
 
 
-@pytest.mark.parametrize(("spec", "said"), [
-    (None, "records no sweep"),
-    ("{not json", "not a JSON mapping"),
-    ("[1, 2]", "not a JSON mapping"),
-    ('{"space": "' + "x" * 5000 + '"}', "records a sweep spec of 5,013 bytes, more than the 4,096"),
-])
-def test_a_bad_recorded_spec_is_refused_by_name_before_it_is_read_whole(tmp_path, monkeypatch, spec, said):
-    from training import limits
-    from training.errors import ConfigError
-    from training.store import read_spec
-
-    monkeypatch.setattr(limits, "MAX_SPEC_BYTES", 4096)
-    path = tmp_path / "store.sqlite"
-    with RunStore(path) as store:
+def _run_dir(folder, spec: str | None = "{}", schema: str | None = None):
+    """A run directory whose store records ``spec`` as its sweep's (None: no sweep), or is made by
+    ``schema``."""
+    folder.mkdir()
+    (folder / "sweep.yaml").write_text("name: s\n")
+    if schema is not None:
+        with sqlite3.connect(folder / "store.sqlite") as db:
+            db.executescript(schema)
+        return folder
+    with RunStore(folder / "store.sqlite") as store:
         if spec is not None:
             store.begin_run("s", "f", {}, [])
             store.db.execute("UPDATE sweep SET spec = ?", (spec,))
-    with pytest.raises(ConfigError, match=said) as raised:
-        read_spec(path)
-    assert str(path) in str(raised.value)
+    return folder
+
+
+@pytest.mark.parametrize(("spec", "schema", "said"), [
+    (None, None, "records no sweep: its first run stopped before it began. Run the sweep again"),
+    ("{not json", None, "records a sweep spec that is not a JSON mapping"),
+    ("[1, 2]", None, "records a sweep spec that is not a JSON mapping"),
+    ("[" * 4000, None, "records a sweep spec that is not a JSON mapping"),  # nested deeper than Python parses
+    ('{"space": "' + "x" * 5000 + '"}', None, "records a sweep spec larger than the 4,096 bytes"),
+    ("", "CREATE TABLE sweep (id INTEGER PRIMARY KEY, spec TEXT); INSERT INTO sweep VALUES (1, NULL);",
+     "records a sweep spec that is not a JSON mapping"),
+    ("", "CREATE TABLE sweep (id INTEGER PRIMARY KEY, spec TEXT); INSERT INTO sweep VALUES (1, '{}');",
+     "is not a dask-train run store (no such table: trials)"),
+    ("", "CREATE TABLE sweep (id INTEGER PRIMARY KEY, spec TEXT); INSERT INTO sweep VALUES (1, '{}');"
+         "CREATE TABLE trials (number INTEGER, params TEXT, metrics TEXT, state TEXT);"
+         "INSERT INTO trials VALUES (0, '{}', '{}', 'exploded');",
+     "records trials dask-train did not write"),
+    ("", "CREATE TABLE unrelated (x);", "is not a dask-train run store (no such table: sweep)"),
+])
+def test_a_bad_store_is_refused_by_name_and_left_as_it_was(tmp_path, monkeypatch, spec, schema, said):
+    """What `dask-train results` and the report read: a store dask-train did not write is refused in one
+    line naming it (values larger than a spec may be are never read whole), and nothing in its directory
+    changes."""
+    from training import limits
+    from training.errors import ConfigError
+    from training.report import read_run
+
+    monkeypatch.setattr(limits, "MAX_SPEC_BYTES", 4096)
+    run_dir = _run_dir(tmp_path / "run", spec, schema)
+    before = _files(run_dir)
+    with pytest.raises(ConfigError, match=re.escape(said)) as raised:
+        read_run(run_dir)
+    assert str(run_dir / "store.sqlite") in str(raised.value) and "\n" not in str(raised.value)
+    assert _files(run_dir) == before
 
 
 def test_a_file_that_is_no_store_is_refused_and_left_as_it_was(tmp_path):
     from training.errors import ConfigError
-    from training.store import read_spec
+    from training.report import read_run
 
-    path = tmp_path / "store.sqlite"
-    path.write_bytes(b"not a database" * 100)
-    before = _files(tmp_path)
+    run_dir = _run_dir(tmp_path / "run")
+    (run_dir / "store.sqlite").write_bytes(b"not a database" * 100)
+    before = _files(run_dir)
     with pytest.raises(ConfigError, match="is not a dask-train run store"):
-        read_spec(path)
-    assert _files(tmp_path) == before
+        read_run(run_dir)
+    assert _files(run_dir) == before
+
+
+_READ_HUGE = """
+import sys
+from training import limits
+from training.errors import ConfigError
+from training.report import read_run
+
+def peak_kb():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+
+limits.MAX_SPEC_BYTES = 2**20
+before = peak_kb()
+try:
+    read_run(sys.argv[1])
+except ConfigError as refused:
+    print(peak_kb() - before, "larger than the" in str(refused))
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="the read limit needs sqlite3's setlimit (3.11+)")
+def test_a_spec_far_larger_than_the_limit_is_refused_without_being_read(tmp_path):
+    """A store holding a 64 MB spec: refused, and the reader's peak memory grows by far less than the
+    value (it grew by the whole value when the check measured it in SQLite)."""
+    import subprocess
+
+    run_dir = _run_dir(tmp_path / "run", '{"space": "' + "x" * (64 * 2**20) + '"}')
+    done = subprocess.run([sys.executable, "-c", _READ_HUGE, str(run_dir)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    grew_kb, said = done.stdout.split()
+    assert said == "True" and int(grew_kb) < 16 * 1024, done.stdout
 
 
 def test_a_spec_larger_than_can_be_read_back_is_refused_when_it_is_made(monkeypatch):

@@ -139,14 +139,14 @@ def _list_examples() -> None:
 @allow_option
 def results_command(run_dir: Path, plot: bool, allow: tuple[str, ...]) -> None:
     """Show a sweep's results table and best trial from its run directory (runs/NAME)."""
-    from ..report import read_run, read_spec, write_report
+    from ..report import read_run, write_report
     from ..results_view import span
     from ..sweep import result_of
     from ..sweep_spec import SweepSpec
     from ..workloads import trusted_workload
 
-    trusted_workload(read_spec(run_dir).get("workload"), allow, source=f"Run directory {str(run_dir)!r}")
-    run = read_run(run_dir)
+    run = read_run(run_dir)  # data only: the workload it names is imported once trusted
+    trusted_workload(run.spec.get("workload"), allow, source=f"Run directory {str(run_dir)!r}")
     spec = SweepSpec.create(**{**run.spec, "runs_dir": str(run_dir.parent)})
     show_result(result_of(spec, run.trials, run_dir), span(run.trials), label="first start to last finish")
     if plot:
