@@ -322,6 +322,6 @@ def _result_title(result: SweepResult, wall_seconds: float) -> str:
     """The final table's title: this run's wall time, or where it ran nothing, the sweep's over its runs."""
     trial_time = sum(t.seconds or 0 for t in result.trials)
     took = f"wall time {duration(wall_seconds)}" if result.ran else \
-        f"first start to last finish {duration(span(result.trials))}"
+        f"first start to last finish {duration(span(result.trials)) or 'unknown'}"
     return (f"Sweep '{result.spec.name}': {took}, trial time summed {duration(trial_time)}. "
             f"{result.run_dir / 'results.csv'}, report in {result.run_dir / 'report'}")

@@ -17,7 +17,7 @@ import math
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 
 class TrialState(str, enum.Enum):
@@ -398,12 +398,27 @@ def parse_event(message: Any) -> Event | None:
     if not isinstance(message, Mapping):
         return None
     cls = _EVENTS.get(str(message.get("kind")))
-    if cls is None:
-        return None
+    return None if cls is None else checked_record(cls, message)
+
+
+_R = TypeVar("_R")
+
+
+def checked_record(cls: type[_R], data: Mapping[str, Any]) -> _R | None:
+    """``data`` as a ``cls`` record (an event, a store's trial row read as untrusted data): None unless
+    every field it holds is of its declared type and every field without a default is there.
+
+    Examples
+    --------
+    >>> checked_record(TrialRecord, {"number": 3, "params": {}, "state": "completed"}).state
+    <TrialState.COMPLETED: 'completed'>
+    >>> checked_record(TrialRecord, {"number": 3, "params": {}, "metrics": [1]}) is None
+    True
+    """
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name in message:
-            value = _checked(message[f.name], _hints(cls)[f.name])
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            value = _checked(data[f.name], _hints(cls)[f.name])
             if value is _INVALID:
                 return None
             values[f.name] = value

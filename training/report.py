@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import io
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .limits import short
+from .limits import clip
 from .protocol import TrialRecord, best_trial, is_number
+from .run_dirs import own_folder, replace_file
 from .store import RunStore
 
 _DRAWING = threading.Lock()  # matplotlib is not thread-safe
@@ -63,15 +65,15 @@ def read_run(run_dir: str | Path) -> RunSummary:
     except sqlite3.DatabaseError as exc:
         raise ConfigError(f"{str(path)!r} is not a dask-train run store ({exc}).") from None
     except (KeyError, TypeError, ValueError, RecursionError) as exc:
-        raise ConfigError(f"{str(path)!r} records trials dask-train did not write ({short(str(exc))}).") from None
+        raise ConfigError(f"{str(path)!r} records trials dask-train did not write ({clip(str(exc))}). Pass a run "
+                          "directory a dask-train sweep wrote.") from None
     return RunSummary(run_dir, spec, trials, histories)
 
 
 def write_report(run: RunSummary, plots: bool = True) -> Path:
     """Write the summary and (``plots``) the plots; return the report folder."""
-    folder = run.run_dir / REPORT_DIR
-    folder.mkdir(exist_ok=True)
-    (folder / "summary.md").write_text(summary_markdown(run), encoding="utf-8")
+    folder = own_folder(run.run_dir / REPORT_DIR)
+    replace_file(folder / "summary.md", summary_markdown(run).encode("utf-8"))
     if plots:
         write_plots(run)
     return folder
@@ -81,8 +83,7 @@ def write_plots(run: RunSummary) -> None:
     """``curves.png`` and ``params.png``. Drawn on matplotlib figures of their own (no pyplot state) on a
     sweep's background thread, one report at a time: matplotlib's text layout shares caches that two threads
     drawing at once corrupt (back-to-back sweeps in one process did)."""
-    folder = run.run_dir / REPORT_DIR
-    folder.mkdir(exist_ok=True)
+    folder = own_folder(run.run_dir / REPORT_DIR)
     with _DRAWING:
         _plot_curves(run, folder / "curves.png")
         _plot_params(run, folder / "params.png")
@@ -149,7 +150,14 @@ def _plot_curves(run: RunSummary, path: Path) -> None:
         ax.legend(title=f"top trials by best {run.metric}", fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> None:
+    """A figure as PNG at ``path``, written whole and never through a link there."""
+    data = io.BytesIO()
+    fig.savefig(data, format="png", dpi=100)
+    replace_file(path, data.getvalue())
 
 
 def _top_trials(run: RunSummary, count: int = _LEGEND_TRIALS) -> dict[int, str]:
@@ -188,7 +196,7 @@ def _plot_params(run: RunSummary, path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(f"{run.spec['name']}: each trial's best {run.metric} by hyperparameter (best trial in red)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
 
 
 def _figure(**kwargs: Any) -> Any:

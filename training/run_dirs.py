@@ -8,6 +8,8 @@ sets aside only a run dask-train wrote.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -25,6 +27,36 @@ DDP_MARKERS = ("checkpoint.pt", "model")
 MODEL_MARKERS = ("model.json", "checkpoint.pt")
 #: Free space a run needs on its filesystem before it starts.
 MIN_FREE_BYTES = 64 * 2**20
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` as ``path``, whole: into a new file beside it of a name no one can have planted
+    (random, created exclusively, not through a link), then renamed over ``path``. A link at ``path`` is
+    replaced, never written through; a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_own_folder(folder: Path) -> None:
+    """Refuse ``folder`` where it is a link or not a folder: a link planted there would send what is written
+    into it elsewhere."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise ConfigError(f"{str(folder)!r} is a link or not a folder, and dask-train writes only into a "
+                          "folder of its own there. Remove it, then run again.")
+
+
+def own_folder(folder: Path) -> Path:
+    """``folder``, made if missing (refused as :func:`check_own_folder` says)."""
+    check_own_folder(folder)
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def check_ddp_start(name: str, runs_dir: Path, resume: bool) -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .protocol import TrialOutcome, TrialRecord, TrialState, finished_states
+from .limits import short
+from .protocol import TrialOutcome, TrialRecord, TrialState, checked_record, finished_states
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweep (
@@ -44,12 +45,14 @@ class RunStore:
         self.path = Path(path)
         self._counts: dict[TrialState, int] | None = None
         self._params: dict[int, dict[str, Any]] = {}
+        self.read_only = read_only
         if read_only:
             self.db = _open_read_only(self.path)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
+        _limit_values(self.db)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
@@ -180,10 +183,13 @@ class RunStore:
     def check_sweep(self, name: str, fingerprint: str, spec: dict[str, Any], free: tuple[str, ...] = ()) -> bool:
         """Whether a sweep is recorded here; raises if it is not the one of ``fingerprint`` (``spec``, whose
         ``free`` fields may change between runs)."""
-        row = self.db.execute("SELECT fingerprint, spec FROM sweep WHERE id = 1").fetchone()
+        row = self.db.execute("SELECT fingerprint FROM sweep WHERE id = 1").fetchone()
         if row is not None and row["fingerprint"] != fingerprint:
-            old = json.loads(row["spec"])
-            changed = sorted(k for k in spec if k not in free and old.get(k) != spec[k])
+            try:
+                old = self.spec()
+            except ConfigError:  # not one dask-train wrote: what changed cannot be said
+                old = {}
+            changed = sorted(k for k in spec if k not in free and k in old and old[k] != spec[k])
             raise ConfigError(
                 f"A different sweep named '{name}' is already in {self.path.parent} (changed: "
                 f"{', '.join(changed) or 'trials'}). Rerun it unchanged to resume, pick another name, or pass "
@@ -251,8 +257,9 @@ class RunStore:
             self._moved(before, state)
 
     def trials(self) -> list[TrialRecord]:
-        """Every trial, in number order."""
-        return [_decode(r) for r in self.db.execute("SELECT * FROM trials ORDER BY number")]
+        """Every trial, in number order (read-only: each field checked, ValueError for one of another form)."""
+        rows = self.db.execute("SELECT * FROM trials ORDER BY number")
+        return [_decode_checked(r) for r in rows] if self.read_only else [_decode(r) for r in rows]
 
     def trial(self, number: int) -> TrialRecord:
         """One trial."""
@@ -266,7 +273,10 @@ class RunStore:
         """Every trial's history in one query, by trial number."""
         out: dict[int, list[dict[str, Any]]] = {}
         for trial, record in self.db.execute("SELECT trial, record FROM epochs ORDER BY trial, epoch"):
-            out.setdefault(trial, []).append(json.loads(record))
+            data = json.loads(record)
+            if self.read_only and not (isinstance(data, dict) and isinstance(data.get("epoch"), int)):
+                raise ValueError(f"trial {short(trial)}: an epoch record of another form")
+            out.setdefault(trial, []).append(data)
         return out
 
     def counts(self) -> dict[TrialState, int]:
@@ -295,8 +305,6 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
     immutable (a sweep that starts writing it in the milliseconds of a read can make that read fail, never
     change the store). No value larger than a spec may be is read (Python 3.11+; 3.10: :meth:`spec` measures
     its spec first)."""
-    from .limits import MAX_SPEC_BYTES
-
     real = path.resolve()  # the log is beside the file itself, where a link points
     log = real.with_name(real.name + "-wal")
     if log.exists() and not real.with_name(real.name + "-shm").exists() and not os.access(real.parent, os.W_OK):
@@ -304,13 +312,30 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
                           "left) and its folder is read-only. Copy the run directory somewhere writable.")
     db = sqlite3.connect(f"{real.as_uri()}?{'mode=ro' if log.exists() else 'immutable=1'}", uri=True, timeout=30)
     db.row_factory = sqlite3.Row
+    _limit_values(db)
+    return db
+
+
+def _limit_values(db: sqlite3.Connection) -> None:
+    """No value larger than a spec may be (with room for its row) is read whole, or written (Python 3.11+)."""
+    from .limits import MAX_SPEC_BYTES
+
     if hasattr(db, "setlimit"):
         db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_SPEC_BYTES + _ROW_ROOM)
-    return db
 
 
 #: Bytes a read-only store's values may have over the largest spec (the length limit SQLite puts on a read).
 _ROW_ROOM = 64 * 1024
+
+
+def _decode_checked(row: sqlite3.Row) -> TrialRecord:
+    """A trial row read as untrusted data: every field of the type dask-train writes, else ValueError."""
+    data = dict(row)
+    record = checked_record(TrialRecord, {**data, "params": json.loads(data.get("params") or "null"),
+                                          "metrics": json.loads(data.get("metrics") or "{}")})
+    if record is None:
+        raise ValueError(f"trial {short(data.get('number'))}: a field of another type")
+    return record
 
 
 def _decode(row: sqlite3.Row) -> TrialRecord:

@@ -12,8 +12,8 @@ import csv
 import dataclasses
 import datetime
 import functools
+import io
 import logging
-import os
 import sys
 import threading
 import time
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from cluster import Target
 
 from .protocol import TrialRecord, TrialState, best_trial
+from .run_dirs import replace_file
 from .sweep_spec import STALL_TIMEOUT, SweepSpec, finished_trials
 
 if TYPE_CHECKING:
@@ -79,10 +80,20 @@ class SweepResult:
         no trial has a model, or its directory is not on this machine (a detached sweep's, elsewhere)."""
         from .model_file import load_model
 
-        chosen = best_trial(self.trials, self.spec.mode)
-        if chosen is None or not chosen.model_dir or not (self.run_dir / chosen.model_dir).is_dir():
+        folder = self.best_dir
+        if folder is None or not folder.is_dir():
             return None
-        return load_model(self.run_dir / chosen.model_dir, allow=(self.spec.workload,))  # the spec's: trusted
+        return load_model(folder, allow=(self.spec.workload,))  # the spec's: trusted
+
+    @property
+    def best_dir(self) -> Path | None:
+        """Where the best trial's model directory is: in the run directory (None: no trial has a model, or
+        its record names a folder outside the run directory, which dask-train never writes)."""
+        chosen = best_trial(self.trials, self.spec.mode)
+        if chosen is None or not chosen.model_dir:
+            return None
+        folder = self.run_dir / chosen.model_dir
+        return folder if folder.resolve().is_relative_to(self.run_dir.resolve()) else None
 
     @functools.cached_property
     def table(self) -> pd.DataFrame:
@@ -332,11 +343,13 @@ def _forget_orphaned_modules() -> None:
             sys.modules.pop(name, None)
 
 
-def result_of(spec: SweepSpec, rows: list[TrialRecord], run_dir: Path | None = None) -> SweepResult:
+def result_of(spec: SweepSpec, rows: list[TrialRecord], run_dir: Path | None = None,
+              write: bool = True) -> SweepResult:
     """The result of a sweep from its trial records; writes ``results.csv`` in ``run_dir`` (default: the
-    spec's), the only place it writes."""
+    spec's), the only place it writes (``write``: False, nowhere)."""
     run_dir = Path(run_dir or spec.run_dir)
-    write_results_csv(run_dir / "results.csv", rows, spec)
+    if write:
+        write_results_csv(run_dir / "results.csv", rows, spec)
     return SweepResult(spec, run_dir, [r for r in rows if r.state.is_error], rows)
 
 
@@ -382,12 +395,11 @@ def write_results_csv(path: Path, rows: list[TrialRecord], spec: SweepSpec) -> N
         for column in ("started", "finished"):
             when = record[column]
             record[column] = "" if when is None else _utc(when)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(records)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(records)
+    replace_file(path, text.getvalue().encode("utf-8"))
 
 
 def _utc(seconds: float) -> str:

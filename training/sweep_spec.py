@@ -268,13 +268,39 @@ def _check_field(where: str, key: str, value: Any) -> None:
         check_count(f"{where}: {key}", value, high, low)
 
 
+#: Fields every spec dask-train records holds: one read back without them it did not write.
+_RECORDED = ("name", "workload", "search", "space", "metric", "mode", "epochs")
+
+
+def spec_from_record(data: Mapping[str, Any], run_dir: Path) -> SweepSpec:
+    """The spec a run directory's store records (:meth:`~training.store.RunStore.spec`), checked as any
+    input is: a field missing or unknown, or a value of the wrong kind, is refused naming the run directory.
+    Its ``runs_dir`` is where the run directory is now."""
+    where = f"Run directory {short(str(run_dir))}"
+    missing, unknown = [k for k in _RECORDED if k not in data], sorted(str(k) for k in data if k not in FIELDS)
+    if missing or unknown:
+        what = f"no {', '.join(missing)}" if missing else f"unknown fields {clip(', '.join(unknown))}"
+        raise ConfigError(f"{where} records a sweep spec dask-train did not write ({what}). Pass a run directory "
+                          "a dask-train sweep wrote.")
+    try:
+        return SweepSpec.create(**{**data, "runs_dir": str(run_dir.parent)})
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise ConfigError(f"{where} records a sweep spec dask-train cannot read ({clip(str(exc))}). Pass a run "
+                          "directory a dask-train sweep wrote.") from None
+
+
 def write_spec_file(spec: SweepSpec) -> None:
     """The run's sweep.yaml, the spec of its latest run for people to read (plain YAML, through libyaml where
     PyYAML has it: ten times faster); dask-train reads the one in the run store back."""
     import yaml
 
+    from .run_dirs import replace_file
+
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    (spec.run_dir / "sweep.yaml").write_text(yaml.dump(spec.to_json(), Dumper=dumper, sort_keys=False))
+    replace_file(spec.run_dir / "sweep.yaml",
+                 yaml.dump(spec.to_json(), Dumper=dumper, sort_keys=False).encode("utf-8"))
 
 
 def finished_trials(spec: SweepSpec) -> list[TrialRecord] | None:

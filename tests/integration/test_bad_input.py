@@ -46,6 +46,7 @@ def _sweep(**fields) -> str:
 
 
 GOOD_SPACE = {"lr": [0.1, 0.2]}
+_DROP = object()  # a field left out of a recorded spec
 #: name -> sweep file text (or bytes).
 SWEEP_FILES: dict[str, str | bytes] = {
     "aliases.yaml": "a: &a [1, 1, 1]\nb: &b [*a, *a, *a]\nworkload: xor\nspace: {lr: *b}\n",
@@ -142,6 +143,11 @@ CASES: list[tuple[str, list[str], int]] = [
     ("results-spec-not-mapping", ["results", "runs/spec-not-mapping"], 2),
     ("results-spec-huge", ["results", "runs/spec-huge"], 2),
     ("results-garbage-store", ["results", "runs/garbage-store"], 2),
+    ("results-spec-unknown-field", ["results", "runs/spec-unknown-field"], 2),
+    ("results-spec-no-metric", ["results", "runs/spec-no-metric"], 2),
+    ("results-spec-space-string", ["results", "runs/spec-space-string"], 2),
+    ("results-metrics-list", ["results", "runs/metrics-list"], 2),
+    ("results-plot-report-link", ["results", "runs/report-link", "--plot"], 2),
     ("cluster-up-file-not-ours", ["cluster", "up", "--scheduler-file", "plain-file.txt", "--workers", "1"], 2),
     ("cluster-up-folder", ["cluster", "up", "--scheduler-file", "someone-elses", "--workers", "1"], 2),
     ("cluster-info-no-scheduler-file", ["cluster", "info", "--scheduler-file", "nope.json"], 1),
@@ -184,8 +190,9 @@ def _run_dirs(runs: Path) -> None:
     sweep.yaml is for people), none, or garbage."""
     from training.limits import MAX_SPEC_BYTES
     from training.store import RunStore
+    from training.sweep_spec import SweepSpec
 
-    def run(name: str, spec: str | None = None, store: bytes | None = None) -> None:
+    def run(name: str, spec: str | None = None, store: bytes | None = None, trials: str = "") -> Path:
         folder = runs / name
         folder.mkdir(parents=True)
         (folder / "sweep.yaml").write_text(_sweep(name=name, space=GOOD_SPACE))
@@ -197,6 +204,13 @@ def _run_dirs(runs: Path) -> None:
             with RunStore(folder / "store.sqlite") as recorded:
                 recorded.begin_run(name, "fp", {}, [{"lr": 0.1}])
                 recorded.db.execute("UPDATE sweep SET spec = ?", (spec,))
+                if trials:
+                    recorded.db.execute(trials)
+        return folder
+
+    def good(name: str, **changes) -> str:
+        spec = {**SweepSpec.create(name=name, workload="xor", space=GOOD_SPACE).to_json(), **changes}
+        return json.dumps({k: v for k, v in spec.items() if v is not _DROP})
 
     run("marker", json.dumps({"name": "marker", "workload": f"{MARKER_MODULE}:Thing", "space": GOOD_SPACE}))
     run("no-sweep")
@@ -204,6 +218,14 @@ def _run_dirs(runs: Path) -> None:
     run("spec-not-mapping", "[1, 2]")
     run("spec-huge", json.dumps({"name": "huge", "workload": "xor", "space": {"lr": "x" * MAX_SPEC_BYTES}}))
     run("garbage-store", store=b"not a database" * 100)
+    run("spec-unknown-field", good("spec-unknown-field", pad=1))
+    run("spec-no-metric", good("spec-no-metric", metric=_DROP))
+    run("spec-space-string", good("spec-space-string", space="lr"))
+    run("metrics-list", good("metrics-list"), trials="UPDATE trials SET state = 'completed', metrics = '[1]'")
+    linked = run("report-link", good("report-link"), trials="UPDATE trials SET state = 'completed', best = 0.5")
+    (runs / "elsewhere").mkdir()
+    (runs / "elsewhere" / "summary.md").write_text("someone's notes\n")
+    (linked / "report").symlink_to(runs / "elsewhere")
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import threading
@@ -149,6 +150,99 @@ def test_a_sweep_listing_two_hundred_thousand_values_gets_its_plots_and_results(
     shown = run_cli("results", str(tmp_path / "wide"))
     assert shown.returncode == 0, shown.stderr
     assert f"Best trial: {result.best_trial:04d}" in shown.stdout
+
+
+def test_results_writes_only_inside_its_run_directory_never_through_a_link(client, tmp_path):
+    """`dask-train results --plot` where links to someone else's file were planted in the run directory
+    (results.csv, the report's summary.md and curves.png): each link is replaced by the file, never written
+    through. A report folder that is a link is refused in one line before anything is written."""
+    import shutil
+
+    Sweep("xor", {"lr": [0.1, 0.3]}, epochs=2, name="linked", runs_dir=str(tmp_path / "runs")).run(
+        client, progress=False).wait_for_report()
+    run_dir, victim = tmp_path / "runs" / "linked", tmp_path / "victim.txt"
+    victim.write_text("mine\n")
+    planted = [run_dir / "results.csv", run_dir / "report" / "summary.md", run_dir / "report" / "curves.png"]
+    for path in planted:
+        path.unlink()
+        path.symlink_to(victim)
+    shown = run_cli("results", str(run_dir), "--plot")
+    assert shown.returncode == 0, shown.stderr
+    assert victim.read_text() == "mine\n"
+    assert all(not path.is_symlink() and path.stat().st_size > 100 for path in planted)
+    assert (run_dir / "results.csv").read_text().startswith("trial,state,lr,")
+    assert (run_dir / "report" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(run_dir.rglob("*.tmp")), "a temporary file left behind"
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "summary.md").write_text("notes\n")
+    shutil.rmtree(run_dir / "report")
+    (run_dir / "report").symlink_to(elsewhere)
+    watched = [run_dir / "results.csv", elsewhere / "summary.md"]
+    before = [p.stat().st_mtime_ns for p in watched]
+    refused = run_cli("results", str(run_dir), "--plot")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "report' is a link or not a folder" in refused.stderr and not refused.stdout
+    assert [p.stat().st_mtime_ns for p in watched] == before and [p.name for p in elsewhere.iterdir()] == [
+        "summary.md"]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="runs the CLI as another user (nobody): needs root and setpriv")
+def test_results_of_a_run_directory_this_user_cannot_write(client):
+    """Someone else's run directory, readable but not writable: its table and best trial are shown, its
+    results.csv is left as it is (a note says so), and --plot is refused in one line; nothing changes."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    base = Path(tempfile.mkdtemp(prefix="dask-train-test-"))  # under /tmp: pytest's folders are root's alone
+    try:
+        base.chmod(0o755)
+        Sweep("xor", {"lr": [0.1, 0.3]}, epochs=2, name="theirs", runs_dir=str(base)).run(
+            client, progress=False).wait_for_report()
+        run_dir, home = base / "theirs", base / "home"
+        home.mkdir(mode=0o777)
+        home.chmod(0o777)
+        before = {str(p): p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+
+        def as_nobody(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                                   "-c", "from training.cli import main; main()", *args], capture_output=True,
+                                  text=True, timeout=120, cwd=home,
+                                  env={**os.environ, "HOME": str(home), "MPLCONFIGDIR": str(home),
+                                       "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(__file__)))})
+
+        shown = as_nobody("results", str(run_dir))
+        assert shown.returncode == 0, shown.stderr
+        assert "Best trial: 000" in shown.stdout and "read-only here: its results.csv is left as it was" in \
+            shown.stdout.replace("\n", " "), shown.stdout
+        refused = as_nobody("results", str(run_dir), "--plot")
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "is read-only here, and --plot writes the report into it" in refused.stderr
+        assert {str(p): p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+    finally:
+        shutil.rmtree(base)
+
+
+def test_results_says_why_the_best_trial_has_no_model_to_use(client, tmp_path):
+    """The best trial's model directory deleted, or its record pointing outside the run directory (at a
+    real folder): the table is still shown, and one line says which; nothing outside is read."""
+    result = Sweep("xor", {"lr": [0.1, 0.3]}, epochs=2, name="nomodel", runs_dir=str(tmp_path)).run(
+        client, progress=False)
+    run_dir, best = tmp_path / "nomodel", result.best_trial
+    shutil.rmtree(run_dir / "trials" / f"{best:04d}")
+    shown = run_cli("results", str(run_dir))
+    assert shown.returncode == 0, shown.stderr
+    assert f"Best trial: {best:04d}; its model directory {run_dir / 'trials' / f'{best:04d}'} is missing." in \
+        shown.stdout.replace("\n", ""), shown.stdout
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        db.execute("UPDATE trials SET model_dir = ? WHERE number = ?", (str(tmp_path), best))
+    shown = run_cli("results", str(run_dir))
+    assert shown.returncode == 0, shown.stderr
+    assert "names a model directory outside the run directory" in shown.stdout.replace("\n", ""), shown.stdout
 
 
 def test_trials_run_concurrently_on_both_workers(client, tmp_path):

@@ -3,6 +3,7 @@ writes commits as one while each trial's write stays whole."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 import sys
@@ -105,7 +106,9 @@ def _run_dir(folder, spec: str | None = "{}", schema: str | None = None):
     with RunStore(folder / "store.sqlite") as store:
         if spec is not None:
             store.begin_run("s", "f", {}, [])
-            store.db.execute("UPDATE sweep SET spec = ?", (spec,))
+    if spec is not None:
+        with contextlib.closing(sqlite3.connect(folder / "store.sqlite")) as db, db:  # no length limit here
+            db.execute("UPDATE sweep SET spec = ?", (spec,))
     return folder
 
 
@@ -197,3 +200,47 @@ def test_a_spec_larger_than_can_be_read_back_is_refused_when_it_is_made(monkeypa
     SweepSpec.create(workload="xor", space={"lr": [0.001 * n for n in range(1, 300)]})  # ~7 KB
     with pytest.raises(ConfigError, match=r"spec takes [\d,]+ bytes written out, more than the limit of 10,000"):
         SweepSpec.create(workload="xor", space={"lr": [0.0001 * n for n in range(1, 1000)]})
+
+
+@pytest.mark.parametrize("spec", ["42", b"\x00\xff junk", "null", "[" * 5000])
+def test_a_rerun_over_a_store_whose_spec_dask_train_did_not_write_is_refused_in_one_line(tmp_path, spec):
+    """A changed sweep over a store whose recorded spec is not one dask-train wrote: the usual refusal,
+    saying only that the trials changed (what else did cannot be told), never a Python error."""
+    from training.errors import ConfigError
+
+    path = tmp_path / "store.sqlite"
+    with RunStore(path) as store:
+        store.begin_run("s", "f", {"epochs": 1}, [])
+        store.db.execute("UPDATE sweep SET spec = ?", (spec,))
+        with pytest.raises(ConfigError, match=r"A different sweep named 's' is already in .* \(changed: trials\)"):
+            store.check_sweep("s", "g", {"epochs": 2})
+
+
+_RERUN_HUGE = """
+import sys
+from training.store import RunStore
+
+def peak_kb():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+
+before = peak_kb()
+with RunStore(sys.argv[1]) as store:
+    print(store.check_sweep("s", "f", {"name": "s"}), peak_kb() - before)
+"""
+
+
+def test_a_rerun_does_not_read_its_recorded_spec(tmp_path):
+    """An unchanged rerun compares fingerprints only: a store holding a 64 MB spec (not one dask-train
+    writes) does not make the rerun read it (it did, whole, and then wrote it back)."""
+    import subprocess
+
+    path = tmp_path / "store.sqlite"
+    with RunStore(path) as store:
+        store.begin_run("s", "f", {}, [])
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE sweep SET spec = ?", ('{"space": "' + "x" * (64 * 2**20) + '"}',))
+    done = subprocess.run([sys.executable, "-c", _RERUN_HUGE, str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    recorded, grew_kb = done.stdout.split()
+    assert recorded == "True" and int(grew_kb) < 16 * 1024, done.stdout

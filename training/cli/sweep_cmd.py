@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from importlib import resources
 from pathlib import Path
@@ -139,16 +140,26 @@ def _list_examples() -> None:
 @allow_option
 def results_command(run_dir: Path, plot: bool, allow: tuple[str, ...]) -> None:
     """Show a sweep's results table and best trial from its run directory (runs/NAME)."""
-    from ..report import read_run, write_report
+    from ..report import REPORT_DIR, read_run, write_report
     from ..results_view import span
+    from ..run_dirs import check_own_folder
     from ..sweep import result_of
-    from ..sweep_spec import SweepSpec
+    from ..sweep_spec import spec_from_record
     from ..workloads import trusted_workload
 
     run = read_run(run_dir)  # data only: the workload it names is imported once trusted
     trusted_workload(run.spec.get("workload"), allow, source=f"Run directory {str(run_dir)!r}")
-    spec = SweepSpec.create(**{**run.spec, "runs_dir": str(run_dir.parent)})
-    show_result(result_of(spec, run.trials, run_dir), span(run.trials), label="first start to last finish")
+    spec = spec_from_record(run.spec, run_dir)
+    writable = os.access(run_dir, os.W_OK)
+    if plot and not writable:
+        raise ConfigError(f"{str(run_dir)!r} is read-only here, and --plot writes the report into it. Copy the "
+                          "run directory somewhere writable, or leave out --plot.")
+    if plot:
+        check_own_folder(run_dir / REPORT_DIR)  # before anything is written
+    show_result(result_of(spec, run.trials, run_dir, write=writable), span(run.trials),
+                label="first start to last finish")
+    if not writable:
+        display.console.print(f"({run_dir} is read-only here: its results.csv is left as it was.)")
     if plot:
         folder = write_report(run)
         display.console.print(f"Report: {', '.join(str(p) for p in sorted(folder.iterdir()))}")
@@ -160,7 +171,8 @@ def show_result(result: SweepResult, seconds: float | None, label: str = "wall t
     from ..results_view import duration, results_table
 
     trial_time = sum(t.seconds or 0 for t in result.trials)
-    title = (f"Sweep '{result.spec.name}': {label} {duration(seconds)}, trial time summed {duration(trial_time)}"
+    title = (f"Sweep '{result.spec.name}': {label} {duration(seconds) or 'unknown'}, trial time summed "
+             f"{duration(trial_time)}"
              f" (* best). {result.run_dir / 'results.csv'}, report in {result.run_dir / 'report'}")
     display.console.print(results_table(result.trials, result.spec.space, result.spec.metric or "val_loss",
                                         result.spec.mode or "min", width=display.console.width, title=title),
@@ -170,9 +182,21 @@ def show_result(result: SweepResult, seconds: float | None, label: str = "wall t
         where = f" on {first.worker}" if first.worker else ""  # none: it never started
         display.console.print(f"{len(result.failed)} trial(s) failed. First: trial {first.number:04d}{where} "
                               f"with params {first.params}:\n{first.traceback}", style="red")
-    if result.best is None or result.best_trial is None:
+    number = result.best_trial
+    if number is None:
         return
-    best, number = result.best, result.best_trial
+    try:
+        best = result.best
+    except ConfigError as exc:  # the results stand; only putting the best model to use cannot be done
+        display.console.print(f"Best trial: {number:04d}; its model cannot be loaded: {exc}", style="yellow")
+        return
+    if best is None:
+        recorded = next(t.model_dir for t in result.trials if t.number == number)
+        said = ("it has no model directory" if not recorded else
+                f"its model directory {result.best_dir} is missing" if result.best_dir is not None else
+                "its record names a model directory outside the run directory (dask-train never writes one there)")
+        display.console.print(f"Best trial: {number:04d}; {said}.", style="yellow")
+        return
     display.console.print(f"Best trial: {number:04d} {result.spec.metric}="
                           f"{display.format_value(best.metrics.get(result.spec.metric))} at epoch "
                           f"{best.best_epoch} params { {k: best.params[k] for k in result.spec.space} } -> "

@@ -75,7 +75,7 @@ class LinReg(Workload):
             mse = float(F.mse_loss(model(x), y))
         return {
             "weights": [round(v, 4) for v in model.w.view(-1).tolist()],
-            "bias": round(float(model.b), 4),
+            "bias": round(model.b.item(), 4),
             "true_weights": list(TRUE_WEIGHTS),
             "true_bias": TRUE_BIAS,
             "test_mse": mse,
