@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -437,13 +438,18 @@ def _hints(cls: type) -> dict[str, Any]:
     return _HINTS[cls]
 
 
-def _checked(value: Any, hint: Any) -> Any:
-    """``value`` as type ``hint`` (str, int, float, dict, list, an enum, or ``X | None``), else _INVALID."""
+@functools.cache
+def _options(hint: Any) -> tuple[Any, ...]:
+    """The types ``hint`` allows, each as its origin (``dict[str, Any]``: dict), once a hint."""
     options: Sequence[Any] = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) \
         else (hint,)
-    for option in options:
-        origin = typing.get_origin(option) or option
-        if option is type(None) and value is None:
+    return tuple(typing.get_origin(option) or option for option in options)
+
+
+def _checked(value: Any, hint: Any) -> Any:
+    """``value`` as type ``hint`` (str, int, float, dict, list, an enum, or ``X | None``), else _INVALID."""
+    for origin in _options(hint):
+        if origin is type(None) and value is None:
             return None
         if origin is float and is_number(value):
             return float(value)
@@ -453,13 +459,15 @@ def _checked(value: Any, hint: Any) -> Any:
             return value
         if origin is list and isinstance(value, list | tuple):  # msgpack may hand lists back as tuples
             return list(value)
-        if isinstance(origin, type) and issubclass(origin, enum.Enum) and value in _values(origin):
+        if isinstance(origin, type) and issubclass(origin, enum.Enum) and isinstance(value, str | int) and \
+                value in _values(origin):
             return origin(value)
     return _INVALID
 
 
-def _values(kind: type[enum.Enum]) -> set[Any]:
-    return {member.value for member in kind}
+@functools.cache
+def _values(kind: type[enum.Enum]) -> frozenset[Any]:
+    return frozenset(member.value for member in kind)
 
 
 _UnionType = type(int | None)

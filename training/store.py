@@ -43,8 +43,10 @@ class RunStore:
 
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = Path(path)
+        # Trials by state, kept up to date by this store's own writes (one query at first use, not one a
+        # trial: a 10,000-trial sweep asks after every trial). None: count again.
         self._counts: dict[TrialState, int] | None = None
-        self._params: dict[int, dict[str, Any]] = {}
+        self._params: dict[int, dict[str, Any]] = {}  # a trial's params never change once recorded
         self.read_only = read_only
         if read_only:
             self.db = _open_read_only(self.path)
@@ -59,9 +61,6 @@ class RunStore:
         columns = {r["name"] for r in self.db.execute("PRAGMA table_info(trials)")}
         if "best_epoch" not in columns:  # a store written before best epochs were recorded
             self.db.execute("ALTER TABLE trials ADD COLUMN best_epoch INTEGER")
-        # _counts: trials by state, kept up to date by this store's own writes (one query at first use, not
-        # one a trial: a 10,000-trial sweep asks after every trial); None: count again. _params: a trial's
-        # params never change once recorded.
 
     def __enter__(self) -> RunStore:
         return self
@@ -189,7 +188,7 @@ class RunStore:
                 old = self.spec()
             except ConfigError:  # not one dask-train wrote: what changed cannot be said
                 old = {}
-            changed = sorted(k for k in spec if k not in free and k in old and old[k] != spec[k])
+            changed = sorted(k for k in spec if k not in free and old.get(k) != spec[k]) if old else []
             raise ConfigError(
                 f"A different sweep named '{name}' is already in {self.path.parent} (changed: "
                 f"{', '.join(changed) or 'trials'}). Rerun it unchanged to resume, pick another name, or pass "
