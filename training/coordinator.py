@@ -463,18 +463,21 @@ class _Events:
         return None
 
     def deliver(self, outcome: TrialOutcome, final: bool) -> None:
-        """The epochs of a finished task's history not yet delivered; ``final``: no more events count."""
+        """The epochs of a finished task's history not yet delivered; ``final``: no more events count. The
+        epochs before the one it resumed after were trained (and shown) in an earlier run: recorded, not
+        shown again (a resumed trial showed them after its new ones)."""
         for record in outcome.history:
-            self._epoch(outcome.number, record)
+            self._epoch(outcome.number, record, shown=record["epoch"] > outcome.resumed_from)
         self.started.pop(outcome.number, None)  # the next stretch's start event starts its clock again
         if final:
             self.ended.add(outcome.number)
 
-    def _epoch(self, number: int, record: dict[str, Any]) -> None:
+    def _epoch(self, number: int, record: dict[str, Any], shown: bool = True) -> None:
         if (number, record["epoch"]) not in self.seen:
             self.seen.add((number, record["epoch"]))
             self.store.record_epoch(number, record)
-            self.progress.on_epoch(number, record)
+            if shown:
+                self.progress.on_epoch(number, record)
 
 
 def _window(spec: SweepSpec, slots: int) -> tuple[int, int]:

@@ -177,6 +177,8 @@ class TrialOutcome(_Record):
     ``state_dict`` holds the weights of the trial's best epoch by the sweep's metric (``best_epoch``), unless
     the worker wrote them itself: ``model_dir`` is then the model directory it wrote, relative to the run
     directory. ``checkpoint`` is the full trainer state after the last epoch, for a next stretch (ASHA).
+    ``resumed_from``: the epoch this run of the trial started after (its resume checkpoint's, or the last
+    stretch's); ``history`` holds those earlier epochs too, which this run did not train.
     """
 
     number: int
@@ -187,6 +189,7 @@ class TrialOutcome(_Record):
     finished: float | None = None
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int = 0
     best_epoch: int | None = None
     error_type: str | None = None
     error: str | None = None

@@ -105,6 +105,7 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
     events = _EpochEvents(spec, address, key, checkpoint if relayed else None)
     trainer: Trainer | None = None
     ended: dict[str, Any]
+    resumed_from = 0
     try:
         work = get_workload(spec.workload)
         dev = pick_device()
@@ -114,6 +115,7 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
             state, source = _start_state(spec, _sent_start(checkpoint) if relayed and checkpoint else None)
             if state is not None:
                 trainer.load_state(state, source)
+                resumed_from = trainer.epoch
             # No resume point after the attempt's last epoch: its outcome ends the trial (or, with ASHA,
             # carries the state the next stretch starts from).
             trainer.train(spec.until_epoch or spec.epochs, events, checkpoint, spec.checkpoint_every,
@@ -129,7 +131,8 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
     finished = time.time()
     history = trainer.history if trainer is not None else events.history
     outcome = TrialOutcome(number=spec.number, worker=worker, device=device, started=started,
-                           finished=finished, seconds=round(finished - started, 4), history=list(history), **ended)
+                           finished=finished, seconds=round(finished - started, 4), history=list(history),
+                           resumed_from=resumed_from, **ended)
     if key:
         _send_done(spec, outcome, key, address)
     return outcome

@@ -341,6 +341,10 @@ def test_a_trial_whose_client_is_killed_continues_from_its_last_epoch_on_rerun(c
         starts = db.execute("SELECT starts FROM trials").fetchone()[0]
     assert starts == 2
     _assert_resumed(client, "killc", run_dir, recorded, killed_at, history)
+    # The rerun shows the epochs it trained, in order; those of the run before (restored from the
+    # checkpoint) are not shown again after them.
+    shown = [int(e) for e in re.findall(r"epoch (\d)/6", rerun.stdout)]
+    assert shown and shown == sorted(set(shown)) and shown[-1] == 6 and shown[0] > 1, rerun.stdout
 
 
 def test_ctrl_c_during_a_ddp_job_frees_its_workers_and_the_printed_command_resumes_it(client, tmp_path):
