@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 #: Public name -> the module that defines it.
 _WHERE = {
     "Target": "target", "check_address": "target",
-    "cluster_workers": "client", "connect": "client", "dashboard_url": "client", "describe_workers": "client",
+    "check_client": "client", "cluster_workers": "client", "connect": "client", "dashboard_url": "client",
+    "describe_workers": "client",
     "open_client": "client", "prepare_workers": "client", "require_slots": "client",
     "SLOT_WORKERS_VARIABLE": "cpus", "TORCH_THREADS_VARIABLE": "cpus", "cpu_cores": "cpus",
     "torch_threads": "cpus",

@@ -210,12 +210,14 @@ def main(argv: list[str]) -> int:
     os.dup2(null, 0)
     os.close(null)
     forked = _start_fork_server(environ)
+    import dask
+    from distributed import utils
+
+    # After distributed's import, which sets its loggers' levels from Dask's config (INFO): set before, a
+    # closing nanny said "Nanny at ... closed." in the user's terminal.
     logging.getLogger("distributed").setLevel(logging.WARNING)  # as LocalCluster's silence_logs
     logging.getLogger("distributed.nanny").addFilter(_Expected())
     if forked:
-        import dask
-        from distributed import utils
-
         dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
         # The fork server is ours, already running with its own preload: Dask would import numpy, pandas
         # and lz4 here to set one (private flag; should it go, those imports are all it costs).

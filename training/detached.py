@@ -78,7 +78,7 @@ def start(spec_json: dict[str, Any], run_dir: str, dask_scheduler: Any = None) -
     with _LOCK:
         if name in _RUNS and _RUNS[name].state == "running":
             raise ValueError(f"A sweep named '{name}' is already running on this cluster: attach to it, "
-                             "cancel it, or give another --name.")
+                             "cancel it, or give another --name (name=...).")
         run = _RUNS[name] = _Run(name, str(resolved))
     address, security = dask_scheduler.address, _client_security(dask_scheduler.security)
     threading.Thread(target=_coordinate, args=(run, spec_json, address, security), name=f"dask-train-{name}",

@@ -110,8 +110,9 @@ class LiveSweep(SweepProgress):
     ...     Sweep("xor", {"lr": [0.05, 0.2]}, epochs=2).run(client, progress=shown)
     """
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, afresh: str = "new=True") -> None:
         self.console = console or Console(highlight=False)
+        self.afresh = afresh  # how this caller starts a sweep afresh (the CLI: --new)
         # Rich draws a live area in Jupyter through ipywidgets; without it (it warns at every refresh) the
         # view prints lines, as it does into a log.
         self.live = self.console.is_terminal or (self.console.is_jupyter and _has_ipywidgets())
@@ -147,10 +148,10 @@ class LiveSweep(SweepProgress):
                    f"{spec.epochs} epochs each. Run directory: {spec.run_dir}", at_once=True)
         if finished and todo:
             self.print(f"Reusing the earlier run in {spec.run_dir}: {finished} already finished, {todo} of "
-                       f"{total} trials to run (new=True, or --new, starts afresh).", at_once=True)
+                       f"{total} trials to run ({self.afresh} starts afresh).", at_once=True)
         elif finished:
-            self.print(f"Nothing to run: all {total} trials in {spec.run_dir} already finished (new=True, or "
-                       "--new, starts afresh).", at_once=True)
+            self.print(f"Nothing to run: all {total} trials in {spec.run_dir} already finished ({self.afresh} "
+                       "starts afresh).", at_once=True)
         if dashboard or todo:  # none and nothing to run: no cluster was started for it
             self.print(f"Dashboard: {dashboard or 'not available on this scheduler'}", at_once=True)
         self.task = self.progress.add_task(self._description(), total=total * spec.epochs,

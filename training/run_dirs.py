@@ -7,7 +7,6 @@ sets aside only a run dask-train wrote.
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import shutil
@@ -18,8 +17,6 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .limits import short
-
-log = logging.getLogger(__name__)
 
 #: Files that mark a directory as a dask-train sweep run, a DDP job's run, a model directory.
 SWEEP_MARKERS = ("store.sqlite", "sweep.yaml")
@@ -70,10 +67,11 @@ def check_ddp_start(name: str, runs_dir: Path, resume: bool) -> None:
     check_run_dir(run_dir, DDP_MARKERS)
     checkpoint = run_dir / "checkpoint.pt"
     if resume and not checkpoint.is_file():
-        raise ConfigError(f"Nothing to resume: {checkpoint} does not exist. Run without --resume first.")
+        raise ConfigError(f"Nothing to resume: {checkpoint} does not exist. Run without --resume (resume=True) "
+                          "first.")
     if not resume and checkpoint.is_file():
-        raise ConfigError(f"{run_dir} already holds a DDP run (checkpoint.pt). Pass --resume to continue it, or "
-                          "choose another --name.")
+        raise ConfigError(f"{run_dir} already holds a DDP run (checkpoint.pt). Pass --resume (resume=True) to "
+                          "continue it, or choose another --name (name=...).")
 
 
 def check_run_dir(run_dir: str | Path, markers: Sequence[str], what: str = "run directory") -> Path:
@@ -111,7 +109,8 @@ def check_set_aside(run_dir: Path) -> None:
     """Refuse ``--new`` for ``run_dir`` unless it is absent or a sweep run dask-train wrote (nothing moved)."""
     if run_dir.exists() and (not run_dir.is_dir() or not all((run_dir / m).exists() for m in SWEEP_MARKERS)):
         raise ConfigError(f"--new sets aside only a sweep run dask-train wrote; {short(str(run_dir))} is not one "
-                          f"(no {' and '.join(SWEEP_MARKERS)}). Move it yourself or choose another --name.")
+                          f"(no {' and '.join(SWEEP_MARKERS)}). Move it yourself or choose another --name "
+                          "(name=...).")
 
 
 def set_aside(run_dir: Path) -> Path | None:
@@ -123,7 +122,6 @@ def set_aside(run_dir: Path) -> Path | None:
     if aside.exists():
         raise ConfigError(f"{short(str(aside))} already exists; wait a second and run again.")
     run_dir.rename(aside)
-    log.warning("Moved the previous run %s to %s", run_dir, aside)
     return aside
 
 

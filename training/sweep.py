@@ -188,6 +188,10 @@ class Sweep:
         and the final table; :class:`training.progress.LiveSweep`); False prints nothing; or your own
         :class:`SweepProgress` hooks.
         """
+        if client is not None:
+            from cluster import check_client
+
+            check_client(client)
         view = _default_view(progress)
         hooks = view or (progress if isinstance(progress, SweepProgress) else SweepProgress())
         started = time.perf_counter()
@@ -202,9 +206,13 @@ class Sweep:
         sweep goes on if this process ends. ``handle.follow(LiveSweep())`` shows its progress,
         ``handle.wait()`` waits, ``handle.cancel()`` stops it; :func:`training.detached.attach` finds it
         again from another process. Its run directory is on the scheduler's machine."""
+        from cluster import check_client
+
         from .detached import submit
         from .params import check_data_paths
         from .workloads import get_workload
+
+        check_client(client)
 
         check_data_paths(get_workload(self.spec.workload).params, self.spec.trials() or [dict(self.spec.params)],
                          here=False)
@@ -216,8 +224,8 @@ class Sweep:
         from .run_dirs import SWEEP_MARKERS, check_run_dir, set_aside
         from .workloads import get_workload
 
-        if new:
-            set_aside(self.spec.run_dir)
+        if new and (aside := set_aside(self.spec.run_dir)) is not None:
+            log.warning("Moved the previous run %s to %s", self.spec.run_dir, aside)
         check_run_dir(self.spec.run_dir, SWEEP_MARKERS)  # before any cluster starts
         check_data_paths(get_workload(self.spec.workload).params, self.spec.trials() or [dict(self.spec.params)],
                          here=client is None and (target is None or target.embedded))

@@ -5,7 +5,8 @@ so a new example cannot go untested by accident):
 
 - **Python blocks run**, each as its own script in a fresh folder, scaled down where the README says the numbers
   are the user's choice (``num_trials``, ``epochs``); ``Client("tcp://scheduler:8786")`` and the DDP block's
-  ``client`` point at this test's real LocalCluster. The client-script block runs unguarded, as written.
+  ``cluster.connect("tcp://10.0.0.5:8786")`` point at this test's real LocalCluster. The client-script block
+  runs unguarded, as written.
 - **The YAML block** (the sweep file) is loaded by dask-train's own sweep-file loader and must validate.
 - **Shell blocks**: every ``dask-train`` command is parsed by dask-train's own command line (the command
   exists, its options and arguments are accepted), and ``dask`` commands by Dask's own CLI. The cheap ones in
@@ -146,7 +147,7 @@ def test_the_python_blocks_run_as_scripts(client, tmp_path):
     client_script, ddp, local = blocks("python")
     scripts = {
         "client_script.py": scaled(client_script, **{'"tcp://scheduler:8786"': repr(address)}),
-        "ddp.py": f"from distributed import Client\nclient = Client({address!r})\n" + scaled(ddp),
+        "ddp.py": scaled(ddp, **{'"tcp://10.0.0.5:8786"': repr(address)}),
         "local.py": scaled(local),
     }
     for name, text in scripts.items():
@@ -155,6 +156,7 @@ def test_the_python_blocks_run_as_scripts(client, tmp_path):
         assert done.returncode == 0, f"{name}:\n{text}\n{done.stdout}\n{done.stderr}"
     assert (tmp_path / "runs" / "pets" / "results.csv").is_file()
     assert (tmp_path / "runs" / "names-ddp" / "model").is_dir() and (tmp_path / "runs" / "cnn").is_dir()
+    assert (tmp_path / "runs" / "names-big" / "model").is_dir()
 
 
 def test_the_cheap_shell_commands_run_scaled_down(client, tmp_path):

@@ -117,6 +117,8 @@ def test_a_sweeps_client_imports_torch_only_to_load_the_best_model(tmp_path):
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-4:] == ["False", "True", "True", "True"], done.stdout
+    # Nothing of Dask's own logging reaches the user's terminal (a closing nanny said "Nanny at ... closed.").
+    assert "distributed." not in done.stdout + done.stderr, done.stderr
 
 
 def test_results_command_shows_a_run_and_rewrites_its_report(client, tmp_path):
@@ -289,6 +291,14 @@ def test_rerunning_finishes_only_what_is_missing_and_refuses_a_changed_spec(clie
         changed.run(client)
     changed.run(client, new=True)
     assert len(list(tmp_path.glob("again.old-*"))) == 1  # the old run was set aside, not deleted
+    sweep_file = _write(tmp_path / "again.yaml", {"name": "again", "workload": "xor", "epochs": 5,
+                                                  "space": {"lr": [0.1, 0.4]}, "runs_dir": str(tmp_path)})
+    next(tmp_path.glob("again.old-*")).rename(tmp_path / "first")  # its name (to the second) may come again
+    shown = run_cli("sweep", str(sweep_file), "--new", "--address", client.scheduler.address)
+    assert shown.returncode == 0, shown.stderr
+    aside = next(tmp_path.glob("again.old-*"))
+    assert f"Set the previous run aside: {tmp_path / 'again'} -> {aside}" in shown.stdout, shown.stdout
+    assert "WARNING" not in shown.stdout + shown.stderr
 
 
 def _running_trial(run_dir):

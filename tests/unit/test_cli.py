@@ -139,3 +139,14 @@ def test_a_ctrl_c_no_command_summed_up_is_one_line_and_exit_130(debug):
     assert result.output.strip().splitlines()[-1] == "Interrupted (Ctrl-C)."
     assert "Aborted!" not in result.output
     assert ("Traceback (most recent call last)" in result.output) is debug
+
+
+@pytest.mark.parametrize(("args", "commands"), [((), ("sweep", "results", "ddp")), (("cluster",), ("up", "info"))])
+def test_a_group_given_no_command_shows_its_help_as_it_is(args, commands):
+    """`dask-train` and `dask-train cluster` alone print their help, line by line, and exit 0 (click 8.2 on
+    made it an error, which came out flattened into one cut-off line with exit code 2)."""
+    shown = run(*args)
+    assert shown.returncode == 0 and shown.stderr == "", shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith(f"Usage: dask-train {' '.join(args)}".rstrip() + " [OPTIONS] COMMAND")
+    assert all(any(line.split()[:1] == [name] for line in lines) for name in commands), shown.stdout

@@ -35,6 +35,7 @@ class _Group(click.Group):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as exc:  # an option of dask-train itself (before any command)
+            _help_for_no_command(exc)
             raise display.BadInput(f"{one_line(exc.format_message())} (see `dask-train --help`)") from None
 
     def invoke(self, ctx: click.Context):
@@ -48,6 +49,7 @@ class _Group(click.Group):
             click.echo(f"Interrupted ({display.interrupt.cause}).", err=True)
             ctx.exit(display.interrupt.code)
         except click.UsageError as exc:
+            _help_for_no_command(exc)
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             command = exc.ctx.command_path if exc.ctx else ctx.command_path
@@ -59,6 +61,14 @@ class _Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             raise _one_line_error(exc) from None
+
+
+def _help_for_no_command(exc: click.UsageError) -> None:
+    """A group given no command (`dask-train`, `dask-train cluster`) shows its help, as it is, and exits 0
+    (click 8.2 on makes that an error, which the one-line rule would flatten)."""
+    if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+        click.echo(exc.ctx.get_help())
+        exc.ctx.exit(0)
 
 
 def _one_line_error(exc: Exception) -> click.ClickException:

@@ -88,14 +88,14 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
         return
     from cluster import start_early
 
-    from ..run_dirs import SWEEP_MARKERS, check_run_dir, check_set_aside
+    from ..run_dirs import SWEEP_MARKERS, check_run_dir, set_aside
 
     # A run directory it would refuse, and a rerun with nothing left to run (no cluster needed), are known
     # before any worker starts (with --new, what it would not set aside too).
-    if new:
-        check_set_aside(spec.run_dir)
-    else:
+    if not new:
         check_run_dir(spec.run_dir, SWEEP_MARKERS)
+    elif (aside := set_aside(spec.run_dir)) is not None:
+        display.console.print(f"Set the previous run aside: {spec.run_dir} -> {aside}", soft_wrap=True)
     if new or finished_trials(spec) is None:
         start_early(target)  # its workers import torch while this process imports the sweep's code
     from ..integrations import MlflowLogger, TensorBoardLogger, combine
@@ -105,13 +105,13 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
 
     started = time.perf_counter()
     try:
-        with LiveSweep(display.console) as shown:
+        with LiveSweep(display.console, afresh="--new") as shown:
             loggers: list[SweepProgress] = []
             if tensorboard:
                 loggers.append(TensorBoardLogger(spec.run_dir / "tensorboard"))
             if mlflow_experiment:
                 loggers.append(MlflowLogger(mlflow_experiment, spec.run_dir))
-            result = Sweep.from_spec(spec).run(progress=combine(shown, *loggers), new=new, target=target)
+            result = Sweep.from_spec(spec).run(progress=combine(shown, *loggers), target=target)  # set aside
     except Interrupted as stop:
         display.interrupted(stop, drop=("--new",))
     if not result.ran:  # this run's time would say nothing: the sweep's own, over the runs that ran it
