@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -115,7 +114,7 @@ def _epoch_of(path: Path) -> int:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
+    from .run_dirs import replace_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    replace_file(path, data)

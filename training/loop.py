@@ -8,7 +8,6 @@ Shared by ``dask-train train``, sweep trials and DDP ranks: a rank passes its :c
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -219,14 +218,11 @@ class Trainer:
     def save_checkpoint(self, path: Path) -> None:
         """Write :meth:`state` to a temporary file and rename it, so a crash never leaves half a checkpoint
         (and a failed write, a full disk, leaves nothing)."""
+        from .run_dirs import replacing
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save(self.state(), tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with replacing(path) as handle:
+            torch.save(self.state(), handle)
 
     def _save(self, path: Path, resume_point_only: bool) -> None:
         try:

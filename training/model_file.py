@@ -6,7 +6,6 @@ Loading never executes pickled code: weights are safetensors, everything else is
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -15,12 +14,14 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .errors import ConfigError, ModelFileError
 from .limits import short
 from .params import resolve
+from .run_dirs import replace_file
 from .workloads import trusted_workload
 
 FORMAT = "dask-train-model"
@@ -103,7 +104,7 @@ def write_model_dir(path: str | Path, state_dict: dict[str, torch.Tensor], *, wo
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    save_file(state, str(folder / WEIGHTS))
+    replace_file(folder / WEIGHTS, safetensors_bytes(state))  # whole, as the umask says (save_file: 0600)
     metadata = {
         "format": FORMAT,
         "version": VERSION,
@@ -225,9 +226,7 @@ def _read_json(path: Path, default: Any) -> Any:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(_json_text(value).encode("utf-8"))
-    os.replace(tmp, path)
+    replace_file(path, _json_text(value).encode("utf-8"))
 
 
 def _json_text(value: Any) -> str:

@@ -63,9 +63,9 @@ class Param:
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         if self.low is not None and self.high is not None:
-            return f"{_KINDS[self.kind]} in [{self.low:g}, {self.high:g}]"
+            return f"{_KINDS[self.kind]} in [{_bound(self.low)}, {_bound(self.high)}]"
         if self.low is not None:
-            return f"{_KINDS[self.kind]} >= {self.low:g}"
+            return f"{_KINDS[self.kind]} >= {_bound(self.low)}"
         return _KINDS[self.kind]
 
     def _coerce(self, value: Any) -> Any:
@@ -113,6 +113,19 @@ def _is_integral_float(text: str) -> bool:
     except ValueError:
         return False
     return number.is_integer() and ("e" in text.lower() or "." in text)
+
+
+def _bound(value: float) -> str:
+    """A range's end as people write it: whole numbers in full (1048576, not 1.04858e+06), others by %g.
+
+    Examples
+    --------
+    >>> _bound(1 << 20), _bound(1e-6), _bound(10_000_000), _bound(0.5)
+    ('1048576', '1e-06', '10000000', '0.5')
+    """
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:g}"
 
 
 def _to_bool(name: str, value: Any) -> bool:

@@ -254,7 +254,7 @@ class LiveSweep(SweepProgress):
                  if n or state in (TrialState.RUNNING, TrialState.PENDING)]
         best = self.state.best
         if best is not None:
-            parts.append(f"best #{best.number:04d} {self.metric}={compact(best.best)}")
+            parts.append(f"best: trial {best.number:04d} {self.metric}={compact(best.best)}")
         return "trials: " + ", ".join(parts)
 
     def _start(self, number: int, worker: str) -> None:

@@ -53,6 +53,9 @@ def read_run(run_dir: str | Path) -> RunSummary:
     opened read-only (nothing in the directory is written, nothing it names is imported)."""
     run_dir = Path(run_dir)
     path = run_dir / "store.sqlite"
+    if not run_dir.is_dir():
+        raise ConfigError(f"{str(run_dir)!r} does not exist or is not a folder. Pass runs/<sweep name>, as "
+                          "written by `dask-train sweep`.")
     if not path.is_file() or not (run_dir / "sweep.yaml").is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a sweep run directory (no store.sqlite or sweep.yaml). "
                           "Pass runs/<sweep name>, as written by `dask-train sweep`.")

@@ -7,13 +7,15 @@ sets aside only a run dask-train wrote.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import ConfigError
 from .limits import short
@@ -26,19 +28,27 @@ MODEL_MARKERS = ("model.json", "checkpoint.pt")
 MIN_FREE_BYTES = 64 * 2**20
 
 
-def replace_file(path: Path, data: bytes) -> None:
-    """Write ``data`` as ``path``, whole: into a new file beside it of a name no one can have planted
-    (random, created exclusively, not through a link), then renamed over ``path``. A link at ``path`` is
-    replaced, never written through; a reader never sees half a file."""
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[BinaryIO]:
+    """A file to write ``path`` through, whole: a new one beside it of a name no one can have planted
+    (random, created exclusively, not through a link, with the umask's permissions), renamed over ``path``
+    once the block ends, removed if it fails. A link at ``path`` is replaced, never written through; a
+    reader never sees half a file, and a crash or a full disk leaves the old one."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` as ``path``, whole (see :func:`replacing`)."""
+    with replacing(path) as handle:
+        handle.write(data)
 
 
 def check_own_folder(folder: Path) -> None:

@@ -3,7 +3,6 @@ as slots free (TPE); and the rung checkpoints ASHA continues trials from."""
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -79,10 +78,11 @@ def read_rung_checkpoint(path: Path) -> dict[str, Any] | None:
 def write_rung_checkpoint(path: Path, state: dict[str, Any]) -> None:
     import torch
 
+    from .run_dirs import replacing
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as handle:
+        torch.save(state, handle)
 
 
 def make_source(spec: SweepSpec, store: RunStore) -> Source:

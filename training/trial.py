@@ -9,7 +9,6 @@ traceback, worker), never a crash of the sweep.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from .callbacks import Callback
 from .errors import ConfigError, TrainingDiverged
 from .events import emit, held_events, plain
 from .protocol import EpochEnded, TrialDone, TrialOutcome, TrialStarted, TrialState
+from .run_dirs import replace_file
 from .workloads import get_workload
 
 if TYPE_CHECKING:
@@ -257,9 +257,7 @@ def _sees_run_dir(spec: TrialSpec, run_dir: Path) -> bool:
 def mark_run_dir(run_dir: Path, run: str) -> Path:
     """Write ``run_dir``'s mark file with the run token ``run`` (replacing an earlier run's); its path."""
     mark = run_dir / RUN_MARK
-    tmp = mark.with_name(f"{RUN_MARK}.{run}.tmp")
-    tmp.write_text(run, encoding="utf-8")
-    os.replace(tmp, mark)
+    replace_file(mark, run.encode("utf-8"))
     return mark
 
 
@@ -288,9 +286,7 @@ def keep_start_state(checkpoint: str, data: bytes) -> None:
     """Run on a worker by the coordinator (``client.run``): the answer :func:`_sent_start` waits for."""
     path = Path(checkpoint)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.start.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path.with_name(path.name + ".start"))
+    replace_file(path.with_name(path.name + ".start"), data)
 
 
 def read_kept_checkpoint(checkpoint: str) -> bytes:

@@ -91,6 +91,10 @@ def test_model_files_load_without_pickle(tmp_path):
     """The weights are safetensors; a pickle dropped in their place is refused, never executed."""
     out = tmp_path / "m"
     assert run("train", "xor", "--epochs", "1", "--out", str(out)).returncode == 0
+    # Every file of it as the umask says (safetensors' own save_file made the weights 0600), none left over.
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert len(set(modes.values())) == 1 and "model.safetensors" in modes, modes
+    assert not [name for name in modes if name.endswith(".tmp")], modes
     marker = tmp_path / "pwned"
     import pickle
 

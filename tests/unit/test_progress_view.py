@@ -78,7 +78,7 @@ def test_counts_follow_the_trials_actually_running_and_the_bar_moves_with_epochs
     assert view.progress.tasks[0].completed == 2 and view.progress.tasks[0].total == 6
     view.on_epoch(0, {"epoch": 2, "val_accuracy": 0.6})  # the coordinator delivers a result's last epochs first
     view.on_trial_end(_ended(0, "cpu-0", 0.6), {}, _ended(0, "cpu-0", 0.6))
-    assert view.status_line() == "trials: 1 running, 1 pending, 1 completed, best #0000 val_accuracy=0.6"
+    assert view.status_line() == "trials: 1 running, 1 pending, 1 completed, best: trial 0000 val_accuracy=0.6"
     assert view.progress.tasks[0].completed == 3
     pruned = TrialRecord(number=1, params={}, state=TrialState.PRUNED, worker="cpu-1", epochs=1, best=0.4)
     view.on_trial_end(pruned, {}, _ended(0, "cpu-0", 0.6))
