@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,9 @@ def test_train_resume_continues_the_epoch_count(tmp_path):
     resumed = run("train", "xor", "--epochs", "4", "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert [r["epoch"] for r in json.loads((out / "history.json").read_text())] == [1, 2, 3, 4]
+    best = json.loads((out / "model.json").read_text())["best_epoch"]  # the epoch the weights are from, said
+    assert re.search(rf"Saved model to {re.escape(str(out))}: its best epoch by val_accuracy, {best} of 4 "
+                     r"\(val_accuracy=[0-9.]+\); resumed after epoch 2$", resumed.stdout, re.M), resumed.stdout
 
 
 def test_workloads_lists_every_workload_and_its_hyperparameters():

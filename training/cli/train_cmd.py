@@ -83,7 +83,11 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out: Pa
         display.console.print(f"Nothing left to train: the checkpoint in {out} is already at epoch "
                               f"{len(trained.history)} of {total}; pass a larger --epochs to train on.")
     trained.save(out)
-    display.console.print(f"Saved model to {out}")
+    epochs, metric = len(trained.history), work.metric
+    resumed = f"; resumed after epoch {epochs - progress.trained}" if resume and progress.trained else ""
+    display.console.print(f"Saved model to {out}: its best epoch by {metric}, {trained.best_epoch or epochs} of "
+                          f"{epochs} ({metric}={display.format_value(trained.metrics.get(metric))}){resumed}",
+                          soft_wrap=True)
     display.show_use(trained, "Generated", seed)
 
 
