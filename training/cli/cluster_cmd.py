@@ -34,35 +34,54 @@ def _tls_files(ca: str | None, cert: str | None, key: str | None) -> TLSFiles | 
     return TLSFiles(ca, cert, key) if ca and cert and key else None
 
 
-def target_options(command: Callable) -> Callable:
-    """Adds --address/--scheduler-file/--timeout/--tls-* (a running cluster) and --workers/--gpus (the
-    embedded one) to a command, and hands it a ``target: Target``."""
+def _cluster_options(embedded: bool) -> Callable[[Callable], Callable]:
+    """Adds --address/--scheduler-file/--timeout/--tls-* (a running cluster) and, where the command can
+    start one (``embedded``), --workers/--gpus (the embedded cluster) to a command, and hands it a
+    ``target: Target``."""
+    default = "default: start an embedded one" if embedded else "this or --scheduler-file is needed"
+    path = click.Path(dir_okay=False)
+    embedded_options = [
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Embedded cluster: worker count (default: one per GPU, or per CPU core)."),
+        click.option("--gpus", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+                     help="Embedded cluster: one worker per visible GPU, or CPU workers only.")]
+    options = [
+        click.option("--address", help=f"Scheduler of a running cluster ({default})."),
+        click.option("--scheduler-file", type=path, help="Scheduler file of a running cluster."),
+        *(embedded_options if embedded else []),
+        click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+                     help="Seconds to wait for the scheduler and workers."),
+        click.option("--tls-ca-file", type=path, default=None,
+                     help="TLS: the cluster's CA certificate (with --tls-cert and --tls-key)."),
+        click.option("--tls-cert", type=path, default=None, help="TLS: this client's certificate."),
+        click.option("--tls-key", type=path, default=None, help="TLS: this client's key."),
+    ]
 
-    @click.option("--address", help="Scheduler of a running cluster (default: start an embedded one).")
-    @click.option("--scheduler-file", type=click.Path(dir_okay=False), help="Scheduler file of a running cluster.")
-    @click.option("--workers", type=click.IntRange(min=1), default=None,
-                  help="Embedded cluster: worker count (default: one per GPU, or per CPU core).")
-    @click.option("--gpus", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
-                  help="Embedded cluster: one worker per visible GPU, or CPU workers only.")
-    @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-                  help="Seconds to wait for the scheduler and workers.")
-    @click.option("--tls-ca-file", type=click.Path(dir_okay=False), default=None)
-    @click.option("--tls-cert", type=click.Path(dir_okay=False), default=None)
-    @click.option("--tls-key", type=click.Path(dir_okay=False), default=None)
-    @functools.wraps(command)
-    def wrapper(*args: Any, address: str | None, scheduler_file: str | None, workers: int | None, gpus: str,
-                timeout: float, tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None,
-                **kwargs: Any) -> Any:
-        tls = _tls_files(tls_ca_file, tls_cert, tls_key)
-        try:
-            target = Target(address=address, scheduler_file=scheduler_file, timeout=timeout,
-                            security=tls.security() if tls else None,
-                            local=ClusterSpec(workers=workers, gpus=gpus))
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
-        return command(*args, target=target, **kwargs)
+    def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def wrapper(*args: Any, address: str | None, scheduler_file: str | None, timeout: float,
+                    tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None, workers: int | None = None,
+                    gpus: str = "auto", **kwargs: Any) -> Any:
+            tls = _tls_files(tls_ca_file, tls_cert, tls_key)
+            try:
+                target = Target(address=address, scheduler_file=scheduler_file, timeout=timeout,
+                                security=tls.security() if tls else None,
+                                local=ClusterSpec(workers=workers, gpus=gpus))
+            except ValueError as exc:
+                raise click.UsageError(str(exc)) from None
+            return command(*args, target=target, **kwargs)
 
-    return wrapper
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
+
+
+#: The cluster options of a command that runs on a running cluster or starts an embedded one.
+target_options = _cluster_options(embedded=True)
+#: ... of one that needs a running cluster (`runs`, `attach`, `cancel`).
+running_cluster_options = _cluster_options(embedded=False)
 
 
 @click.group()

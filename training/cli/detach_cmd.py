@@ -10,7 +10,7 @@ import click
 
 from ..errors import ConfigError
 from . import display
-from .cluster_cmd import target_options
+from .cluster_cmd import running_cluster_options
 
 if TYPE_CHECKING:  # the commands import what they use when they run: `--help` stays fast
     from cluster import Target
@@ -49,7 +49,7 @@ def detach_sweep(spec: SweepSpec, target: Target) -> None:
 
 @click.command()
 @click.argument("name")
-@target_options
+@running_cluster_options
 def attach_command(name: str, target: Target) -> None:
     """Show a detached sweep's live progress (from its start) and its final table."""
     from cluster import open_client
@@ -67,7 +67,7 @@ def attach_command(name: str, target: Target) -> None:
 
 
 @click.command()
-@target_options
+@running_cluster_options
 def runs_command(target: Target) -> None:
     """List the detached sweeps of a running cluster."""
     from rich.table import Table
@@ -92,7 +92,7 @@ def runs_command(target: Target) -> None:
 
 @click.command()
 @click.argument("name")
-@target_options
+@running_cluster_options
 def cancel_command(name: str, target: Target) -> None:
     """Stop a detached sweep as Ctrl-C stops a foreground one: running trials cancelled and recorded, their
     workers freed; rerunning the sweep finishes it."""
