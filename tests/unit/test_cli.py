@@ -158,3 +158,14 @@ def test_a_group_given_no_command_shows_its_help_as_it_is(args, commands):
     lines = shown.stdout.splitlines()
     assert lines[0].startswith(f"Usage: dask-train {' '.join(args)}".rstrip() + " [OPTIONS] COMMAND")
     assert all(any(line.split()[:1] == [name] for line in lines) for name in commands), shown.stdout
+
+
+@pytest.mark.parametrize("args", [("runs",), ("attach", "NAME"), ("cancel", "NAME")])
+def test_commands_that_need_a_running_cluster_offer_no_embedded_one(args):
+    """`runs`, `attach` and `cancel` look at a running cluster's scheduler: their help offers neither the
+    embedded cluster's --workers/--gpus nor to start one, and those options are refused by name."""
+    shown = run(args[0], "--help")
+    assert shown.returncode == 0 and "--address" in shown.stdout and "--scheduler-file" in shown.stdout
+    assert "--workers" not in shown.stdout and "--gpus" not in shown.stdout and "embedded" not in shown.stdout
+    refused = run(*args, "--workers", "2")
+    assert refused.returncode == 2 and "No such option '--workers'" in refused.stderr, refused.stderr
