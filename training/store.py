@@ -222,10 +222,12 @@ class RunStore:
             self._moved(before, TrialState.RUNNING)
 
     def cancel_trial(self, number: int) -> None:
-        """A running trial was stopped by the user: not finished (a rerun resumes it)."""
+        """A running trial was stopped by the user: not finished (a rerun resumes it). Its epochs are the
+        ones it reported (the table showed 0 for a trial stopped at epoch 5)."""
         before = self._state(number)
-        changed = self.db.execute(f"UPDATE trials SET state = ? WHERE number = ? AND {_NOT_FINISHED}",
-                                  (TrialState.CANCELLED.value, number, *_FINISHED)).rowcount
+        changed = self.db.execute(
+            "UPDATE trials SET state = ?, epochs = (SELECT COUNT(*) FROM epochs WHERE trial = number) "
+            f"WHERE number = ? AND {_NOT_FINISHED}", (TrialState.CANCELLED.value, number, *_FINISHED)).rowcount
         if changed:
             self._moved(before, TrialState.CANCELLED)
 

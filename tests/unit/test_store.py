@@ -244,3 +244,15 @@ def test_a_rerun_does_not_read_its_recorded_spec(tmp_path):
     assert done.returncode == 0, done.stderr
     recorded, grew_kb = done.stdout.split()
     assert recorded == "True" and int(grew_kb) < 16 * 1024, done.stdout
+
+
+def test_a_cancelled_trial_counts_the_epochs_it_reported(tmp_path):
+    with RunStore(tmp_path / "store.sqlite") as store:
+        store.begin_run("s", "f", {}, [{"lr": 0.1}, {"lr": 0.2}])
+        store.trial_started(0, "cpu-0", 1.0)
+        for epoch in (1, 2, 3):
+            store.record_epoch(0, {"epoch": epoch, "val_loss": 1.0 / epoch})
+        store.cancel_trial(0)
+        store.cancel_trial(1)  # never started: none
+        assert [(t.state, t.epochs) for t in store.trials()] == [(TrialState.CANCELLED, 3),
+                                                                 (TrialState.CANCELLED, 0)]
