@@ -156,7 +156,7 @@ def test_the_python_blocks_run_as_scripts(client, tmp_path):
         assert done.returncode == 0, f"{name}:\n{text}\n{done.stdout}\n{done.stderr}"
     assert (tmp_path / "runs" / "pets" / "results.csv").is_file()
     assert (tmp_path / "runs" / "names-ddp" / "model").is_dir() and (tmp_path / "runs" / "cnn").is_dir()
-    assert (tmp_path / "runs" / "names-big" / "model").is_dir()
+    assert (tmp_path / "runs" / "first" / "model").is_dir()
 
 
 def test_the_cheap_shell_commands_run_scaled_down(client, tmp_path):
