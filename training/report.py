@@ -121,13 +121,12 @@ def summary_markdown(run: RunSummary) -> str:
 def _plot_curves(run: RunSummary, path: Path) -> None:
     """Every trial's curve: the best and the other labelled ones drawn one by one, all the others as one
     collection (a line each drawn on its own takes matplotlib ~0.7 ms: seven seconds for 10,000 trials)."""
-    from matplotlib import rcParams
     from matplotlib.collections import LineCollection
+    from matplotlib.ticker import MaxNLocator
 
     best, labelled = run.best, _top_trials(run)
-    fig = _figure(figsize=(8, 5))
+    fig = _figure(figsize=(11 if labelled else 8, 5))  # room for the legend beside the plot
     ax = fig.subplots()
-    palette = rcParams["axes.prop_cycle"].by_key().get("color") or ["tab:blue"]
     others: list[list[tuple[float, float]]] = []
     for number, history in run.histories.items():
         points = [(r["epoch"], r[run.metric]) for r in history if _finite(r.get(run.metric))]
@@ -137,29 +136,37 @@ def _plot_curves(run: RunSummary, path: Path) -> None:
         if not is_best and number not in labelled:
             others.append(points)
             continue
-        ax.plot(*zip(*points, strict=True), linewidth=3 if is_best else 1, alpha=1 if is_best else 0.45,
-                color="tab:red" if is_best else None, label=labelled.get(number),
+        color = "tab:red" if is_best else _COLORS[list(labelled).index(number) % len(_COLORS)]
+        ax.plot(*zip(*points, strict=True), linewidth=3 if is_best else 1.5, alpha=1 if is_best else 0.7,
+                color=color, label=labelled.get(number),
                 zorder=3 if is_best else 2, marker="o" if len(points) < 30 else None, markersize=3)
-    if others:
-        colors = [palette[i % len(palette)] for i in range(len(others))]
-        ax.add_collection(LineCollection(others, colors=colors, linewidths=1, alpha=0.45, zorder=2))
-        dotted = [(x, y, colors[i]) for i, points in enumerate(others) if len(points) < 30 for x, y in points]
+    if others:  # grey: no colour of a trial in the legend is shared with one that is not
+        ax.add_collection(LineCollection(others, colors="tab:gray", linewidths=1, alpha=0.35, zorder=1))
+        dotted = [(x, y) for points in others if len(points) < 30 for x, y in points]
         if dotted:  # short curves get a dot an epoch, as the drawn ones do (a one-epoch curve is only its dot)
-            xs, ys, cs = zip(*dotted, strict=True)
-            ax.scatter(xs, ys, s=9, c=list(cs), alpha=0.45, zorder=2, linewidths=0)
+            xs, ys = zip(*dotted, strict=True)
+            ax.scatter(xs, ys, s=9, c="tab:gray", alpha=0.35, zorder=1, linewidths=0)
         ax.autoscale_view()
     ax.set(xlabel="epoch", ylabel=run.metric, title=f"{run.spec['name']}: {run.metric} by epoch, every trial")
-    if labelled:
-        ax.legend(title=f"top trials by best {run.metric}", fontsize="small")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+    if labelled:  # beside the plot, not over its curves; best first, as ranked
+        drawn = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+        shown = [label for label in labelled.values() if label in drawn]
+        ax.legend([drawn[label] for label in shown], shown, title=f"top trials by best {run.metric}",
+                  fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path)
 
 
+#: The labelled curves' colours: matplotlib's own, less the red that marks the best.
+_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
 def _save(fig: Any, path: Path) -> None:
     """A figure as PNG at ``path``, written whole and never through a link there."""
     data = io.BytesIO()
-    fig.savefig(data, format="png", dpi=100)
+    fig.savefig(data, format="png", dpi=100, bbox_inches="tight")  # a legend beside the plot included
     replace_file(path, data.getvalue())
 
 
@@ -180,8 +187,10 @@ def _plot_params(run: RunSummary, path: Path) -> None:
     names = list(run.spec.get("space", {})) or ["trial"]
     fig = _figure(figsize=(4 * len(names), 4))
     axes = fig.subplots(1, len(names), squeeze=False)
-    done = [t for t in run.trials if _finite(t.best)]
     best = run.best
+    is_best = [best is not None and t.number == best.number for t in run.trials]
+    done = [t for t, _ in sorted(zip(run.trials, is_best, strict=True), key=lambda pair: pair[1])
+            if _finite(t.best)]  # the best last: drawn over the others, never under them
     colors = ["tab:red" if best is not None and t.number == best.number else "tab:blue" for t in done]
     for ax, name in zip(axes[0], names, strict=True):
         values = [t.params.get(name, t.number) for t in done]
