@@ -157,36 +157,34 @@ def test_a_file_that_is_no_store_is_refused_and_left_as_it_was(tmp_path):
     assert _files(run_dir) == before
 
 
-_READ_HUGE = """
-import sys
-from training import limits
-from training.errors import ConfigError
-from training.report import read_run
+def _peak_growth_kb(setup: str, body: str, path) -> tuple[list[str], int]:
+    """Run ``setup``, then ``body`` (``path`` is ``sys.argv[1]``) in a fresh interpreter: what ``body`` printed,
+    and by how many KB the process's peak memory grew while it ran."""
+    import subprocess
 
-def peak_kb():
-    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    peak = 'next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))'
+    script = f"import sys\n{setup}\nbefore = {peak}\n{body}\nprint({peak} - before)\n"
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    *said, grew = done.stdout.split()
+    return said, int(grew)
 
-limits.MAX_SPEC_BYTES = 2**20
-before = peak_kb()
-try:
-    read_run(sys.argv[1])
-except ConfigError as refused:
-    print(peak_kb() - before, "larger than the" in str(refused))
-"""
+
+def _huge_spec() -> str:
+    return '{"space": "' + "x" * (64 * 2**20) + '"}'
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="the read limit needs sqlite3's setlimit (3.11+)")
 def test_a_spec_far_larger_than_the_limit_is_refused_without_being_read(tmp_path):
     """A store holding a 64 MB spec: refused, and the reader's peak memory grows by far less than the
     value (it grew by the whole value when the check measured it in SQLite)."""
-    import subprocess
-
-    run_dir = _run_dir(tmp_path / "run", '{"space": "' + "x" * (64 * 2**20) + '"}')
-    done = subprocess.run([sys.executable, "-c", _READ_HUGE, str(run_dir)], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    grew_kb, said = done.stdout.split()
-    assert said == "True" and int(grew_kb) < 16 * 1024, done.stdout
+    said, grew_kb = _peak_growth_kb(
+        "from training import limits\nfrom training.errors import ConfigError\n"
+        "from training.report import read_run\nlimits.MAX_SPEC_BYTES = 2**20",
+        "try:\n    read_run(sys.argv[1])\n"
+        "except ConfigError as refused:\n    print('larger than the' in str(refused))",
+        _run_dir(tmp_path / "run", _huge_spec()))
+    assert said == ["True"] and grew_kb < 16 * 1024, (said, grew_kb)
 
 
 def test_a_spec_larger_than_can_be_read_back_is_refused_when_it_is_made(monkeypatch):
@@ -216,34 +214,14 @@ def test_a_rerun_over_a_store_whose_spec_dask_train_did_not_write_is_refused_in_
             store.check_sweep("s", "g", {"epochs": 2})
 
 
-_RERUN_HUGE = """
-import sys
-from training.store import RunStore
-
-def peak_kb():
-    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-
-before = peak_kb()
-with RunStore(sys.argv[1]) as store:
-    print(store.check_sweep("s", "f", {"name": "s"}), peak_kb() - before)
-"""
-
-
 def test_a_rerun_does_not_read_its_recorded_spec(tmp_path):
     """An unchanged rerun compares fingerprints only: a store holding a 64 MB spec (not one dask-train
     writes) does not make the rerun read it (it did, whole, and then wrote it back)."""
-    import subprocess
-
-    path = tmp_path / "store.sqlite"
-    with RunStore(path) as store:
-        store.begin_run("s", "f", {}, [])
-    with contextlib.closing(sqlite3.connect(path)) as db, db:
-        db.execute("UPDATE sweep SET spec = ?", ('{"space": "' + "x" * (64 * 2**20) + '"}',))
-    done = subprocess.run([sys.executable, "-c", _RERUN_HUGE, str(path)], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    recorded, grew_kb = done.stdout.split()
-    assert recorded == "True" and int(grew_kb) < 16 * 1024, done.stdout
+    said, grew_kb = _peak_growth_kb(
+        "from training.store import RunStore",
+        "with RunStore(sys.argv[1]) as store:\n    print(store.check_sweep('s', 'f', {'name': 's'}))",
+        _run_dir(tmp_path / "run", _huge_spec()) / "store.sqlite")
+    assert said == ["True"] and grew_kb < 16 * 1024, (said, grew_kb)
 
 
 def test_a_cancelled_trial_counts_the_epochs_it_reported(tmp_path):
