@@ -193,8 +193,10 @@ class LiveSweep(SweepProgress):
         self._print_held()
         if self.live:
             self.progress.stop()
+        # The title on a line of its own: as the table's, it wrapped mid-sentence at the table's width.
+        self.console.print(_result_title(result, wall_seconds), soft_wrap=True, highlight=False)
         self.console.print(results_table(result.trials, result.spec.space, self.metric, self.mode,
-                                         width=self.console.width, title=_result_title(result, wall_seconds)))
+                                         width=self.console.width))
 
     # ------------------------------------------------------------------------------------------ drawing
     def print(self, line: str, at_once: bool = False) -> None:

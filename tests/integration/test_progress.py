@@ -104,7 +104,8 @@ def test_the_cli_table_at_80_columns_shows_each_lr_and_the_worker_names(client, 
     done = run_cli("sweep", str(tmp_path / "narrow.yaml"), "--runs-dir", str(tmp_path),
                    "--address", client.scheduler.address, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
-    table = done.stdout[done.stdout.index("trial time summed"):done.stdout.index("Best trial")]
+    title_ends = done.stdout.index("\n", done.stdout.index("trial time summed"))  # a line of its own, wrapped
+    table = done.stdout[title_ends:done.stdout.index("Best trial")]  # by the terminal, not mid-sentence
     assert "…" not in table and all(len(line) <= 80 for line in table.splitlines()), table
     assert sorted(_column(table, "lr")) == ["0.001", "0.01"], table
     assert set(_column(table, "worker")) <= {"cpu-0", "cpu-1"}, table

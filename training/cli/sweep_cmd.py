@@ -174,8 +174,9 @@ def show_result(result: SweepResult, seconds: float | None, label: str = "wall t
     title = (f"Sweep '{result.spec.name}': {label} {duration(seconds) or 'unknown'}, trial time summed "
              f"{duration(trial_time)}"
              f" (* best). {result.run_dir / 'results.csv'}, report in {result.run_dir / 'report'}")
+    display.console.print(title, soft_wrap=True)  # on a line of its own: as the table's, it wrapped at its width
     display.console.print(results_table(result.trials, result.spec.space, result.spec.metric or "val_loss",
-                                        result.spec.mode or "min", width=display.console.width, title=title),
+                                        result.spec.mode or "min", width=display.console.width),
                           soft_wrap=False)
     if result.failed:
         first = result.failed[0]
