@@ -14,14 +14,13 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import ConfigError, ModelFileError
 from .limits import short
 from .params import resolve
-from .run_dirs import replace_file
+from .run_dirs import replace_file, replacing_path
 from .workloads import trusted_workload
 
 FORMAT = "dask-train-model"
@@ -104,7 +103,10 @@ def write_model_dir(path: str | Path, state_dict: dict[str, torch.Tensor], *, wo
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    replace_file(folder / WEIGHTS, safetensors_bytes(state))  # whole, as the umask says (save_file: 0600)
+    with replacing_path(folder / WEIGHTS) as tmp:  # streamed, not held twice in memory as bytes
+        mode = tmp.stat().st_mode & 0o777  # the umask's: save_file leaves its file 0600
+        save_file(state, str(tmp))
+        tmp.chmod(mode)
     metadata = {
         "format": FORMAT,
         "version": VERSION,

@@ -29,6 +29,19 @@ MIN_FREE_BYTES = 64 * 2**20
 
 
 @contextlib.contextmanager
+def replacing_path(path: Path) -> Iterator[Path]:
+    """As :func:`replacing`, for a writer that takes a path: the new (empty) file's, to write in the block."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
 def replacing(path: Path) -> Iterator[BinaryIO]:
     """A file to write ``path`` through, whole: a new one beside it of a name no one can have planted
     (random, created exclusively, not through a link, with the umask's permissions), renamed over ``path``
