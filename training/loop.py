@@ -263,7 +263,7 @@ class Trainer:
             raise ConfigError(
                 f"Checkpoint {source!r} is for workload {state['workload']!r} with params "
                 f"{state['params']}, not {workload_ref(self.workload)!r} with {self.params}. Resume with the "
-                "same settings, or start a new run without --resume (resume=True).")
+                "same settings, or start a new run without --resume (resume=False).")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
@@ -308,7 +308,7 @@ def restorable_cuda_states(saved: Sequence[torch.Tensor], device_count: int) -> 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint's contents, loaded without executing pickled code."""
     if not path.is_file():
-        raise ConfigError(f"No checkpoint at {str(path)!r} to resume from; run without --resume (resume=True) "
+        raise ConfigError(f"No checkpoint at {str(path)!r} to resume from; run without --resume (resume=False) "
                           "first.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -28,13 +28,22 @@ MODEL_MARKERS = ("model.json", "checkpoint.pt")
 MIN_FREE_BYTES = 64 * 2**20
 
 
-@contextlib.contextmanager
-def replacing_path(path: Path) -> Iterator[Path]:
-    """As :func:`replacing`, for a writer that takes a path: the new (empty) file's, to write in the block."""
+def _new_beside(path: Path) -> tuple[Path, int]:
+    """A new file beside ``path`` of a name no one can have planted (random, created exclusively, not through
+    a link, with the umask's permissions), and its descriptor, open for writing."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
+    return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+
+
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[BinaryIO]:
+    """A file to write ``path`` through, whole: a new one beside it (:func:`_new_beside`), renamed over
+    ``path`` once the block ends, removed if it fails. A link at ``path`` is replaced, never written through;
+    a reader never sees half a file, and a crash or a full disk leaves the old one."""
+    tmp, fd = _new_beside(path)
     try:
-        yield tmp
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -42,16 +51,12 @@ def replacing_path(path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def replacing(path: Path) -> Iterator[BinaryIO]:
-    """A file to write ``path`` through, whole: a new one beside it of a name no one can have planted
-    (random, created exclusively, not through a link, with the umask's permissions), renamed over ``path``
-    once the block ends, removed if it fails. A link at ``path`` is replaced, never written through; a
-    reader never sees half a file, and a crash or a full disk leaves the old one."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+def replacing_path(path: Path) -> Iterator[Path]:
+    """As :func:`replacing`, for a writer that takes a path: the new (empty) file's, to write in the block."""
+    tmp, fd = _new_beside(path)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -90,7 +95,7 @@ def check_ddp_start(name: str, runs_dir: Path, resume: bool) -> None:
     check_run_dir(run_dir, DDP_MARKERS)
     checkpoint = run_dir / "checkpoint.pt"
     if resume and not checkpoint.is_file():
-        raise ConfigError(f"Nothing to resume: {checkpoint} does not exist. Run without --resume (resume=True) "
+        raise ConfigError(f"Nothing to resume: {checkpoint} does not exist. Run without --resume (resume=False) "
                           "first.")
     if not resume and checkpoint.is_file():
         raise ConfigError(f"{run_dir} already holds a DDP run (checkpoint.pt). Pass --resume (resume=True) to "
