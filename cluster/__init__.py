@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 #: Public name -> the module that defines it.
 _WHERE = {
     "Target": "target", "check_address": "target",
-    "check_client": "client", "cluster_workers": "client", "connect": "client", "dashboard_url": "client",
+    "check_client": "target", "cluster_workers": "client", "connect": "client", "dashboard_url": "client",
     "describe_workers": "client",
     "open_client": "client", "prepare_workers": "client", "require_slots": "client",
     "SLOT_WORKERS_VARIABLE": "cpus", "TORCH_THREADS_VARIABLE": "cpus", "cpu_cores": "cpus",

@@ -28,30 +28,6 @@ _WORKER_HINT = (
 )
 
 
-def check_client(client: object) -> None:
-    """Refuse what was passed as a Dask client and is not one (None, no client, is fine): the Python API's
-    functions would otherwise fail deep inside with an AttributeError.
-
-    Examples
-    --------
-    >>> check_client(open_client())  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    TypeError: client=<contextlib._GeneratorContextManager ...> is not a Dask Client: open_client() is a ...
-    """
-    if client is None or isinstance(client, Client):
-        return
-    hint = (": open_client() is a context manager, use `with cluster.open_client() as client:`"
-            if hasattr(client, "__enter__") else "")
-    raise TypeError(f"client={_short(client)} is not a Dask Client{hint}. Pass a distributed.Client (e.g. "
-                    "cluster.connect(address)), or None for an embedded local cluster.")
-
-
-def _short(value: object, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def connect(address: str | None = None, *, scheduler_file: str | None = None,
             security: Security | None = None, timeout: float = 30.0, min_workers: int = 1,
             preload: tuple[str, ...] = ()) -> Client:

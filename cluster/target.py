@@ -68,3 +68,32 @@ def check_address(address: str) -> str:
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"Address {shown!r} is not {scheme}://HOST:PORT (e.g. tcp://10.0.0.5:8786).")
     return address
+
+
+def check_client(client: object) -> None:
+    """Refuse what was passed as a Dask client and is not one (None, no client, is fine): the Python API's
+    functions would otherwise fail deep inside with an AttributeError.
+
+    Examples
+    --------
+    >>> from cluster import open_client
+    >>> check_client(open_client())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: client=<contextlib._GeneratorContextManager ...> is not a Dask Client: open_client() is a ...
+    """
+    if client is None:
+        return
+    from distributed import Client  # a client was given: Dask is imported already
+
+    if isinstance(client, Client):
+        return
+    hint = (": open_client() is a context manager, use `with cluster.open_client() as client:`"
+            if hasattr(client, "__enter__") else "")
+    raise TypeError(f"client={_short(client)} is not a Dask Client{hint}. Pass a distributed.Client (e.g. "
+                    "cluster.connect(address)), or None for an embedded local cluster.")
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -101,10 +101,9 @@ def train_ddp(client: Client | None = None, workload: str = "names", params: Map
     >>> train_ddp(client, "xor", epochs=9, max_restarts=2, min_workers=1).restarts  # doctest: +SKIP
     []
     """
-    if client is not None:
-        from cluster import check_client
+    from cluster import check_client
 
-        check_client(client)
+    check_client(client)
     work = get_workload(workload)
     resolved = resolve(work.params, params or {}, owner=work.name)
     job = _Job(name=name or f"{work.name}-ddp", workload=workload_ref(work), params=resolved,

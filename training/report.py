@@ -17,7 +17,7 @@ from typing import Any
 from .errors import ConfigError
 from .limits import clip
 from .protocol import TrialRecord, best_trial, is_number
-from .run_dirs import own_folder, replace_file
+from .run_dirs import SWEEP_MARKERS, own_folder, replace_file
 from .store import RunStore
 
 _DRAWING = threading.Lock()  # matplotlib is not thread-safe
@@ -56,7 +56,7 @@ def read_run(run_dir: str | Path) -> RunSummary:
     if not run_dir.is_dir():
         raise ConfigError(f"{str(run_dir)!r} does not exist or is not a folder. Pass runs/<sweep name>, as "
                           "written by `dask-train sweep`.")
-    if not path.is_file() or not (run_dir / "sweep.yaml").is_file():
+    if not all((run_dir / marker).is_file() for marker in SWEEP_MARKERS):
         raise ConfigError(f"{str(run_dir)!r} is not a sweep run directory (no store.sqlite or sweep.yaml). "
                           "Pass runs/<sweep name>, as written by `dask-train sweep`.")
     try:

@@ -188,10 +188,9 @@ class Sweep:
         and the final table; :class:`training.progress.LiveSweep`); False prints nothing; or your own
         :class:`SweepProgress` hooks.
         """
-        if client is not None:
-            from cluster import check_client
+        from cluster import check_client
 
-            check_client(client)
+        check_client(client)
         view = _default_view(progress)
         hooks = view or (progress if isinstance(progress, SweepProgress) else SweepProgress())
         started = time.perf_counter()
