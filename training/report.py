@@ -19,6 +19,7 @@ from .limits import clip
 from .protocol import TrialRecord, best_trial, is_number
 from .run_dirs import SWEEP_MARKERS, own_folder, replace_file
 from .store import RunStore
+from .sweep_spec import recorded_size
 
 _DRAWING = threading.Lock()  # matplotlib is not thread-safe
 REPORT_DIR = "report"
@@ -62,6 +63,7 @@ def read_run(run_dir: str | Path) -> RunSummary:
     try:
         with RunStore(path, read_only=True) as store:
             spec = store.spec()
+            store.check_rows(*recorded_size(spec, path))  # counted before a row is read
             trials, histories = store.trials(), store.histories()
     except ConfigError:
         raise

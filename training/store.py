@@ -257,6 +257,17 @@ class RunStore:
         if before is not None:
             self._moved(before, state)
 
+    def check_rows(self, trials: int, epochs: int) -> None:
+        """Refuse a store holding more trial rows than ``trials``, or more epoch rows than ``trials`` x
+        ``epochs``, before any is read: what its spec allows (see
+        :func:`~training.sweep_spec.recorded_size`). Counted by SQLite, nothing held here."""
+        found = self.db.execute("SELECT (SELECT COUNT(*) FROM trials), (SELECT COUNT(*) FROM epochs)").fetchone()
+        for count, most, what in ((found[0], trials, "trials"), (found[1], trials * epochs, "epoch records")):
+            if count > most:
+                raise ConfigError(f"{str(self.path)!r} holds {count:,} {what}, more than the {most:,} its sweep "
+                                  "spec can have: not a store dask-train wrote. Pass a run directory a dask-train "
+                                  "sweep wrote.")
+
     def trials(self) -> list[TrialRecord]:
         """Every trial, in number order (read-only: each field checked, ValueError for one of another form)."""
         rows = self.db.execute("SELECT * FROM trials ORDER BY number")

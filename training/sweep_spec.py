@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -289,6 +290,41 @@ def spec_from_record(data: Mapping[str, Any], run_dir: Path) -> SweepSpec:
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
         raise ConfigError(f"{where} records a sweep spec dask-train cannot read ({clip(str(exc))}). Pass a run "
                           "directory a dask-train sweep wrote.") from None
+
+
+def recorded_size(data: Mapping[str, Any], store: Path) -> tuple[int, int]:
+    """The most trials, and epochs a trial, the spec a run's store records (``data``, plain JSON) can have:
+    what the rows of ``store`` are checked against before they are read. From its search, ``num_trials`` and
+    the lengths of its grid lists alone (its workload is not imported: the run directory is not trusted yet).
+
+    Examples
+    --------
+    >>> recorded_size({"search": "grid", "space": {"lr": [0.1, 0.2], "depth": {"choice": [1, 2, 3]}},
+    ...                "epochs": 5}, Path("runs/x/store.sqlite"))
+    (6, 5)
+    >>> recorded_size({"search": "random", "num_trials": 40, "space": {}, "epochs": 2}, Path("x.sqlite"))
+    (40, 2)
+    """
+    def refuse(what: str) -> ConfigError:
+        return ConfigError(f"{str(store)!r} records a sweep spec dask-train cannot read ({what}). Pass a run "
+                           "directory a dask-train sweep wrote.")
+
+    epochs, space, search = data.get("epochs"), data.get("space"), data.get("search")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or not 1 <= epochs <= MAX_EPOCHS:
+        raise refuse(f"epochs={short(epochs)}")
+    if not isinstance(space, Mapping):
+        raise refuse(f"space={short(space)}")
+    if search == "grid":
+        sizes = []
+        for raw in space.values():  # a list, {grid: [...]} or {choice: [...]}; anything else is one value
+            if isinstance(raw, Mapping) and len(raw) == 1 and next(iter(raw)) in ("grid", "choice"):
+                raw = next(iter(raw.values()))
+            sizes.append(len(raw) if isinstance(raw, list) and raw else 1)
+        return math.prod(sizes), epochs
+    trials = data.get("num_trials")
+    if search not in SEARCHES or not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise refuse(f"search={short(search)}, num_trials={short(trials)}")
+    return trials, epochs
 
 
 def write_spec_file(spec: SweepSpec) -> None:

@@ -147,6 +147,7 @@ CASES: list[tuple[str, list[str], int]] = [
     ("results-spec-no-metric", ["results", "runs/spec-no-metric"], 2),
     ("results-spec-space-string", ["results", "runs/spec-space-string"], 2),
     ("results-metrics-list", ["results", "runs/metrics-list"], 2),
+    ("results-more-rows-than-its-spec", ["results", "runs/more-rows"], 2),
     ("results-plot-report-link", ["results", "runs/report-link", "--plot"], 2),
     ("cluster-up-file-not-ours", ["cluster", "up", "--scheduler-file", "plain-file.txt", "--workers", "1"], 2),
     ("cluster-up-folder", ["cluster", "up", "--scheduler-file", "someone-elses", "--workers", "1"], 2),
@@ -222,6 +223,8 @@ def _run_dirs(runs: Path) -> None:
     run("spec-no-metric", good("spec-no-metric", metric=_DROP))
     run("spec-space-string", good("spec-space-string", space="lr"))
     run("metrics-list", good("metrics-list"), trials="UPDATE trials SET state = 'completed', metrics = '[1]'")
+    run("more-rows", good("more-rows"), trials="WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+        "WHERE i < 50000) INSERT INTO trials (number, params, state) SELECT i, '{}', 'completed' FROM n")
     linked = run("report-link", good("report-link"), trials="UPDATE trials SET state = 'completed', best = 0.5")
     (runs / "elsewhere").mkdir()
     (runs / "elsewhere" / "summary.md").write_text("someone's notes\n")

@@ -112,6 +112,11 @@ def _run_dir(folder, spec: str | None = "{}", schema: str | None = None):
     return folder
 
 
+_SWEEP_TABLE = "CREATE TABLE sweep (id INTEGER PRIMARY KEY, spec TEXT); INSERT INTO sweep"
+_EPOCHS_TABLE = "CREATE TABLE epochs (trial INTEGER, epoch INTEGER, record TEXT)"
+_ONE_TRIAL = '{"search": "grid", "space": {"lr": [0.1]}, "epochs": 2}'  # one trial of two epochs at most
+
+
 @pytest.mark.parametrize(("spec", "schema", "said"), [
     (None, None, "records no sweep: its first run stopped before it began. Run the sweep again"),
     ("{not json", None, "records a sweep spec that is not a JSON mapping"),
@@ -121,11 +126,20 @@ def _run_dir(folder, spec: str | None = "{}", schema: str | None = None):
     ("", "CREATE TABLE sweep (id INTEGER PRIMARY KEY, spec TEXT); INSERT INTO sweep VALUES (1, NULL);",
      "records a sweep spec that is not a JSON mapping"),
     ("", "CREATE TABLE sweep (id INTEGER PRIMARY KEY, spec TEXT); INSERT INTO sweep VALUES (1, '{}');",
-     "is not a dask-train run store (no such table: trials)"),
-    ("", "CREATE TABLE sweep (id INTEGER PRIMARY KEY, spec TEXT); INSERT INTO sweep VALUES (1, '{}');"
+     "records a sweep spec dask-train cannot read (epochs=None)"),
+    ("", f"{_SWEEP_TABLE} VALUES (1, '{_ONE_TRIAL}');", "is not a dask-train run store (no such table: trials)"),
+    ("", f"{_SWEEP_TABLE} VALUES (1, '{_ONE_TRIAL}'); {_EPOCHS_TABLE};"
          "CREATE TABLE trials (number INTEGER, params TEXT, metrics TEXT, state TEXT);"
          "INSERT INTO trials VALUES (0, '{}', '{}', 'exploded');",
      "records trials dask-train did not write"),
+    # More rows than the spec can have: refused as counted, before one is read.
+    ("", f"{_SWEEP_TABLE} VALUES (1, '{_ONE_TRIAL}'); {_EPOCHS_TABLE}; CREATE TABLE trials (number INTEGER);"
+         "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 99999) "
+         "INSERT INTO trials SELECT i FROM n;",
+     "holds 100,000 trials, more than the 1 its sweep spec can have"),
+    ("", f"{_SWEEP_TABLE} VALUES (1, '{_ONE_TRIAL}'); CREATE TABLE trials (number INTEGER); {_EPOCHS_TABLE};"
+         "INSERT INTO epochs VALUES (0, 1, '{}'), (0, 2, '{}'), (0, 3, '{}');",
+     "holds 3 epoch records, more than the 2 its sweep spec can have"),
     ("", "CREATE TABLE unrelated (x);", "is not a dask-train run store (no such table: sweep)"),
 ])
 def test_a_bad_store_is_refused_by_name_and_left_as_it_was(tmp_path, monkeypatch, spec, schema, said):
