@@ -7,6 +7,8 @@ Shared by ``dask-train train``, sweep trials and DDP ranks: a rank passes its :c
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +20,7 @@ import torch
 
 from .callbacks import Callback
 from .errors import ConfigError, TrainingDiverged
+from .limits import clip, short
 from .model_file import TrainedModel
 from .params import check_data_paths, resolve
 from .precision import MixedPrecision, check_device_supports, check_precision, tf32_matmuls
@@ -240,6 +243,7 @@ class Trainer:
             "workload": workload_ref(self.workload),
             "params": self.params,
             "seed": self.seed,
+            "data": _data_key(self.data.meta),
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -259,11 +263,7 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any], source: str = "the checkpoint") -> None:
         """Continue from a :meth:`state` (a file's contents, or one shipped between tasks)."""
-        if state["workload"] != workload_ref(self.workload) or state["params"] != self.params:
-            raise ConfigError(
-                f"Checkpoint {source!r} is for workload {state['workload']!r} with params "
-                f"{state['params']}, not {workload_ref(self.workload)!r} with {self.params}. Resume with the "
-                "same settings, or start a new run without --resume (resume=False).")
+        _check_resumable(state, workload_ref(self.workload), self.params, self.seed, self.data.meta, source)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
@@ -319,6 +319,37 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def _data_key(meta: Mapping[str, Any]) -> str:
+    """What a checkpoint records of the data it was trained on: its metadata (vocabulary, sizes), hashed."""
+    text = json.dumps(meta, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _check_resumable(state: Mapping[str, Any], workload: str, params: Mapping[str, Any], seed: int,
+                     meta: Mapping[str, Any], source: str) -> None:
+    """Refuse to continue ``state`` with another workload, other hyperparameters (naming those that differ),
+    another seed (it picks the data split: the held-out data would be trained on) or other data (a changed
+    ``--data`` file: its vocabulary, and so the model's inputs, differ)."""
+    again = "Resume with the same settings, or start afresh in another folder without --resume (resume=False)."
+    where = f"Checkpoint {source!r}"
+    if state["workload"] != workload:
+        raise ConfigError(f"{where} is for workload {state['workload']!r}, not {workload!r}. {again}")
+    recorded = state["params"]
+    if recorded != params:
+        differ = [k for k in sorted(set(recorded) | set(params), key=str) if recorded.get(k) != params.get(k)]
+        shown = "; ".join(f"{k}: {short(params.get(k, '(none)'), 40)} here, "
+                          f"{short(recorded.get(k, '(none)'), 40)} in the checkpoint" for k in differ)
+        raise ConfigError(f"{where} was trained with other hyperparameters ({clip(shown, 300)}). {again}")
+    was = state.get("seed", seed)
+    if was != seed:
+        raise ConfigError(f"{where} was trained with seed {short(was)}, not {seed}: the seed picks the data "
+                          f"split, so its held-out data would be trained on. Resume with --seed {short(was)} "
+                          f"(seed={short(was)}), or start afresh in another folder.")
+    if state.get("data", _data_key(meta)) != _data_key(meta):
+        raise ConfigError(f"{where} was trained on other data (its vocabulary or sizes differ: was its --data "
+                          f"file changed?). {again}")
+
+
 def train(workload: str | Workload, params: Mapping[str, Any] | None = None, *, epochs: int | None = None,
           seed: int = 0, device: str = "auto", callback: Callback | None = None,
           checkpoint: str | Path | None = None, resume: bool = False, precision: str = "fp32") -> TrainedModel:
@@ -350,11 +381,7 @@ def train(workload: str | Workload, params: Mapping[str, Any] | None = None, *, 
     [True, True]
     """
     work = get_workload(workload) if isinstance(workload, str) else workload
-    resolved = resolve(work.params, params or {}, owner=work.name)
-    check_data_paths(work.params, [resolved], here=True)
-    total = _check_epochs(epochs if epochs is not None else work.default_epochs)
-    dev = pick_device(device)
-    check_device_supports(check_precision(precision), dev.type)
+    resolved, total, dev = checked_run(work, params, epochs, device, precision)
     with isolated_rng(dev):
         trainer = build_trainer(work, resolved, seed, dev, precision=precision)
         path = Path(checkpoint) if checkpoint is not None else None
@@ -362,6 +389,18 @@ def train(workload: str | Workload, params: Mapping[str, Any] | None = None, *, 
             trainer.load_checkpoint(path)
         trainer.train(total, callback, path)
         return trainer.result()
+
+
+def checked_run(work: Workload, params: Mapping[str, Any] | None, epochs: int | None, device: str,
+                precision: str) -> tuple[dict[str, Any], int, torch.device]:
+    """What :func:`train` checks before it loads any data: the hyperparameters (resolved), their data files,
+    the epochs (the workload's default for None), the device and the precision it supports."""
+    resolved = resolve(work.params, params or {}, owner=work.name)
+    check_data_paths(work.params, [resolved], here=True)
+    total = _check_epochs(epochs if epochs is not None else work.default_epochs)
+    dev = pick_device(device)
+    check_device_supports(check_precision(precision), dev.type)
+    return resolved, total, dev
 
 
 def isolated_rng(device: torch.device):

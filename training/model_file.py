@@ -20,7 +20,7 @@ from torch import nn
 from .errors import ConfigError, ModelFileError
 from .limits import short
 from .params import resolve
-from .run_dirs import replace_file, replacing_path
+from .run_dirs import MODEL_MARKERS, check_run_dir, replace_file, replacing_path
 from .workloads import trusted_workload
 
 FORMAT = "dask-train-model"
@@ -88,7 +88,9 @@ def epoch_record(history: list[dict[str, Any]], epoch: int | None) -> dict[str, 
 
 
 def save_model(trained: TrainedModel, path: str | Path) -> Path:
-    """Write ``trained`` as a model directory: weights, metadata, history, artifacts."""
+    """Write ``trained`` as a model directory: weights, metadata, history, artifacts. A file there, or a
+    folder of files dask-train did not write, is refused (ConfigError) before anything is written."""
+    check_run_dir(path, MODEL_MARKERS, what="model directory")
     return write_model_dir(path, trained.model.state_dict(), workload=trained.workload, params=trained.params,
                            meta=trained.meta, artifacts=trained.artifacts, history=trained.history,
                            seed=trained.seed, extra=trained.extra, best_epoch=trained.best_epoch)

@@ -122,8 +122,9 @@ def check_run_dir(run_dir: str | Path, markers: Sequence[str], what: str = "run 
     if path.exists() and not path.is_dir():
         raise ConfigError(f"The {what} {shown} is a file, not a directory: choose another name or folder.")
     if path.is_dir() and not is_ours(path, markers):
+        choose = "another folder (--out)" if what == "model directory" else "another name (--name) or --runs-dir"
         raise ConfigError(f"The {what} {shown} holds files dask-train did not write (no {' or '.join(markers)}); "
-                          "it will not write there. Choose another name, --runs-dir or --out.")
+                          f"it will not write there. Choose {choose}.")
     _check_writable(_nearest_existing(path), what)
     return path
 

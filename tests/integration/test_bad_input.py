@@ -120,6 +120,14 @@ CASES: list[tuple[str, list[str], int]] = [
     ("ddp-data-a-device", ["ddp", "charlm", "--data", "/dev/zero", "--workers", "1"], 2),
     ("sweep-data-a-device", ["sweep", "inputs/data-device.yaml"], 2),
     ("train-out-others-dir", ["train", "xor", "--out", "someone-elses"], 2),
+    ("train-out-empty", ["train", "xor", "--out", ""], 2),
+    ("train-out-a-trained-model", ["train", "xor", "--epochs", "1", "--out", "models/digits"], 2),  # no --resume
+    ("train-abstract-workload", ["train", "training:Workload"], 2),
+    ("train-workload-without-module", ["train", ":Thing"], 2),
+    ("train-workload-relative", ["train", ".xor:Thing"], 2),
+    ("generate-names-prompt-not-a-letter", ["generate", "models/names", "--prompt", "M@x"], 2),
+    ("generate-names-prompt-stop-character", ["generate", "models/names", "--prompt", "Ma+"], 2),
+    ("generate-names-prompt-too-long", ["generate", "models/names", "--prompt", "Max" * 12], 2),
     ("generate-n-huge", ["generate", "models/xor", "-n", str(10**9)], 2),
     ("generate-n-zero", ["generate", "models/xor", "-n", "0"], 2),
     ("generate-from-xor", ["generate", "models/xor"], 2),
@@ -164,6 +172,8 @@ def _marker_module(folder: Path) -> None:
 def _model_dirs(models: Path) -> None:
     good = train("xor", epochs=1).save(models / "xor")
     train("digits", {"arch": "mlp", "hidden": 8}, epochs=1).save(models / "digits")
+    names = {"corpus": "first", "max_names": 200, "hidden": 8, "layers": 1}
+    train("names", names, epochs=1).save(models / "names")
 
     def variant(name: str, source: Path = good, **changes) -> Path:
         folder = models / name

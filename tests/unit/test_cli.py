@@ -169,3 +169,48 @@ def test_commands_that_need_a_running_cluster_offer_no_embedded_one(args):
     assert "--workers" not in shown.stdout and "--gpus" not in shown.stdout and "embedded" not in shown.stdout
     refused = run(*args, "--workers", "2")
     assert refused.returncode == 2 and "No such option '--workers'" in refused.stderr, refused.stderr
+
+
+def test_trainings_started_in_the_same_second_each_get_a_model_directory(tmp_path, monkeypatch):
+    """The default --out is runs/<workload>-<time to the second>: a second run that second gets its own folder
+    (-2), made at once, so neither writes over the other; a run refused before training leaves no folder."""
+    from click.testing import CliRunner
+
+    from training.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("time.strftime", lambda *_: "20261207-120000")
+    outputs = [CliRunner().invoke(cli, ["train", "xor", "--epochs", "1", "--lr", lr]) for lr in ("0.1", "0.3")]
+    assert [r.exit_code for r in outputs] == [0, 0], [r.output for r in outputs]
+    assert "Saved model to runs/xor-20261207-120000:" in outputs[0].output
+    assert "Saved model to runs/xor-20261207-120000-2:" in outputs[1].output
+    lrs = [json.loads((tmp_path / "runs" / name / "model.json").read_text())["params"]["lr"]
+           for name in ("xor-20261207-120000", "xor-20261207-120000-2")]
+    assert lrs == [0.1, 0.3]
+    refused = CliRunner().invoke(cli, ["train", "charlm", "--data", str(tmp_path / "empty.txt")])
+    assert refused.exit_code == 2 and sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "xor-20261207-120000", "xor-20261207-120000-2"]
+
+
+def test_a_trained_model_is_continued_with_resume_never_replaced(tmp_path):
+    out = tmp_path / "m"
+    assert run("train", "xor", "--epochs", "1", "--out", str(out)).returncode == 0
+    before = (out / "model.safetensors").read_bytes()
+    again = run("train", "xor", "--epochs", "2", "--out", str(out))
+    assert again.returncode == 2 and "already holds a trained model" in again.stderr, again.stderr
+    assert (out / "model.safetensors").read_bytes() == before
+    other_seed = run("train", "xor", "--epochs", "2", "--seed", "7", "--out", str(out), "--resume")
+    assert other_seed.returncode == 2 and "trained with seed 0, not 7" in other_seed.stderr, other_seed.stderr
+    resumed = run("train", "xor", "--epochs", "2", "--out", str(out), "--resume")
+    assert resumed.returncode == 0 and "resumed after epoch 1" in resumed.stdout, resumed.stderr
+
+
+def test_debug_adds_the_traceback_and_keeps_the_line_and_exit_code():
+    from click.testing import CliRunner
+
+    from training.cli import cli
+
+    result = CliRunner().invoke(cli, ["--debug", "train", "xor", "--arch", "cnn"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" in result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error: Unknown hyperparameter 'arch'")

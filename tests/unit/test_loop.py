@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -123,9 +124,22 @@ def test_resume_with_dropout_matches_too(tmp_path):
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    """Other hyperparameters (the one that differs named), another seed (another data split: held-out data would
+    be trained on) or other data (a changed --data file of the same vocabulary size) are refused before a weight
+    is loaded; the same settings resume."""
     train("xor", {"batch_size": 256}, epochs=1, checkpoint=tmp_path / "c.pt")
-    with pytest.raises(ConfigError, match="is for workload 'xor' with params"):
+    with pytest.raises(ConfigError, match=re.escape("(batch_size: 128 here, 256 in the checkpoint)")):
         train("xor", {"batch_size": 128}, epochs=2, checkpoint=tmp_path / "c.pt", resume=True)
+    with pytest.raises(ConfigError, match="trained with seed 0, not 7: the seed picks the data split"):
+        train("xor", {"batch_size": 256}, epochs=2, seed=7, checkpoint=tmp_path / "c.pt", resume=True)
+    assert len(train("xor", {"batch_size": 256}, epochs=2, checkpoint=tmp_path / "c.pt", resume=True).history) == 2
+    text = tmp_path / "text.txt"
+    text.write_text("abc def ghi " * 200)
+    params = {"data": str(text), "hidden": 8, "layers": 1, "seq_len": 16}
+    train("charlm", params, epochs=1, checkpoint=tmp_path / "t.pt")
+    text.write_text("jkl mno pqr " * 200)  # as many characters, other ones: the same model shape
+    with pytest.raises(ConfigError, match="was trained on other data"):
+        train("charlm", params, epochs=2, checkpoint=tmp_path / "t.pt", resume=True)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="cannot be read"):
         train("xor", epochs=2, checkpoint=tmp_path / "junk.pt", resume=True)

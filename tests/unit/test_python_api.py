@@ -21,3 +21,20 @@ def test_a_context_manager_passed_as_the_client_says_how_to_use_it(call, tmp_pat
     with pytest.raises(TypeError, match=r"client='tcp://10.0.0.5:8786' is not a Dask Client\. Pass a "):
         call("tcp://10.0.0.5:8786")
     assert list(tmp_path.iterdir()) == [], "nothing is written before the client is checked"
+
+
+def test_save_refuses_a_file_or_a_folder_of_someone_elses_files(tmp_path):
+    """As `train --out` does: nothing written, a ConfigError saying what to do."""
+    from training import train
+    from training.errors import ConfigError
+
+    trained = train("xor", epochs=1)
+    (tmp_path / "afile").write_text("mine\n")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("mine\n")
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        trained.save(tmp_path / "afile")
+    with pytest.raises(ConfigError, match="holds files dask-train did not write"):
+        trained.save(tmp_path / "notes")
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["mine.txt"]
+    assert (trained.save(tmp_path / "model") / "model.json").is_file()

@@ -51,16 +51,17 @@ class _Group(click.Group):
         except click.UsageError as exc:
             _help_for_no_command(exc)
             if ctx.obj and ctx.obj.get("debug"):
-                raise
+                traceback.print_exc()  # and the same line and exit code as without --debug
             command = exc.ctx.command_path if exc.ctx else ctx.command_path
             raise display.BadInput(f"{one_line(exc.format_message())} (see `{command} --help`)") from None
         except click.ClickException as exc:
             flat = display.BadInput if exc.exit_code == display.BadInput.exit_code else click.ClickException
             raise flat(one_line(exc.format_message())) from None
         except Exception as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            raise _one_line_error(exc) from None
+            debug = bool(ctx.obj and ctx.obj.get("debug"))
+            if debug:
+                traceback.print_exc()  # --debug adds the traceback; the line and the exit code stay
+            raise _one_line_error(exc, debug) from None
 
 
 def _help_for_no_command(exc: click.UsageError) -> None:
@@ -71,8 +72,8 @@ def _help_for_no_command(exc: click.UsageError) -> None:
         exc.ctx.exit(0)
 
 
-def _one_line_error(exc: Exception) -> click.ClickException:
-    """The ClickException (one line, right exit code) a failure is shown as."""
+def _one_line_error(exc: Exception, debug: bool = False) -> click.ClickException:
+    """The ClickException (one line, right exit code) a failure is shown as (``debug``: after its traceback)."""
     if isinstance(exc, ConfigError):
         return display.BadInput(one_line(str(exc)))
     if isinstance(exc, ClusterError | DaskTrainError):
@@ -81,7 +82,8 @@ def _one_line_error(exc: Exception) -> click.ClickException:
         return click.ClickException(one_line(disk_message(exc)))
     if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc):  # the run store's disk
         return click.ClickException(one_line(disk_message(OSError(errno.ENOSPC, str(exc)))))
-    return click.ClickException(one_line(f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)"))
+    hint = "" if debug else " (rerun with --debug for the traceback)"
+    return click.ClickException(one_line(f"{type(exc).__name__}: {exc}{hint}"))
 
 
 def one_line(text: str, limit: int = 600) -> str:

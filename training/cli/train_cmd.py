@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -51,19 +52,19 @@ def parse_param_args(args: list[str]) -> dict[str, str]:
 @click.command(context_settings=_EXTRA)
 @click.argument("workload")
 @click.option("--epochs", type=int, default=None, help="Epochs (default: the workload's).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Model directory to write (default: runs/<workload>-<time>).")
+@click.option("--out", "out_name", default=None, metavar="DIRECTORY",
+              help="Model directory to write (default: a new runs/<workload>-<time>).")
 @click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True,
               help="Seeds data split, weights, batch order.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
 @precision_option("fp32")
 @click.pass_context
-def train_command(ctx: click.Context, workload: str, epochs: int | None, out: Path | None, seed: int,
+def train_command(ctx: click.Context, workload: str, epochs: int | None, out_name: str | None, seed: int,
                   device: str, resume: bool, precision: str) -> None:
     """Train WORKLOAD in this process and save the model. Hyperparameters: --name value
     (see `dask-train workloads`)."""
-    from ..loop import train
+    from ..loop import checked_run, train
     from ..workloads import get_workload
     from .epoch_table import EpochTable
 
@@ -72,13 +73,31 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out: Pa
     total = epochs if epochs is not None else work.default_epochs
     if total > MAX_EPOCHS:
         raise ConfigError(f"Invalid epochs {total}: at most {MAX_EPOCHS:,}.")
-    if resume and out is None:
+    if out_name is not None and not out_name.strip():
+        raise ConfigError("--out is empty: name the model directory to write, e.g. --out runs/my-model.")
+    if resume and out_name is None:
         raise ConfigError("--resume needs --out: the model directory whose checkpoint to continue.")
-    out = out or Path("runs") / f"{work.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    check_run_dir(out, MODEL_MARKERS, what="model directory")
-    with EpochTable(work.name, total) as progress:
-        trained = train(work, params, epochs=total, seed=seed, device=device, callback=progress,
-                        checkpoint=out / "checkpoint.pt", resume=resume, precision=precision)
+    checked_run(work, params, total, device, precision)  # before a folder is made for it
+    made = [] if out_name is not None or Path("runs").exists() else [Path("runs")]  # what a failure removes
+    if out_name is None:
+        out = _new_model_dir(Path("runs") / f"{work.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        made.insert(0, out)
+    else:
+        out = Path(out_name)
+        check_run_dir(out, MODEL_MARKERS, what="model directory")
+        held = [m for m in MODEL_MARKERS if (out / m).is_file()]
+        if held and not resume:  # another run's model: replaced only by continuing it
+            raise ConfigError(f"{out} already holds a trained model ({', '.join(held)}). Pass --resume to "
+                              "continue it, or choose another --out.")
+    try:
+        with EpochTable(work.name, total) as progress:
+            trained = train(work, params, epochs=total, seed=seed, device=device, callback=progress,
+                            checkpoint=out / "checkpoint.pt", resume=resume, precision=precision)
+    except BaseException:
+        for folder in made:  # the folders made for this run, while still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     if resume and progress.trained == 0:
         display.console.print(f"Nothing left to train: the checkpoint in {out} is already at epoch "
                               f"{len(trained.history)} of {total}; pass a larger --epochs to train on.")
@@ -89,6 +108,20 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out: Pa
                           f"{epochs} ({metric}={display.format_value(trained.metrics.get(metric))}){resumed}",
                           soft_wrap=True)
     display.show_use(trained, "Generated", seed)
+
+
+def _new_model_dir(base: Path) -> Path:
+    """A model directory of ``base``'s name (``-2``, ``-3``... when taken), created here, so two runs started in
+    the same second never share one."""
+    check_run_dir(base, MODEL_MARKERS, what="model directory")  # the folder it goes in can be written
+    for n in range(1, 1000):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError(f"{base} and 998 more of its name are taken: pass --out.")
 
 
 @click.command()

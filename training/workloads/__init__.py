@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from collections.abc import Iterable
 
 from ..errors import ConfigError
-from ..limits import short
+from ..limits import clip, short
 from .base import Batch, Data, Workload
 from .charlm import CharLM
 from .digits import Digits
@@ -90,10 +91,16 @@ def workload_ref(work: Workload) -> str:
 
 def _import_workload(spec: str) -> Workload:
     module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name:
+        raise ConfigError(f"Invalid workload name {short(spec)}: name your own as 'package.module:ClassName'.")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"Cannot import workload '{spec}': {exc}.") from None
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:  # the last two: e.g. '.x:Y' (relative)
+        raise ConfigError(f"Cannot import workload {short(spec)}: {exc}.") from None
     if not (isinstance(cls, type) and issubclass(cls, Workload)):
-        raise ConfigError(f"'{spec}' is not a Workload subclass (see training.workloads.base.Workload).")
+        raise ConfigError(f"{short(spec)} is not a Workload subclass (see training.workloads.base.Workload).")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+        raise ConfigError(f"{short(spec)} is an abstract Workload (it does not define {clip(missing)}): name a "
+                          "subclass that defines them.")
     return cls()

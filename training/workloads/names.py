@@ -83,12 +83,20 @@ class Names(Workload):
         """Up to ``count`` new names: sampled until the stop character, names seen in training dropped."""
         import torch
 
+        prompt = prompt.lower()
+        allowed = str(meta["characters"])[2:]  # not the padding and stop characters
+        missing = sorted(set(prompt) - set(allowed))
+        if missing:
+            raise DataError(f"Prompt characters {missing} are not in the model's names' characters {allowed!r}.")
+        if len(prompt) >= MAX_NAME_LENGTH:
+            raise DataError(f"Prompt of {len(prompt)} characters: names are at most {MAX_NAME_LENGTH}, so a "
+                            f"prompt may have at most {MAX_NAME_LENGTH - 1}.")
         known = {n.lower() for n in artifacts.get("known_names", ())}
         generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**31))
         found: dict[str, None] = {}
         for _ in range(20):  # bounded: a model that only repeats training names must not loop forever
             with torch.no_grad():
-                sampled = _sample_names(model, meta, max(count, 16), generator, prompt.lower())
+                sampled = _sample_names(model, meta, max(count, 16), generator, prompt)
             for name in sampled:
                 if name and name not in known:
                     found.setdefault(name.title(), None)
