@@ -20,7 +20,7 @@ import torch
 
 from .callbacks import Callback
 from .errors import ConfigError, TrainingDiverged
-from .limits import clip, short
+from .limits import check_count, clip, short
 from .model_file import TrainedModel
 from .params import check_data_paths, resolve
 from .precision import MixedPrecision, check_device_supports, check_precision, tf32_matmuls
@@ -55,7 +55,8 @@ def pick_device(preference: str = "auto") -> torch.device:
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ConfigError("device='cuda' was asked for but this process sees no CUDA GPU; use device='auto'.")
+        raise ConfigError("device='cuda' (--device cuda) was asked for but this process sees no CUDA GPU; use "
+                          "--device auto (device='auto').")
     return torch.device("cuda", torch.cuda.current_device())
 
 
@@ -381,7 +382,7 @@ def train(workload: str | Workload, params: Mapping[str, Any] | None = None, *, 
     [True, True]
     """
     work = get_workload(workload) if isinstance(workload, str) else workload
-    resolved, total, dev = checked_run(work, params, epochs, device, precision)
+    resolved, total, dev = checked_run(work, params, epochs, seed, device, precision)
     with isolated_rng(dev):
         trainer = build_trainer(work, resolved, seed, dev, precision=precision)
         path = Path(checkpoint) if checkpoint is not None else None
@@ -391,12 +392,13 @@ def train(workload: str | Workload, params: Mapping[str, Any] | None = None, *, 
         return trainer.result()
 
 
-def checked_run(work: Workload, params: Mapping[str, Any] | None, epochs: int | None, device: str,
+def checked_run(work: Workload, params: Mapping[str, Any] | None, epochs: int | None, seed: int, device: str,
                 precision: str) -> tuple[dict[str, Any], int, torch.device]:
     """What :func:`train` checks before it loads any data: the hyperparameters (resolved), their data files,
-    the epochs (the workload's default for None), the device and the precision it supports."""
+    the seed, the epochs (the workload's default for None), the device and the precision it supports."""
     resolved = resolve(work.params, params or {}, owner=work.name)
     check_data_paths(work.params, [resolved], here=True)
+    check_count("seed", seed, 2**32 - 1, low=0)
     total = _check_epochs(epochs if epochs is not None else work.default_epochs)
     dev = pick_device(device)
     check_device_supports(check_precision(precision), dev.type)

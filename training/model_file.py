@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import ConfigError, ModelFileError
-from .limits import short
+from .limits import MAX_GENERATE, check_count, short
 from .params import resolve
 from .run_dirs import MODEL_MARKERS, check_run_dir, replace_file, replacing_path
 from .workloads import trusted_workload
@@ -61,7 +61,11 @@ class TrainedModel:
         return save_model(self, path)
 
     def generate(self, count: int, *, seed: int | None = None, prompt: str = "") -> list[str]:
-        """Names or text sampled from a generative model (``names``, ``charlm``)."""
+        """Names or text sampled from a generative model (``names``, ``charlm``): at most
+        :data:`~training.limits.MAX_GENERATE`."""
+        check_count("count", count, MAX_GENERATE)
+        if seed is not None:
+            check_count("seed", seed, 2**32 - 1, low=0)
         return self._workload().generate(self.model, self.meta, self.artifacts, count, seed=seed, prompt=prompt)
 
     def evaluate(self) -> dict[str, Any]:

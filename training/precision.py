@@ -61,7 +61,8 @@ def check_device_supports(precision: str, device_kind: str, who: str = "this pro
     training.errors.ConfigError: precision='fp16' needs a CUDA GPU but this process trains on the CPU; use ...
     """
     if precision == "fp16" and device_kind != "cuda":
-        raise ConfigError(f"precision='fp16' needs a CUDA GPU but {who} on the CPU; use precision='bf16' there.")
+        raise ConfigError(f"precision='fp16' needs a CUDA GPU but {who} on the CPU; use --precision bf16 "
+                          "(precision='bf16') there.")
 
 
 def check_workers_support(client: Client, workers: Sequence[str], precision: str) -> None:

@@ -42,7 +42,7 @@ def test_a_bf16_ddp_job_trains_every_rank_in_bf16(client, tmp_path):
 
 def test_fp16_on_cpu_workers_is_refused_before_anything_runs(client, tmp_path):
     with pytest.raises(ConfigError, match=r"precision='fp16' needs a CUDA GPU but 2 of the 2 slot workers .* "
-                                          r"train on the CPU; use precision='bf16' there"):
+                                          r"train on the CPU; use --precision bf16 \(precision='bf16'\) there"):
         Sweep("xor", {"lr": [0.1]}, epochs=1, precision="fp16", runs_dir=str(tmp_path), name="fp16").run(
             client, progress=False)
     assert not (tmp_path / "fp16" / "trials").exists()  # no trial ran

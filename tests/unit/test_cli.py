@@ -70,6 +70,9 @@ def test_workloads_lists_every_workload_and_its_hyperparameters():
         (["train", "xor", "--lr"], "--lr needs a value"),
         (["train", "names", "--data", "/no/such/file.json"], "does not exist"),
         (["train", "xor", "--epochs", "0"], "Invalid epochs 0"),
+        (["train", "digits", "--epoch", "3"], "Unknown option --epoch. Did you mean --epochs?"),
+        (["ddp", "xor", "--epoch", "3"], "Unknown option --epoch. Did you mean --epochs?"),
+        (["train", "xor", "--lr", "0.1", "--lr", "0.2"], "Hyperparameter --lr is given twice ('0.1' and '0.2')"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(args, message):
@@ -77,6 +80,15 @@ def test_bad_input_exits_2_with_a_clear_message(args, message):
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cuda_asked_for_without_a_gpu_names_the_option():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    result = run("train", "xor", "--device", "cuda")
+    assert result.returncode == 2 and "use --device auto (device='auto')" in result.stderr, result.stderr
 
 
 def test_empty_data_file_and_non_model_directories_exit_2(tmp_path):

@@ -53,7 +53,7 @@ def test_an_unknown_precision_is_bad_input_naming_the_value(bad):
 
 def test_fp16_on_the_cpu_is_refused_in_one_line_that_names_bf16():
     with pytest.raises(ConfigError, match=r"^precision='fp16' needs a CUDA GPU but this process trains on the "
-                                          r"CPU; use precision='bf16' there\.$"):
+                                          r"CPU; use --precision bf16 \(precision='bf16'\) there\.$"):
         train("xor", epochs=1, device="cpu", precision="fp16")
     work = get_workload("xor")
     params = resolve(work.params, {}, owner="xor")

@@ -12,7 +12,7 @@ from ..errors import Interrupted
 from ..limits import MAX_RESTARTS
 from . import display
 from .cluster_cmd import target_options
-from .train_cmd import _EXTRA, parse_param_args, precision_option
+from .train_cmd import _EXTRA, check_not_options, parse_param_args, precision_option
 
 
 @click.command(context_settings=_EXTRA)
@@ -48,6 +48,7 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
     # What is refused is refused before any worker starts (train_ddp checks it all again).
     params = parse_param_args(ctx.args)
     work = get_workload(workload)
+    check_not_options(params, ctx, (p.name for p in work.params))
     resolve(work.params, params, owner=work.name)
     check_ddp_start(name or f"{work.name}-ddp", Path(runs_dir), resume)
     start_early(target)  # its workers import torch while this process imports the DDP runner (torch too)

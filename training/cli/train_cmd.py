@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import click
 
 from ..errors import ConfigError
-from ..limits import MAX_EPOCHS, MAX_GENERATE, PRECISIONS
+from ..limits import MAX_EPOCHS, MAX_GENERATE, PRECISIONS, short
 from ..run_dirs import MODEL_MARKERS, check_run_dir
 from . import display
 
@@ -43,10 +45,29 @@ def parse_param_args(args: list[str]) -> dict[str, str]:
         name, eq, value = token[2:].partition("=")
         if not eq:
             if not tokens or tokens[0].startswith("--"):
-                raise ConfigError(f"Hyperparameter --{name} needs a value, e.g. --{name} 0.01.")
+                raise ConfigError(f"Hyperparameter --{name} needs a value: --{name} VALUE (see `dask-train "
+                                  "workloads` for its kind and range).")
             value = tokens.pop(0)
-        params[name.replace("-", "_")] = value
+        key = name.replace("-", "_")
+        if key in params:
+            raise ConfigError(f"Hyperparameter --{name} is given twice ({short(params[key])} and {short(value)}): "
+                              "give it once.")
+        params[key] = value
     return params
+
+
+def check_not_options(params: dict[str, str], ctx: click.Context, known: Iterable[str]) -> None:
+    """Refuse a "hyperparameter" that is a misspelt option of the command (``--epoch`` for ``--epochs``), not
+    one of the workload's (``known``): its own message would list the hyperparameters only."""
+    known = list(known)
+    options = [o[2:] for p in ctx.command.params for o in getattr(p, "opts", ()) if o.startswith("--")]
+    for key in params:
+        name = key.replace("_", "-")
+        if key not in known and not difflib.get_close_matches(key, known, n=1):
+            close = difflib.get_close_matches(name, options, n=1)
+            if close:
+                raise ConfigError(f"Unknown option --{name}. Did you mean --{close[0]}? (see `{ctx.command_path} "
+                                  "--help`)")
 
 
 @click.command(context_settings=_EXTRA)
@@ -70,6 +91,7 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out_nam
 
     work = get_workload(workload)
     params = parse_param_args(ctx.args)
+    check_not_options(params, ctx, (p.name for p in work.params))
     total = epochs if epochs is not None else work.default_epochs
     if total > MAX_EPOCHS:
         raise ConfigError(f"Invalid epochs {total}: at most {MAX_EPOCHS:,}.")
@@ -77,7 +99,7 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out_nam
         raise ConfigError("--out is empty: name the model directory to write, e.g. --out runs/my-model.")
     if resume and out_name is None:
         raise ConfigError("--resume needs --out: the model directory whose checkpoint to continue.")
-    checked_run(work, params, total, device, precision)  # before a folder is made for it
+    checked_run(work, params, total, seed, device, precision)  # before a folder is made for it
     made = [] if out_name is not None or Path("runs").exists() else [Path("runs")]  # what a failure removes
     if out_name is None:
         out = _new_model_dir(Path("runs") / f"{work.name}-{time.strftime('%Y%m%d-%H%M%S')}")

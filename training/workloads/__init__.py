@@ -65,7 +65,7 @@ def trusted_workload(name: object, allow: Iterable[str] = (), *, source: str = "
     if not isinstance(name, str):
         raise ConfigError(f"{source} names workload {short(name)}: expected a workload name (a string). "
                           f"Built-in: {', '.join(BUILTIN)}.")
-    if name in BUILTIN or name in set(allow):
+    if name in BUILTIN or name in ({allow} if isinstance(allow, str) else set(allow)):  # one name, or several
         return get_workload(name)
     if ":" not in name:
         return get_workload(name)  # unknown plain name: the usual "did you mean" error, nothing imported
