@@ -337,6 +337,8 @@ def _check_resumable(state: Mapping[str, Any], workload: str, params: Mapping[st
         raise ConfigError(f"{where} is for workload {state['workload']!r}, not {workload!r}. {again}")
     recorded = state["params"]
     if recorded != params:
+        if not isinstance(recorded, Mapping):
+            raise ConfigError(f"{where} records hyperparameters {short(recorded)}, not a mapping. {again}")
         differ = [k for k in sorted(set(recorded) | set(params), key=str) if recorded.get(k) != params.get(k)]
         shown = "; ".join(f"{k}: {short(params.get(k, '(none)'), 40)} here, "
                           f"{short(recorded.get(k, '(none)'), 40)} in the checkpoint" for k in differ)
