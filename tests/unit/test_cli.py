@@ -226,3 +226,29 @@ def test_debug_adds_the_traceback_and_keeps_the_line_and_exit_code():
     assert result.exit_code == 2, result.output
     assert "Traceback" in result.output
     assert result.output.strip().splitlines()[-1].startswith("Error: Unknown hyperparameter 'arch'")
+
+
+def test_an_interrupted_training_says_how_to_resume_and_that_command_resumes(tmp_path):
+    """SIGTERM (as Ctrl-C) after an epoch: exit 143, one line naming what is kept and the command that resumes
+    (the default --out named in it); that command continues after the saved epoch."""
+    import shlex
+    import signal
+    import time
+
+    command = [EXE, "train", "names", "--epochs", "3", "--corpus", "first", "--max-names", "3000"] if EXE else []
+    if not command:
+        pytest.skip("the dask-train command is not installed here")
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    saved = lambda: list(tmp_path.glob("runs/*/checkpoint.pt"))  # noqa: E731
+    while process.poll() is None and time.monotonic() < deadline and not saved():
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 143, (out, err)
+    line = next(x for x in out.splitlines() if x.startswith("Interrupted: "))
+    assert "keeps the checkpoint of its last finished epoch" in line
+    resume = shlex.split(line.split("Resume with: ", 1)[1])
+    assert resume[:2] == ["dask-train", "train"] and resume[-1] == "--resume" and "--out" in resume
+    resumed = run(*resume[1:], cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0 and "resumed after epoch" in resumed.stdout, resumed.stderr

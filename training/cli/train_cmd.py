@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Interrupted
 from ..limits import MAX_EPOCHS, MAX_GENERATE, PRECISIONS, short
 from ..run_dirs import MODEL_MARKERS, check_run_dir
 from . import display
@@ -115,10 +115,15 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out_nam
         with EpochTable(work.name, total) as progress:
             trained = train(work, params, epochs=total, seed=seed, device=device, callback=progress,
                             checkpoint=out / "checkpoint.pt", resume=resume, precision=precision)
-    except BaseException:
+    except BaseException as exc:
         for folder in made:  # the folders made for this run, while still empty
             with contextlib.suppress(OSError):
                 folder.rmdir()
+        if isinstance(exc, KeyboardInterrupt) and (out / "checkpoint.pt").is_file():
+            kept = Interrupted(f"{out} keeps the checkpoint of its last finished epoch (its model is written "
+                               "when training ends).")
+            named = () if out_name is not None else ("--out", str(out))
+            display.interrupted(kept, add=(*named, "--resume"))
         raise
     if resume and progress.trained == 0:
         display.console.print(f"Nothing left to train: the checkpoint in {out} is already at epoch "
