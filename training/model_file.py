@@ -155,8 +155,11 @@ def load_model(path: str | Path, *, allow: Iterable[str] = ()) -> TrainedModel:
     """
     folder = Path(path)
     metadata = _read_metadata(folder)
-    try:
+    try:  # its message names the directory already
         work = trusted_workload(metadata.get("workload"), allow, source=f"Model directory {str(folder)!r}")
+    except ConfigError as exc:
+        raise ModelFileError(str(exc)) from None
+    try:
         params = resolve(work.params, _mapping(metadata, "params"), owner=work.name)
         meta = _mapping(metadata, "meta")
         _check_shapes(folder / WEIGHTS, _shapes_of(work, params, meta))

@@ -130,6 +130,9 @@ def _read_user_names(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8", errors="replace")
     if not text.strip():
         raise DataError(f"Names file {str(path)!r} is empty.")
+    if text.lstrip().startswith("{"):
+        raise DataError(f"Names file {str(path)!r} holds a JSON object: pass a JSON list of strings, or a text "
+                        "file with one name a line.")
     if text.lstrip().startswith("["):
         try:
             values = json.loads(text)
