@@ -111,6 +111,8 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out_nam
         if held and not resume:  # another run's model: replaced only by continuing it
             raise ConfigError(f"{out} already holds a trained model ({', '.join(held)}). Pass --resume to "
                               "continue it, or choose another --out.")
+    display.console.print(f"Training {work.name} for {total} epochs into {out}{' (resuming)' if resume else ''}.",
+                          soft_wrap=True)  # before the first epoch's row, which may be minutes away
     try:
         with EpochTable(work.name, total) as progress:
             trained = train(work, params, epochs=total, seed=seed, device=device, callback=progress,
