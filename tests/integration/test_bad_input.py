@@ -134,6 +134,7 @@ CASES: list[tuple[str, list[str], int]] = [
     ("unknown-command", ["frobnicate"], 2),
     ("unknown-option", ["--frobnicate"], 2),
     ("evaluate-missing", ["evaluate", "models/nope"], 2),
+    ("evaluate-allow-not-module-class", ["evaluate", "models/xor", "--allow-workload", "foo"], 2),
     ("evaluate-a-file", ["evaluate", "plain-file.txt"], 2),
     ("evaluate-not-a-model", ["evaluate", "someone-elses"], 2),
     ("evaluate-json-garbage", ["evaluate", "models/garbage-json"], 2),

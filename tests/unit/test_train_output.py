@@ -26,3 +26,20 @@ def test_resume_with_nothing_left_to_train_says_so(tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Nothing left to train: the checkpoint in" in again.stdout and "epoch 3 of 3" in again.stdout
     assert _epochs_shown(again.stdout) == []
+
+
+def test_piped_a_long_epoch_shows_its_progress_in_lines(monkeypatch, tmp_path):
+    """Without a terminal there is no bar: a long epoch says how far it got every LINE_EVERY seconds (0 here:
+    after every step but an epoch's last), each line before that epoch's row."""
+    from click.testing import CliRunner
+
+    from training.cli import cli, epoch_table
+
+    monkeypatch.setattr(epoch_table, "LINE_EVERY", 0.0)
+    done = CliRunner().invoke(cli, ["train", "digits", "--epochs", "1", "--batch-size", "256", "--out",
+                                    str(tmp_path / "d")])
+    assert done.exit_code == 0, done.output
+    steps = [line for line in done.output.splitlines() if line.startswith("  epoch 1/1: step ")]
+    total = int(steps[0].rsplit("/", 1)[1])
+    assert [int(line.split()[-1].split("/")[0]) for line in steps] == list(range(1, total))
+    assert done.output.index(steps[-1]) < done.output.index("Saved model to")

@@ -21,8 +21,15 @@ from . import display
 _EXTRA = {"ignore_unknown_options": True, "allow_extra_args": True}
 
 #: ``--allow-workload MODULE:CLASS``: the user's own workload that a file (model, run, sweep) may name.
+def _module_classes(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    bad = [v for v in values if v.count(":") != 1 or not all(v.partition(":")[::2])]
+    if bad:
+        raise click.BadParameter(f"{short(bad[0])} is not MODULE:CLASS (e.g. mypkg.work:MyWorkload).")
+    return values
+
+
 allow_option = click.option(
-    "--allow-workload", "allow", multiple=True, metavar="MODULE:CLASS",
+    "--allow-workload", "allow", multiple=True, metavar="MODULE:CLASS", callback=_module_classes,
     help="Your own workload that the file may name (imported only when listed here; built-ins always are).")
 
 
