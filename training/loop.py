@@ -126,6 +126,7 @@ class Trainer:
         self.device = device or pick_device()
         self.amp = MixedPrecision(precision, self.device)  # before any data moves: fp16 on a CPU fails here
         self.data = data.to(self.device)
+        self.data_key = _data_key(data.meta)  # what its checkpoints record of the data, checked on resume
         self.model = workload.build_model(self.params, data.meta).to(self.device)
         self.trained = wrap(self.model) if wrap else self.model
         self.optimizer = workload.make_optimizer(self.model, self.params)
@@ -244,7 +245,7 @@ class Trainer:
             "workload": workload_ref(self.workload),
             "params": self.params,
             "seed": self.seed,
-            "data": _data_key(self.data.meta),
+            "data": self.data_key,
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -264,7 +265,7 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any], source: str = "the checkpoint") -> None:
         """Continue from a :meth:`state` (a file's contents, or one shipped between tasks)."""
-        _check_resumable(state, workload_ref(self.workload), self.params, self.seed, self.data.meta, source)
+        _check_resumable(state, workload_ref(self.workload), self.params, self.seed, self.data_key, source)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
@@ -327,7 +328,7 @@ def _data_key(meta: Mapping[str, Any]) -> str:
 
 
 def _check_resumable(state: Mapping[str, Any], workload: str, params: Mapping[str, Any], seed: int,
-                     meta: Mapping[str, Any], source: str) -> None:
+                     data_key: str, source: str) -> None:
     """Refuse to continue ``state`` with another workload, other hyperparameters (naming those that differ),
     another seed (it picks the data split: the held-out data would be trained on) or other data (a changed
     ``--data`` file: its vocabulary, and so the model's inputs, differ)."""
@@ -348,7 +349,7 @@ def _check_resumable(state: Mapping[str, Any], workload: str, params: Mapping[st
         raise ConfigError(f"{where} was trained with seed {short(was)}, not {seed}: the seed picks the data "
                           f"split, so its held-out data would be trained on. Resume with --seed {short(was)} "
                           f"(seed={short(was)}), or start afresh in another folder.")
-    if state.get("data", _data_key(meta)) != _data_key(meta):
+    if state.get("data", data_key) != data_key:  # a checkpoint written before it was recorded: not checked
         raise ConfigError(f"{where} was trained on other data (its vocabulary or sizes differ: was its --data "
                           f"file changed?). {again}")
 

@@ -190,10 +190,12 @@ def _plot_params(run: RunSummary, path: Path) -> None:
     fig = _figure(figsize=(4 * len(names), 4))
     axes = fig.subplots(1, len(names), squeeze=False)
     best = run.best
-    is_best = [best is not None and t.number == best.number for t in run.trials]
-    done = [t for t, _ in sorted(zip(run.trials, is_best, strict=True), key=lambda pair: pair[1])
-            if _finite(t.best)]  # the best last: drawn over the others, never under them
-    colors = ["tab:red" if best is not None and t.number == best.number else "tab:blue" for t in done]
+
+    def is_best(trial: TrialRecord) -> bool:
+        return best is not None and trial.number == best.number
+
+    done = sorted((t for t in run.trials if _finite(t.best)), key=is_best)  # the best last: drawn over the others
+    colors = ["tab:red" if is_best(t) else "tab:blue" for t in done]
     for ax, name in zip(axes[0], names, strict=True):
         values = [t.params.get(name, t.number) for t in done]
         ys = [t.best for t in done]
