@@ -4,9 +4,9 @@ What is decided here, block by block (a README block or command that no rule cov
 so a new example cannot go untested by accident):
 
 - **Python blocks run**, each as its own script in a fresh folder, scaled down where the README says the numbers
-  are the user's choice (``num_trials``, ``epochs``); ``Client("tcp://scheduler:8786")`` and the DDP block's
-  ``cluster.connect("tcp://10.0.0.5:8786")`` point at this test's real LocalCluster. The client-script block
-  runs unguarded, as written.
+  are the user's choice (``num_trials``, ``epochs``; the names corpus cut to its first 3,000 with ``max_names``);
+  ``Client("tcp://scheduler:8786")`` and the DDP block's ``cluster.connect("tcp://10.0.0.5:8786")`` point at this
+  test's real LocalCluster. The client-script block runs unguarded, as written.
 - **The YAML block** (the sweep file) is loaded by dask-train's own sweep-file loader and must validate.
 - **Shell blocks**: every ``dask-train`` command is parsed by dask-train's own command line (the command
   exists, its options and arguments are accepted), and ``dask`` commands by Dask's own CLI. The cheap ones in
@@ -57,7 +57,8 @@ _RUN = ("dask-train sweep --examples", "dask-train workloads", "dask-train train
         "dask-train train digits --arch cnn", "dask-train evaluate runs/cnn", "dask-train sweep pets-quick",
         "dask-train results runs/pets-quick")
 
-_SCALE = [(r"--epochs \d+", "--epochs 1"), (r"\bepochs=\d+", "epochs=1"), (r"\bnum_trials=\d+", "num_trials=2")]
+_SCALE = [(r"--epochs \d+", "--epochs 1"), (r"\bepochs=\d+", "epochs=1"), (r"\bnum_trials=\d+", "num_trials=2"),
+          (r'\{"corpus": "first"\}', '{"corpus": "first", "max_names": 3000}')]  # names: an epoch of 3,000
 
 
 def blocks(language: str) -> list[str]:

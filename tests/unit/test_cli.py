@@ -235,10 +235,16 @@ def test_an_interrupted_training_says_how_to_resume_and_that_command_resumes(tmp
     import signal
     import time
 
-    command = [EXE, "train", "names", "--epochs", "3", "--corpus", "first", "--max-names", "3000"] if EXE else []
+    from tests.helpers import ROOT, cli_env
+
+    # Busy: one step of fixed torch work an epoch (~2 s here), so the signal lands mid-epoch 2, however late
+    # this test sees epoch 1's checkpoint, and the resumed run is short.
+    command = [EXE, "train", "tests.benchmarks.busy:Busy", "--steps", "9000", "--epochs", "4"] if EXE else []
     if not command:
         pytest.skip("the dask-train command is not installed here")
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**cli_env(), "PYTHONPATH": ROOT}
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)
     deadline = time.monotonic() + 120
     saved = lambda: list(tmp_path.glob("runs/*/checkpoint.pt"))  # noqa: E731
     while process.poll() is None and time.monotonic() < deadline and not saved():
@@ -250,5 +256,6 @@ def test_an_interrupted_training_says_how_to_resume_and_that_command_resumes(tmp
     assert "keeps the checkpoint of its last finished epoch" in line
     resume = shlex.split(line.split("Resume with: ", 1)[1])
     assert resume[:2] == ["dask-train", "train"] and resume[-1] == "--resume" and "--out" in resume
-    resumed = run(*resume[1:], cwd=tmp_path, timeout=300)
+    resumed = subprocess.run([EXE, *resume[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)
     assert resumed.returncode == 0 and "resumed after epoch" in resumed.stdout, resumed.stderr
