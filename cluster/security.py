@@ -8,6 +8,8 @@ import datetime
 import ipaddress
 import json
 import os
+import socket
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,34 +159,106 @@ def write_scheduler_file(path: str | Path, address: str, dashboard: str | None,
 
 
 def check_scheduler_file_path(path: str | Path) -> None:
-    """Refuse to write a scheduler file over anything but a scheduler file (a stale one, from a cluster that
-    is gone): ``cluster up`` replaces it, then removes it on exit. Raises ValueError naming the path."""
+    """Refuse to write a scheduler file over anything but a stale scheduler file (of a cluster that is gone:
+    ``cluster up`` replaces it, then removes it on exit), over one of a cluster that still answers, or where
+    its folder is missing or cannot be written. Raises ValueError naming the path."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"--scheduler-file {str(path)!r} is a folder; name a file in it, e.g. "
                          f"{str(path / 'scheduler.json')!r}.")
-    if not path.exists():
+    folder = path.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        why = "does not exist" if not folder.is_dir() else "cannot be written here"
+        raise ValueError(f"--scheduler-file {str(path)!r}: its folder {str(folder)!r} {why}. Name a file in a "
+                         "folder you can write.")
+    if not path.exists() and not path.is_symlink():
         return
     try:
-        content = json.loads(path.read_text()) if path.stat().st_size < 1_000_000 else None
-        if isinstance(content, dict) and (content.get("type") == "Scheduler" or "address" in content):
-            return
-    except (OSError, ValueError, AttributeError):
-        pass
-    raise ValueError(f"--scheduler-file {str(path)!r} exists and is not a scheduler file: it would be replaced "
-                     "and then removed. Name a new file.")
+        content = load_scheduler_file(path)
+    except ValueError:
+        raise ValueError(f"--scheduler-file {str(path)!r} exists and is not a scheduler file: it would be "
+                         "replaced and then removed. Name a new file.") from None
+    if _answers(content["address"]):
+        raise ValueError(f"--scheduler-file {str(path)!r} is the file of a cluster that is running at "
+                         f"{content['address']}: stop that cluster first (Ctrl-C where it runs), or name another "
+                         "file for this one.")
+
+
+def _answers(address: str, timeout: float = 1.0) -> bool:
+    """Whether something accepts connections at a tcp:// or tls:// ``address`` (the scheduler of a cluster that
+    is still up)."""
+    host, _, port = address.partition("://")[2].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError, UnicodeError):
+        return False
+
+
+def holds_address(path: str | Path, address: str) -> bool:
+    """Whether the scheduler file at ``path`` is still the one of the scheduler at ``address`` (not replaced
+    since by another cluster's)."""
+    try:
+        return load_scheduler_file(path)["address"] == address
+    except ValueError:
+        return False
+
+
+#: A scheduler file is well under a kilobyte; one larger than this is not one.
+MAX_SCHEDULER_FILE_BYTES = 1_000_000
+
+
+def load_scheduler_file(path: str | Path) -> dict[str, Any]:
+    """A scheduler file's contents, read as data: a regular file of at most
+    :data:`MAX_SCHEDULER_FILE_BYTES`, a JSON mapping whose ``address`` is ``tcp://HOST:PORT`` (or tls://) and
+    whose ``tls``, if any, names three files. Raises ValueError naming the file and what to do."""
+    from .target import check_address
+
+    path = Path(path)
+    shown = repr(str(path))
+    written = "pass the file `dask-train cluster up --scheduler-file` (or `dask scheduler --scheduler-file`) wrote"
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ValueError(f"Scheduler file {shown} does not exist. Start a cluster with `dask-train cluster up "
+                         f"--scheduler-file {path}` first.") from None
+    except OSError as exc:
+        raise ValueError(f"Scheduler file {shown} cannot be read ({exc.strerror}).") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"Scheduler file {shown} is not a regular file: {written}.")
+    if info.st_size > MAX_SCHEDULER_FILE_BYTES:
+        raise ValueError(f"Scheduler file {shown} is {info.st_size:,} bytes, not a scheduler file (under a "
+                         f"kilobyte): {written}.")
+    try:
+        with path.open("rb") as handle:
+            content = json.loads(handle.read(MAX_SCHEDULER_FILE_BYTES + 1))
+    except OSError as exc:
+        raise ValueError(f"Scheduler file {shown} cannot be read ({exc.strerror}).") from None
+    except (ValueError, RecursionError):
+        raise ValueError(f"Scheduler file {shown} is not JSON: {written}.") from None
+    if not isinstance(content, dict) or not isinstance(content.get("address"), str):
+        raise ValueError(f"{shown} is not a scheduler file (no \"address\" text in it): {written}.")
+    try:
+        check_address(content["address"])
+    except ValueError as exc:
+        raise ValueError(f"Scheduler file {shown}: {exc}") from None
+    if content["address"].partition("://")[0] not in ("tcp", "tls"):
+        raise ValueError(f"Scheduler file {shown} has address {content['address'][:80]!r}: use tcp:// or tls://.")
+    tls = content.get("tls")
+    fields = {"ca_file", "cert", "key"}
+    if tls is not None and not (isinstance(tls, dict) and set(tls) == fields
+                                and all(isinstance(v, str) for v in tls.values())):
+        raise ValueError(f"Scheduler file {shown}: its \"tls\" is not the three file paths (ca_file, cert, key) "
+                         f"dask-train writes: {written}.")
+    return content
 
 
 def read_scheduler_file(path: str | Path) -> tuple[str, Security | None]:
-    """The address and security settings in a scheduler file."""
-    path = Path(path)
+    """The address and security settings in a scheduler file (checked as :func:`load_scheduler_file` says:
+    ClusterConnectError otherwise)."""
     try:
-        content = json.loads(path.read_text())
-        address = content["address"]
-    except FileNotFoundError:
-        raise ClusterConnectError(f"Scheduler file {str(path)!r} does not exist. Start a cluster with "
-                                  f"`dask-train cluster up --scheduler-file {path}` first.") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ClusterConnectError(f"{str(path)!r} is not a scheduler file ({exc}).") from None
+        content = load_scheduler_file(path)
+    except ValueError as exc:
+        raise ClusterConnectError(str(exc)) from None
     tls = content.get("tls")
-    return address, (TLSFiles(**tls).security() if tls else None)
+    return content["address"], (TLSFiles(**tls).security() if tls else None)

@@ -161,8 +161,9 @@ def _export(environ: dict[str, str]) -> str:
     return "export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in environ.items())
 
 
-def sbatch_script(spec: SlurmSpec) -> str:
+def sbatch_script(spec: SlurmSpec, file_name: str | None = None) -> str:
     """The whole-cluster job script: ``sbatch`` it, then point dask-train at its scheduler file.
+    ``file_name``: where it is written (its header says to submit that; default ``JOB_NAME.sbatch``).
 
     Examples
     --------
@@ -173,9 +174,10 @@ def sbatch_script(spec: SlurmSpec) -> str:
     kind = f"{spec.gpus_per_node} GPUs" if spec.gpus_per_node else f"{spec.workers_per_node} CPU workers"
     setup = "\n".join(spec.setup) or "# source ~/env/bin/activate    # the environment with dask-train installed"
     gpu_note = "" if spec.gpus_per_node else "\n# CPU workers: any GPU on the node is hidden from them."
+    script = shlex.quote(file_name if file_name and file_name.isprintable() else f"{spec.job_name}.sbatch")
     return f"""#!/usr/bin/env bash
 # dask-train cluster: {spec.nodes} node(s) x {kind}, one training slot per worker ({spec.slots} in all).
-# Submit with `sbatch {spec.job_name}.sbatch`; when {spec.scheduler_file} appears, from a login node:
+# Submit with `sbatch {script}`; when {spec.scheduler_file} appears, from a login node:
 #   dask-train sweep SWEEP.yaml --scheduler-file {spec.scheduler_file}{_client_tls(spec)}
 # The dashboard listens on {spec.dashboard_address} of the first node (ssh -L 8787:localhost:8787 NODE).
 {chr(10).join(sbatch_directives(spec))}

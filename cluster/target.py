@@ -35,11 +35,19 @@ class Target:
     def __post_init__(self) -> None:
         if self.address and self.scheduler_file:
             raise ValueError("Give --address or --scheduler-file, not both.")
-        if self.timeout <= 0:
-            raise ValueError(f"timeout={self.timeout!r}: must be positive seconds.")
+        if not 0 < self.timeout <= MAX_TIMEOUT:  # NaN too
+            raise ValueError(f"--timeout {self.timeout!r} (timeout=): expected seconds above 0, at most "
+                             f"{MAX_TIMEOUT:,.0f} (a week).")
         if self.address:
             check_address(self.address)
+        if self.scheduler_file:
+            from .security import load_scheduler_file
 
+            load_scheduler_file(self.scheduler_file)  # a file is data: checked before anything uses it
+
+
+#: The longest wait for a scheduler and its workers (and any timeout dask-train takes): a week.
+MAX_TIMEOUT = 7 * 24 * 3600.0
 
 #: Address schemes a dask-train client connects with.
 SCHEMES = ("tcp", "tls", "ucx")
@@ -65,7 +73,7 @@ def check_address(address: str) -> str:
         raise ValueError(f"Address {shown!r} has scheme {scheme[:20]!r}: use tcp://HOST:PORT (or tls:// for a "
                          "TLS cluster).")
     host, colon, port = rest.rpartition(":")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not colon or not host or len(host) > 255 or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"Address {shown!r} is not {scheme}://HOST:PORT (e.g. tcp://10.0.0.5:8786).")
     return address
 

@@ -22,12 +22,13 @@ from typing import Any
 from distributed import Client
 
 from cluster import Target, cluster_workers, open_client, require_slots
+from cluster.target import MAX_TIMEOUT
 
 from .dashboard import enable_page
 from .ddp_run import JobRun, Placement, assign_ranks, backend_of
 from .errors import ConfigError
 from .events import publish
-from .limits import MAX_RESTARTS, check_count
+from .limits import MAX_RESTARTS, check_count, short
 from .loop import _check_epochs
 from .model_file import TrainedModel, save_model
 from .params import check_data_paths, resolve
@@ -124,6 +125,16 @@ def train_ddp(client: Client | None = None, workload: str = "names", params: Map
         return job.run(own, workers, hooks)
 
 
+def check_resumable_job(checkpoint: Path, workload: str, params: Mapping[str, Any], seed: int) -> None:
+    """Refuse to resume the job's ``checkpoint`` with another workload, other hyperparameters or another seed
+    here, before any worker starts (its ranks would each fail with it; the data is checked there)."""
+    from .loop import _check_resumable, read_checkpoint
+
+    if checkpoint.is_file():
+        state = read_checkpoint(checkpoint)
+        _check_resumable(state, workload, params, seed, str(state.get("data", "")), str(checkpoint))
+
+
 def _progress_hooks(progress: DDPProgress | bool | None) -> DDPProgress:
     """By default (None or True) the job's progress is printed (``training.ddp_progress``); False: silent."""
     if progress is None or progress is True:
@@ -157,14 +168,19 @@ class _Job:
         return self.run_dir / "checkpoint.pt"
 
     def validate(self) -> None:
-        if not self.timeout > 0:
-            raise ConfigError(f"timeout={self.timeout!r}: must be a positive number of seconds.")
+        if isinstance(self.timeout, bool) or not isinstance(self.timeout, int | float) or \
+                not 0 < self.timeout <= MAX_TIMEOUT:  # NaN too
+            raise ConfigError(f"timeout={short(self.timeout)} (--rank-timeout): expected seconds above 0, at most "
+                              f"{MAX_TIMEOUT:,.0f} (a week).")
+        check_count("seed", self.seed, 2**32 - 1, low=0)
         check_count("max_restarts", self.max_restarts, MAX_RESTARTS, low=0)
         if self.min_workers is not None:
             check_count("min_workers", self.min_workers, 100_000)
         from .run_dirs import check_ddp_start
 
         check_ddp_start(self.name, self.runs_dir, self.resume)
+        if self.resume:
+            check_resumable_job(self.checkpoint, self.workload, self.params, self.seed)
 
     def check_world(self, world: int) -> None:
         """The first run's rank count fits the batch size and ``min_workers``."""

@@ -160,7 +160,24 @@ CASES: list[tuple[str, list[str], int]] = [
     ("results-plot-report-link", ["results", "runs/report-link", "--plot"], 2),
     ("cluster-up-file-not-ours", ["cluster", "up", "--scheduler-file", "plain-file.txt", "--workers", "1"], 2),
     ("cluster-up-folder", ["cluster", "up", "--scheduler-file", "someone-elses", "--workers", "1"], 2),
-    ("cluster-info-no-scheduler-file", ["cluster", "info", "--scheduler-file", "nope.json"], 1),
+    ("cluster-info-no-scheduler-file", ["cluster", "info", "--scheduler-file", "nope.json"], 2),
+    ("cluster-info-scheduler-file-not-json", ["cluster", "info", "--scheduler-file", "plain-file.txt"], 2),
+    ("ddp-scheduler-file-a-device", ["ddp", "xor", "--scheduler-file", "/dev/zero"], 2),
+    ("ddp-scheduler-file-address-a-number", ["ddp", "xor", "--scheduler-file", "inputs/address-5.json"], 2),
+    ("ddp-scheduler-file-address-a-file", ["ddp", "xor", "--scheduler-file", "inputs/address-file.json"], 2),
+    ("sweep-scheduler-file-huge", ["sweep", "inputs/good.yaml", "--scheduler-file", "inputs/huge.json"], 2),
+    ("ddp-address-host-too-long", ["ddp", "xor", "--address", f"tcp://{'a' * 5000}:1"], 2),
+    ("ddp-timeout-inf", ["ddp", "xor", "--timeout", "inf"], 2),
+    ("ddp-timeout-nan", ["ddp", "xor", "--timeout", "nan"], 2),
+    ("ddp-rank-timeout-huge", ["ddp", "xor", "--rank-timeout", "1e300"], 2),
+    ("ddp-rank-timeout-nan", ["ddp", "xor", "--rank-timeout", "nan"], 2),
+    ("ddp-seed-huge", ["ddp", "xor", "--seed", "9" * 25], 2),
+    ("ddp-resume-other-hyperparameters", ["ddp", "xor", "--name", "xor-done", "--resume", "--lr", "0.0123",
+                                          "--workers", "1"], 2),  # refused before any worker starts
+    ("ddp-resume-other-workload", ["ddp", "digits", "--name", "xor-done", "--resume", "--workers", "1"], 2),
+    ("sbatch-out-an-existing-file", ["cluster", "sbatch", "--out", "plain-file.txt"], 2),
+    ("manifest-out-an-existing-file", ["cluster", "manifest", "--out", "plain-file.txt"], 2),
+    ("sbatch-out-in-no-folder", ["cluster", "sbatch", "--out", "no-such-folder/x.sbatch"], 2),
     ("cluster-info-nobody-there", ["cluster", "info", "--address", "tcp://127.0.0.1:9", "--timeout", "1"], 1),
 ]
 
@@ -251,6 +268,12 @@ def workdir(tmp_path_factory) -> Path:
     for name, content in {**SWEEP_FILES, **OTHER_SWEEP_FILES}.items():
         (inputs / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     (inputs / "good.yaml").write_text(_sweep(space=GOOD_SPACE))
+    (inputs / "address-5.json").write_text('{"address": 5}')
+    (inputs / "address-file.json").write_text('{"address": "file:///etc/passwd"}')
+    with (inputs / "huge.json").open("wb") as huge:  # 3 GB on paper, sparse on disk
+        huge.truncate(3 * 2**30)
+    (folder / "runs" / "xor-done").mkdir(parents=True)
+    train("xor", epochs=1, checkpoint=folder / "runs" / "xor-done" / "checkpoint.pt")  # a DDP job's, in form
     (folder / "plain-file.txt").write_text("not yours\n")
     (folder / "someone-elses").mkdir()
     (folder / "someone-elses" / "thesis.tex").write_text("years of work\n")

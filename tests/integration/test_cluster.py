@@ -334,6 +334,11 @@ def test_cluster_up_and_cluster_info_work_together_and_sigint_stops_cleanly(tmp_
         assert info.stdout.count("127.0.0.1") >= 3 and "2 workers" in info.stdout
         assert info.stdout.count("cpu (1 thread)") == 2
         assert re.search(r"Training page: http://127\.0\.0\.1:\d+/training", info.stdout), info.stdout
+        # A second cluster on the same file: refused before it starts; the running one's file stays as it is.
+        before = scheduler_file.read_bytes()
+        second = run_cli("cluster", "up", "--workers", "1", "--scheduler-file", str(scheduler_file), timeout=60)
+        assert second.returncode == 2 and "is the file of a cluster that is running at" in second.stderr, second
+        assert scheduler_file.read_bytes() == before
         code, output = _stop(proc, signal.SIGINT, group)
     finally:
         if proc.poll() is None:

@@ -160,3 +160,32 @@ def test_a_changed_or_damaged_run_is_refused_before_a_cluster_is_needed(tmp_path
         leftover.unlink()
     with pytest.raises(ConfigError, match="is not a dask-train run store"):
         finished_trials(spec)
+
+
+@pytest.mark.parametrize("command", ["sbatch", "manifest"])
+def test_generated_files_go_only_into_a_new_file(tmp_path, command):
+    """`cluster sbatch/manifest --out` writes a new file; one that is there (anyone's) is refused, unchanged."""
+    kept = tmp_path / "precious.txt"
+    kept.write_text("mine\n")
+    refused = run_cli("cluster", command, "--out", str(kept))
+    assert refused.returncode == 2 and "already exists" in refused.stderr, refused
+    assert kept.read_text() == "mine\n"
+    new = tmp_path / f"new.{command}"
+    written = run_cli("cluster", command, "--out", str(new))
+    assert written.returncode == 0, written.stderr
+    assert new.stat().st_size > 100
+    if command == "sbatch":  # its header says to submit the file it is in
+        assert f"# Submit with `sbatch {new.name}`" in new.read_text()
+
+
+def test_cluster_up_removes_its_scheduler_file_only_while_it_is_still_its_own(tmp_path):
+    """A stopping cluster removes the scheduler file it wrote, not one another cluster has written there since."""
+    from cluster import write_scheduler_file
+    from cluster.security import holds_address
+
+    path = write_scheduler_file(tmp_path / "scheduler.json", "tcp://127.0.0.1:8786", None)
+    assert holds_address(path, "tcp://127.0.0.1:8786")
+    write_scheduler_file(path, "tcp://127.0.0.1:9999", None)  # another cluster's now
+    assert not holds_address(path, "tcp://127.0.0.1:8786")
+    path.write_text("garbage")
+    assert not holds_address(path, "tcp://127.0.0.1:8786")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cluster import ClusterError, ClusterSpec, Target, TLSFiles
+from cluster.target import MAX_TIMEOUT
 
 from . import display
 from .deploy_cmd import manifest_command, sbatch_command, slurm_options
@@ -25,6 +26,13 @@ if TYPE_CHECKING:
 # Options are parsed with the light dataclasses above; Dask is imported when a command runs.
 
 DEFAULT_SCHEDULER_FILE = "dask-train-scheduler.json"
+
+
+def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A click callback refusing NaN (a FloatRange lets it through: every comparison with it is false)."""
+    if value is not None and value != value:
+        raise click.BadParameter(f"{value} is not a number of seconds.")
+    return value
 
 
 def _tls_files(ca: str | None, cert: str | None, key: str | None) -> TLSFiles | None:
@@ -49,7 +57,8 @@ def _cluster_options(embedded: bool) -> Callable[[Callable], Callable]:
         click.option("--address", help=f"Scheduler of a running cluster ({default})."),
         click.option("--scheduler-file", type=path, help="Scheduler file of a running cluster."),
         *(embedded_options if embedded else []),
-        click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+        click.option("--timeout", type=click.FloatRange(min=0.1, max=MAX_TIMEOUT), default=30.0, show_default=True,
+                     callback=finite,
                      help="Seconds to wait for the scheduler and workers."),
         click.option("--tls-ca-file", type=path, default=None,
                      help="TLS: the cluster's CA certificate (with --tls-cert and --tls-key)."),
@@ -112,6 +121,7 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
                tls_key: str | None, use_slurm: bool, slurm: SlurmSpec) -> None:
     """Start a scheduler and one worker per GPU (or CPU slot); stay up until Ctrl-C."""
     from cluster import check_scheduler_file_path, make_tls_files, remove_tls_files, write_scheduler_file
+    from cluster.security import holds_address
 
     from ..dashboard import page_url
 
@@ -125,7 +135,7 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
                            dashboard_address=dashboard_address or f"{host}:8787")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    temporary, written = None, False
+    temporary, written, address = None, False, ""
     if use_tls and tls is None:  # a fresh private folder; only what is created there is removed on exit
         temporary = make_tls_files(scheduler_file.parent / f"{scheduler_file.stem}-tls",
                                    hosts=("127.0.0.1", "localhost", host))
@@ -136,7 +146,8 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
     try:
         with (_started_on_slurm(slurm) if use_slurm else _started(spec)) as cluster:
             url = cluster.dashboard_link
-            written = bool(write_scheduler_file(scheduler_file, cluster.scheduler_address, url, tls))
+            address = cluster.scheduler_address
+            written = bool(write_scheduler_file(scheduler_file, address, url, tls))
             display.console.print(f"Scheduler:      {cluster.scheduler_address}")
             display.console.print(f"Dashboard:      {url}")
             display.console.print(f"Training page:  {page_url(url)}")
@@ -151,7 +162,7 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
                 pass
             display.console.print("Stopping ...")
     finally:
-        if written:  # only the file this cluster wrote
+        if written and holds_address(scheduler_file, address):  # only this cluster's file, not replaced since
             scheduler_file.unlink(missing_ok=True)
         if temporary is not None:
             remove_tls_files(temporary)

@@ -7,11 +7,12 @@ from pathlib import Path
 import click
 
 from cluster import Target
+from cluster.target import MAX_TIMEOUT
 
 from ..errors import Interrupted
 from ..limits import MAX_RESTARTS
 from . import display
-from .cluster_cmd import target_options
+from .cluster_cmd import finite, target_options
 from .train_cmd import _EXTRA, check_not_options, parse_param_args, precision_option
 
 
@@ -20,9 +21,11 @@ from .train_cmd import _EXTRA, check_not_options, parse_param_args, precision_op
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Total epochs (default: the workload's).")
 @click.option("--name", default=None, help="Job name: its run directory is RUNS_DIR/NAME (default WORKLOAD-ddp).")
 @click.option("--runs-dir", default="runs", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True,
+              help="Seeds data split, weights, batch order.")
 @click.option("--resume", is_flag=True, help="Continue from the job's last checkpoint.")
-@click.option("--rank-timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+@click.option("--rank-timeout", type=click.FloatRange(min=1, max=MAX_TIMEOUT), default=60.0, show_default=True,
+              callback=finite,
               help="Seconds a collective may wait and a rank may stay silent: a lost or hung rank ends the "
                    "run within about this long.")
 @click.option("--max-restarts", type=click.IntRange(min=0, max=MAX_RESTARTS), default=0, show_default=True,
@@ -51,6 +54,12 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
     check_not_options(params, ctx, (p.name for p in work.params))
     resolve(work.params, params, owner=work.name)
     check_ddp_start(name or f"{work.name}-ddp", Path(runs_dir), resume)
+    if resume:  # torch, to read the checkpoint: only then before the workers start
+        from ..ddp import check_resumable_job
+        from ..workloads import workload_ref
+
+        check_resumable_job(Path(runs_dir) / (name or f"{work.name}-ddp") / "checkpoint.pt", workload_ref(work),
+                            resolve(work.params, params, owner=work.name), seed)
     start_early(target)  # its workers import torch while this process imports the DDP runner (torch too)
     from ..ddp import train_ddp
     from ..ddp_progress import LiveDDP
@@ -61,7 +70,9 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
                            progress=(shown := LiveDDP(display.console)), target=target, max_restarts=max_restarts,
                            min_workers=min_workers, precision=precision)
     except Interrupted as stop:
-        display.interrupted(stop, add=("--resume",))
+        if (Path(runs_dir) / (name or f"{work.name}-ddp") / "checkpoint.pt").is_file():
+            display.interrupted(stop, add=("--resume",))
+        display.interrupted(stop, drop=("--resume",), again="Start again")  # no epoch saved: nothing to resume
     if resume and shown.columns is None:  # no epoch ran
         display.console.print(f"Nothing left to train: the checkpoint is already at epoch {len(result.history)} "
                               f"of --epochs; pass a larger --epochs to train on. Model: {result.model_dir}")

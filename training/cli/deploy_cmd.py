@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,7 +78,7 @@ def sbatch_command(slurm: SlurmSpec, dashboard_address: str, tls_ca_file: Path |
         slurm = dataclasses.replace(slurm, tls=tls, dashboard_address=dashboard_address)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    _emit(sbatch_script(slurm), out)
+    _emit(sbatch_script(slurm, out.name if out is not None else None), out)
 
 
 @click.command()
@@ -106,8 +107,22 @@ def manifest_command(name: str, workers: int, gpu: bool, image: str | None, work
 
 
 def _emit(text: str, out: Path | None) -> None:
+    """Print ``text``, or write it as ``out``: a new file only (never one that is there, nor through a link)."""
     if out is None:
         click.echo(text, nl=False)
         return
-    out.write_text(text)
+    if not out.parent.is_dir():
+        raise display.BadInput(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist. Create it, or "
+                               "name a file in an existing folder.")
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except FileExistsError:
+        raise display.BadInput(f"--out {str(out)!r} already exists: dask-train writes only a new file there. "
+                               "Remove it first, or choose another --out.") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except BaseException:
+        out.unlink(missing_ok=True)  # the file made just now, never a whole one left half written
+        raise
     display.console.print(f"Wrote {out}")

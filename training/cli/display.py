@@ -98,12 +98,12 @@ class Interrupt:
 interrupt = Interrupt()
 
 
-def interrupted(stop: Any, drop: tuple[str, ...] = (), add: tuple[str, ...] = ()) -> None:
+def interrupted(stop: Any, drop: tuple[str, ...] = (), add: tuple[str, ...] = (), again: str = "Resume") -> None:
     """Ctrl-C (or SIGTERM): one summary line with the command that resumes, then exit 130 (143). The command
-    is this one, less the ``drop`` flags, plus the ``add`` ones."""
+    is this one, less the ``drop`` flags, plus the ``add`` ones; ``again`` names what it does."""
     args = [a for a in sys.argv[1:] if a not in drop]
     command = shlex.join(["dask-train", *args, *(a for a in add if a not in args)])
-    console.print(f"Interrupted: {stop.summary} Resume with: {command}")
+    console.print(f"Interrupted: {stop.summary} {again} with: {command}")
     sys.exit(interrupt.code)
 
 
