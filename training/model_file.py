@@ -162,6 +162,7 @@ def load_model(path: str | Path, *, allow: Iterable[str] = ()) -> TrainedModel:
     try:
         params = resolve(work.params, _mapping(metadata, "params"), owner=work.name)
         meta = _mapping(metadata, "meta")
+        work.check_meta(params, meta)
         _check_shapes(folder / WEIGHTS, _shapes_of(work, params, meta))
         model = work.build_model(params, meta)
         model.load_state_dict(load_file(str(folder / WEIGHTS)))
@@ -227,13 +228,22 @@ def _read_metadata(folder: Path) -> dict[str, Any]:
     return metadata
 
 
+#: The most bytes each JSON file of a model directory may hold (its metadata, a history of MAX_EPOCHS epochs,
+#: a names model's known names), checked before it is read: one larger was not written by dask-train.
+_JSON_LIMITS = {METADATA: 16 * 2**20, HISTORY: 128 * 2**20, ARTIFACTS: 256 * 2**20}
+
+
 def _read_json(path: Path, default: Any) -> Any:
     if not path.is_file():
         return default
+    size, limit = path.stat().st_size, _JSON_LIMITS[path.name]
+    if size > limit:
+        raise ModelFileError(f"{str(path)!r} is {size:,} bytes, more than the {limit:,} a model directory's "
+                             f"{path.name} holds: it was not written by dask-train, or is damaged.")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{str(path)!r} is not valid JSON ({exc}).") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelFileError(f"{str(path)!r} is not valid JSON ({short(str(exc), 200)}).") from None
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -129,6 +129,9 @@ CASES: list[tuple[str, list[str], int]] = [
     ("generate-names-prompt-stop-character", ["generate", "models/names", "--prompt", "Ma+"], 2),
     ("generate-names-prompt-too-long", ["generate", "models/names", "--prompt", "Max" * 12], 2),
     ("generate-n-huge", ["generate", "models/xor", "-n", str(10**9)], 2),
+    ("generate-names-window-edited", ["generate", "models/names-window", "-n", "2"], 2),  # 10**9: 128 GB
+    ("evaluate-history-huge", ["evaluate", "models/huge-history"], 2),
+    ("evaluate-model-json-huge", ["evaluate", "models/huge-model-json"], 2),
     ("generate-n-zero", ["generate", "models/xor", "-n", "0"], 2),
     ("generate-from-xor", ["generate", "models/xor"], 2),
     ("unknown-command", ["frobnicate"], 2),
@@ -212,6 +215,10 @@ def _model_dirs(models: Path) -> None:
     variant("params-list", params=[1, 2])
     (variant("garbage-json") / "model.json").write_text("{not json")
     (variant("garbage-weights") / "model.safetensors").write_bytes(b"\x00" * 100)
+    variant("names-window", models / "names", meta={"window": 10**9})
+    for name, file in (("huge-history", "history.json"), ("huge-model-json", "model.json")):
+        with (variant(name) / file).open("r+b") as padded:  # valid JSON, then 3 GB of zero bytes (sparse)
+            padded.truncate(3 * 2**30)
 
 
 def _run_dirs(runs: Path) -> None:

@@ -96,6 +96,12 @@ class Workload(ABC):
     ) -> torch.optim.lr_scheduler.LRScheduler | None:
         return None
 
+    def check_meta(self, params: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+        """Refuse (ConfigError) a model file's ``meta`` this workload's data could not have made, before a
+        model is built from it or put to use: what the weights' shapes do not show (a names model's context
+        window). None by default."""
+        return None
+
     def generate(self, model: nn.Module, meta: Mapping[str, Any], artifacts: Mapping[str, Any],
                  count: int, *, seed: int | None = None, prompt: str = "") -> list[str]:
         """Samples from a trained generative model (``names``, ``charlm``)."""

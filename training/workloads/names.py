@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
+from ..limits import short
 from ..params import Param
 from .base import Batch, Data, Workload, split_indices
 
@@ -58,6 +59,12 @@ class Names(Workload):
             meta={"characters": CHARACTERS, "window": window},
             artifacts={"known_names": sorted(all_names)},
         )
+
+    def check_meta(self, params: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+        if meta.get("window") != params["window"] or meta.get("characters") != CHARACTERS:
+            raise ConfigError(f"its meta (window {short(meta.get('window'))}, characters "
+                              f"{short(meta.get('characters'))}) is not what names data of window "
+                              f"{params['window']} has: the model file was edited or damaged.")
 
     def build_model(self, params: Mapping[str, Any], meta: Mapping[str, Any]) -> nn.Module:
         from .charlstm import CharLSTM
