@@ -217,6 +217,8 @@ def _read_metadata(folder: Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise ModelFileError(f"{str(folder)!r} is not a directory. {hint}")
     if not (folder / METADATA).is_file() or not (folder / WEIGHTS).is_file():
+        if (folder / "model" / METADATA).is_file():  # a DDP job's run directory
+            hint = f"It is a DDP job's run directory: its model is {str(folder / 'model')!r}, pass that."
         raise ModelFileError(f"{str(folder)!r} is not a dask-train model directory "
                              f"(no {METADATA} or {WEIGHTS}). {hint}")
     metadata = _read_json(folder / METADATA, default=None)

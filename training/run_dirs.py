@@ -92,6 +92,9 @@ def check_ddp_start(name: str, runs_dir: Path, resume: bool) -> None:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ConfigError(f"Job name {short(name)} must be 1-64 letters, digits, '_', '.' or '-'.")
     run_dir = runs_dir / name
+    if (run_dir / "model.json").is_file():  # checkpoint.pt beside it is train's, not a DDP job's
+        raise ConfigError(f"{run_dir} is a model directory of `dask-train train`, not a DDP job's run directory: "
+                          "choose another --name (name=...).")
     check_run_dir(run_dir, DDP_MARKERS)
     checkpoint = run_dir / "checkpoint.pt"
     if resume and not checkpoint.is_file():

@@ -178,6 +178,9 @@ CASES: list[tuple[str, list[str], int]] = [
     ("ddp-resume-other-hyperparameters", ["ddp", "xor", "--name", "xor-done", "--resume", "--lr", "0.0123",
                                           "--workers", "1"], 2),  # refused before any worker starts
     ("ddp-resume-other-workload", ["ddp", "digits", "--name", "xor-done", "--resume", "--workers", "1"], 2),
+    ("ddp-name-a-train-model", ["ddp", "xor", "--runs-dir", "models", "--name", "xor", "--workers", "1"], 2),
+    ("train-out-a-ddp-run-directory", ["train", "xor", "--out", "runs/xor-done"], 2),
+    ("evaluate-a-ddp-run-directory", ["evaluate", "runs/xor-done"], 2),  # names its model folder
     ("sbatch-out-an-existing-file", ["cluster", "sbatch", "--out", "plain-file.txt"], 2),
     ("manifest-out-an-existing-file", ["cluster", "manifest", "--out", "plain-file.txt"], 2),
     ("sbatch-out-in-no-folder", ["cluster", "sbatch", "--out", "no-such-folder/x.sbatch"], 2),
@@ -287,6 +290,7 @@ def workdir(tmp_path_factory) -> Path:
     _marker_module(folder)
     _model_dirs(folder / "models")
     _run_dirs(folder / "runs")
+    shutil.copytree(folder / "models" / "xor", folder / "runs" / "xor-done" / "model")  # a DDP job's model
     return folder
 
 

@@ -189,3 +189,24 @@ def test_cluster_up_removes_its_scheduler_file_only_while_it_is_still_its_own(tm
     assert not holds_address(path, "tcp://127.0.0.1:8786")
     path.write_text("garbage")
     assert not holds_address(path, "tcp://127.0.0.1:8786")
+
+
+def test_a_ddp_run_directory_and_a_train_model_directory_are_told_apart(tmp_path):
+    """A DDP job's run directory (checkpoint.pt, model/) given where a model directory goes names its model
+    folder; `train --out` refuses it, and `ddp --name` refuses a `train` model directory (it has a checkpoint.pt
+    too): each one line, exit 2, nothing changed."""
+    from training import load_model, train
+    from training.errors import ModelFileError
+
+    job = tmp_path / "runs" / "xor-ddp"
+    train("xor", epochs=1, checkpoint=job / "checkpoint.pt").save(job / "model")
+    with pytest.raises(ModelFileError, match=r"DDP job's run directory: its model is .*xor-ddp/model"):
+        load_model(job)
+    assert load_model(job / "model").workload == "xor"
+    onto_job = run_cli("train", "xor", "--epochs", "1", "--out", str(job), cwd=tmp_path)
+    assert onto_job.returncode == 2 and "is a DDP job's run directory" in onto_job.stderr, onto_job
+    assert sorted(p.name for p in job.iterdir()) == ["checkpoint.pt", "model"]
+    single = tmp_path / "runs" / "single"
+    train("xor", epochs=1, checkpoint=single / "checkpoint.pt").save(single)
+    onto_model = run_cli("ddp", "xor", "--name", "single", "--resume", "--workers", "1", cwd=tmp_path)
+    assert onto_model.returncode == 2 and "is a model directory of `dask-train train`" in onto_model.stderr

@@ -113,6 +113,9 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out_nam
         made.insert(0, out)
     else:
         out = Path(out_name)
+        if (out / "model").is_dir() and not (out / "model.json").is_file():
+            raise ConfigError(f"{out} is a DDP job's run directory (`dask-train ddp`; its model is in "
+                              f"{out / 'model'}), not one `train` writes: choose another --out.")
         check_run_dir(out, MODEL_MARKERS, what="model directory")
         held = [m for m in MODEL_MARKERS if (out / m).is_file()]
         if held and not resume:  # another run's model: replaced only by continuing it
