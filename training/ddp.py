@@ -34,6 +34,7 @@ from .model_file import TrainedModel, save_model
 from .params import check_data_paths, resolve
 from .precision import check_device_supports, check_precision
 from .protocol import JobAnnounced, JobEnded, JobState, RankOutcome, TrialState
+from .run_dirs import exclusive_run
 from .workloads import get_workload, workload_ref
 
 __all__ = ["DDPProgress", "DDPResult", "Placement", "assign_ranks", "train_ddp"]
@@ -118,11 +119,12 @@ def train_ddp(client: Client | None = None, workload: str = "names", params: Map
                           else len(workers) if isinstance(workers, Sequence) and workers else None)
     check_data_paths(work.params, [resolved], here=client is None and (target is None or target.embedded))
     hooks = _progress_hooks(progress)
-    if client is not None:
-        return job.run(client, workers, hooks)
-    target = dataclasses.replace(target or Target(), preload=("training.rank",))
-    with open_client(target) as own:
-        return job.run(own, workers, hooks)
+    with exclusive_run(job.run_dir, f"run of DDP job '{job.name}'", "choose another --name (name=...)"):
+        if client is not None:
+            return job.run(client, workers, hooks)
+        target = dataclasses.replace(target or Target(), preload=("training.rank",))
+        with open_client(target) as own:
+            return job.run(own, workers, hooks)
 
 
 def check_resumable_job(checkpoint: Path, workload: str, params: Mapping[str, Any], seed: int) -> None:

@@ -63,6 +63,31 @@ def replacing_path(path: Path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
+    """Hold ``run_dir`` (created if missing) for this process while the block runs: a second run on the same
+    directory at once (another terminal, another client) is refused instead of both writing its files. An
+    advisory lock on the folder itself (``flock``), which the kernel releases when this process ends, however
+    it ends. ``what``: the run, as the refusal names it; ``other``: what to choose instead (e.g. another
+    ``--name``)."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock to take
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{run_dir} is in use: another {what} is running on it now (from another terminal "
+                              f"or client). Wait for it to end, or {other}.") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def replace_file(path: Path, data: bytes) -> None:
     """Write ``data`` as ``path``, whole (see :func:`replacing`)."""
     with replacing(path) as handle:

@@ -263,10 +263,11 @@ def _run(spec: SweepSpec, client: Client, progress: SweepProgress,
     """Run the sweep on ``client`` and write its report; ``stop`` set: stop as Ctrl-C does (a detached
     sweep's cancel); ``draw``: start drawing the report's plots (else the caller does)."""
     from .coordinator import Coordinator
+    from .run_dirs import exclusive_run
     from .store import RunStore
 
-    spec.run_dir.mkdir(parents=True, exist_ok=True)
-    with RunStore(spec.run_dir / "store.sqlite") as store:
+    with exclusive_run(spec.run_dir, f"run of sweep '{spec.name}'", "choose another --name (name=...)"), \
+            RunStore(spec.run_dir / "store.sqlite") as store:
         rows = Coordinator(spec, client, progress, stop=stop).run(store)
     result = result_of(spec, rows)
     if _write_summary(spec, rows) and draw:

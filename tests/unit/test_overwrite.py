@@ -210,3 +210,23 @@ def test_a_ddp_run_directory_and_a_train_model_directory_are_told_apart(tmp_path
     train("xor", epochs=1, checkpoint=single / "checkpoint.pt").save(single)
     onto_model = run_cli("ddp", "xor", "--name", "single", "--resume", "--workers", "1", cwd=tmp_path)
     assert onto_model.returncode == 2 and "is a model directory of `dask-train train`" in onto_model.stderr
+
+
+def test_a_run_directory_in_use_is_refused_until_its_run_ends(tmp_path):
+    """Two runs on one directory at once (two terminals) would both write its checkpoint and model: while one
+    holds it (here, this test), `train --out` and `ddp --name` on it are refused, one line, exit 2, nothing
+    written; once it is let go, it can be had again."""
+    from training.run_dirs import exclusive_run
+
+    model, job = tmp_path / "model", tmp_path / "runs" / "job"
+    with exclusive_run(model, "training", "choose another --out"), exclusive_run(job, "job", "another --name"):
+        with pytest.raises(ConfigError, match="is in use: another training is running on it now"), \
+                exclusive_run(model, "training", "choose another --out"):
+            pass
+        trained = run_cli("train", "xor", "--epochs", "1", "--out", str(model), cwd=tmp_path)
+        assert trained.returncode == 2 and "is in use" in trained.stderr, trained
+        ddp = run_cli("ddp", "xor", "--epochs", "1", "--name", "job", "--workers", "1", cwd=tmp_path, timeout=120)
+        assert ddp.returncode == 2 and "is in use" in ddp.stderr, ddp
+        assert not any(model.iterdir()) and not any(job.iterdir())
+    with exclusive_run(model, "training", "choose another --out"):
+        pass  # let go: had again

@@ -12,7 +12,7 @@ import click
 
 from ..errors import ConfigError, Interrupted
 from ..limits import MAX_EPOCHS, MAX_GENERATE, PRECISIONS, short
-from ..run_dirs import MODEL_MARKERS, check_run_dir
+from ..run_dirs import MODEL_MARKERS, check_run_dir, exclusive_run
 from . import display
 
 # The commands import torch (the loop, workloads, model files) when they run, not when the CLI loads:
@@ -117,6 +117,8 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out_nam
             raise ConfigError(f"{out} is a DDP job's run directory (`dask-train ddp`; its model is in "
                               f"{out / 'model'}), not one `train` writes: choose another --out.")
         check_run_dir(out, MODEL_MARKERS, what="model directory")
+        if not out.exists():
+            made.insert(0, out)  # removed again if training fails before writing anything
         held = [m for m in MODEL_MARKERS if (out / m).is_file()]
         if held and not resume:  # another run's model: replaced only by continuing it
             raise ConfigError(f"{out} already holds a trained model ({', '.join(held)}). Pass --resume to "
@@ -124,7 +126,7 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out_nam
     display.console.print(f"Training {work.name} for {total} epochs into {out}{' (resuming)' if resume else ''}.",
                           soft_wrap=True)  # before the first epoch's row, which may be minutes away
     try:
-        with EpochTable(work.name, total) as progress:
+        with exclusive_run(out, "training", "choose another --out"), EpochTable(work.name, total) as progress:
             trained = train(work, params, epochs=total, seed=seed, device=device, callback=progress,
                             checkpoint=out / "checkpoint.pt", resume=resume, precision=precision)
     except BaseException as exc:
