@@ -5,6 +5,9 @@ No Dask here: the CLI validates ``--workers`` and ``--gpus`` before anything hea
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -58,6 +61,52 @@ class ClusterSpec:
                              "--address.")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads={self.torch_threads!r}: need at least 1.")
+        check_host(self.host, "--host (host=)")
+        check_host_port(self.dashboard_address, "--dashboard-address (dashboard_address=)")
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
+
+
+def check_host(host: object, option: str) -> str:
+    """``host`` if it is an IP address or a host name, else a ValueError naming ``option``.
+
+    Examples
+    --------
+    >>> check_host("0.0.0.0", "--host"), check_host("node-1.cluster", "--host")
+    ('0.0.0.0', 'node-1.cluster')
+    >>> check_host("999.1.1.1", "--host")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: --host '999.1.1.1' is not an IP address or a host name: e.g. 127.0.0.1 (this machine only) ...
+    """
+    if isinstance(host, str):
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(host.strip("[]"))
+            return host
+        if _HOSTNAME.fullmatch(host) and not re.fullmatch(r"[\d.]+", host):
+            return host
+    shown = repr(host) if len(str(host)) <= 80 else repr(str(host)[:77] + "...")
+    raise ValueError(f"{option} {shown} is not an IP address or a host name: e.g. 127.0.0.1 (this machine only) "
+                     "or 0.0.0.0 (every interface).")
+
+
+def check_host_port(value: object, option: str) -> str:
+    """``value`` if it is ``HOST:PORT`` (a port from 0 to 65535; an empty host: every interface), else a
+    ValueError naming ``option``.
+
+    Examples
+    --------
+    >>> check_host_port("127.0.0.1:8787", "--dashboard-address")
+    '127.0.0.1:8787'
+    """
+    host, sep, port = str(value).rpartition(":")
+    if not isinstance(value, str) or not sep or not port.isdigit() or int(port) > 65535:
+        shown = repr(value) if len(str(value)) <= 80 else repr(str(value)[:77] + "...")
+        raise ValueError(f"{option} {shown}: use HOST:PORT with a port from 0 to 65535, e.g. 127.0.0.1:8787.")
+    if host:
+        check_host(host, option)
+    return value
 
 
 #: The embedded cluster's bounds: worker processes per CPU this process may use, and memory each needs.
