@@ -106,6 +106,7 @@ def train_ddp(client: Client | None = None, workload: str = "names", params: Map
     from cluster import check_client
 
     check_client(client)
+    _check_arguments(workload, params, workers, name, runs_dir, resume)
     work = get_workload(workload)
     resolved = resolve(work.params, params or {}, owner=work.name)
     job = _Job(name=name or f"{work.name}-ddp", workload=workload_ref(work), params=resolved,
@@ -125,6 +126,23 @@ def train_ddp(client: Client | None = None, workload: str = "names", params: Map
         target = dataclasses.replace(target or Target(), preload=("training.rank",))
         with open_client(target) as own:
             return job.run(own, workers, hooks)
+
+
+def _check_arguments(workload: Any, params: Any, workers: Any, name: Any, runs_dir: Any, resume: Any) -> None:
+    """The Python arguments' types, each refused by name (deep inside they were TypeErrors, or, for a string
+    ``workers``, a list of its characters taken for worker addresses)."""
+    if not isinstance(workload, str) and not hasattr(workload, "build_model"):
+        raise ConfigError(f"workload={short(workload)}: pass a workload name (e.g. 'names') or a Workload.")
+    if params is not None and not isinstance(params, Mapping):
+        raise ConfigError(f"params={short(params)}: pass a mapping of hyperparameters, e.g. {{'lr': 0.01}}.")
+    if isinstance(workers, str | bytes) or (workers is not None and not isinstance(workers, int | Sequence)):
+        raise ConfigError(f"workers={short(workers)}: pass a count of workers or a list of worker addresses.")
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"name={short(name)}: pass the job's name as text.")
+    if not isinstance(runs_dir, str | Path):
+        raise ConfigError(f"runs_dir={short(runs_dir)}: pass a folder (text or a Path).")
+    if not isinstance(resume, bool):
+        raise ConfigError(f"resume={short(resume)}: pass True or False.")
 
 
 def check_resumable_job(checkpoint: Path, workload: str, params: Mapping[str, Any], seed: int) -> None:

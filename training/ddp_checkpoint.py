@@ -14,10 +14,12 @@ import io
 import logging
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .limits import safe_reason
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,12 @@ def state_from_bytes(data: bytes, source: str) -> dict[str, Any]:
     from .loop import CHECKPOINT_FORMAT
 
     try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings about a foreign file's pickle protocol: noise here
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged data
-        raise ConfigError(f"Checkpoint {source} cannot be read ({type(exc).__name__}: {exc}).") from None
+        raise ConfigError(f"Checkpoint {source} cannot be read "
+                          f"({type(exc).__name__}: {safe_reason(exc)}).") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{source} is not a dask-train checkpoint (format {CHECKPOINT_FORMAT}).")
     return state

@@ -99,3 +99,19 @@ def check_count(name: str, value: object, high: int, low: int = 1) -> int:
 
 #: Training precisions (see training.precision); here so the CLI offers them without importing torch.
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def safe_reason(exc: BaseException) -> str:
+    """Why torch could not load a file, without the advice its message may end with (to load it again with
+    ``weights_only=False``, which would run the file's pickled code): the first sentence, cut short.
+
+    Examples
+    --------
+    >>> safe_reason(RuntimeError("Weights only load failed. Re-running `torch.load` with `weights_only` set to "
+    ...                          "`False` will likely succeed, but it can result in arbitrary code execution."))
+    'Weights only load failed (the file is not a checkpoint that loads without running code)'
+    """
+    text = str(exc)
+    if "weights_only" in text:
+        return f"{text.split('.', 1)[0]} (the file is not a checkpoint that loads without running code)"
+    return clip(" ".join(text.split()), 200)

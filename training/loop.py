@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 from .callbacks import Callback
 from .errors import ConfigError, TrainingDiverged
-from .limits import check_count, clip, short
+from .limits import check_count, clip, safe_reason, short
 from .model_file import TrainedModel
 from .params import check_data_paths, resolve
 from .precision import MixedPrecision, check_device_supports, check_precision, tf32_matmuls
@@ -313,9 +314,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise ConfigError(f"No checkpoint at {str(path)!r} to resume from; run without --resume (resume=False) "
                           "first.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings about a foreign file's pickle protocol: noise here
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files
-        raise ConfigError(f"Checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {exc}).") from None
+        raise ConfigError(f"Checkpoint {str(path)!r} cannot be read "
+                          f"({type(exc).__name__}: {safe_reason(exc)}).") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{str(path)!r} is not a dask-train checkpoint (format {CHECKPOINT_FORMAT}).")
     return state

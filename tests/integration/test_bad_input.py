@@ -181,6 +181,8 @@ CASES: list[tuple[str, list[str], int]] = [
     ("ddp-resume-other-hyperparameters", ["ddp", "xor", "--name", "xor-done", "--resume", "--lr", "0.0123",
                                           "--workers", "1"], 2),  # refused before any worker starts
     ("ddp-resume-other-workload", ["ddp", "digits", "--name", "xor-done", "--resume", "--workers", "1"], 2),
+    ("ddp-name-empty", ["ddp", "xor", "--name", ""], 2),
+    ("ddp-resume-a-pickle-that-runs-code", ["ddp", "xor", "--name", "pickled", "--resume"], 2),
     ("ddp-name-a-train-model", ["ddp", "xor", "--runs-dir", "models", "--name", "xor", "--workers", "1"], 2),
     ("train-out-a-ddp-run-directory", ["train", "xor", "--out", "runs/xor-done"], 2),
     ("evaluate-a-ddp-run-directory", ["evaluate", "runs/xor-done"], 2),  # names its model folder
@@ -294,6 +296,10 @@ def workdir(tmp_path_factory) -> Path:
     _model_dirs(folder / "models")
     _run_dirs(folder / "runs")
     shutil.copytree(folder / "models" / "xor", folder / "runs" / "xor-done" / "model")  # a DDP job's model
+    (folder / "runs" / "pickled").mkdir()  # a checkpoint whose pickle would touch pwned (protocol 4: torch warns)
+    (folder / "runs" / "pickled" / "checkpoint.pt").write_bytes(
+        b"\x80\x04\x95\x1e\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94\x8c\x06system\x94\x93\x94"
+        b"\x8c\x0btouch pwned\x94\x85\x94R\x94.")
     return folder
 
 

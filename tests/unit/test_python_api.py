@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import cluster
@@ -38,3 +40,15 @@ def test_save_refuses_a_file_or_a_folder_of_someone_elses_files(tmp_path):
         trained.save(tmp_path / "notes")
     assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["mine.txt"]
     assert (trained.save(tmp_path / "model") / "model.json").is_file()
+
+
+@pytest.mark.parametrize(("given", "named"), [
+    ({"workers": "2"}, "workers='2'"), ({"params": [1, 2]}, "params=[1, 2]"), ({"runs_dir": 5}, "runs_dir=5"),
+    ({"resume": "no"}, "resume='no'"), ({"workload": 3}, "workload=3"), ({"seed": -1}, "seed=-1"),
+    ({"timeout": float("inf")}, "timeout=inf"), ({"timeout": float("nan")}, "timeout=nan")])
+def test_train_ddp_refuses_arguments_of_the_wrong_kind_by_name_before_any_cluster(given, named):
+    from training import train_ddp
+    from training.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        train_ddp(None, **{"workload": "xor", **given})

@@ -9,7 +9,7 @@ import click
 from cluster import Target
 from cluster.target import MAX_TIMEOUT
 
-from ..errors import Interrupted
+from ..errors import ConfigError, Interrupted
 from ..limits import MAX_RESTARTS
 from . import display
 from .cluster_cmd import finite, target_options
@@ -49,6 +49,9 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
     from ..workloads import get_workload
 
     # What is refused is refused before any worker starts (train_ddp checks it all again).
+    if name is not None and not name.strip():
+        raise ConfigError("--name is empty: name the job (its run directory is RUNS_DIR/NAME), or leave --name "
+                          "out for WORKLOAD-ddp.")
     params = parse_param_args(ctx.args)
     work = get_workload(workload)
     check_not_options(params, ctx, (p.name for p in work.params))
@@ -75,9 +78,11 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
         display.interrupted(stop, drop=("--resume",), again="Start again")  # no epoch saved: nothing to resume
     if resume and shown.columns is None:  # no epoch ran
         display.console.print(f"Nothing left to train: the checkpoint is already at epoch {len(result.history)} "
-                              f"of --epochs; pass a larger --epochs to train on. Model: {result.model_dir}")
+                              f"of --epochs {len(result.history) if epochs is None else epochs}; pass a larger "
+                              f"--epochs to train on. Model: {result.model_dir}")
     else:
         restarts = f" after {len(result.restarts)} restart(s)" if result.restarts else ""
-        display.console.print(f"Trained in {result.seconds:.1f} s on {len(result.placements)} ranks{restarts}; "
+        ranks = f"{len(result.placements)} rank{'s' if len(result.placements) != 1 else ''}"
+        display.console.print(f"Trained in {result.seconds:.1f} s on {ranks}{restarts}; "
                               f"model saved to {result.model_dir}")
     display.show_use(result.trained, "Generated", seed)
