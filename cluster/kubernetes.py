@@ -22,6 +22,8 @@ from .devices import GPU_WORKER_ENVIRON
 from .plugin import TRAINING_SLOT
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a DNS-1123 label
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
 # Kubernetes' resource.Quantity: a decimal number with an optional SI or binary suffix ("4", "500m", "16Gi").
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 API_VERSION = "kubernetes.dask.org/v1"
@@ -46,10 +48,16 @@ def dask_cluster(name: str = "dask-train", workers: int = 2, gpu: bool = True,
     if not _NAME.match(name):
         raise ValueError(f"name={name!r}: Kubernetes names are lowercase letters, digits and '-', at most 42 "
                          "characters, starting and ending with a letter or digit.")
-    if workers < 1:
-        raise ValueError(f"workers={workers!r}: need at least 1.")
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 100_000:
+        raise ValueError(f"--workers (workers={workers!r}): expected a whole number from 1 to 100,000.")
+    if namespace is not None and not _NAMESPACE.match(namespace):
+        raise ValueError(f"--namespace (namespace={namespace!r}): Kubernetes namespaces are lowercase letters, "
+                         "digits and '-', at most 63 characters, starting and ending with a letter or digit.")
     cpu, memory = _quantity("cpu", cpu, "'4' or '500m'"), _quantity("memory", memory, "'16Gi' or '8G'")
     image = image or f"dask-train:{'cuda' if gpu else 'cpu'}"  # built from deploy/docker/Dockerfile
+    if not _IMAGE.match(image):
+        raise ValueError(f"--image (image={image[:80]!r}): an image reference has no spaces or control "
+                         "characters, e.g. REGISTRY/dask-train:cuda.")
     metadata: dict[str, Any] = {"name": name, **({"namespace": namespace} if namespace else {})}
     return {"apiVersion": API_VERSION, "kind": "DaskCluster", "metadata": metadata,
             "spec": {"worker": _worker(workers, gpu, image, cpu, memory), "scheduler": _scheduler(name, image)}}
@@ -70,8 +78,9 @@ def scheduler_args() -> list[str]:
 def _quantity(name: str, value: Any, example: str) -> str:
     """A resource quantity as the CRD wants it: a string (the schema rejects the integer 4)."""
     text = str(value)
-    if not _QUANTITY.match(text):
-        raise ValueError(f"{name}={value!r}: use a Kubernetes quantity such as {example}.")
+    if not _QUANTITY.match(text) or not re.search(r"[1-9]", text):
+        raise ValueError(f"--worker-{name} ({name}={value!r}): use a Kubernetes quantity above 0 such as "
+                         f"{example}.")
     return text
 
 

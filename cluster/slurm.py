@@ -27,7 +27,12 @@ from .plugin import TRAINING_SLOT
 from .security import TLSFiles
 from .spec import QUIET_TIMERS, QUIET_TIMERS_ENVIRON
 
-_WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$")
+#: Slurm's time formats: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+_WALLTIME = re.compile(r"^(\d{1,6}|\d{1,6}:\d{2}|\d{1,3}:\d{2}:\d{2}|\d{1,3}-\d{1,2}(:\d{2}(:\d{2})?)?)$")
+#: Each count's bounds (the largest clusters and nodes there are, with room): (option, high).
+_COUNTS = {"nodes": ("--nodes", 100_000), "gpus_per_node": ("--gpus-per-node", 64),
+           "workers_per_node": ("--workers-per-node", 4096), "cpus_per_worker": ("--cpus-per-worker", 4096)}
+_MAX_WORKER_MEMORY = 2**44  # 16 TiB
 _WORD = re.compile(r"^[A-Za-z0-9_.:@+-]+$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9_.:\[\]-]*:\d{1,5}$")
 
@@ -61,23 +66,29 @@ class SlurmSpec:
     tls: TLSFiles | None = None
 
     def __post_init__(self) -> None:
-        for name in ("nodes", "workers_per_node", "cpus_per_worker"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r}: need at least 1.")
-        if self.gpus_per_node < 0:
-            raise ValueError(f"gpus_per_node={self.gpus_per_node!r}: 0 (CPU nodes) or more.")
-        if not _WALLTIME.match(self.walltime):
-            raise ValueError(f"walltime={self.walltime!r}: use Slurm's [D-]HH:MM[:SS], e.g. 04:00:00.")
+        for name, (option, high) in _COUNTS.items():
+            value, low = getattr(self, name), 0 if name == "gpus_per_node" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{option} ({name}={value!r}): expected a whole number from {low} to {high:,}"
+                                 + (" (0: CPU nodes)." if name == "gpus_per_node" else "."))
+        if not isinstance(self.walltime, str) or not _WALLTIME.match(self.walltime):
+            raise ValueError(f"--time (walltime={self.walltime!r}): use a Slurm time limit: minutes, HH:MM:SS or "
+                             "D-HH:MM:SS, e.g. 04:00:00.")
         try:
-            parse_bytes(self.memory_per_worker)
-        except ValueError:
-            raise ValueError(f"memory_per_worker={self.memory_per_worker!r}: use a size such as 16GB.") from None
+            memory = parse_bytes(self.memory_per_worker)
+        except (ValueError, TypeError):
+            memory = -1
+        if not 0 < memory <= _MAX_WORKER_MEMORY:
+            raise ValueError(f"--memory-per-worker (memory_per_worker={self.memory_per_worker!r}): use a size "
+                             "up to 16TiB, such as 16GB.")
         if not _HOST_PORT.match(self.dashboard_address):
-            raise ValueError(f"dashboard_address={self.dashboard_address!r}: use HOST:PORT, e.g. 127.0.0.1:8787.")
+            raise ValueError(f"--dashboard-address (dashboard_address={self.dashboard_address!r}): use HOST:PORT, "
+                             "e.g. 127.0.0.1:8787.")
         for name in ("partition", "account", "job_name", "interface"):
             value = getattr(self, name)
             if value is not None and not _WORD.match(value):
-                raise ValueError(f"{name}={value!r}: letters, digits and _.:@+- only.")
+                option = f"--{name.replace('_', '-')}"
+                raise ValueError(f"{option} ({name}={value!r}): letters, digits and _.:@+- only.")
 
     @property
     def workers(self) -> int:

@@ -19,7 +19,7 @@ from distributed.cli.dask_worker import main as worker_cli
 
 from cluster import TRAINING_SLOT
 from cluster.kubernetes import dask_cluster
-from cluster.slurm import SlurmSpec, sbatch_script, slurm_cluster, worker_environ
+from cluster.slurm import SlurmSpec, sbatch_directives, sbatch_script, slurm_cluster, worker_environ
 from cluster.spec import QUIET_TIMERS, QUIET_TIMERS_ENVIRON
 from tests.helpers import run_cli
 from training.cli import cli
@@ -115,10 +115,19 @@ def test_slurm_worker_environment_names_the_slot_workers_and_hides_gpus_from_cpu
     ({"partition": "gpu\n#SBATCH --nodes=99"}, "partition="),
     ({"nodes": 0}, "nodes=0"),
     ({"gpus_per_node": -1}, "gpus_per_node=-1"),
+    ({"nodes": 10**9}, "--nodes (nodes=1000000000): expected a whole number from 1 to 100,000"),
+    ({"gpus_per_node": 10**6}, "gpus_per_node=1000000"),
+    ({"memory_per_worker": "100PB"}, "--memory-per-worker (memory_per_worker='100PB')"),
+    ({"walltime": "garbage"}, "--time (walltime='garbage')"),
 ])
 def test_bad_slurm_specs_fail_with_the_value(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         SlurmSpec(**kwargs)
+
+
+@pytest.mark.parametrize("walltime", ["60", "30:00", "08:00:00", "2-00", "2-12:00", "1-00:00:00"])
+def test_every_slurm_time_format_is_taken(walltime):
+    assert f"#SBATCH --time={walltime}" in sbatch_directives(SlurmSpec(walltime=walltime))
 
 
 def test_slurm_cluster_from_dask_jobqueue_has_the_same_workers():
@@ -215,8 +224,12 @@ def test_kubernetes_manifest(gpu):
 def test_kubernetes_names_and_quantities_are_checked():
     with pytest.raises(ValueError, match="name='Pets_Sweep'"):
         dask_cluster("Pets_Sweep")
-    with pytest.raises(ValueError, match=r"cpu='four': use a Kubernetes quantity such as '4' or '500m'"):
+    with pytest.raises(ValueError, match=r"--worker-cpu \(cpu='four'\): use a Kubernetes quantity above 0"):
         dask_cluster(cpu="four")
+    for bad, named in (({"cpu": "0"}, "cpu='0'"), ({"namespace": "kube system"}, "namespace='kube system'"),
+                       ({"image": "a\nb"}, "image='a\\nb'"), ({"workers": 10**9}, "workers=1000000000")):
+        with pytest.raises(ValueError, match=re.escape(named)):
+            dask_cluster(**bad)
     container = dask_cluster(gpu=False, cpu=2, memory="8Gi")["spec"]["worker"]["spec"]["containers"][0]
     assert container["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}
 
