@@ -8,6 +8,7 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import socket
 import stat
 from dataclasses import asdict, dataclass
@@ -34,10 +35,7 @@ class TLSFiles:
         """A Dask ``Security`` requiring TLS, for the scheduler, workers and clients alike."""
         from distributed.security import Security
 
-        for path in (self.ca_file, self.cert, self.key):
-            if not Path(path).is_file():
-                raise ClusterConnectError(f"TLS file {path!r} does not exist: pass existing --tls-ca-file, "
-                                          "--tls-cert and --tls-key files, or --tls alone for temporary ones.")
+        self.check()
         return Security(
             tls_ca_file=self.ca_file,
             tls_scheduler_cert=self.cert, tls_scheduler_key=self.key,
@@ -45,6 +43,28 @@ class TLSFiles:
             tls_client_cert=self.cert, tls_client_key=self.key,
             require_encryption=True,
         )
+
+
+    def check(self) -> None:
+        """Each file exists and is PEM (a certificate, or the key), read as data: ClusterConnectError naming the
+        one that is not (ssl's own error names none)."""
+        for option, path, kind in (("--tls-ca-file", self.ca_file, "CERTIFICATE"), ("--tls-cert", self.cert,
+                                                                                     "CERTIFICATE"),
+                                   ("--tls-key", self.key, "PRIVATE KEY")):
+            if not Path(path).is_file():
+                raise ClusterConnectError(f"TLS file {path!r} ({option}) does not exist: pass existing "
+                                          "--tls-ca-file, --tls-cert and --tls-key files, or --tls alone for "
+                                          "temporary ones.")
+            with open(path, "rb") as handle:
+                head = handle.read(_PEM_BYTES)
+            if not re.search(rb"-----BEGIN [A-Z ]*" + kind.encode() + rb"-----", head):
+                raise ClusterConnectError(f"TLS file {path!r} ({option}) holds no PEM {kind.lower()} "
+                                          f"('-----BEGIN ...{kind}-----'): pass the PEM file your cluster's "
+                                          "certificates came in, or --tls alone for temporary ones.")
+
+
+#: A PEM certificate or key is a few kilobytes: its header is looked for in this much of the file.
+_PEM_BYTES = 1_000_000
 
 
 def make_tls_files(folder: str | Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> TLSFiles:

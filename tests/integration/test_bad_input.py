@@ -164,6 +164,8 @@ CASES: list[tuple[str, list[str], int]] = [
     ("cluster-up-file-not-ours", ["cluster", "up", "--scheduler-file", "plain-file.txt", "--workers", "1"], 2),
     ("cluster-up-folder", ["cluster", "up", "--scheduler-file", "someone-elses", "--workers", "1"], 2),
     ("cluster-up-host-not-an-address", ["cluster", "up", "--host", "999.1.1.1"], 2),
+    ("cluster-up-tls-files-not-pem", ["cluster", "up", "--tls-ca-file", "plain-file.txt", "--tls-cert",
+                                      "plain-file.txt", "--tls-key", "plain-file.txt"], 2),
     ("cluster-up-host-with-a-space", ["cluster", "up", "--host", "evil host"], 2),
     ("cluster-up-dashboard-port-too-big", ["cluster", "up", "--dashboard-address", "127.0.0.1:99999"], 2),
     ("cluster-info-no-scheduler-file", ["cluster", "info", "--scheduler-file", "nope.json"], 2),

@@ -39,7 +39,14 @@ def _tls_files(ca: str | None, cert: str | None, key: str | None) -> TLSFiles | 
     given = [v for v in (ca, cert, key) if v]
     if given and len(given) != 3:
         raise click.UsageError("Pass all three of --tls-ca-file, --tls-cert and --tls-key, or none.")
-    return TLSFiles(ca, cert, key) if ca and cert and key else None
+    if not (ca and cert and key):
+        return None
+    files = TLSFiles(ca, cert, key)
+    try:
+        files.check()  # before anything starts: each file named, exit 2
+    except ClusterError as exc:
+        raise click.UsageError(str(exc)) from None
+    return files
 
 
 def _cluster_options(embedded: bool) -> Callable[[Callable], Callable]:
