@@ -55,9 +55,10 @@ def connect(address: str | None = None, *, scheduler_file: str | None = None,
     try:
         client = Client(address, security=security, timeout=timeout)
     except (OSError, TimeoutError) as exc:
+        given = f"--scheduler-file {scheduler_file}" if scheduler_file else "--address"
         raise ClusterConnectError(
             f"Could not connect to a Dask scheduler at {address} within {timeout:g}s ({exc}). Is it running "
-            "and reachable? Start one with `dask-train cluster up`, or leave out --address to use the "
+            f"and reachable? Start one with `dask-train cluster up`, or leave out {given} to use the "
             "built-in local cluster.") from None
     try:
         _wait_for_slots(client, min_workers, timeout)
