@@ -311,6 +311,9 @@ def restorable_cuda_states(saved: Sequence[torch.Tensor], device_count: int) -> 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint's contents, loaded without executing pickled code."""
     if not path.is_file():
+        if path.exists() or path.is_symlink():
+            raise ConfigError(f"Checkpoint {str(path)!r} is not a regular file (a link to nothing, a device, a "
+                              "folder): not one dask-train wrote. Move it away, or resume another run.")
         raise ConfigError(f"No checkpoint at {str(path)!r} to resume from; run without --resume (resume=False) "
                           "first.")
     try:

@@ -122,6 +122,9 @@ def check_ddp_start(name: str, runs_dir: Path, resume: bool) -> None:
                           "choose another --name (name=...).")
     check_run_dir(run_dir, DDP_MARKERS)
     checkpoint = run_dir / "checkpoint.pt"
+    if not checkpoint.is_file() and (checkpoint.exists() or checkpoint.is_symlink()):
+        raise ConfigError(f"{checkpoint} is not a regular file (a link to nothing, a device, a folder): not one "
+                          "dask-train wrote. Move it away, or choose another --name (name=...).")
     if resume and not checkpoint.is_file():
         raise ConfigError(f"Nothing to resume: {checkpoint} does not exist. Run without --resume (resume=False) "
                           "first.")
