@@ -45,17 +45,17 @@ def dask_cluster(name: str = "dask-train", workers: int = 2, gpu: bool = True,
     >>> manifest["spec"]["worker"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
     '1'
     """
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ValueError(f"name={name!r}: Kubernetes names are lowercase letters, digits and '-', at most 42 "
                          "characters, starting and ending with a letter or digit.")
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 100_000:
         raise ValueError(f"--workers (workers={workers!r}): expected a whole number from 1 to 100,000.")
-    if namespace is not None and not _NAMESPACE.match(namespace):
+    if namespace is not None and not _NAMESPACE.fullmatch(namespace):
         raise ValueError(f"--namespace (namespace={namespace!r}): Kubernetes namespaces are lowercase letters, "
                          "digits and '-', at most 63 characters, starting and ending with a letter or digit.")
     cpu, memory = _quantity("cpu", cpu, "'4' or '500m'"), _quantity("memory", memory, "'16Gi' or '8G'")
     image = image or f"dask-train:{'cuda' if gpu else 'cpu'}"  # built from deploy/docker/Dockerfile
-    if not _IMAGE.match(image):
+    if not _IMAGE.fullmatch(image):
         raise ValueError(f"--image (image={image[:80]!r}): an image reference has no spaces or control "
                          "characters, e.g. REGISTRY/dask-train:cuda.")
     metadata: dict[str, Any] = {"name": name, **({"namespace": namespace} if namespace else {})}
@@ -78,7 +78,7 @@ def scheduler_args() -> list[str]:
 def _quantity(name: str, value: Any, example: str) -> str:
     """A resource quantity as the CRD wants it: a string (the schema rejects the integer 4)."""
     text = str(value)
-    if not _QUANTITY.match(text) or not re.search(r"[1-9]", text):
+    if not _QUANTITY.fullmatch(text) or not re.search(r"[1-9]", text):
         raise ValueError(f"--worker-{name} ({name}={value!r}): use a Kubernetes quantity above 0 such as "
                          f"{example}.")
     return text

@@ -55,8 +55,12 @@ class TLSFiles:
                 raise ClusterConnectError(f"TLS file {path!r} ({option}) does not exist: pass existing "
                                           "--tls-ca-file, --tls-cert and --tls-key files, or --tls alone for "
                                           "temporary ones.")
-            with open(path, "rb") as handle:
-                head = handle.read(_PEM_BYTES)
+            try:
+                with open(path, "rb") as handle:
+                    head = handle.read(_PEM_BYTES)
+            except OSError as exc:
+                raise ClusterConnectError(f"TLS file {path!r} ({option}) cannot be read "
+                                          f"({exc.strerror}).") from None
             if not re.search(rb"-----BEGIN [A-Z ]*" + kind.encode() + rb"-----", head):
                 raise ClusterConnectError(f"TLS file {path!r} ({option}) holds no PEM {kind.lower()} "
                                           f"('-----BEGIN ...{kind}-----'): pass the PEM file your cluster's "
@@ -205,9 +209,16 @@ def check_scheduler_file_path(path: str | Path) -> None:
 
 
 def _answers(address: str, timeout: float = 1.0) -> bool:
-    """Whether something accepts connections at a tcp:// or tls:// ``address`` (the scheduler of a cluster that
-    is still up)."""
-    host, _, port = address.partition("://")[2].rpartition(":")
+    """Whether something accepts connections at a tcp:// or tls:// ``address`` whose host is an IP address or
+    localhost (the scheduler of a cluster that is still up; a host name is not looked up: that may hang)."""
+    scheme, _, rest = address.rpartition("://")
+    host, _, port = (rest or address).rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost" or scheme not in ("", "tcp", "tls"):
+            return False
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             return True
@@ -230,8 +241,8 @@ MAX_SCHEDULER_FILE_BYTES = 1_000_000
 
 def load_scheduler_file(path: str | Path) -> dict[str, Any]:
     """A scheduler file's contents, read as data: a regular file of at most
-    :data:`MAX_SCHEDULER_FILE_BYTES`, a JSON mapping whose ``address`` is ``tcp://HOST:PORT`` (or tls://) and
-    whose ``tls``, if any, names three files. Raises ValueError naming the file and what to do."""
+    :data:`MAX_SCHEDULER_FILE_BYTES`, a JSON mapping whose ``address`` is ``tcp://HOST:PORT`` (or tls://,
+    ucx://) and whose ``tls``, if any, names three files. Raises ValueError naming the file and what to do."""
     from .target import check_address
 
     path = Path(path)
@@ -262,8 +273,6 @@ def load_scheduler_file(path: str | Path) -> dict[str, Any]:
         check_address(content["address"])
     except ValueError as exc:
         raise ValueError(f"Scheduler file {shown}: {exc}") from None
-    if content["address"].partition("://")[0] not in ("tcp", "tls"):
-        raise ValueError(f"Scheduler file {shown} has address {content['address'][:80]!r}: use tcp:// or tls://.")
     tls = content.get("tls")
     fields = {"ca_file", "cert", "key"}
     if tls is not None and not (isinstance(tls, dict) and set(tls) == fields

@@ -25,7 +25,7 @@ from .cpus import thread_environ
 from .devices import GPU_WORKER_ENVIRON
 from .plugin import TRAINING_SLOT
 from .security import TLSFiles
-from .spec import QUIET_TIMERS, QUIET_TIMERS_ENVIRON
+from .spec import QUIET_TIMERS, QUIET_TIMERS_ENVIRON, check_host_port
 
 #: Slurm's time formats: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
 _WALLTIME = re.compile(r"^(\d{1,6}|\d{1,6}:\d{2}|\d{1,3}:\d{2}:\d{2}|\d{1,3}-\d{1,2}(:\d{2}(:\d{2})?)?)$")
@@ -71,7 +71,7 @@ class SlurmSpec:
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"{option} ({name}={value!r}): expected a whole number from {low} to {high:,}"
                                  + (" (0: CPU nodes)." if name == "gpus_per_node" else "."))
-        if not isinstance(self.walltime, str) or not _WALLTIME.match(self.walltime):
+        if not isinstance(self.walltime, str) or not _WALLTIME.fullmatch(self.walltime):
             raise ValueError(f"--time (walltime={self.walltime!r}): use a Slurm time limit: minutes, HH:MM:SS or "
                              "D-HH:MM:SS, e.g. 04:00:00.")
         try:
@@ -81,12 +81,10 @@ class SlurmSpec:
         if not 0 < memory <= _MAX_WORKER_MEMORY:
             raise ValueError(f"--memory-per-worker (memory_per_worker={self.memory_per_worker!r}): use a size "
                              "up to 16TiB, such as 16GB.")
-        if not _HOST_PORT.match(self.dashboard_address):
-            raise ValueError(f"--dashboard-address (dashboard_address={self.dashboard_address!r}): use HOST:PORT, "
-                             "e.g. 127.0.0.1:8787.")
+        check_host_port(self.dashboard_address, "--dashboard-address (dashboard_address=)")
         for name in ("partition", "account", "job_name", "interface"):
             value = getattr(self, name)
-            if value is not None and not _WORD.match(value):
+            if value is not None and not _WORD.fullmatch(value):
                 option = f"--{name.replace('_', '-')}"
                 raise ValueError(f"{option} ({name}={value!r}): letters, digits and _.:@+- only.")
 

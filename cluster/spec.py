@@ -100,7 +100,12 @@ def check_host_port(value: object, option: str) -> str:
     >>> check_host_port("127.0.0.1:8787", "--dashboard-address")
     '127.0.0.1:8787'
     """
+    if isinstance(value, str) and value.isdigit() and int(value) <= 65535:  # a port: every interface
+        return value
     host, sep, port = str(value).rpartition(":")
+    if isinstance(value, str) and ":" in host:
+        raise ValueError(f"{option} {value[:80]!r}: Dask's dashboard takes an IPv4 address or a host name with "
+                         "its port, or a port alone (every interface), e.g. :8787.")
     if not isinstance(value, str) or not sep or not port.isdigit() or int(port) > 65535:
         shown = repr(value) if len(str(value)) <= 80 else repr(str(value)[:77] + "...")
         raise ValueError(f"{option} {shown}: use HOST:PORT with a port from 0 to 65535, e.g. 127.0.0.1:8787.")

@@ -13,9 +13,11 @@ fewer ranks if ``min_workers`` allows; ``resume=True`` continues a job that ende
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,8 @@ def train_ddp(client: Client | None = None, workload: str = "names", params: Map
 
     check_client(client)
     _check_arguments(workload, params, workers, name, runs_dir, resume)
+    if isinstance(workers, Integral) and not isinstance(workers, bool):
+        workers = int(workers)  # a numpy integer too
     work = get_workload(workload)
     resolved = resolve(work.params, params or {}, owner=work.name)
     job = _Job(name=name or f"{work.name}-ddp", workload=workload_ref(work), params=resolved,
@@ -135,12 +139,12 @@ def _check_arguments(workload: Any, params: Any, workers: Any, name: Any, runs_d
         raise ConfigError(f"workload={short(workload)}: pass a workload name (e.g. 'names') or a Workload.")
     if params is not None and not isinstance(params, Mapping):
         raise ConfigError(f"params={short(params)}: pass a mapping of hyperparameters, e.g. {{'lr': 0.01}}.")
-    if isinstance(workers, str | bytes) or (workers is not None and not isinstance(workers, int | Sequence)):
+    if isinstance(workers, str | bytes) or (workers is not None and not isinstance(workers, Integral | Sequence)):
         raise ConfigError(f"workers={short(workers)}: pass a count of workers or a list of worker addresses.")
     if name is not None and not isinstance(name, str):
         raise ConfigError(f"name={short(name)}: pass the job's name as text.")
-    if not isinstance(runs_dir, str | Path):
-        raise ConfigError(f"runs_dir={short(runs_dir)}: pass a folder (text or a Path).")
+    if not isinstance(runs_dir, str | os.PathLike):
+        raise ConfigError(f"runs_dir={short(runs_dir)}: pass a folder (text or a path).")
     if not isinstance(resume, bool):
         raise ConfigError(f"resume={short(resume)}: pass True or False.")
 

@@ -8,10 +8,12 @@ sets aside only a run dask-train wrote.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,6 +21,8 @@ from typing import BinaryIO
 
 from .errors import ConfigError
 from .limits import short
+
+log = logging.getLogger(__name__)
 
 #: Files that mark a directory as a dask-train sweep run, a DDP job's run, a model directory.
 SWEEP_MARKERS = ("store.sqlite", "sweep.yaml")
@@ -68,24 +72,58 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
     """Hold ``run_dir`` (created if missing) for this process while the block runs: a second run on the same
     directory at once (another terminal, another client) is refused instead of both writing its files. An
     advisory lock on the folder itself (``flock``), which the kernel releases when this process ends, however
-    it ends. ``what``: the run, as the refusal names it; ``other``: what to choose instead (e.g. another
-    ``--name``)."""
+    it ends; taken again inside the block (the CLI, then the Python API it calls), it is already held. Where
+    the filesystem takes no such lock (some NFS, Lustre or FUSE mounts), the run goes on without it.
+    ``what``: the run, as the refusal names it; ``other``: what to choose instead (e.g. another ``--name``)."""
     try:
         import fcntl
     except ImportError:  # not a POSIX system: no lock to take
         yield
         return
+    made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    key = os.path.realpath(run_dir)
+    with _HELD_LOCK:
+        held = _HELD.get(key, 0)
+        _HELD[key] = held + 1
+    fd = -1
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"{run_dir} is in use: another {what} is running on it now (from another terminal "
-                              f"or client). Wait for it to end, or {other}.") from None
+        if not held:
+            fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"{run_dir} is in use: another {what} is running on it now (from another "
+                                  f"terminal or client). Wait for it to end, or {other}.") from None
+            except OSError as exc:  # a filesystem without flock on folders: no lock, as before there was one
+                log.debug("No lock on %s (%s): going on without it", run_dir, exc)
         yield
+    except BaseException:
+        if made and not held:  # made for this run, which failed before writing anything: not left behind
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
     finally:
-        os.close(fd)  # releases the lock
+        with _HELD_LOCK:
+            _HELD[key] -= 1
+            if not _HELD[key]:
+                del _HELD[key]
+        if fd >= 0:
+            os.close(fd)  # releases the lock
+
+
+#: The run directories this process holds (:func:`exclusive_run`), by real path: how many blocks hold each.
+_HELD: dict[str, int] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def set_aside_unless_running(run_dir: Path, what: str) -> Path | None:
+    """:func:`set_aside` (``--new``), refused while a run holds ``run_dir``: moved, its lock would go with it
+    and a second run would start beside the first in a fresh folder of the same name."""
+    if not run_dir.is_dir():
+        return set_aside(run_dir)
+    with exclusive_run(run_dir, what, "wait for it to end before starting afresh with --new"):
+        return set_aside(run_dir)
 
 
 def replace_file(path: Path, data: bytes) -> None:

@@ -292,9 +292,10 @@ def test_gpu_extra_installs_dask_cuda_with_its_cuda_12_bindings():
 
 
 def test_sbatch_with_tls_and_a_dashboard_address_parses_with_dask_and_tells_the_client(tmp_path):
-    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
-    for path in files.values():
-        path.write_text("PEM\n")
+    from cluster import make_tls_files
+
+    made = make_tls_files(tmp_path / "tls")
+    files = {"ca": made.ca_file, "cert": made.cert, "key": made.key}
     result = CliRunner().invoke(cli, ["cluster", "sbatch", "--nodes", "2", "--interface", "ib0",
                                       "--dashboard-address", "0.0.0.0:8788", "--tls-ca-file", str(files["ca"]),
                                       "--tls-cert", str(files["cert"]), "--tls-key", str(files["key"])])
@@ -321,3 +322,23 @@ def test_sbatch_with_tls_and_a_dashboard_address_parses_with_dask_and_tells_the_
 def test_sbatch_refuses_half_tls_and_a_bad_dashboard_address(args, message):
     result = CliRunner().invoke(cli, ["cluster", "sbatch", *args])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_trailing_newline_is_refused_where_a_pattern_checks_a_value():
+    for given, named in (({"image": "dask-train:cuda\n"}, "image="), ({"namespace": "default\n"}, "namespace=")):
+        with pytest.raises(ValueError, match=named):
+            dask_cluster(**given)
+    with pytest.raises(ValueError, match="walltime="):
+        SlurmSpec(walltime="60\n")
+    with pytest.raises(ValueError, match="dashboard_address="):
+        SlurmSpec(dashboard_address="127.0.0.1:99999")
+
+
+def test_dashboard_addresses_as_dask_takes_them():
+    from cluster import ClusterSpec
+
+    for good in ("127.0.0.1:8787", ":8787", "8787", "node-1:0"):
+        assert ClusterSpec(dashboard_address=good).dashboard_address == good
+    for bad in ("[::1]:8787", ":::8787", "127.0.0.1:99999", "garbage"):
+        with pytest.raises(ValueError, match="dashboard-address"):
+            ClusterSpec(dashboard_address=bad)

@@ -139,7 +139,7 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
     try:
         check_scheduler_file_path(scheduler_file)
         spec = ClusterSpec(workers=workers, gpus=gpus, host=host, tls=tls, scheduler_port=port,
-                           dashboard_address=dashboard_address or f"{host}:8787")
+                           dashboard_address=dashboard_address or (f"{host}:8787" if ":" not in host else ":8787"))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     temporary, written, address = None, False, ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -45,7 +46,7 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
     from cluster import start_early
 
     from ..params import resolve
-    from ..run_dirs import check_ddp_start
+    from ..run_dirs import check_ddp_start, exclusive_run
     from ..workloads import get_workload
 
     # What is refused is refused before any worker starts (train_ddp checks it all again).
@@ -56,33 +57,41 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
     work = get_workload(workload)
     check_not_options(params, ctx, (p.name for p in work.params))
     resolve(work.params, params, owner=work.name)
-    check_ddp_start(name or f"{work.name}-ddp", Path(runs_dir), resume)
-    if resume:  # torch, to read the checkpoint: only then before the workers start
-        from ..ddp import check_resumable_job
-        from ..workloads import workload_ref
+    job = name or f"{work.name}-ddp"
+    check_ddp_start(job, Path(runs_dir), resume)
+    # A run directory that is there (a resume) is held from here, before any worker starts, to the end
+    # (train_ddp takes it again: already held); a new one is made and held by train_ddp once all is checked.
+    run_dir = Path(runs_dir) / job
+    held = exclusive_run(run_dir, f"run of DDP job '{job}'", "choose another --name") if run_dir.is_dir() else \
+        contextlib.nullcontext()
+    with held:
+        if resume:  # torch, to read the checkpoint: only then before the workers start
+            from ..ddp import check_resumable_job
+            from ..workloads import workload_ref
 
-        check_resumable_job(Path(runs_dir) / (name or f"{work.name}-ddp") / "checkpoint.pt", workload_ref(work),
-                            resolve(work.params, params, owner=work.name), seed)
-    start_early(target)  # its workers import torch while this process imports the DDP runner (torch too)
-    from ..ddp import train_ddp
-    from ..ddp_progress import LiveDDP
+            check_resumable_job(Path(runs_dir) / job / "checkpoint.pt", workload_ref(work),
+                                resolve(work.params, params, owner=work.name), seed)
+        start_early(target)  # its workers import torch while this process imports the DDP runner (torch too)
+        from ..ddp import train_ddp
+        from ..ddp_progress import LiveDDP
 
-    try:
-        result = train_ddp(None, workload, params, epochs=epochs, workers=target.local.workers, name=name,
-                           runs_dir=runs_dir, seed=seed, resume=resume, timeout=rank_timeout,
-                           progress=(shown := LiveDDP(display.console)), target=target, max_restarts=max_restarts,
-                           min_workers=min_workers, precision=precision)
-    except Interrupted as stop:
-        if (Path(runs_dir) / (name or f"{work.name}-ddp") / "checkpoint.pt").is_file():
-            display.interrupted(stop, add=("--resume",))
-        display.interrupted(stop, drop=("--resume",), again="Start again")  # no epoch saved: nothing to resume
-    if resume and shown.columns is None:  # no epoch ran
-        display.console.print(f"Nothing left to train: the checkpoint is already at epoch {len(result.history)} "
-                              f"of --epochs {len(result.history) if epochs is None else epochs}; pass a larger "
-                              f"--epochs to train on. Model: {result.model_dir}")
-    else:
-        restarts = f" after {len(result.restarts)} restart(s)" if result.restarts else ""
-        ranks = f"{len(result.placements)} rank{'s' if len(result.placements) != 1 else ''}"
-        display.console.print(f"Trained in {result.seconds:.1f} s on {ranks}{restarts}; "
-                              f"model saved to {result.model_dir}")
-    display.show_use(result.trained, "Generated", seed)
+        try:
+            result = train_ddp(None, workload, params, epochs=epochs, workers=target.local.workers, name=name,
+                               runs_dir=runs_dir, seed=seed, resume=resume, timeout=rank_timeout,
+                               progress=(shown := LiveDDP(display.console)), target=target,
+                               max_restarts=max_restarts, min_workers=min_workers, precision=precision)
+        except Interrupted as stop:
+            if (Path(runs_dir) / job / "checkpoint.pt").is_file():
+                display.interrupted(stop, add=("--resume",))
+            display.interrupted(stop, drop=("--resume",), again="Start again")  # no epoch saved: nothing to resume
+        if resume and shown.columns is None:  # no epoch ran
+            total = work.default_epochs if epochs is None else epochs
+            display.console.print(f"Nothing left to train: the checkpoint is already at epoch "
+                                  f"{len(result.history)} of --epochs {total}; pass a larger --epochs to train "
+                                  f"on. Model: {result.model_dir}")
+        else:
+            restarts = f" after {len(result.restarts)} restart(s)" if result.restarts else ""
+            ranks = f"{len(result.placements)} rank{'s' if len(result.placements) != 1 else ''}"
+            display.console.print(f"Trained in {result.seconds:.1f} s on {ranks}{restarts}; "
+                                  f"model saved to {result.model_dir}")
+        display.show_use(result.trained, "Generated", seed)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cluster import TLSFiles
+from cluster import ClusterError, TLSFiles
 
 from . import display
 
@@ -75,10 +75,15 @@ def sbatch_command(slurm: SlurmSpec, dashboard_address: str, tls_ca_file: Path |
         raise click.UsageError("Pass all three of --tls-ca-file, --tls-cert and --tls-key, or none.")
     tls = TLSFiles(*(str(p.resolve()) for p in given)) if given else None
     try:
+        if tls is not None:
+            tls.check()  # PEM, each named: not a failure on a compute node once the job starts
+    except ClusterError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
         slurm = dataclasses.replace(slurm, tls=tls, dashboard_address=dashboard_address)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    _emit(sbatch_script(slurm, out.name if out is not None else None), out)
+    _emit(sbatch_script(slurm, str(out) if out is not None else None), out)
 
 
 @click.command()

@@ -125,24 +125,25 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out_nam
                               "continue it, or choose another --out.")
     display.console.print(f"Training {work.name} for {total} epochs into {out}{' (resuming)' if resume else ''}.",
                           soft_wrap=True)  # before the first epoch's row, which may be minutes away
-    try:
-        with exclusive_run(out, "training", "choose another --out"), EpochTable(work.name, total) as progress:
-            trained = train(work, params, epochs=total, seed=seed, device=device, callback=progress,
-                            checkpoint=out / "checkpoint.pt", resume=resume, precision=precision)
-    except BaseException as exc:
-        for folder in made:  # the folders made for this run, while still empty
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        if isinstance(exc, KeyboardInterrupt) and (out / "checkpoint.pt").is_file():
-            kept = Interrupted(f"{out} keeps the checkpoint of its last finished epoch (its model is written "
-                               "when training ends).")
-            named = () if out_name is not None else ("--out", str(out))
-            display.interrupted(kept, add=(*named, "--resume"))
-        raise
-    if resume and progress.trained == 0:
-        display.console.print(f"Nothing left to train: the checkpoint in {out} is already at epoch "
-                              f"{len(trained.history)} of {total}; pass a larger --epochs to train on.")
-    trained.save(out)
+    with exclusive_run(out, "training", "choose another --out"):  # until its model is saved
+        try:
+            with EpochTable(work.name, total) as progress:
+                trained = train(work, params, epochs=total, seed=seed, device=device, callback=progress,
+                                checkpoint=out / "checkpoint.pt", resume=resume, precision=precision)
+        except BaseException as exc:
+            for folder in made:  # the folders made for this run, while still empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            if isinstance(exc, KeyboardInterrupt) and (out / "checkpoint.pt").is_file():
+                kept = Interrupted(f"{out} keeps the checkpoint of its last finished epoch (its model is written "
+                                   "when training ends).")
+                named = () if out_name is not None else ("--out", str(out))
+                display.interrupted(kept, add=(*named, "--resume"))
+            raise
+        if resume and progress.trained == 0:
+            display.console.print(f"Nothing left to train: the checkpoint in {out} is already at epoch "
+                                  f"{len(trained.history)} of {total}; pass a larger --epochs to train on.")
+        trained.save(out)
     epochs, metric = len(trained.history), work.metric
     resumed = f"; resumed after epoch {epochs - progress.trained}" if resume and progress.trained else ""
     display.console.print(f"Saved model to {out}: its best epoch by {metric}, {trained.best_epoch or epochs} of "
