@@ -48,9 +48,9 @@ class TLSFiles:
     def check(self) -> None:
         """Each file exists and is PEM (a certificate, or the key), read as data: ClusterConnectError naming the
         one that is not (ssl's own error names none)."""
-        for option, path, kind in (("--tls-ca-file", self.ca_file, "CERTIFICATE"), ("--tls-cert", self.cert,
-                                                                                     "CERTIFICATE"),
-                                   ("--tls-key", self.key, "PRIVATE KEY")):
+        files = (("--tls-ca-file", self.ca_file, "CERTIFICATE"), ("--tls-cert", self.cert, "CERTIFICATE"),
+                 ("--tls-key", self.key, "PRIVATE KEY"))
+        for option, path, kind in files:
             if not Path(path).is_file():
                 raise ClusterConnectError(f"TLS file {path!r} ({option}) does not exist: pass existing "
                                           "--tls-ca-file, --tls-cert and --tls-key files, or --tls alone for "
@@ -220,7 +220,7 @@ def _answers(address: str, timeout: float = 1.0) -> bool:
         if host != "localhost" or scheme not in ("", "tcp", "tls"):
             return False
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+        with socket.create_connection((host, int(port)), timeout=timeout):
             return True
     except (OSError, ValueError, UnicodeError):
         return False

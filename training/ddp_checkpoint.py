@@ -14,12 +14,10 @@ import io
 import logging
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .limits import safe_reason
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +45,9 @@ def remove_local(job: str, run: str, dask_worker: Any = None) -> None:
 
 def state_from_bytes(data: bytes, source: str) -> dict[str, Any]:
     """A checkpoint's state from its bytes, loaded without executing pickled code."""
-    import torch
+    from .loop import load_state
 
-    from .loop import CHECKPOINT_FORMAT
-
-    try:
-        with warnings.catch_warnings():  # torch's warnings about a foreign file's pickle protocol: noise here
-            warnings.simplefilter("ignore")
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged data
-        raise ConfigError(f"Checkpoint {source} cannot be read "
-                          f"({type(exc).__name__}: {safe_reason(exc)}).") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{source} is not a dask-train checkpoint (format {CHECKPOINT_FORMAT}).")
-    return state
+    return load_state(io.BytesIO(data), source)
 
 
 # ---------------------------------------------------------------------------------------------- on the client

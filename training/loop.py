@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -316,15 +316,21 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
                               "folder): not one dask-train wrote. Move it away, or resume another run.")
         raise ConfigError(f"No checkpoint at {str(path)!r} to resume from; run without --resume (resume=False) "
                           "first.")
+    return load_state(path, repr(str(path)))
+
+
+def load_state(source: Path | BinaryIO, shown: str) -> dict[str, Any]:
+    """A checkpoint's state from a file or its bytes (``shown`` in messages), loaded without executing
+    pickled code: ConfigError for anything else."""
     try:
         with warnings.catch_warnings():  # torch's warnings about a foreign file's pickle protocol: noise here
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files
-        raise ConfigError(f"Checkpoint {str(path)!r} cannot be read "
-                          f"({type(exc).__name__}: {safe_reason(exc)}).") from None
+        why = f"{type(exc).__name__}: {safe_reason(exc)}"
+        raise ConfigError(f"Checkpoint {shown} cannot be read ({why}).") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{str(path)!r} is not a dask-train checkpoint (format {CHECKPOINT_FORMAT}).")
+        raise ConfigError(f"{shown} is not a dask-train checkpoint (format {CHECKPOINT_FORMAT}).")
     return state
 
 

@@ -117,15 +117,6 @@ _HELD: dict[str, int] = {}
 _HELD_LOCK = threading.Lock()
 
 
-def set_aside_unless_running(run_dir: Path, what: str) -> Path | None:
-    """:func:`set_aside` (``--new``), refused while a run holds ``run_dir``: moved, its lock would go with it
-    and a second run would start beside the first in a fresh folder of the same name."""
-    if not run_dir.is_dir():
-        return set_aside(run_dir)
-    with exclusive_run(run_dir, what, "wait for it to end before starting afresh with --new"):
-        return set_aside(run_dir)
-
-
 def replace_file(path: Path, data: bytes) -> None:
     """Write ``data`` as ``path``, whole (see :func:`replacing`)."""
     with replacing(path) as handle:
@@ -211,15 +202,18 @@ def check_set_aside(run_dir: Path) -> None:
                           "(name=...).")
 
 
-def set_aside(run_dir: Path) -> Path | None:
-    """Move a sweep run dask-train wrote to ``NAME.old-TIME`` (``--new``); refuse anything else."""
+def set_aside(run_dir: Path, what: str = "sweep") -> Path | None:
+    """Move a sweep run dask-train wrote to ``NAME.old-TIME`` (``--new``); refuse anything else, and a run
+    another process holds (:func:`exclusive_run`; moved, its lock would go with it and a second run would start
+    beside it). ``what``: that run, as the refusal names it."""
     check_set_aside(run_dir)
     if not run_dir.exists():
         return None
     aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
     if aside.exists():
         raise ConfigError(f"{short(str(aside))} already exists; wait a second and run again.")
-    run_dir.rename(aside)
+    with exclusive_run(run_dir, what, "wait for it to end before starting afresh with --new"):
+        run_dir.rename(aside)
     return aside
 
 

@@ -220,10 +220,10 @@ class Sweep:
     def _run_on(self, client: Client | None, progress: SweepProgress, new: bool,
                 target: Target | None) -> SweepResult:
         from .params import check_data_paths
-        from .run_dirs import SWEEP_MARKERS, check_run_dir, set_aside_unless_running
+        from .run_dirs import SWEEP_MARKERS, check_run_dir, set_aside
         from .workloads import get_workload
 
-        if new and (aside := set_aside_unless_running(self.spec.run_dir, f"run of sweep '{self.spec.name}'")):
+        if new and (aside := set_aside(self.spec.run_dir, f"run of sweep '{self.spec.name}'")):
             log.warning("Moved the previous run %s to %s", self.spec.run_dir, aside)
         check_run_dir(self.spec.run_dir, SWEEP_MARKERS)  # before any cluster starts
         check_data_paths(get_workload(self.spec.workload).params, self.spec.trials() or [dict(self.spec.params)],

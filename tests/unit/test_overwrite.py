@@ -239,7 +239,7 @@ def test_new_never_moves_a_running_sweep_and_a_filesystem_without_folder_locks_r
     import errno
     import fcntl
 
-    from training.run_dirs import exclusive_run, set_aside_unless_running
+    from training.run_dirs import exclusive_run, set_aside
 
     running = _sweep_run(tmp_path / "runs" / "pets")
     (tmp_path / "pets.yaml").write_text("name: pets\nworkload: xor\nspace: {lr: [0.1]}\nruns_dir: runs\n")
@@ -247,7 +247,7 @@ def test_new_never_moves_a_running_sweep_and_a_filesystem_without_folder_locks_r
         refused = run_cli("sweep", "pets.yaml", "--new", cwd=tmp_path)
     assert refused.returncode == 2 and "is in use" in refused.stderr, refused
     assert sorted(p.name for p in running.parent.iterdir()) == ["pets"]  # nothing moved
-    assert set_aside_unless_running(running, "run of sweep 'pets'").name.startswith("pets.old-")  # let go
+    assert set_aside(running, "run of sweep 'pets'").name.startswith("pets.old-")  # let go
 
     def no_folder_locks(fd, operation):
         raise OSError(errno.EBADF, "Bad file descriptor")

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cluster import ClusterError, ClusterSpec, Target, TLSFiles
+from cluster import ClusterError, ClusterSpec, Target
 from cluster.target import MAX_TIMEOUT
 
 from . import display
-from .deploy_cmd import manifest_command, sbatch_command, slurm_options
+from .deploy_cmd import manifest_command, sbatch_command, slurm_options, tls_files
 
 if TYPE_CHECKING:
     from cluster.slurm import SlurmSpec
@@ -33,20 +33,6 @@ def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> f
     if value is not None and value != value:
         raise click.BadParameter(f"{value} is not a number of seconds.")
     return value
-
-
-def _tls_files(ca: str | None, cert: str | None, key: str | None) -> TLSFiles | None:
-    given = [v for v in (ca, cert, key) if v]
-    if given and len(given) != 3:
-        raise click.UsageError("Pass all three of --tls-ca-file, --tls-cert and --tls-key, or none.")
-    if not (ca and cert and key):
-        return None
-    files = TLSFiles(ca, cert, key)
-    try:
-        files.check()  # before anything starts: each file named, exit 2
-    except ClusterError as exc:
-        raise click.UsageError(str(exc)) from None
-    return files
 
 
 def _cluster_options(embedded: bool) -> Callable[[Callable], Callable]:
@@ -78,7 +64,7 @@ def _cluster_options(embedded: bool) -> Callable[[Callable], Callable]:
         def wrapper(*args: Any, address: str | None, scheduler_file: str | None, timeout: float,
                     tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None, workers: int | None = None,
                     gpus: str = "auto", **kwargs: Any) -> Any:
-            tls = _tls_files(tls_ca_file, tls_cert, tls_key)
+            tls = tls_files(tls_ca_file, tls_cert, tls_key)
             try:
                 target = Target(address=address, scheduler_file=scheduler_file, timeout=timeout,
                                 security=tls.security() if tls else None,
@@ -132,7 +118,7 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
 
     from ..dashboard import page_url
 
-    tls = _tls_files(tls_ca_file, tls_cert, tls_key)
+    tls = tls_files(tls_ca_file, tls_cert, tls_key)
     if use_slurm and (use_tls or workers):
         raise click.UsageError("--slurm takes the Slurm options (--nodes, --gpus-per-node, ...), not --workers "
                                "or --tls.")

@@ -69,7 +69,7 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
             from ..ddp import check_resumable_job
             from ..workloads import workload_ref
 
-            check_resumable_job(Path(runs_dir) / job / "checkpoint.pt", workload_ref(work),
+            check_resumable_job(run_dir / "checkpoint.pt", workload_ref(work),
                                 resolve(work.params, params, owner=work.name), seed)
         start_early(target)  # its workers import torch while this process imports the DDP runner (torch too)
         from ..ddp import train_ddp
@@ -81,7 +81,7 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
                                progress=(shown := LiveDDP(display.console)), target=target,
                                max_restarts=max_restarts, min_workers=min_workers, precision=precision)
         except Interrupted as stop:
-            if (Path(runs_dir) / job / "checkpoint.pt").is_file():
+            if (run_dir / "checkpoint.pt").is_file():
                 display.interrupted(stop, add=("--resume",))
             display.interrupted(stop, drop=("--resume",), again="Start again")  # no epoch saved: nothing to resume
         if resume and shown.columns is None:  # no epoch ran

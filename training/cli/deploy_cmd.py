@@ -20,6 +20,23 @@ if TYPE_CHECKING:
     from cluster.slurm import SlurmSpec
 
 
+def tls_files(ca: str | Path | None, cert: str | Path | None, key: str | Path | None,
+              absolute: bool = False) -> TLSFiles | None:
+    """The --tls-* files (None: none given), all three or none, each checked as PEM before anything starts
+    (UsageError naming it); ``absolute``: as absolute paths (for a job script run elsewhere)."""
+    given = [v for v in (ca, cert, key) if v]
+    if given and len(given) != 3:
+        raise click.UsageError("Pass all three of --tls-ca-file, --tls-cert and --tls-key, or none.")
+    if not given:
+        return None
+    files = TLSFiles(*(str(Path(p).resolve()) if absolute else str(p) for p in given))
+    try:
+        files.check()
+    except ClusterError as exc:
+        raise click.UsageError(str(exc)) from None
+    return files
+
+
 def slurm_options(command: Callable) -> Callable:
     """Adds the Slurm job options to a command and hands it ``slurm: SlurmSpec``."""
 
@@ -70,15 +87,7 @@ def sbatch_command(slurm: SlurmSpec, dashboard_address: str, tls_ca_file: Path |
     """A whole-cluster Slurm job: scheduler on the first node, one worker per GPU (or CPU slot) on each."""
     from cluster.slurm import sbatch_script
 
-    given = [p for p in (tls_ca_file, tls_cert, tls_key) if p is not None]
-    if given and len(given) != 3:
-        raise click.UsageError("Pass all three of --tls-ca-file, --tls-cert and --tls-key, or none.")
-    tls = TLSFiles(*(str(p.resolve()) for p in given)) if given else None
-    try:
-        if tls is not None:
-            tls.check()  # PEM, each named: not a failure on a compute node once the job starts
-    except ClusterError as exc:
-        raise click.UsageError(str(exc)) from None
+    tls = tls_files(tls_ca_file, tls_cert, tls_key, absolute=True)  # not a failure on a node once the job starts
     try:
         slurm = dataclasses.replace(slurm, tls=tls, dashboard_address=dashboard_address)
     except ValueError as exc:
