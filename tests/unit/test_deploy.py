@@ -335,10 +335,18 @@ def test_a_trailing_newline_is_refused_where_a_pattern_checks_a_value():
 
 
 def test_dashboard_addresses_as_dask_takes_them():
+    """Checked against Dask's own parser: what ClusterSpec takes, Dask takes; the IPv6 forms Dask refuses
+    after start-up are refused before it."""
+    from distributed.utils import clean_dashboard_address
+
     from cluster import ClusterSpec
 
     for good in ("127.0.0.1:8787", ":8787", "8787", "node-1:0"):
         assert ClusterSpec(dashboard_address=good).dashboard_address == good
+        assert clean_dashboard_address(good)
+    for dask_refuses in ("[::1]:8787", ":::8787"):
+        with pytest.raises(ValueError):
+            clean_dashboard_address(dask_refuses)
     for bad in ("[::1]:8787", ":::8787", "127.0.0.1:99999", "garbage"):
         with pytest.raises(ValueError, match="dashboard-address"):
             ClusterSpec(dashboard_address=bad)
