@@ -35,6 +35,10 @@ class Target:
     def __post_init__(self) -> None:
         if self.address and self.scheduler_file:
             raise ValueError("Give --address or --scheduler-file, not both.")
+        if not self.embedded and self.local.gpus != ClusterSpec.gpus:
+            running = "--address" if self.address else "--scheduler-file"
+            raise ValueError(f"--gpus {self.local.gpus} (gpus=) is for the built-in cluster, but {running} names "
+                             "a running one, whose workers have their own devices: leave out one or the other.")
         if not 0 < self.timeout <= MAX_TIMEOUT:  # NaN too
             raise ValueError(f"--timeout {self.timeout!r} (timeout=): expected seconds above 0, at most "
                              f"{MAX_TIMEOUT:,.0f} (a week).")

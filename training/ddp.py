@@ -31,7 +31,7 @@ from .ddp_run import JobRun, Placement, assign_ranks, backend_of
 from .errors import ConfigError
 from .events import publish
 from .limits import MAX_RESTARTS, check_count, short
-from .loop import _check_epochs
+from .loop import _check_epochs, check_resumable_file
 from .model_file import TrainedModel, save_model
 from .params import check_data_paths, resolve
 from .precision import check_device_supports, check_precision
@@ -149,16 +149,6 @@ def _check_arguments(workload: Any, params: Any, workers: Any, name: Any, runs_d
         raise ConfigError(f"resume={short(resume)}: pass True or False.")
 
 
-def check_resumable_job(checkpoint: Path, workload: str, params: Mapping[str, Any], seed: int) -> None:
-    """Refuse to resume the job's ``checkpoint`` with another workload, other hyperparameters or another seed
-    here, before any worker starts (its ranks would each fail with it; the data is checked there)."""
-    from .loop import _check_resumable, read_checkpoint
-
-    if checkpoint.is_file():
-        state = read_checkpoint(checkpoint)
-        _check_resumable(state, workload, params, seed, str(state.get("data", "")), str(checkpoint))
-
-
 def _progress_hooks(progress: DDPProgress | bool | None) -> DDPProgress:
     """By default (None or True) the job's progress is printed (``training.ddp_progress``); False: silent."""
     if progress is None or progress is True:
@@ -204,7 +194,7 @@ class _Job:
 
         check_ddp_start(self.name, self.runs_dir, self.resume)
         if self.resume:
-            check_resumable_job(self.checkpoint, self.workload, self.params, self.seed)
+            check_resumable_file(self.checkpoint, self.workload, self.params, self.seed, self.precision)
 
     def check_world(self, world: int) -> None:
         """The first run's rank count fits the batch size and ``min_workers``."""

@@ -24,7 +24,7 @@ from .errors import ConfigError, TrainingDiverged
 from .limits import check_count, clip, safe_reason, short
 from .model_file import TrainedModel
 from .params import check_data_paths, resolve
-from .precision import MixedPrecision, check_device_supports, check_precision, tf32_matmuls
+from .precision import PRECISIONS, MixedPrecision, check_device_supports, check_precision, tf32_matmuls
 from .protocol import better
 from .workloads import Data, Workload, get_workload, workload_ref
 from .workloads.base import Batch, take
@@ -266,7 +266,8 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any], source: str = "the checkpoint") -> None:
         """Continue from a :meth:`state` (a file's contents, or one shipped between tasks)."""
-        _check_resumable(state, workload_ref(self.workload), self.params, self.seed, self.data_key, source)
+        _check_resumable(state, workload_ref(self.workload), self.params, self.seed, self.data_key, source,
+                         self.amp.precision)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
@@ -340,11 +341,22 @@ def _data_key(meta: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def check_resumable_file(checkpoint: Path, workload: str, params: Mapping[str, Any], seed: int,
+                         precision: str) -> None:
+    """Refuse to resume ``checkpoint`` (if there is one) with another workload, other hyperparameters, another
+    seed or another precision, before anything starts (the data is checked as it loads): `train --resume` before
+    its data loads, `ddp --resume` before any worker starts (each rank would fail with it)."""
+    if checkpoint.is_file():
+        state = read_checkpoint(checkpoint)
+        _check_resumable(state, workload, params, seed, str(state.get("data", "")), str(checkpoint), precision)
+
+
 def _check_resumable(state: Mapping[str, Any], workload: str, params: Mapping[str, Any], seed: int,
-                     data_key: str, source: str) -> None:
+                     data_key: str, source: str, precision: str) -> None:
     """Refuse to continue ``state`` with another workload, other hyperparameters (naming those that differ),
-    another seed (it picks the data split: the held-out data would be trained on) or other data (a changed
-    ``--data`` file: its vocabulary, and so the model's inputs, differ)."""
+    another seed (it picks the data split: the held-out data would be trained on), other data (a changed
+    ``--data`` file: its vocabulary, and so the model's inputs, differ) or another precision (its later
+    epochs would not be comparable with its earlier ones; a sweep fingerprints it too)."""
     again = "Resume with the same settings, or start afresh in another folder without --resume (resume=False)."
     where = f"Checkpoint {source!r}"
     if state["workload"] != workload:
@@ -365,6 +377,11 @@ def _check_resumable(state: Mapping[str, Any], workload: str, params: Mapping[st
     if state.get("data", data_key) != data_key:  # a checkpoint written before it was recorded: not checked
         raise ConfigError(f"{where} was trained on other data (its vocabulary or sizes differ: was its --data "
                           f"file changed?). {again}")
+    was = state.get("precision", precision)
+    if was != precision:
+        was = was if was in PRECISIONS else short(was)
+        raise ConfigError(f"{where} was trained with --precision {was} (precision={was!r}), not {precision}. "
+                          f"Resume with --precision {was}, or start afresh in another folder.")
 
 
 def train(workload: str | Workload, params: Mapping[str, Any] | None = None, *, epochs: int | None = None,

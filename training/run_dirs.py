@@ -8,6 +8,7 @@ sets aside only a run dask-train wrote.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import secrets
@@ -80,7 +81,7 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
     except ImportError:  # not a POSIX system: no lock to take
         yield
         return
-    made = not run_dir.exists()
+    made = list(itertools.takewhile(lambda folder: not folder.exists(), [run_dir, *run_dir.parents]))
     run_dir.mkdir(parents=True, exist_ok=True)
     key = os.path.realpath(run_dir)
     with _HELD_LOCK:
@@ -99,9 +100,10 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
                 log.debug("No lock on %s (%s): going on without it", run_dir, exc)
         yield
     except BaseException:
-        if made and not held:  # made for this run, which failed before writing anything: not left behind
+        if not held:  # folders made for this run (``runs/`` too), which failed before writing anything
             with contextlib.suppress(OSError):
-                run_dir.rmdir()
+                for folder in made:  # the run's first: each is removed only if empty
+                    folder.rmdir()
         raise
     finally:
         with _HELD_LOCK:

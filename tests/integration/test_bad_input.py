@@ -175,6 +175,15 @@ CASES: list[tuple[str, list[str], int]] = [
     ("ddp-scheduler-file-address-a-file", ["ddp", "xor", "--scheduler-file", "inputs/address-file.json"], 2),
     ("sweep-scheduler-file-huge", ["sweep", "inputs/good.yaml", "--scheduler-file", "inputs/huge.json"], 2),
     ("ddp-address-host-too-long", ["ddp", "xor", "--address", f"tcp://{'a' * 5000}:1"], 2),
+    # --workers/--gpus size the built-in cluster: with a running one they are refused, not ignored (ddp's
+    # --workers, the ranks to train on, goes with either, unbounded by what this machine could start)
+    ("sweep-workers-with-address", ["sweep", "pets-quick", "--address", "tcp://127.0.0.1:9", "--workers", "3"], 2),
+    ("sweep-gpus-with-scheduler-file", ["sweep", "pets-quick", "--scheduler-file", "nope.json", "--gpus", "off"],
+     2),
+    ("ddp-gpus-with-address", ["ddp", "xor", "--address", "tcp://127.0.0.1:9", "--gpus", "off"], 2),
+    ("ddp-many-ranks-of-a-running-cluster", ["ddp", "xor", "--address", "tcp://127.0.0.1:9", "--workers", "5000",
+                                             "--runs-dir", "new-runs",
+                                             "--timeout", "1"], 1),
     ("ddp-timeout-inf", ["ddp", "xor", "--timeout", "inf"], 2),
     ("ddp-timeout-nan", ["ddp", "xor", "--timeout", "nan"], 2),
     ("ddp-rank-timeout-huge", ["ddp", "xor", "--rank-timeout", "1e300"], 2),

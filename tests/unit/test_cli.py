@@ -213,6 +213,10 @@ def test_a_trained_model_is_continued_with_resume_never_replaced(tmp_path):
     assert (out / "model.safetensors").read_bytes() == before
     other_seed = run("train", "xor", "--epochs", "2", "--seed", "7", "--out", str(out), "--resume")
     assert other_seed.returncode == 2 and "trained with seed 0, not 7" in other_seed.stderr, other_seed.stderr
+    assert other_seed.stdout == ""  # refused before the run is announced: one line
+    other_precision = run("train", "xor", "--epochs", "2", "--precision", "bf16", "--out", str(out), "--resume")
+    assert other_precision.returncode == 2, other_precision.stderr
+    assert "trained with --precision fp32 (precision='fp32'), not bf16" in other_precision.stderr
     resumed = run("train", "xor", "--epochs", "2", "--out", str(out), "--resume")
     assert resumed.returncode == 0 and "resumed after epoch 1" in resumed.stdout, resumed.stderr
 

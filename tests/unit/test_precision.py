@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import pytest
 import torch
@@ -68,6 +69,9 @@ def test_a_bf16_checkpoint_resumes_exactly_and_records_its_precision(tmp_path):
     train("xor", params, epochs=2, seed=5, checkpoint=checkpoint, precision="bf16")
     state = read_checkpoint(checkpoint)
     assert state["precision"] == "bf16" and state["scaler"] is None  # bf16 needs no loss scaling
+    with pytest.raises(ConfigError, match=re.escape("trained with --precision bf16 (precision='bf16'), not fp32")):
+        train("xor", params, epochs=4, seed=5, checkpoint=checkpoint, resume=True)  # fp32: its epochs would differ
+    assert read_checkpoint(checkpoint)["epoch"] == 2  # refused before anything was trained or written
     resumed = train("xor", params, epochs=4, seed=5, checkpoint=checkpoint, resume=True, precision="bf16")
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
 

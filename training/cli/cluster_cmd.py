@@ -35,15 +35,18 @@ def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> f
     return value
 
 
-def _cluster_options(embedded: bool) -> Callable[[Callable], Callable]:
+def _cluster_options(embedded: bool, ranks: bool = False) -> Callable[[Callable], Callable]:
     """Adds --address/--scheduler-file/--timeout/--tls-* (a running cluster) and, where the command can
     start one (``embedded``), --workers/--gpus (the embedded cluster) to a command, and hands it a
-    ``target: Target``."""
+    ``target: Target``. ``ranks``: --workers is also how many workers of a running cluster to train on
+    (``ddp``); otherwise it sizes the embedded cluster only, and is refused with a running one."""
     default = "default: start an embedded one" if embedded else "this or --scheduler-file is needed"
     path = click.Path(dir_okay=False)
+    workers_help = ("Workers (ranks) to train on: of the embedded cluster, or of the running one (default: one "
+                    "per GPU, or per CPU core; every free worker of a running cluster)." if ranks else
+                    "Embedded cluster: worker count (default: one per GPU, or per CPU core).")
     embedded_options = [
-        click.option("--workers", type=click.IntRange(min=1), default=None,
-                     help="Embedded cluster: worker count (default: one per GPU, or per CPU core)."),
+        click.option("--workers", type=click.IntRange(min=1), default=None, help=workers_help),
         click.option("--gpus", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
                      help="Embedded cluster: one worker per visible GPU, or CPU workers only.")]
     options = [
@@ -65,12 +68,19 @@ def _cluster_options(embedded: bool) -> Callable[[Callable], Callable]:
                     tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None, workers: int | None = None,
                     gpus: str = "auto", **kwargs: Any) -> Any:
             tls = tls_files(tls_ca_file, tls_cert, tls_key)
+            running = bool(address or scheduler_file)
+            if workers is not None and not ranks and running:
+                raise click.UsageError(f"--workers {workers} sizes the built-in cluster, but "
+                                       f"{'--address' if address else '--scheduler-file'} names a running one, "
+                                       "whose workers are its own: leave out one or the other.")
             try:
                 target = Target(address=address, scheduler_file=scheduler_file, timeout=timeout,
                                 security=tls.security() if tls else None,
-                                local=ClusterSpec(workers=workers, gpus=gpus))
+                                local=ClusterSpec(workers=None if running else workers, gpus=gpus))
             except ValueError as exc:
                 raise click.UsageError(str(exc)) from None
+            if ranks:  # of a running cluster too (not bounded by what this machine could start)
+                kwargs["workers"] = workers
             return command(*args, target=target, **kwargs)
 
         for option in reversed(options):
@@ -82,6 +92,8 @@ def _cluster_options(embedded: bool) -> Callable[[Callable], Callable]:
 
 #: The cluster options of a command that runs on a running cluster or starts an embedded one.
 target_options = _cluster_options(embedded=True)
+#: ... where --workers is also the ranks to train on of a running cluster (`ddp`).
+ddp_target_options = _cluster_options(embedded=True, ranks=True)
 #: ... of one that needs a running cluster (`runs`, `attach`, `cancel`).
 running_cluster_options = _cluster_options(embedded=False)
 

@@ -13,7 +13,7 @@ from cluster.target import MAX_TIMEOUT
 from ..errors import ConfigError, Interrupted
 from ..limits import MAX_RESTARTS
 from . import display
-from .cluster_cmd import finite, target_options
+from .cluster_cmd import ddp_target_options, finite
 from .train_cmd import _EXTRA, check_not_options, parse_param_args, precision_option
 
 
@@ -36,11 +36,11 @@ from .train_cmd import _EXTRA, check_not_options, parse_param_args, precision_op
               help="A restart may go on with this many ranks when fewer workers come back (default: as many "
                    "as it started with); the global batch stays the same.")
 @precision_option("fp32")
-@target_options
+@ddp_target_options
 @click.pass_context
 def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str | None, runs_dir: str, seed: int,
                 resume: bool, rank_timeout: float, max_restarts: int, min_workers: int | None,
-                precision: str, target: Target) -> None:
+                precision: str, workers: int | None, target: Target) -> None:
     """Train WORKLOAD on several workers with DistributedDataParallel (--workers N ranks; default: every
     free worker). Hyperparameters: --name value, as for `dask-train train`."""
     from cluster import start_early
@@ -66,17 +66,17 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
         contextlib.nullcontext()
     with held:
         if resume:  # torch, to read the checkpoint: only then before the workers start
-            from ..ddp import check_resumable_job
+            from ..loop import check_resumable_file
             from ..workloads import workload_ref
 
-            check_resumable_job(run_dir / "checkpoint.pt", workload_ref(work),
-                                resolve(work.params, params, owner=work.name), seed)
+            check_resumable_file(run_dir / "checkpoint.pt", workload_ref(work),
+                                resolve(work.params, params, owner=work.name), seed, precision)
         start_early(target)  # its workers import torch while this process imports the DDP runner (torch too)
         from ..ddp import train_ddp
         from ..ddp_progress import LiveDDP
 
         try:
-            result = train_ddp(None, workload, params, epochs=epochs, workers=target.local.workers, name=name,
+            result = train_ddp(None, workload, params, epochs=epochs, workers=workers, name=name,
                                runs_dir=runs_dir, seed=seed, resume=resume, timeout=rank_timeout,
                                progress=(shown := LiveDDP(display.console)), target=target,
                                max_restarts=max_restarts, min_workers=min_workers, precision=precision)

@@ -92,8 +92,8 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out_nam
                   device: str, resume: bool, precision: str) -> None:
     """Train WORKLOAD in this process and save the model. Hyperparameters: --name value
     (see `dask-train workloads`)."""
-    from ..loop import checked_run, train
-    from ..workloads import get_workload
+    from ..loop import check_resumable_file, checked_run, train
+    from ..workloads import get_workload, workload_ref
     from .epoch_table import EpochTable
 
     work = get_workload(workload)
@@ -106,7 +106,7 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out_nam
         raise ConfigError("--out is empty: name the model directory to write, e.g. --out runs/my-model.")
     if resume and out_name is None:
         raise ConfigError("--resume needs --out: the model directory whose checkpoint to continue.")
-    checked_run(work, params, total, seed, device, precision)  # before a folder is made for it
+    resolved = checked_run(work, params, total, seed, device, precision)[0]  # before a folder is made for it
     made = [] if out_name is not None or Path("runs").exists() else [Path("runs")]  # what a failure removes
     if out_name is None:
         out = _new_model_dir(Path("runs") / f"{work.name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -123,6 +123,8 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out_nam
         if held and not resume:  # another run's model: replaced only by continuing it
             raise ConfigError(f"{out} already holds a trained model ({', '.join(held)}). Pass --resume to "
                               "continue it, or choose another --out.")
+        if resume:  # before the data loads
+            check_resumable_file(out / "checkpoint.pt", workload_ref(work), resolved, seed, precision)
     display.console.print(f"Training {work.name} for {total} epochs into {out}{' (resuming)' if resume else ''}.",
                           soft_wrap=True)  # before the first epoch's row, which may be minutes away
     with exclusive_run(out, "training", "choose another --out"):  # until its model is saved
