@@ -22,7 +22,7 @@ from cluster import TRAINING_SLOT, cluster_workers
 from .beats import BeatWatch
 from .ddp_checkpoint import CheckpointCopy
 from .ddp_watch import Attempt, RankWatcher
-from .errors import DDPJobFailed, Interrupted
+from .errors import ConfigError, DDPJobFailed, Interrupted
 from .events import Inbox, publish
 from .limits import clip
 from .protocol import JobEnded, JobRestarted, JobState, RankOutcome
@@ -101,7 +101,7 @@ class JobRun:
             try:
                 return self._attempt(number, placements, backend)
             except DDPJobFailed as failure:
-                if number >= self.job.max_restarts:
+                if failure.refused or number >= self.job.max_restarts:
                     raise self._final(failure) from None
                 self.current = None  # its ranks ended; a Ctrl-C while waiting has nothing to cancel
                 number += 1
@@ -195,13 +195,16 @@ class JobRun:
                                           epoch=self.copy.epoch))
         self.job.announce(self.client, self.token, placements)
 
-    def _final(self, failure: DDPJobFailed) -> DDPJobFailed:
-        """The job's error: what failed, the restarts spent, and what the checkpoint lets you do."""
+    def _final(self, failure: DDPJobFailed) -> DDPJobFailed | ConfigError:
+        """The job's error: what failed, the restarts spent, and what the checkpoint lets you do; a rank that
+        refused its input (its data, checkpoint or device) is the user's to fix: a :class:`ConfigError`."""
         epoch, path = self.copy.epoch, self.job.checkpoint
         spent = (f"It had restarted {len(self.restarts)} time(s) (--max-restarts {self.job.max_restarts}). "
                  if self.restarts else "")
         advice = (f"The checkpoint at {path} holds epoch {epoch}: rerun with --resume (resume=True) to continue "
                   "from it." if epoch else "No epoch had finished; nothing to resume.")
+        if failure.refused:
+            return ConfigError(f"DDP job '{self.job.name}': {str(failure).strip()} {spent}{advice}")
         return DDPJobFailed(f"DDP job '{self.job.name}' failed: {str(failure).strip()} {spent}{advice}",
                             rank=failure.rank, worker=failure.worker)
 

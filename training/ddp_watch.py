@@ -24,7 +24,7 @@ from cluster import ClusterError, cluster_workers
 
 from .beats import BeatWatch, hung_after
 from .ddp_checkpoint import CheckpointCopy
-from .errors import DDPJobFailed
+from .errors import DDPJobFailed, RankRefused
 from .events import Inbox
 from .protocol import EpochEnded, FirstStep
 from .slots import end_hung_processes, free_workers
@@ -167,6 +167,11 @@ class RankWatcher:
                  if [r for r in stuck if r != culprit] else
                  "All other ranks ended" + (f" ({others}). " if others else ". "))
         placement = self.attempt.placements[culprit]
+        refused = culprit in errors and isinstance(self.futures[culprit].exception(), RankRefused)
+        if refused:  # its input: what it said is the whole story (the other ranks' ends follow from it)
+            said = str(self.futures[culprit].exception()).strip()
+            return DDPJobFailed(f"rank {culprit} on {placement.worker} ({self.describe(culprit)}) refused its "
+                                f"input: {said}", rank=culprit, worker=placement.worker, refused=True)
         summary = f"rank {culprit} on {placement.worker} ({self.describe(culprit)}): {cause}."
         return DDPJobFailed(f"{summary} {ended}", rank=culprit, worker=placement.worker, summary=summary)
 

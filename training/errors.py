@@ -15,6 +15,11 @@ class DataError(ConfigError):
     """A data file is missing, empty or has nothing usable in it."""
 
 
+class RankRefused(ConfigError):
+    """A DDP rank refused its input (its data, its checkpoint, its device): raised on the rank's worker, reported
+    by the client in one line, and never restarted (a restart would meet the same input)."""
+
+
 class ModelFileError(ConfigError):
     """A path that should be a dask-train model directory is not one, or is damaged."""
 
@@ -34,11 +39,12 @@ class TrainingDiverged(DaskTrainError):
 class DDPJobFailed(DaskTrainError):
     """A DDP job ended early: a rank raised, or a rank's worker was lost."""
 
-    def __init__(self, message: str, *, rank: int, worker: str, summary: str = "") -> None:
+    def __init__(self, message: str, *, rank: int, worker: str, summary: str = "", refused: bool = False) -> None:
         super().__init__(message)
         self.rank = rank
         self.worker = worker
         self.summary = summary or message  # the culprit and its cause, without what the other ranks said
+        self.refused = refused  # the culprit refused its input (:class:`RankRefused`): no restart helps
 
 
 class Interrupted(KeyboardInterrupt):

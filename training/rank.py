@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from .beats import Heartbeat, beat_period
 from .ddp_checkpoint import local_checkpoint, state_from_bytes
+from .errors import ConfigError, RankRefused
 from .events import emit
 from .loop import Callback, Shard, build_trainer, isolated_rng, pick_device
 from .protocol import EpochEnded, FirstStep, RankOutcome
@@ -107,6 +108,19 @@ def run_rank(spec: RankSpec, resume_state: bytes | None = None) -> RankOutcome:
         return _run_rank(spec, resume_state, beat)
 
 
+class _QuietRefusals(logging.Filter):
+    """Drops the worker's "Compute Failed" record (a traceback, logged where the worker logs) of a rank that
+    refused its input: the client reports it, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (str(record.msg).startswith("Compute Failed") and len(args) > 3
+                    and str(args[3]).startswith(f"{RankRefused.__name__}("))
+
+
+_QUIET_REFUSALS = _QuietRefusals()
+
+
 def _heartbeat(spec: RankSpec) -> Heartbeat:
     from distributed import get_worker
 
@@ -131,6 +145,9 @@ def _run_rank(spec: RankSpec, resume_state: bytes | None, beat: Heartbeat) -> Ra
         dist.init_process_group(backend, store=store, rank=spec.rank, world_size=spec.world_size, timeout=timeout,
                                 **_bound_device(device))
         return _train_rank(spec, worker, device, resume_state, beat)
+    except ConfigError as exc:  # its input (data, checkpoint, device): the client says it in one line
+        logging.getLogger("distributed.worker").addFilter(_QUIET_REFUSALS)
+        raise RankRefused(str(exc)) from None
     except Exception as exc:
         text = traceback.format_exc()
         traceback.clear_frames(exc.__traceback__)  # frames holding the store would keep it alive

@@ -145,6 +145,24 @@ def test_a_raising_rank_ends_the_job_and_leaves_the_workers_usable(client, tmp_p
     assert after.history[0]["epoch"] == 1
 
 
+def test_a_rank_refusing_its_data_is_one_clear_error_not_restarted_nor_logged_as_a_crash(client, tmp_path):
+    """Data every rank reads and none can use (here one name: nothing to validate on) is the user's to fix: a
+    ConfigError naming the rank and what its data lacks, without the restarts a crash gets, and without the
+    workers' "Compute Failed" tracebacks in the log."""
+    _wait_for_free_slots(client)
+    data = tmp_path / "one-name.txt"
+    data.write_text("x\n\n")
+    said = (r"DDP job 'refused': rank \d on tcp://\S+ \(.*\) refused its input: Need at least 2 names to train "
+            r"and validate, found 1\. No epoch had finished")
+    with pytest.raises(ConfigError, match=said):
+        train_ddp(client, "names", {"data": str(data)}, epochs=1, workers=2, runs_dir=str(tmp_path),
+                  name="refused", max_restarts=3)
+    logs = client.get_worker_logs()
+    assert not [m for records in logs.values() for _, m in records if "Compute Failed" in m and "refused" in m]
+    after = train_ddp(client, "xor", {"batch_size": 128}, epochs=1, workers=2, runs_dir=str(tmp_path), name="ok")
+    assert after.history[0]["epoch"] == 1
+
+
 def test_two_jobs_run_at_once_on_different_workers(client, tmp_path):
     _wait_for_free_slots(client)
     first, second = require_slots(client)
