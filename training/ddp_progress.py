@@ -3,6 +3,7 @@ dashboard and Training page URLs, then one aligned line per epoch of rank 0 (ric
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -27,36 +28,37 @@ class LiveDDP(DDPProgress):
     """
 
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(highlight=False)
+        self.console = console or Console(highlight=False, markup=False, emoji=False)
+        self.say = functools.partial(self.console.print, markup=False, emoji=False)  # text is data, as it is
         self.columns: list[str] | None = None
         self.epochs: int | None = None
 
     def on_start(self, name: str, placements: list[Placement], backend: str, dashboard: str | None,
                  resumed: bool) -> None:
-        self.console.print(f"DDP job '{name}': {len(placements)} ranks, {backend}"
+        self.say(f"DDP job '{name}': {len(placements)} ranks, {backend}"
                            f"{', resuming from its checkpoint' if resumed else ''}.")
         names = _worker_names()
         for p in placements:
-            self.console.print(f"  rank {p.rank} (local {p.local_rank}) on {names.get(p.worker, p.worker)}")
-        self.console.print(f"Dashboard: {dashboard or 'not available on this scheduler'}")
+            self.say(f"  rank {p.rank} (local {p.local_rank}) on {names.get(p.worker, p.worker)}")
+        self.say(f"Dashboard: {dashboard or 'not available on this scheduler'}")
 
     def on_page(self, url: str | None) -> None:
-        self.console.print(f"Training page: {url or 'not available on this scheduler'}")
+        self.say(f"Training page: {url or 'not available on this scheduler'}")
 
     def on_restart(self, attempt: int, max_restarts: int, reason: str, placements: list[Placement],
                    epoch: int) -> None:
-        self.console.print(f"Restart {attempt} of {max_restarts}: {reason.strip()}", soft_wrap=True, markup=False)
-        self.console.print(f"  resuming from epoch {epoch} on {len(placements)} ranks" if epoch else
+        self.say(f"Restart {attempt} of {max_restarts}: {reason.strip()}", soft_wrap=True)
+        self.say(f"  resuming from epoch {epoch} on {len(placements)} ranks" if epoch else
                            f"  starting again from epoch 0 on {len(placements)} ranks")
         names = _worker_names()
         for p in placements:
-            self.console.print(f"  rank {p.rank} (local {p.local_rank}) on {names.get(p.worker, p.worker)}")
+            self.say(f"  rank {p.rank} (local {p.local_rank}) on {names.get(p.worker, p.worker)}")
 
     def on_epoch(self, record: dict[str, Any]) -> None:
         if self.columns is None:
             self.columns = epoch_columns(record)
-            self.console.print(_line(self.columns, {c: c for c in self.columns}), style="bold", soft_wrap=True)
-        self.console.print(_line(self.columns, {c: compact(record.get(c)) for c in self.columns}),
+            self.say(_line(self.columns, {c: c for c in self.columns}), style="bold", soft_wrap=True)
+        self.say(_line(self.columns, {c: compact(record.get(c)) for c in self.columns}),
                            soft_wrap=True)
 
 

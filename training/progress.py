@@ -21,6 +21,7 @@ from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from .protocol import TrialRecord, TrialState
 from .results_view import compact, duration, span
@@ -111,7 +112,7 @@ class LiveSweep(SweepProgress):
     """
 
     def __init__(self, console: Console | None = None, afresh: str = "new=True") -> None:
-        self.console = console or Console(highlight=False)
+        self.console = console or Console(highlight=False, markup=False, emoji=False)
         self.afresh = afresh  # how this caller starts a sweep afresh (the CLI: --new)
         # Rich draws a live area in Jupyter through ipywidgets; without it (it warns at every refresh) the
         # view prints lines, as it does into a log.
@@ -194,7 +195,8 @@ class LiveSweep(SweepProgress):
         if self.live:
             self.progress.stop()
         # The title on a line of its own: as the table's, it wrapped mid-sentence at the table's width.
-        self.console.print(_result_title(result, wall_seconds), soft_wrap=True, highlight=False)
+        self.console.print(_result_title(result, wall_seconds), soft_wrap=True, highlight=False, markup=False,
+                           emoji=False)
         self.console.print(results_table(result.trials, result.spec.space, self.metric, self.mode,
                                          width=self.console.width))
 
@@ -206,7 +208,7 @@ class LiveSweep(SweepProgress):
         sweep's header (what it is, its URLs), printed now without counting as the last print, so the first
         trial lines a moment later are not held back behind it."""
         if not self._shown:
-            self.console.print(line, soft_wrap=not self.live, highlight=False)
+            self.console.print(line, soft_wrap=not self.live, highlight=False, markup=False, emoji=False)
             return
         with self._print_lock:
             self._lines.append(line)
@@ -233,7 +235,8 @@ class LiveSweep(SweepProgress):
 
     def _print_lines(self) -> None:
         if self._lines:
-            self.console.print("\n".join(self._lines), soft_wrap=not self.live, highlight=False)
+            self.console.print("\n".join(self._lines), soft_wrap=not self.live, highlight=False, markup=False,
+                               emoji=False)
             self._lines = []
         self._printed = time.monotonic()
 
@@ -244,8 +247,8 @@ class LiveSweep(SweepProgress):
             table.add_column(header, overflow="fold", no_wrap=header != "metrics")
         now = time.monotonic()
         for trial in sorted(self.state.running.values(), key=lambda t: t.number):
-            table.add_row(f"{trial.number:04d}", trial.worker, f"{trial.epoch}/{self.state.epochs}",
-                          _metrics_text(trial.metrics, self.metric), duration(now - trial.started))
+            table.add_row(f"{trial.number:04d}", Text(trial.worker), f"{trial.epoch}/{self.state.epochs}",
+                          Text(_metrics_text(trial.metrics, self.metric)), duration(now - trial.started))
         return table
 
     def status_line(self) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from .protocol import TrialRecord, best_trial
 
@@ -147,13 +148,16 @@ def _row(trial: TrialRecord, best: TrialRecord | None, metric: str) -> dict[str,
 
 
 def _table(columns: list[_Column], rows: list[dict[str, Any]], title: str | None) -> Table:
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    """Every header and cell is text as it is (rich.text.Text): never read as markup or emoji codes, whatever
+    the console (a parameter named ``[bold]`` or a worker ``:x:`` is shown as such)."""
+    table = Table(title=Text(title) if title is not None else None, title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True)
     for column in columns:
         # Values fold onto a second line rather than being cut: nothing searched is ever hidden behind "…".
-        table.add_column(column.header, justify=column.justify,  # type: ignore[arg-type]
+        table.add_column(Text(column.header), justify=column.justify,  # type: ignore[arg-type]
                          overflow="fold", min_width=min(len(column.header), 6))
     for row in rows:
-        table.add_row(*(row.get(c.key, "") for c in columns))
+        table.add_row(*(Text(str(row.get(c.key, ""))) for c in columns))
     return table
 
 

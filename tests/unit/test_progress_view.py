@@ -114,6 +114,32 @@ def test_at_80_columns_every_searched_value_is_distinct_and_nothing_is_cut():
     assert [next(c for c in row if c in ("0.001", "0.01")) for row in rows] == ["0.001", "0.01", "0.001", "0.01"]
 
 
+def test_text_from_the_sweep_is_shown_as_it_is_never_as_markup_or_emoji_codes():
+    """Run directories, worker names, hyperparameter names and values are data: on a console the caller made
+    (rich reads markup and emoji codes by default), ``[bold]`` and ``:x:`` are printed, not applied."""
+    out = io.StringIO()
+    view = LiveSweep(Console(file=out, width=200, force_terminal=False))
+    spec = SweepSpec.create(name="view", workload="xor", space={"lr": [0.1]}, epochs=1, runs_dir="runs/[bold]:x:")
+    worker = "gpu-[red]-:smile:"
+    with view:
+        view.on_start(spec, total=2, todo=2, dashboard=None)
+        view.on_trial_start(0, worker)
+        view.on_trial_start(1, "cpu-[s]")
+        view.on_trial_end(TrialRecord(number=0, params={"lr": 0.1}, state=TrialState.FAILED, worker=worker,
+                                      error_type="Err[/]"), {TrialState.FAILED: 1}, None)
+    Console(file=out, width=200).print(view.running_table())  # trial 1, running
+    trials = [TrialRecord(number=0, params={"[i]": "[b]:fire:"}, state=TrialState.COMPLETED, worker="w[u]",
+                          best=0.5, best_epoch=1, epochs=1, seconds=1.0)]
+    Console(file=out, width=200).print(results_table(trials, ["[i]"], "val_loss", "min", width=200,
+                                                     title="Sweep '[blink]'"))
+    text = out.getvalue()
+    for shown in ("runs/[bold]:x:", f"trial 0000 started on {worker}", "Err[/]", "[i]", "[b]:fire:", "w[u]",
+                  "Sweep '[blink]'"):
+        assert shown in text, shown
+    running = [line.split()[:3] for line in text.splitlines() if line.startswith("0001")]
+    assert running == [["0001", "cpu-[s]", "0/1"]]
+
+
 def test_a_10000_trial_table_shows_the_best_and_the_failures_and_says_where_the_rest_are():
     from training.results_view import MAX_ROWS
 
@@ -122,7 +148,7 @@ def test_a_10000_trial_table_shows_the_best_and_the_failures_and_says_where_the_
             for i in range(10_000)]
     rows[5_000] = Row(5_000, {"lr": 0.5}, TrialState.FAILED, error_type="ValueError")
     table = results_table(rows, ["lr"], "val_loss", "min", width=120, title="Sweep 'big'")
-    shown = [int(c.rstrip(" *")) for c in table.columns[0].cells]
+    shown = [int(str(c).rstrip(" *")) for c in table.columns[0].cells]
     assert len(shown) == MAX_ROWS and shown == sorted(shown)
     assert 0 in shown and 5_000 in shown  # the best (trial 0: 1.0) and the failed one
     assert "The best 59 of 10,000 trials and the first 1 that failed; results.csv has them all." in table.title
