@@ -46,6 +46,23 @@ def test_names_beats_the_uniform_baseline_and_generates_novel_names():
     assert len(generated) == 30
     assert not any(name.lower() in known for name in generated)
     assert all(set(name.lower()) <= set("abcdefghijklmnopqrstuvwxyz-. ") for name in generated)
+    # Many names are sampled in batches of at most GENERATE_BATCH (memory bounded however many are asked for),
+    # novel and distinct across batches.
+    import training.workloads.names as names_module
+
+    sizes: list[int] = []
+    sample = names_module._sample_names
+
+    def counted(model, meta, count, generator, prompt):
+        sizes.append(count)
+        return sample(model, meta, count, generator, prompt)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(names_module, "GENERATE_BATCH", 16)
+        patch.setattr(names_module, "_sample_names", counted)
+        many = trained.generate(40, seed=1)
+    assert len(many) == len(set(many)) == 40 and not any(name.lower() in known for name in many)
+    assert len(sizes) >= 3 and set(sizes) == {16}
 
 
 def test_charlm_loss_falls_and_sampling_prints_text():

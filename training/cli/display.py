@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -18,6 +19,14 @@ console = Console(highlight=False, soft_wrap=True, markup=False, emoji=False,  #
                   width=None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160)
 _FIRST = ("epoch", "train_loss")
 _LAST = ("lr", "seconds", "samples_per_s")
+
+
+def working(what: str) -> contextlib.AbstractContextManager[Any]:
+    """A spinner with ``what`` on standard error while the block runs, where that is a terminal (the output
+    itself, on standard output, stays clean for a pipe or a file)."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    return Console(stderr=True, highlight=False, markup=False, emoji=False).status(f"{what}...")
 
 
 class BadInput(click.ClickException):

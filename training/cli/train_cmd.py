@@ -185,7 +185,8 @@ def generate_command(model_dir: Path, count: int | None, seed: int | None, promp
     trained = load_model(model_dir, allow=allow)
     _require_use(trained.workload, "generate")
     count = count or display.GENERATE_DEFAULT.get(trained.workload, 10)
-    samples = trained.generate(count, seed=seed, prompt=prompt)
+    with display.working(f"Sampling {count:,} {'names' if trained.workload == 'names' else 'characters'}"):
+        samples = trained.generate(count, seed=seed, prompt=prompt)
     for sample in samples:
         display.console.print(sample)
 
