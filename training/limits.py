@@ -27,6 +27,8 @@ MAX_SPEC_BYTES = 16 * 2**20
 MAX_EPOCHS = 100_000
 #: Automatic restarts of one DDP job (``--max-restarts``).
 MAX_RESTARTS = 100
+#: A data file the built-in names and charlm workloads read whole into memory (a text or JSON file).
+MAX_TEXT_DATA = 64 * 2**20
 #: `dask-train generate -n`: names, or characters of text.
 MAX_GENERATE = 100_000
 #: A trial that sends no epoch for this long is stuck (a deadlock, an endless loop): stopped as timed_out.

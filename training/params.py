@@ -36,6 +36,8 @@ class Param:
         The only values accepted.
     path : {"file", "dir"}, optional
         The value (when not empty) names data on disk: see :func:`check_data_paths`.
+    max_bytes : int, optional
+        The most bytes that file may hold (a file read whole into memory).
 
     Examples
     --------
@@ -51,6 +53,7 @@ class Param:
     high: float | None = None
     choices: tuple[Any, ...] | None = None
     path: str | None = None
+    max_bytes: int | None = None
 
     def parse(self, value: Any) -> Any:
         """Coerce ``value`` (a string from the CLI, or a Python value) and check it is allowed."""
@@ -198,6 +201,16 @@ def _check_data_path(param: Param, value: str, here: bool) -> None:
         raise ConfigError(f"{named} is a folder. Pass {want}.")
     elif not stat.S_ISREG(mode):
         raise ConfigError(f"{named} is not a regular file (a device or pipe). Pass {want}.")
+    elif param.max_bytes is not None:
+        check_data_size(value, os.stat(value).st_size, param.max_bytes, named)
+
+
+def check_data_size(path: str, size: int, most: int, named: str | None = None) -> None:
+    """Refuse a data file of more than ``most`` bytes (read whole into memory) before it is read."""
+    if size > most:
+        raise ConfigError(f"{named or short(path)} holds {size / 2**20:,.0f} MiB: this workload reads its data "
+                          f"file whole, and takes at most {most // 2**20} MiB. Pass a smaller file (e.g. its "
+                          f"first part: head -c {most // 2**20 - 1}M FILE > part.txt).")
 
 
 def _unknown_message(name: str, known: list[str], owner: str) -> str:

@@ -115,6 +115,9 @@ CASES: list[tuple[str, list[str], int]] = [
     ("train-out-a-file", ["train", "xor", "--out", "plain-file.txt"], 2),
     ("train-data-missing", ["train", "charlm", "--data", "no-such-text.txt"], 2),
     ("train-data-a-device", ["train", "charlm", "--data", "/dev/zero"], 2),
+    # names and charlm read their data file whole: one larger than 64 MiB is refused before it is read
+    ("train-names-data-too-big", ["train", "names", "--data", "inputs/huge.json"], 2),
+    ("sweep-charlm-data-too-big", ["sweep", "inputs/charlm-huge-data.yaml"], 2),
     ("train-data-a-folder", ["train", "names", "--data", "someone-elses"], 2),
     ("train-data-a-file-for-a-folder", ["train", "digits", "--data", "plain-file.txt"], 2),
     ("ddp-data-a-device", ["ddp", "charlm", "--data", "/dev/zero", "--workers", "1"], 2),
@@ -298,6 +301,7 @@ def workdir(tmp_path_factory) -> Path:
     (inputs / "address-file.json").write_text('{"address": "file:///etc/passwd"}')
     with (inputs / "huge.json").open("wb") as huge:  # 3 GB on paper, sparse on disk
         huge.truncate(3 * 2**30)
+    (inputs / "charlm-huge-data.yaml").write_text(_sweep(workload="charlm", space={"data": ["inputs/huge.json"]}))
     (folder / "runs" / "xor-done").mkdir(parents=True)
     train("xor", epochs=1, checkpoint=folder / "runs" / "xor-done" / "checkpoint.pt")  # a DDP job's, in form
     (folder / "plain-file.txt").write_text("not yours\n")

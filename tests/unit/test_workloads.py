@@ -171,3 +171,23 @@ def test_unknown_workload_and_user_workload_import():
     with pytest.raises(ConfigError, match="not a Workload subclass"):
         get_workload("collections:OrderedDict")
     assert get_workload("training.workloads.xor:Xor").name == "xor"
+
+
+def test_a_text_data_file_larger_than_the_limit_is_refused_where_it_is_read(tmp_path):
+    """The client checks the data file's size before anything starts; a worker reading it checks again (it may
+    see another file, or one grown since): names and charlm read it whole, so never more than MAX_TEXT_DATA."""
+    from training.limits import MAX_TEXT_DATA
+    from training.workloads.base import read_text_data
+
+    big = tmp_path / "big.txt"
+    with big.open("wb") as file:  # sparse: its size on paper
+        file.truncate(MAX_TEXT_DATA + 1)
+    with pytest.raises(DataError, match=r"Names file '.*big.txt' holds 64 MiB: .* at most 64 MiB"):
+        read_text_data(big, "Names file")
+    for workload in ("names", "charlm"):
+        with pytest.raises(DataError, match="at most 64 MiB"):
+            work = get_workload(workload)
+            work.load_data(resolve(work.params, {"data": str(big)}, owner=workload), 0)
+    fits = tmp_path / "fits.txt"
+    fits.write_text("anna\nbob\n")
+    assert read_text_data(fits, "Names file") == "anna\nbob\n"

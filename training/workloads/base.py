@@ -5,9 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..params import Param
+from ..errors import ConfigError, DataError
+from ..limits import MAX_TEXT_DATA, short
+from ..params import Param, check_data_size
 
 if TYPE_CHECKING:
     import torch
@@ -115,6 +118,21 @@ class Workload(ABC):
         """Whether this workload defines its :attr:`use` (``generate`` or ``evaluate``): one of your own may
         define neither, and the CLI then shows a trained model's metrics only."""
         return getattr(type(self), self.use, None) is not getattr(Workload, self.use, None)
+
+
+def read_text_data(path: Path, what: str) -> str:
+    """A user's text data file (``what``: "Names file"...), read whole once its size is checked: at most
+    :data:`~training.limits.MAX_TEXT_DATA` bytes, on the worker that reads it too (it may see another file
+    than the client checked), and never more than that should it grow meanwhile."""
+    named = f"{what} {short(str(path))}"
+    try:
+        check_data_size(str(path), path.stat().st_size, MAX_TEXT_DATA, named)
+        with path.open("rb") as file:
+            data = file.read(MAX_TEXT_DATA + 1)
+        check_data_size(str(path), len(data), MAX_TEXT_DATA, named)
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
+    return data.decode("utf-8", errors="replace")
 
 
 def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[torch.Tensor]:

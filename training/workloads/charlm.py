@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
+from ..limits import MAX_TEXT_DATA
 from ..params import Param
-from .base import Batch, Data, Workload
+from .base import Batch, Data, Workload, read_text_data
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +32,8 @@ class CharLM(Workload):
         Param("hidden", int, 128, "LSTM hidden size", low=1, high=4096),
         Param("layers", int, 1, "LSTM layers", low=1, high=16),
         Param("dropout", float, 0.0, "dropout between LSTM layers", low=0.0, high=0.9),
-        Param("data", str, "", "text file to learn; empty: the shipped sonnets excerpt", path="file"),
+        Param("data", str, "", "text file to learn; empty: the shipped sonnets excerpt", path="file",
+              max_bytes=MAX_TEXT_DATA),
         Param("val_fraction", float, 0.1, "share of the text (its end) held out", low=0.01, high=0.5),
     )
 
@@ -104,7 +106,7 @@ def read_text(path: str) -> str:
     if not file.is_file():
         raise DataError(f"Text file {path!r} does not exist. Pass --data PATH to a text file, or leave it "
                         "out to use the shipped Shakespeare excerpt.")
-    text = file.read_text(encoding="utf-8", errors="replace")
+    text = read_text_data(file, "Text file")
     if not text.strip():
         raise DataError(f"Text file {path!r} is empty.")
     return text

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, DataError
-from ..limits import short
+from ..limits import MAX_TEXT_DATA, short
 from ..params import Param
-from .base import Batch, Data, Workload, split_indices
+from .base import Batch, Data, Workload, read_text_data, split_indices
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +42,7 @@ class Names(Workload):
         Param("dropout", float, 0.1, "dropout between LSTM layers", low=0.0, high=0.9),
         Param("window", int, 8, "characters of context", low=1, high=64),
         Param("data", str, "", "JSON list or text file of names (one a line); empty: census lists",
-              path="file"),
+              path="file", max_bytes=MAX_TEXT_DATA),
         Param("corpus", str, "all", "census list when no data file is given", choices=("all", "last", "first")),
         Param("max_names", int, 0, "use only the first N names (0: all)", low=0),
         Param("val_fraction", float, 0.1, "share of names held out for validation", low=0.01, high=0.5),
@@ -138,7 +138,7 @@ def _read_user_names(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"Names file {str(path)!r} does not exist. Pass --data PATH to a JSON list or a "
                         "text file with one name a line, or leave --data out to use the census lists.")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = read_text_data(path, "Names file")
     if not text.strip():
         raise DataError(f"Names file {str(path)!r} is empty.")
     if text.lstrip().startswith("{"):
