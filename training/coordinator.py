@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -202,6 +203,10 @@ class Coordinator:
             by_number = {outcome.number: outcome for outcome in result}
             return [by_number[number] for number in numbers]
         except Exception as error:
+            if _scheduler_lost(self.client, error):  # not the trials' doing: nothing recorded, a rerun resumes
+                raise ClusterError(f"Lost the cluster's scheduler (it stopped, or the network failed): the sweep "
+                                   f"stopped. Finished trials are saved in {self.spec.run_dir}; rerun the same "
+                                   "command when the cluster is back to finish the rest.") from None
             running = self.events.current(numbers)
             never_ran = running is None and isinstance(error, KilledWorker)
             if (len(numbers) > 1 or never_ran) and not self.careful & set(numbers):
@@ -682,6 +687,14 @@ def _interrupted(spec: SweepSpec, store: RunStore, cancelled: list[int]) -> str:
 def _executing_keys(dask_worker: Any) -> list[str]:
     """Run on each worker: the keys of the tasks its threads run now."""
     return [str(task.key) for task in dask_worker.state.executing]
+
+
+def _scheduler_lost(client: Client, error: BaseException) -> bool:
+    """Whether a task's ``error`` is its client losing the scheduler (its futures cancelled as it went), which
+    says nothing of the task's trials."""
+    reason = getattr(error, "reason", "") if isinstance(error, CancelledError) else ""
+    return reason == "scheduler-connection-lost" or (isinstance(error, CancelledError) and
+                                                     client.status not in ("running", "connecting"))
 
 
 def _task_error(number: int, error: BaseException) -> str:

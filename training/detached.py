@@ -47,6 +47,7 @@ class _Run:
     ended: float | None = None
     entries: list[tuple[int, str, list[Any]]] = field(default_factory=list)  # (seq, hook, args)
     stop: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)  # its thread ended
     seq: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -80,10 +81,59 @@ def start(spec_json: dict[str, Any], run_dir: str, dask_scheduler: Any = None) -
             raise ValueError(f"A sweep named '{name}' is already running on this cluster: attach to it, "
                              "cancel it, or give another --name (name=...).")
         run = _RUNS[name] = _Run(name, str(resolved))
+    if _PLUGIN not in dask_scheduler.plugins:
+        dask_scheduler.add_plugin(_stop_runs_first(), name=_PLUGIN, idempotent=True)
     address, security = dask_scheduler.address, _client_security(dask_scheduler.security)
     threading.Thread(target=_coordinate, args=(run, spec_json, address, security), name=f"dask-train-{name}",
                      daemon=True).start()
     return run.summary()
+
+
+#: How long a closing cluster gives its detached sweeps to stop as a cancel stops them (record, free).
+STOP_GRACE = 60.0
+
+
+def stop_all(grace: float = STOP_GRACE) -> list[_Run]:
+    """Stop every detached sweep running in this process (the scheduler's) as :func:`cancel` does, and wait up
+    to ``grace`` seconds for them to record it: before its scheduler closes, so that their trials are recorded
+    as cancelled, with their epochs and checkpoints kept for the resuming rerun, not failed by its close.
+    The runs that were running."""
+    with _LOCK:
+        running = [run for run in _RUNS.values() if run.state == "running"]
+    for run in running:
+        run.stop.set()
+    deadline = time.monotonic() + grace
+    for run in running:
+        run.done.wait(max(0.0, deadline - time.monotonic()))
+    return running
+
+
+def stopped_line(run: _Run) -> str:
+    """What became of a detached sweep its cluster stopped (see :func:`stop_all`), in one line."""
+    if run.state == "cancelled":
+        return (f"Detached sweep '{run.name}' cancelled: {run.run_dir} keeps its finished trials and checkpoints; "
+                "submitting it again resumes it.")
+    return f"Detached sweep '{run.name}' {run.state}" + (f": {run.error}" if run.error else ".")
+
+
+def _stop_runs_first() -> Any:
+    """A scheduler plugin: a scheduler closing any other way than `dask-train cluster up`'s (which calls
+    :func:`stop_all` itself while its workers are still there) stops its detached sweeps first too."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class StopRunsFirst(SchedulerPlugin):
+        name = _PLUGIN
+
+        async def before_close(self) -> None:
+            import asyncio
+
+            for run in await asyncio.get_running_loop().run_in_executor(None, stop_all):
+                log.warning("The scheduler is closing. %s", stopped_line(run))
+
+    return StopRunsFirst()
+
+
+_PLUGIN = "dask-train-detached-sweeps"
 
 
 def runs(dask_scheduler: Any = None) -> list[dict[str, Any]]:
@@ -142,6 +192,7 @@ def _coordinate(run: _Run, spec_json: dict[str, Any], address: str, security: An
         run.state, run.error = "failed", f"{type(exc).__name__}: {exc}"
     run.ended = time.time()
     run.add("end", run.state, run.error)
+    run.done.set()
 
 
 class _Recorder:

@@ -5,6 +5,7 @@ final table; ``cancel`` stops one and frees its workers; ``runs`` lists them."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -114,3 +115,86 @@ def _running(run_dir: Path) -> int:
 def test_detach_needs_a_running_cluster():
     refused = run_cli("sweep", "pets-quick", "--detach")
     assert refused.returncode == 2 and "needs a running cluster" in refused.stdout + refused.stderr
+
+
+def test_a_cluster_stopped_under_a_detached_sweep_cancels_it_keeping_its_epochs_and_a_rerun_resumes(tmp_path):
+    """Ctrl-C of `cluster up` while a detached sweep trains: the sweep is cancelled first, as `cancel` does
+    (its trials cancelled, their epochs and checkpoints kept, `cluster up` says so), not failed by the closing
+    scheduler (which recorded every trial as failed and deleted their epochs); the same sweep run again
+    resumes the cancelled trials after their last epoch."""
+    scheduler_file = tmp_path / "scheduler.json"
+    sweep_file = tmp_path / "stopped.yaml"
+    sweep_file.write_text(yaml.safe_dump({"name": "stopped", "workload": "xor", "space": {"lr": [0.1, 0.2]},
+                                          "params": {"train_size": 300_000}, "epochs": 4}))
+    up = start_cli("cluster", "up", "--workers", "2", "--gpus", "off", "--dashboard-address", "127.0.0.1:0",
+                   "--scheduler-file", str(scheduler_file), cwd=tmp_path)
+    try:
+        poll_for(scheduler_file.is_file, 120, what="the cluster's scheduler file")
+        started = run_cli("sweep", str(sweep_file), "--detach", "--scheduler-file", str(scheduler_file),
+                          cwd=tmp_path, timeout=120)
+        assert started.returncode == 0, started.stdout + started.stderr
+        store = tmp_path / "runs" / "stopped" / "store.sqlite"
+        poll_for(lambda: _epochs(store) >= 2 and _running(store.parent) == 2, 180,
+                 what="two epochs recorded while both trials train")
+        up.send_signal(signal.SIGINT)
+        out, _ = up.communicate(timeout=120)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert up.returncode == 0, out
+    assert "Detached sweep 'stopped' cancelled: " in out and "submitting it again resumes it" in out, out
+    with sqlite3.connect(store, timeout=10) as db:
+        states = dict(db.execute("SELECT number, state FROM trials"))
+        kept = dict(db.execute("SELECT trial, MAX(epoch) FROM epochs GROUP BY trial"))
+    assert states == {0: "cancelled", 1: "cancelled"}, states
+    assert sum(kept.values()) >= 2, kept
+    rerun = run_cli("sweep", str(sweep_file), "--workers", "2", "--gpus", "off", cwd=tmp_path, timeout=240)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    for number, last in kept.items():  # each goes on after its last recorded epoch, none trained again
+        assert not re.search(rf"trial {number:04d} \S+ epoch [1-{last}]/4", rerun.stdout), rerun.stdout
+    with sqlite3.connect(store, timeout=10) as db:
+        done = {n: (state, epochs, starts) for n, state, epochs, starts in
+                db.execute("SELECT number, state, epochs, starts FROM trials")}
+        epoch_rows = [count for (count,) in db.execute("SELECT COUNT(*) FROM epochs GROUP BY trial")]
+    assert done == {0: ("completed", 4, 2), 1: ("completed", 4, 2)}, done
+    assert epoch_rows == [4, 4], epoch_rows
+
+
+def _epochs(store: Path) -> int:
+    try:
+        with sqlite3.connect(store, timeout=10) as db:
+            return db.execute("SELECT COUNT(*) FROM epochs").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def test_a_foreground_sweep_whose_cluster_dies_stops_clearly_and_fails_no_trial(tmp_path):
+    """The cluster of a sweep run from this terminal is killed under it: the sweep ends with one line saying the
+    scheduler was lost, exit code 1, and records no trial as failed (its client's futures were cancelled as the
+    connection went: each trial was recorded failed and its epochs deleted); what finished stays."""
+    scheduler_file = tmp_path / "scheduler.json"
+    sweep_file = tmp_path / "lost.yaml"
+    sweep_file.write_text(yaml.safe_dump({"name": "lost", "workload": "xor", "space": {"lr": [0.1, 0.2]},
+                                          "params": {"train_size": 300_000}, "epochs": 4}))
+    up = start_cli("cluster", "up", "--workers", "2", "--gpus", "off", "--dashboard-address", "127.0.0.1:0",
+                   "--scheduler-file", str(scheduler_file), cwd=tmp_path)
+    sweep = None
+    try:
+        poll_for(scheduler_file.is_file, 120, what="the cluster's scheduler file")
+        sweep = start_cli("sweep", str(sweep_file), "--scheduler-file", str(scheduler_file), "--timeout", "5",
+                          cwd=tmp_path)
+        store = tmp_path / "runs" / "lost" / "store.sqlite"
+        poll_for(lambda: _epochs(store) >= 2, 180, what="two epochs recorded")
+        os.killpg(up.pid, signal.SIGKILL)  # the whole cluster: scheduler and workers
+        out, _ = sweep.communicate(timeout=120)
+    finally:
+        for process in (up, sweep):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    assert sweep.returncode == 1, out
+    assert "Error: Lost the cluster's scheduler (it stopped, or the network failed): the sweep stopped" in out, out
+    assert "Traceback" not in out, out
+    with sqlite3.connect(store, timeout=10) as db:
+        states = [state for (state,) in db.execute("SELECT state FROM trials")]
+        recorded = db.execute("SELECT COUNT(*) FROM epochs").fetchone()[0]
+    assert "failed" not in states and recorded >= 2, (states, recorded)

@@ -166,6 +166,10 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
             while not stop.wait(0.5):
                 pass
             display.console.print("Stopping ...")
+            from ..detached import stop_all, stopped_line
+
+            for run in stop_all():  # cancelled while the workers are there: recorded, kept for a rerun
+                display.console.print(stopped_line(run))
     finally:
         if written and holds_address(scheduler_file, address):  # only this cluster's file, not replaced since
             scheduler_file.unlink(missing_ok=True)
