@@ -69,17 +69,30 @@ _LOCK = threading.Lock()
 
 
 def start(spec_json: dict[str, Any], run_dir: str, dask_scheduler: Any = None) -> dict[str, Any]:
-    """Start a detached sweep here (the scheduler) from a spec the client validated; its summary. Raises
-    ConfigError where this machine cannot write ``run_dir`` (relative: to the scheduler's working folder)
-    and ValueError where a sweep of that name is running."""
+    """Start a detached sweep here (the scheduler) from a spec the client validated: its summary, or
+    ``{"refused": why}`` for what it would refuse as it starts (a sweep of that name running here, a run
+    directory this machine cannot write (relative: to the scheduler's working folder), one another run
+    holds, or one holding another sweep of that name), told now rather than after "running" was said. Never
+    raised: the scheduler would log its traceback."""
+    from .errors import ConfigError
+
+    try:
+        return _start(spec_json, run_dir, dask_scheduler)
+    except ConfigError as exc:
+        return {"refused": str(exc)}
+
+
+def _start(spec_json: dict[str, Any], run_dir: str, dask_scheduler: Any) -> dict[str, Any]:
+    from .errors import ConfigError
     from .run_dirs import SWEEP_MARKERS, check_run_dir
 
     name = str(spec_json["name"])
     resolved = check_run_dir(run_dir, SWEEP_MARKERS, what="run directory on the scheduler's machine")
     with _LOCK:
         if name in _RUNS and _RUNS[name].state == "running":
-            raise ValueError(f"A sweep named '{name}' is already running on this cluster: attach to it, "
-                             "cancel it, or give another --name (name=...).")
+            raise ConfigError(f"A sweep named '{name}' is already running on this cluster: attach to it, "
+                              "cancel it, or give another --name (name=...).")
+        _precheck(spec_json, resolved)
         run = _RUNS[name] = _Run(name, str(resolved))
     if _PLUGIN not in dask_scheduler.plugins:
         dask_scheduler.add_plugin(_stop_runs_first(), name=_PLUGIN, idempotent=True)
@@ -87,6 +100,29 @@ def start(spec_json: dict[str, Any], run_dir: str, dask_scheduler: Any = None) -
     threading.Thread(target=_coordinate, args=(run, spec_json, address, security), name=f"dask-train-{name}",
                      daemon=True).start()
     return run.summary()
+
+
+def _precheck(spec_json: dict[str, Any], run_dir: Path) -> None:
+    """Refuse now what the sweep's own start would: its run directory held by another run (a foreground
+    sweep), not one this machine can make, or holding another sweep of its name."""
+    import sqlite3
+
+    from .errors import ConfigError
+    from .run_dirs import exclusive_run
+    from .store import RunStore
+    from .sweep_spec import NOT_FINGERPRINTED, fingerprint_of
+
+    name = str(spec_json["name"])  # the spec as the client validated it: no workload imported on this event loop
+    with exclusive_run(run_dir, f"run of sweep '{name}'", "choose another --name (name=...)"):
+        path = run_dir / "store.sqlite"
+        if path.is_file():
+            try:
+                with RunStore(path) as store:
+                    store.check_sweep(name, fingerprint_of(spec_json), dict(spec_json), NOT_FINGERPRINTED,
+                                      afresh="run it in the foreground with --new (new=True; not with --detach)")
+            except sqlite3.DatabaseError as exc:
+                raise ConfigError(f"{str(path)!r} is not a dask-train run store ({exc}): choose another --name "
+                                  "(name=...).") from None
 
 
 #: How long a closing cluster gives its detached sweeps to stop as a cancel stops them (record, free).
@@ -266,8 +302,13 @@ class DetachedSweep:
 
 
 def submit(client: Client, spec: SweepSpec) -> DetachedSweep:
-    """Start ``spec`` as a detached sweep in ``client``'s scheduler (see :class:`DetachedSweep`)."""
+    """Start ``spec`` as a detached sweep in ``client``'s scheduler (see :class:`DetachedSweep`); a
+    :class:`~training.errors.ConfigError` for what the scheduler refuses (see :func:`start`)."""
+    from .errors import ConfigError
+
     summary = client.run_on_scheduler(start, spec.to_json(), str(spec.run_dir))
+    if "refused" in summary:
+        raise ConfigError(str(summary["refused"]))
     return DetachedSweep(client, summary["name"], summary["run_dir"])
 
 

@@ -8,6 +8,7 @@ sets aside only a run dask-train wrote.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -82,7 +83,11 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
         yield
         return
     made = list(itertools.takewhile(lambda folder: not folder.exists(), [run_dir, *run_dir.parents]))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a name too long for the filesystem: the folders made on the way go again
+        _remove_empty(made)
+        raise ConfigError(f"{short(str(run_dir))} cannot be made ({exc.strerror or exc}): {other}.") from None
     key = os.path.realpath(run_dir)
     with _HELD_LOCK:
         held = _HELD.get(key, 0)
@@ -101,9 +106,7 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
         yield
     except BaseException:
         if not held:  # folders made for this run (``runs/`` too), which failed before writing anything
-            with contextlib.suppress(OSError):
-                for folder in made:  # the run's first: each is removed only if empty
-                    folder.rmdir()
+            _remove_empty(made)
         raise
     finally:
         with _HELD_LOCK:
@@ -112,6 +115,17 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
                 del _HELD[key]
         if fd >= 0:
             os.close(fd)  # releases the lock
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (innermost first, those not there skipped) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENAMETOOLONG):  # never made: the making failed at it
+                continue
+            return  # not empty (or not ours to remove): nor are the folders above it
 
 
 #: The run directories this process holds (:func:`exclusive_run`), by real path: how many blocks hold each.
@@ -187,8 +201,24 @@ def check_run_dir(run_dir: str | Path, markers: Sequence[str], what: str = "run 
         choose = "another folder (--out)" if what == "model directory" else "another name (--name) or --runs-dir"
         raise ConfigError(f"The {what} {shown} holds files dask-train did not write (no {' or '.join(markers)}); "
                           f"it will not write there. Choose {choose}.")
-    _check_writable(_nearest_existing(path), what)
+    existing = _nearest_existing(path)
+    _check_writable(existing, what)
+    _check_makeable(path, existing, what)
     return path
+
+
+def _check_makeable(path: Path, existing: Path, what: str) -> None:
+    """Refuse a ``path`` whose folders to make under ``existing`` have names longer than its filesystem takes
+    (found at the first mkdir, after a cluster had started)."""
+    try:
+        longest = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):  # not said here: found when it is made
+        return
+    for part in path.relative_to(existing).parts:
+        if len(os.fsencode(part)) > longest:
+            raise ConfigError(f"The {what} {short(str(path))} cannot be made: its folder name {short(part, 40)} "
+                              f"is longer than the {longest} bytes this filesystem takes. Choose a shorter --name "
+                              "or --runs-dir.")
 
 
 def is_ours(path: Path, markers: Sequence[str]) -> bool:
@@ -229,13 +259,14 @@ def _check_writable(folder: Path, what: str) -> None:
     """Create and delete a probe file in ``folder`` (os.access says yes to root even where writes fail)."""
     shown = short(str(folder))
     if not folder.is_dir():
-        raise ConfigError(f"The {what}'s parent {shown} is not a directory: choose another folder.")
+        raise ConfigError(f"{shown}, where the {what} would go, is not a directory: choose another folder.")
     try:
         with tempfile.TemporaryFile(dir=folder, prefix=".dask-train-probe-"):
             pass
     except OSError as exc:
-        raise ConfigError(f"Cannot write in {shown} ({exc.strerror}), where the {what} goes: choose a folder "
-                          "you can write (--runs-dir, --out) or fix its permissions.") from None
+        raise ConfigError(f"Cannot write in {shown}, where the {what} goes (making a file there failed: "
+                          f"{exc.strerror}): choose a folder you can write (--runs-dir, --out) or fix its "
+                          "permissions.") from None
     free = shutil.disk_usage(folder).free
     if free < MIN_FREE_BYTES:
         raise ConfigError(f"Only {free // 2**20} MiB free on the filesystem of {shown}; a run needs at least "

@@ -179,9 +179,10 @@ class RunStore:
                               "Pass a run directory a dask-train sweep wrote.")
         return spec
 
-    def check_sweep(self, name: str, fingerprint: str, spec: dict[str, Any], free: tuple[str, ...] = ()) -> bool:
+    def check_sweep(self, name: str, fingerprint: str, spec: dict[str, Any], free: tuple[str, ...] = (),
+                    afresh: str = "pass --new (new=True)") -> bool:
         """Whether a sweep is recorded here; raises if it is not the one of ``fingerprint`` (``spec``, whose
-        ``free`` fields may change between runs)."""
+        ``free`` fields may change between runs). ``afresh``: how the caller sets the old run aside."""
         row = self.db.execute("SELECT fingerprint FROM sweep WHERE id = 1").fetchone()
         if row is not None and row["fingerprint"] != fingerprint:
             try:
@@ -191,8 +192,8 @@ class RunStore:
             changed = sorted(k for k in spec if k not in free and old.get(k) != spec[k]) if old else []
             raise ConfigError(
                 f"A different sweep named '{name}' is already in {self.path.parent} (changed: "
-                f"{', '.join(changed) or 'trials'}). Rerun it unchanged to resume, pick another name, or pass "
-                "--new (new=True) to set the old run aside and start afresh.")
+                f"{', '.join(changed) or 'trials'}). Rerun it unchanged to resume, pick another name, or "
+                f"{afresh} to set the old run aside and start afresh.")
         return row is not None
 
     def unfinished(self) -> list[int]:

@@ -87,7 +87,7 @@ class SweepSpec:
         if mode is None:
             mode = work.mode if metric == work.metric else "min" if metric.endswith("loss") else "max"
         _check_int("epochs", epochs, allow_none=True)
-        spec = cls(name=name or f"{work.name}-sweep", workload=workload,
+        spec = cls(name=f"{work.name}-sweep" if name is None else name, workload=workload,
                    space=validate_space(space, work.params, work.name),
                    params=validate_space(params, work.params, work.name), metric=metric, mode=mode,
                    epochs=epochs or work.default_epochs, **rest)
@@ -156,13 +156,18 @@ class SweepSpec:
 
     def fingerprint(self) -> str:
         """A hash of what decides the trials and their results (not the name, folder or concurrency)."""
-        content = {k: v for k, v in self.to_json().items()
-                   if k not in NOT_FINGERPRINTED and _FINGERPRINTED_IF_NOT.get(k, object()) != v}
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+        return fingerprint_of(self.to_json())
 
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
+
+
+def fingerprint_of(spec_json: Mapping[str, Any]) -> str:
+    """:meth:`SweepSpec.fingerprint` of a spec's :meth:`~SweepSpec.to_json` (no workload imported)."""
+    content = {k: v for k, v in spec_json.items()
+               if k not in NOT_FINGERPRINTED and _FINGERPRINTED_IF_NOT.get(k, object()) != v}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 #: The fields a sweep file may set: the dataclass's own.
@@ -246,7 +251,8 @@ def load_sweep_file(path: str | Path, *, allow: Iterable[str] = (), **overrides:
         raise ConfigError(f"{where}: unknown field(s) {clip(', '.join(unknown))}; known: {', '.join(FIELDS)}.")
     if "workload" not in content:
         raise ConfigError(f"{where} has no 'workload'.")
-    content.setdefault("name", path.stem)
+    if content.get("name") is None:  # left out, or `name:` with no value
+        content["name"] = path.stem
     content.update({k: v for k, v in overrides.items() if v is not None})
     for key, value in content.items():
         _check_field(where, key, value)

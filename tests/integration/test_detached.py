@@ -102,6 +102,14 @@ def test_cancel_stops_a_detached_sweep_and_frees_its_workers(cluster):
                           resources={"training_slot": 1}).result(timeout=60)
     listed = run_cli("runs", "--scheduler-file", scheduler_file)
     assert "slow" in listed.stdout and "cancelled" in listed.stdout, listed.stdout
+    # Submitted again changed, it is refused at once (it said "running", then failed in the scheduler); the
+    # advice is one that goes with --detach.
+    changed = run_cli("sweep", str(sweep_file), "--detach", "--epochs", "51", "--scheduler-file", scheduler_file)
+    assert changed.returncode == 2, changed.stdout + changed.stderr
+    assert "A different sweep named 'slow' is already in" in changed.stderr, changed.stderr
+    assert "(changed: epochs)" in changed.stderr, changed.stderr
+    assert "run it in the foreground with --new (new=True; not with --detach)" in changed.stderr, changed.stderr
+    assert "is running" not in changed.stdout, changed.stdout
 
 
 def _running(run_dir: Path) -> int:
@@ -136,6 +144,12 @@ def test_a_cluster_stopped_under_a_detached_sweep_cancels_it_keeping_its_epochs_
         store = tmp_path / "runs" / "stopped" / "store.sqlite"
         poll_for(lambda: _epochs(store) >= 2 and _running(store.parent) == 2, 180,
                  what="two epochs recorded while both trials train")
+        again = run_cli("sweep", str(sweep_file), "--detach", "--scheduler-file", str(scheduler_file),
+                        cwd=tmp_path)
+        assert again.returncode == 2, again.stdout + again.stderr  # refused as the user's input, in one line
+        said = again.stderr.strip()
+        assert said == ("Error: A sweep named 'stopped' is already running on this cluster: attach to it, cancel "
+                        "it, or give another --name (name=...)."), said
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=120)
     finally:
@@ -143,6 +157,7 @@ def test_a_cluster_stopped_under_a_detached_sweep_cancels_it_keeping_its_epochs_
             up.kill()
     assert up.returncode == 0, out
     assert "Detached sweep 'stopped' cancelled: " in out and "submitting it again resumes it" in out, out
+    assert "Traceback" not in out and "Run Failed" not in out, out  # the refusal was not logged as a crash
     with sqlite3.connect(store, timeout=10) as db:
         states = dict(db.execute("SELECT number, state FROM trials"))
         kept = dict(db.execute("SELECT trial, MAX(epoch) FROM epochs GROUP BY trial"))
