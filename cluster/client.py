@@ -52,10 +52,15 @@ def connect(address: str | None = None, *, scheduler_file: str | None = None,
     if address.startswith("tls://") and security is None:
         raise ClusterConnectError(f"{address} uses TLS: connect with --scheduler-file from `dask-train "
                                   "cluster up --tls`, or pass the certificate files.")
+    given = f"--scheduler-file {scheduler_file}" if scheduler_file else "--address"
     try:
+        _probe(address, security, timeout)
         client = Client(address, security=security, timeout=timeout)
+    except _NotAScheduler:
+        raise ClusterConnectError(
+            f"{address} took the connection but did not answer as a Dask scheduler within {timeout:g}s (is it "
+            f"a dashboard's port, or another service?). Pass the scheduler's address ({given}).") from None
     except (OSError, TimeoutError) as exc:
-        given = f"--scheduler-file {scheduler_file}" if scheduler_file else "--address"
         raise ClusterConnectError(
             f"Could not connect to a Dask scheduler at {address} within {timeout:g}s ({exc}). Is it running "
             f"and reachable? Start one with `dask-train cluster up`, or leave out {given} to use the "
@@ -89,6 +94,32 @@ def cluster_workers(client: Client) -> dict[str, dict[str, Any]]:
         return dict(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
     except OSError as exc:  # distributed's CommClosedError and connect timeouts among them
         raise ClusterConnectError(f"The scheduler did not answer ({type(exc).__name__}: {exc}).") from None
+
+
+class _NotAScheduler(Exception):
+    """Something took the connection and never answered Dask's handshake."""
+
+
+def _probe(address: str, security: Security | None, timeout: float) -> None:
+    """Connect to ``address`` as Dask does, bounded by ``timeout`` in all: Dask's own connect waits without end
+    for the handshake of something that takes the connection and says nothing (a dashboard's port, another
+    service). OSError where nothing answered within ``timeout`` (Dask retries meanwhile: a scheduler starting);
+    :class:`_NotAScheduler` where something took the connection and said nothing."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect as dask_connect
+
+    async def handshake() -> None:
+        args = security.get_connection_args("client") if security is not None else {}
+        try:
+            comm = await asyncio.wait_for(dask_connect(address, timeout=timeout, **args), timeout + 1)
+        except TimeoutError:  # Dask's own timeout is an OSError: this one is the handshake's
+            raise _NotAScheduler from None
+        await comm.close()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="dask-train-probe") as pool:  # any caller, a running loop too
+        pool.submit(asyncio.run, handshake()).result()
 
 
 def _wait_for_slots(client: Client, min_workers: int, timeout: float) -> None:

@@ -3,6 +3,7 @@ cancels and frees, and a trial whose worker or client is killed continues from i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -427,3 +428,34 @@ def test_without_a_shared_disk_checkpoints_go_through_the_coordinator_and_a_kill
         _assert_resumed(c, "relay", run_dir, recorded, killed_at, result.best.history)
     assert not checkpoint.exists()  # dropped once the trial finished
     assert (run_dir / "trials" / "0000" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("command", [["runs"], ["cluster", "info"], ["sweep", "pets-quick"]])
+def test_an_address_that_takes_the_connection_and_never_answers_ends_within_the_timeout(command):
+    """A dashboard's port or another service: it accepts the TCP connection and says nothing. Dask's connect
+    waits for its handshake without end (`runs --timeout 3` hung until killed); the command gives up after
+    --timeout, in one line, exit code 1, naming the address."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    address = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    taken: list[socket.socket] = []
+
+    def take() -> None:
+        with contextlib.suppress(OSError):  # closed at the end
+            while True:
+                taken.append(listener.accept()[0])
+
+    threading.Thread(target=take, daemon=True).start()
+    try:
+        result = run_cli(*command, "--address", address, "--timeout", "2", timeout=90)
+    finally:
+        listener.close()
+        for connection in taken:
+            connection.close()
+    assert result.returncode == 1, result.stdout + result.stderr
+    said = result.stderr.strip()
+    assert said == (f"Error: {address} took the connection but did not answer as a Dask scheduler within 2s (is "
+                    "it a dashboard's port, or another service?). Pass the scheduler's address (--address)."), said
