@@ -38,8 +38,9 @@ class TpeSource(Source):
     """TPE: trials a killed client had started first (same parameters), then new ones asked of Optuna."""
 
     def __init__(self, spec: SweepSpec, store: RunStore) -> None:
-        from .tpe import TpeSearch
+        from .tpe import TpeSearch, check_study_kept
 
+        check_study_kept(spec.run_dir, sum(store.counts().values()))
         self.store = store
         self.search = TpeSearch(spec.name, spec.workload, spec.space, spec.params, int(spec.num_trials or 0),
                                 spec.mode, spec.seed, spec.run_dir)

@@ -360,6 +360,10 @@ def finished_trials(spec: SweepSpec) -> list[TrialRecord] | None:
     try:
         with RunStore(path) as store:
             recorded = store.check_sweep(spec.name, spec.fingerprint(), spec.to_json(), NOT_FINGERPRINTED)
+            if recorded and spec.search == "tpe":
+                from .tpe import check_study_kept
+
+                check_study_kept(spec.run_dir, sum(store.counts().values()))
             if not recorded or spec.search == "tpe" or store.unfinished():  # TPE: its study decides
                 return None
             rows = store.trials()

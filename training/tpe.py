@@ -9,10 +9,13 @@ never asks for more than ``num_trials`` in total.
 from __future__ import annotations
 
 import logging
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+from .limits import clip, short
 from .params import Param, resolve
 from .space import Domain
 from .workloads import get_workload
@@ -34,12 +37,21 @@ class TpeSearch:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.work = get_workload(workload)
         self.space, self.fixed, self.num_trials = dict(space), dict(fixed), num_trials
-        storage = JournalStorage(JournalFileBackend(str(run_dir / STUDY_FILE)))
+        path = run_dir / STUDY_FILE
+        check_study_file(path, num_trials)
         # A few random trials first, then TPE; constant_liar keeps parallel asks from repeating each other.
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, num_trials // 4),
                                              constant_liar=True)
-        self.study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, load_if_exists=True,
-                                         direction="minimize" if mode == "min" else "maximize")
+        try:
+            storage = JournalStorage(JournalFileBackend(str(path)))  # replays the journal
+            self.study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                                             load_if_exists=True,
+                                             direction="minimize" if mode == "min" else "maximize")
+            self.study.get_trials(deepcopy=False)  # the whole journal replayed now, not at the first ask
+        except Exception as exc:  # a journal Optuna cannot replay (edited, cut short): it is data, said so
+            raise ConfigError(f"{short(str(path))} is not a study journal Optuna can read ({type(exc).__name__}: "
+                              f"{clip(str(exc), 200)}): pass --new (new=True) to set the run aside and start "
+                              "afresh.") from None
 
     def unfinished(self) -> list[tuple[int, dict[str, Any]]]:
         """Trials the study started but never heard back about (a killed client's), with full params."""
@@ -70,6 +82,38 @@ class TpeSearch:
     def _full(self, suggested: Mapping[str, Any]) -> dict[str, Any]:
         fixed_in_space = {k: v for k, v in self.space.items() if not isinstance(v, Domain)}
         return resolve(self.work.params, {**self.fixed, **fixed_in_space, **suggested}, owner=self.work.name)
+
+
+def check_study_file(path: Path, num_trials: int) -> None:
+    """A TPE run's study journal, if there is one, as data: a regular file in the run directory (not a link:
+    Optuna appends to it), no larger than a study of ``num_trials`` trials writes (Optuna replays all of it):
+    :data:`STUDY_BYTES_PER_TRIAL` a trial."""
+    try:
+        status = path.lstat()
+    except FileNotFoundError:
+        return
+    again = "pass --new (new=True) to set the run aside and start afresh."
+    if not stat.S_ISREG(status.st_mode):
+        raise ConfigError(f"{short(str(path))} is not a regular file (a link, device or pipe): {again}")
+    most = STUDY_BYTES_PER_TRIAL * (num_trials + 16)
+    if status.st_size > most:
+        raise ConfigError(f"{short(str(path))} holds {status.st_size / 2**20:,.1f} MiB, more than a study of "
+                          f"{num_trials:,} trials writes (at most {most / 2**20:,.1f} MiB): {again}")
+
+
+def check_study_kept(run_dir: Path, recorded: int) -> None:
+    """Refuse to go on with a TPE run whose store records ``recorded`` trials but whose study journal is gone:
+    a new study would ask for all of them again (and retrain the finished ones)."""
+    if recorded and not (run_dir / STUDY_FILE).exists():
+        trials = f"{recorded:,} trial{'s' if recorded != 1 else ''}"
+        raise ConfigError(f"{short(str(run_dir))} records {trials} of this TPE sweep, but its study journal "
+                          f"{STUDY_FILE} is missing: the search cannot go on without it. Pass --new (new=True) to "
+                          "set the run aside and start afresh.")
+
+
+#: Bytes of study journal a trial may account for: Optuna writes well under 16 KiB for a trial of many
+#: hyperparameters (its creation, each parameter, its values and state).
+STUDY_BYTES_PER_TRIAL = 64 * 2**10
 
 
 def _suggest(trial: Any, param: Param, domain: Domain) -> Any:
