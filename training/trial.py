@@ -9,6 +9,7 @@ traceback, worker), never a crash of the sweep.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -255,7 +256,20 @@ def _sees_run_dir(spec: TrialSpec, run_dir: Path) -> bool:
 
 
 def mark_run_dir(run_dir: Path, run: str) -> Path:
-    """Write ``run_dir``'s mark file with the run token ``run`` (replacing an earlier run's); its path."""
+    """Write ``run_dir``'s mark file with the run token ``run`` (replacing an earlier run's); its path. Before
+    any trial runs, a link among its trial folders (``trials/`` itself or ``trials/NNNN``, put there by hand) is
+    removed, its target untouched: what the run writes there (checkpoints, model files) stays in the run
+    directory instead of going through it (the symlink of a trial folder sent a rerun's model files into the
+    folder it named)."""
+    trials = run_dir / "trials"
+    if trials.is_symlink():
+        trials.unlink()
+    elif trials.is_dir():
+        for entry in os.scandir(trials):
+            if entry.is_symlink():
+                log.warning("Removing the link %s in the run directory (to %s): trial folders are the run's own",
+                            entry.path, os.readlink(entry.path))
+                os.unlink(entry.path)
     mark = run_dir / RUN_MARK
     replace_file(mark, run.encode("utf-8"))
     return mark

@@ -301,6 +301,31 @@ def test_rerunning_finishes_only_what_is_missing_and_refuses_a_changed_spec(clie
     assert "WARNING" not in shown.stdout + shown.stderr
 
 
+def test_a_rerun_never_writes_through_a_linked_trial_folder(client, tmp_path):
+    """A trial folder replaced by a link (to a folder outside the run directory) before a rerun trains that
+    trial again: the link is removed, its target untouched, and the trial's files go into a folder of the run's
+    own (they went through the link, and the result then said the best trial's model was outside the run)."""
+    sweep = Sweep("xor", {"lr": [0.1, 0.2]}, epochs=2, name="linked", runs_dir=str(tmp_path))
+    sweep.run(client)
+    run_dir = tmp_path / "linked"
+    with sqlite3.connect(run_dir / "store.sqlite") as db:  # trial 0 to run again
+        db.execute("UPDATE trials SET state = 'pending', starts = 0, epochs = 0, metrics = NULL, best = NULL, "
+                   "model_dir = NULL, best_epoch = NULL, worker = NULL, started = NULL, finished = NULL, "
+                   "seconds = NULL WHERE number = 0")
+        db.execute("DELETE FROM epochs WHERE trial = 0")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "marker").write_text("precious\n")
+    shutil.rmtree(run_dir / "trials" / "0000")
+    (run_dir / "trials" / "0000").symlink_to(victim)
+    result = sweep.run(client)
+    assert sorted(p.name for p in victim.iterdir()) == ["marker"]
+    assert (victim / "marker").read_text() == "precious\n"
+    folder = run_dir / "trials" / "0000"
+    assert folder.is_dir() and not folder.is_symlink() and (folder / "model.json").is_file()
+    assert list(result.table["state"]) == ["completed", "completed"] and result.best is not None
+
+
 def _running_trial(run_dir):
     if not (run_dir / "store.sqlite").exists():
         return None
