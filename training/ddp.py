@@ -253,7 +253,7 @@ class _Job:
         trained = TrainedModel(self.workload, self.params, head.meta, head.artifacts, list(head.history),
                                model.eval(), self.seed, extra={"ddp": self.name, "world_size": len(placements)},
                                best_epoch=head.best_epoch)
-        model_dir = save_model(trained, self.run_dir / "model")
+        model_dir = save_model(trained, self.run_dir / "model", overwrite=True)  # the job's own, resumed
         first_step = None if run.first_step is None else run.first_step - started
         return DDPResult(trained, self.run_dir, model_dir, placements, time.time() - started, first_step,
                          outputs, list(run.restarts))

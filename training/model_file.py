@@ -56,9 +56,11 @@ class TrainedModel:
         """The record of the epoch whose weights the model holds (empty before any epoch)."""
         return epoch_record(self.history, self.best_epoch)
 
-    def save(self, path: str | Path) -> Path:
-        """Write the model directory (created if needed) and return its path."""
-        return save_model(self, path)
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the model directory (created if needed) and return its path. A folder already holding a model
+        is refused (ConfigError, nothing written) unless ``overwrite``: another model's files are never
+        replaced by mistake."""
+        return save_model(self, path, overwrite=overwrite)
 
     def generate(self, count: int, *, seed: int | None = None, prompt: str = "") -> list[str]:
         """Names or text sampled from a generative model (``names``, ``charlm``): at most
@@ -91,10 +93,14 @@ def epoch_record(history: list[dict[str, Any]], epoch: int | None) -> dict[str, 
     return dict(found if found is not None else history[-1]) if history else {}
 
 
-def save_model(trained: TrainedModel, path: str | Path) -> Path:
-    """Write ``trained`` as a model directory: weights, metadata, history, artifacts. A file there, or a
-    folder of files dask-train did not write, is refused (ConfigError) before anything is written."""
+def save_model(trained: TrainedModel, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``trained`` as a model directory: weights, metadata, history, artifacts. A file there, a folder
+    of files dask-train did not write, or (unless ``overwrite``) one holding a model is refused (ConfigError)
+    before anything is written."""
     check_run_dir(path, MODEL_MARKERS, what="model directory")
+    if not overwrite and (held := [m for m in (METADATA, WEIGHTS) if (Path(path) / m).exists()]):
+        raise ConfigError(f"{short(str(path))} already holds a model ({', '.join(held)}): save to another folder, "
+                          "or pass overwrite=True to replace it.")
     return write_model_dir(path, trained.model.state_dict(), workload=trained.workload, params=trained.params,
                            meta=trained.meta, artifacts=trained.artifacts, history=trained.history,
                            seed=trained.seed, extra=trained.extra, best_epoch=trained.best_epoch)

@@ -255,3 +255,19 @@ def test_new_never_moves_a_running_sweep_and_a_filesystem_without_folder_locks_r
     monkeypatch.setattr(fcntl, "flock", no_folder_locks)
     with exclusive_run(tmp_path / "nfs-run", "training", "another --out"):
         assert (tmp_path / "nfs-run").is_dir()
+
+
+def test_saving_a_model_never_replaces_another_one_unless_told_to(tmp_path):
+    """TrainedModel.save into a folder holding a model (another workload's, or another trial's) replaced it
+    silently; it is refused, naming the folder, and replaced only with overwrite=True."""
+    from training import load_model, train
+
+    names = tmp_path / "model"
+    train("xor", {"batch_size": 256}, epochs=1, seed=1).save(names)
+    before = {p.name: p.read_bytes() for p in names.iterdir()}
+    other = train("xor", {"batch_size": 128}, epochs=1, seed=2)
+    with pytest.raises(ConfigError, match=r"model' already holds a model \(model\.json, model\.safetensors\)"):
+        other.save(names)
+    assert {p.name: p.read_bytes() for p in names.iterdir()} == before
+    other.save(names, overwrite=True)
+    assert load_model(names).params["batch_size"] == 128

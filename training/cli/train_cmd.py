@@ -145,7 +145,7 @@ def train_command(ctx: click.Context, workload: str, epochs: int | None, out_nam
         if resume and progress.trained == 0:
             display.console.print(f"Nothing left to train: the checkpoint in {out} is already at epoch "
                                   f"{len(trained.history)} of {total}; pass a larger --epochs to train on.")
-        trained.save(out)
+        trained.save(out, overwrite=True)  # checked above: --resume continues it
     epochs, metric = len(trained.history), work.metric
     resumed = f"; resumed after epoch {epochs - progress.trained}" if resume and progress.trained else ""
     display.console.print(f"Saved model to {out}: its best epoch by {metric}, {trained.best_epoch or epochs} of "
