@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from .ddp import DDPProgress
-from .results_view import compact
+from .limits import printable
+from .results_view import SafeConsole, compact
 
 if TYPE_CHECKING:
     from .ddp import Placement
@@ -28,8 +29,8 @@ class LiveDDP(DDPProgress):
     """
 
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(highlight=False, markup=False, emoji=False)
-        self.say = functools.partial(self.console.print, markup=False, emoji=False)  # text is data, as it is
+        self.console = console or SafeConsole(highlight=False, markup=False, emoji=False)
+        self.say = functools.partial(_print_as_is, self.console)
         self.columns: list[str] | None = None
         self.epochs: int | None = None
 
@@ -90,3 +91,8 @@ def _worker_names() -> dict[str, str]:
 
 def _line(columns: list[str], cells: dict[str, str]) -> str:
     return "  ".join(f"{cells[c]:>{max(len(c), 9)}}" for c in columns)
+
+
+def _print_as_is(console: Console, text: str, **kwargs: Any) -> None:
+    """``text`` as it is on ``console`` (the caller's, perhaps): no markup, emoji or control characters."""
+    console.print(printable(text), markup=False, emoji=False, **kwargs)

@@ -7,6 +7,7 @@ client's environment) raises the one limit a real sweep may need to go beyond.
 from __future__ import annotations
 
 import os
+import re
 
 from .errors import ConfigError
 
@@ -63,6 +64,21 @@ def clip(text: str, limit: int = SHOWN_CHARS) -> str:
     'lr, b...'
     """
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    r"""``text`` with its control characters (all but newline and tab) written as ``\xNN``: what a run
+    directory, a worker or a model holds is shown, never sent to the terminal as an escape sequence.
+
+    Examples
+    --------
+    >>> printable("cpu-0\x1b[2J")
+    'cpu-0\\x1b[2J'
+    """
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
 
 
 def max_trials() -> int:

@@ -23,8 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from .limits import printable
 from .protocol import TrialRecord, TrialState
-from .results_view import compact, duration, span
+from .results_view import SafeConsole, compact, duration, span
 from .sweep import SweepProgress
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ class LiveSweep(SweepProgress):
     """
 
     def __init__(self, console: Console | None = None, afresh: str = "new=True") -> None:
-        self.console = console or Console(highlight=False, markup=False, emoji=False)
+        self.console = console or SafeConsole(highlight=False, markup=False, emoji=False)
         self.afresh = afresh  # how this caller starts a sweep afresh (the CLI: --new)
         # Rich draws a live area in Jupyter through ipywidgets; without it (it warns at every refresh) the
         # view prints lines, as it does into a log.
@@ -207,6 +208,7 @@ class LiveSweep(SweepProgress):
         a burst of starts and ends redraws the live area once (and is one write to a log). ``at_once``: the
         sweep's header (what it is, its URLs), printed now without counting as the last print, so the first
         trial lines a moment later are not held back behind it."""
+        line = printable(line)  # on a console the caller made too
         if not self._shown:
             self.console.print(line, soft_wrap=not self.live, highlight=False, markup=False, emoji=False)
             return
@@ -247,8 +249,9 @@ class LiveSweep(SweepProgress):
             table.add_column(header, overflow="fold", no_wrap=header != "metrics")
         now = time.monotonic()
         for trial in sorted(self.state.running.values(), key=lambda t: t.number):
-            table.add_row(f"{trial.number:04d}", Text(trial.worker), f"{trial.epoch}/{self.state.epochs}",
-                          Text(_metrics_text(trial.metrics, self.metric)), duration(now - trial.started))
+            metrics = _metrics_text(trial.metrics, self.metric)
+            shown = (Text(printable(trial.worker)), f"{trial.epoch}/{self.state.epochs}", Text(printable(metrics)))
+            table.add_row(f"{trial.number:04d}", *shown, duration(now - trial.started))
         return table
 
     def status_line(self) -> str:

@@ -134,6 +134,22 @@ def test_results_command_shows_a_run_and_rewrites_its_report(client, tmp_path):
     assert missing.returncode == 2 and "is not a sweep run directory" in missing.stderr
 
 
+def test_results_never_send_a_run_directorys_control_characters_to_the_terminal(client, tmp_path):
+    """A worker name and a trial's error in the store holding escape sequences (clear the screen, colour):
+    `results` shows them as \\x1b..., and writes no control character but newlines."""
+    Sweep("xor", {"lr": [0.1, 0.3]}, epochs=1, name="escapes", runs_dir=str(tmp_path)).run(client)
+    with sqlite3.connect(tmp_path / "escapes" / "store.sqlite") as db:
+        db.execute("UPDATE trials SET worker = ? WHERE number = 0", ("w\x1b[31mRED\x1b[2J\x07",))
+        db.execute("UPDATE trials SET state = 'failed', error_type = ?, traceback = ? WHERE number = 1",
+                   ("Err\x1b[5m", "Traceback\x1b]0;owned\x07 (most recent call last)\n  boom"))
+    shown = run_cli("results", str(tmp_path / "escapes"))
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout + shown.stderr
+    assert not [c for c in out if ord(c) < 32 and c not in "\n"] and "\x9b" not in out, repr(out)
+    for seen in ("w\\x1b[31mRED\\x1b[2J\\x07", "Err\\x1b[5m", "Traceback\\x1b]0;owned\\x07"):
+        assert seen in out.replace("\n", ""), (seen, out)
+
+
 def test_a_sweep_listing_two_hundred_thousand_values_gets_its_plots_and_results(client, tmp_path, caplog):
     """A sweep made in Python may list 100,000 values a hyperparameter (its sweep.yaml: 2.9 MB, beyond the
     1.3 MB a run file could be read back at before): its plots are drawn and `dask-train results` shows it,

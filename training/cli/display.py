@@ -14,9 +14,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ..results_view import SafeConsole
+
 # Piped output (CI logs, files) gets wide tables instead of 80-column truncation, unless COLUMNS says how wide.
-console = Console(highlight=False, soft_wrap=True, markup=False, emoji=False,  # text is data: shown as it is
-                  width=None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160)
+console = SafeConsole(highlight=False, soft_wrap=True, markup=False, emoji=False,  # text is data: as it is
+                      width=None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160)
 _FIRST = ("epoch", "train_loss")
 _LAST = ("lr", "seconds", "samples_per_s")
 
