@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .limits import short
+from .limits import MAX_EPOCHS, short
 from .protocol import TrialOutcome, TrialRecord, TrialState, checked_record, finished_states
 
 _SCHEMA = """
@@ -348,7 +348,17 @@ def _decode_checked(row: sqlite3.Row) -> TrialRecord:
                                           "metrics": json.loads(data.get("metrics") or "{}")})
     if record is None:
         raise ValueError(f"trial {short(data.get('number'))}: a field of another type")
+    for name, low, high in _RANGES:
+        value = getattr(record, name)
+        if value is not None and not low <= value <= high:  # NaN too
+            raise ValueError(f"trial {record.number}: {name}={short(value)}, out of the range dask-train writes")
     return record
+
+
+#: The ranges of a trial row's numbers read as untrusted data: times in seconds since 1970 (to the year 2242;
+#: a time out of range failed the results table with an OverflowError), counts of epochs and starts.
+_RANGES = (("started", 0.0, 2.0**33), ("finished", 0.0, 2.0**33), ("seconds", 0.0, 2.0**33),
+           ("epochs", 0, MAX_EPOCHS), ("best_epoch", 0, MAX_EPOCHS), ("starts", 0, 2**31))
 
 
 def _decode(row: sqlite3.Row) -> TrialRecord:

@@ -160,6 +160,9 @@ CASES: list[tuple[str, list[str], int]] = [
     ("results-spec-not-mapping", ["results", "runs/spec-not-mapping"], 2),
     ("results-spec-huge", ["results", "runs/spec-huge"], 2),
     ("results-garbage-store", ["results", "runs/garbage-store"], 2),
+    ("results-time-out-of-range", ["results", "runs/time-out-of-range"], 2),
+    ("results-epoch-negative", ["results", "runs/epoch-negative"], 2),
+    ("results-name-too-long", ["results", "a" * 5000], 2),
     ("results-spec-unknown-field", ["results", "runs/spec-unknown-field"], 2),
     ("results-spec-no-metric", ["results", "runs/spec-no-metric"], 2),
     ("results-spec-space-string", ["results", "runs/spec-space-string"], 2),
@@ -282,6 +285,9 @@ def _run_dirs(runs: Path) -> None:
     run("spec-no-metric", good("spec-no-metric", metric=_DROP))
     run("spec-space-string", good("spec-space-string", space="lr"))
     run("metrics-list", good("metrics-list"), trials="UPDATE trials SET state = 'completed', metrics = '[1]'")
+    run("time-out-of-range", good("time-out-of-range"), trials="UPDATE trials SET state = 'completed', "
+        "seconds = 1e308, started = -1e308, finished = 1e308")
+    run("epoch-negative", good("epoch-negative"), trials="UPDATE trials SET state = 'completed', best_epoch = -5")
     run("more-rows", good("more-rows"), trials="WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
         "WHERE i < 50000) INSERT INTO trials (number, params, state) SELECT i, '{}', 'completed' FROM n")
     linked = run("report-link", good("report-link"), trials="UPDATE trials SET state = 'completed', best = 0.5")

@@ -16,6 +16,7 @@ import click
 from cluster.errors import ClusterError
 
 from ..errors import ConfigError, DaskTrainError
+from ..limits import short
 from . import display
 from .cluster_cmd import cluster_group
 from .ddp_cmd import ddp_command
@@ -79,7 +80,8 @@ def _one_line_error(exc: Exception, debug: bool = False) -> click.ClickException
     if isinstance(exc, ClusterError | DaskTrainError):
         return click.ClickException(one_line(str(exc)))
     if isinstance(exc, OSError):
-        return click.ClickException(one_line(disk_message(exc)))
+        bad_path = exc.errno in (errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP)
+        return (display.BadInput if bad_path else click.ClickException)(one_line(disk_message(exc)))
     if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc):  # the run store's disk
         return click.ClickException(one_line(disk_message(OSError(errno.ENOSPC, str(exc)))))
     hint = "" if debug else " (rerun with --debug for the traceback)"
@@ -100,7 +102,7 @@ def one_line(text: str, limit: int = 600) -> str:
 
 def disk_message(exc: OSError) -> str:
     """What a failed read or write means and what to do (a full disk: free space, rerun to resume)."""
-    where = f" {exc.filename!r}" if exc.filename else ""
+    where = f" {short(str(exc.filename))}" if exc.filename else ""
     if exc.errno == errno.ENOSPC:
         return (f"No space left on the device holding{where or ' the run directory'}. Free some space and run the "
                 "same command again: a sweep finishes only what is missing, `--resume` continues a job.")
