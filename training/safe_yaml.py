@@ -25,6 +25,10 @@ class _StrictLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             raise ConfigError(f"YAML aliases (*name) are not allowed (line {mark.line + 1}); write the value out.")
+        event = self.peek_event()
+        if getattr(event, "tag", None) not in (None, "!"):  # written in the file: !!float, !!set, !!binary, !x
+            raise ConfigError(f"YAML tags ({short(event.tag, 40)}, line {event.start_mark.line + 1}) are not "
+                              "allowed; write the plain value.")
         self.depth += 1
         if self.depth > MAX_YAML_DEPTH:
             raise ConfigError(f"nested more than {MAX_YAML_DEPTH} levels deep; a sweep file needs two.")
@@ -36,6 +40,9 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"YAML merge keys (<<, line {line}) are not allowed; write the keys out.")
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, str | int | float | bool) and key is not None:
                 raise ConfigError(f"mapping key {short(key)} (line {key_node.start_mark.line + 1}) is not a "

@@ -56,6 +56,9 @@ SWEEP_FILES: dict[str, str | bytes] = {
     "latin1.yaml": "workload: xor\nname: caf\xe9\n".encode("latin-1"),
     "deep.yaml": "workload: xor\nspace: {lr: " + "[" * 200 + "]" * 200 + "}\n",
     "python-tag.yaml": "workload: !!python/object/apply:os.system ['touch pwned']\nspace: {lr: [0.1]}\n",
+    "float-tag.yaml": 'workload: xor\nspace: {lr: !!float "0.1"}\n',  # YAML's own tags too: the file is plain
+    "binary-tag.yaml": 'workload: xor\nspace: {lr: [0.1]}\nname: !!binary "AAAA"\n',
+    "merge-key.yaml": "workload: xor\nspace: {lr: [0.1]}\nparams: {<<: {seed: 1}}\n",
     "not-yaml.yaml": "workload: xor\nspace: {lr: [0.1, \n",
     "a-list.yaml": "- workload\n- xor\n",
     "unknown-field.yaml": _sweep(space=GOOD_SPACE, colour="red"),

@@ -20,7 +20,9 @@ from training.sweep_spec import SweepSpec, load_sweep_file
     ("a: &x [1]\nb: *x\n", "aliases"),
     ("a: 1\na: 2\n", "appears twice"),
     ("a: " + "[" * 40 + "]" * 40 + "\n", "nested more than"),
-    ("a: !!python/name:os.system\n", "not valid YAML"),
+    ("a: !!python/name:os.system\n", "YAML tags .* are not allowed"),
+    ("a: !!float '1'\n", "YAML tags .* are not allowed"),
+    ("a: {<<: {b: 1}}\n", "merge keys"),
 ])
 def test_yaml_that_could_hurt_is_refused(tmp_path, text, message):
     path = tmp_path / "s.yaml"
