@@ -6,6 +6,7 @@ Loading never executes pickled code: weights are safetensors, everything else is
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -66,6 +67,8 @@ class TrainedModel:
         """Names or text sampled from a generative model (``names``, ``charlm``): at most
         :data:`~training.limits.MAX_GENERATE`."""
         check_count("count", count, MAX_GENERATE)
+        if not isinstance(prompt, str):
+            raise ConfigError(f"prompt={short(prompt)}: give the start of every sample as a str.")
         if seed is not None:
             check_count("seed", seed, 2**32 - 1, low=0)
         return self._workload().generate(self.model, self.meta, self.artifacts, count, seed=seed, prompt=prompt)
@@ -93,11 +96,18 @@ def epoch_record(history: list[dict[str, Any]], epoch: int | None) -> dict[str, 
     return dict(found if found is not None else history[-1]) if history else {}
 
 
+def _path_arg(name: str, path: Any) -> Path:
+    """``path`` as a Path if it is a str or a path-like object, else a ConfigError naming ``name``."""
+    if isinstance(path, str | os.PathLike):
+        return Path(path)
+    raise ConfigError(f"{name}={short(path)}: give a folder path (a str or a pathlib.Path).")
+
+
 def save_model(trained: TrainedModel, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``trained`` as a model directory: weights, metadata, history, artifacts. A file there, a folder
     of files dask-train did not write, or (unless ``overwrite``) one holding a model is refused (ConfigError)
     before anything is written."""
-    check_run_dir(path, MODEL_MARKERS, what="model directory")
+    check_run_dir(_path_arg("path", path), MODEL_MARKERS, what="model directory")
     if not overwrite and (held := [m for m in (METADATA, WEIGHTS) if (Path(path) / m).exists()]):
         raise ConfigError(f"{short(str(path))} already holds a model ({', '.join(held)}): save to another folder, "
                           "or pass overwrite=True to replace it.")
@@ -159,7 +169,7 @@ def load_model(path: str | Path, *, allow: Iterable[str] = ()) -> TrainedModel:
     >>> load_model(folder).workload
     'xor'
     """
-    folder = Path(path)
+    folder = _path_arg("path", path)
     metadata = _read_metadata(folder)
     try:  # its message names the directory already
         work = trusted_workload(metadata.get("workload"), allow, source=f"Model directory {str(folder)!r}")

@@ -45,12 +45,19 @@ class Domain:
 
 def grid(values: Sequence[Any]) -> Domain:
     """Every value, each in its own trial (expanded as a product with the other grid dimensions)."""
-    return Domain("grid", tuple(values))
+    return Domain("grid", _values_of("grid", values))
 
 
 def choice(values: Sequence[Any]) -> Domain:
     """One of ``values``: sampled by random search, enumerated by grid search."""
-    return Domain("choice", tuple(values))
+    return Domain("choice", _values_of("choice", values))
+
+
+def _values_of(kind: str, values: Sequence[Any]) -> tuple[Any, ...]:
+    """``values`` as a tuple; a string or a non-sequence is refused (``choice("mlp")`` meant its letters)."""
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence | set | frozenset):
+        raise ConfigError(f"{kind}({short(values)}): give a list of values, e.g. {kind}([{short(values)}]).")
+    return tuple(values)
 
 
 def uniform(low: float, high: float) -> Domain:

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from cluster import Target
 
+from .errors import ConfigError
+from .limits import short
 from .protocol import TrialRecord, TrialState, best_trial
 from .run_dirs import replace_file
 from .sweep_spec import STALL_TIMEOUT, SweepSpec, finished_trials
@@ -251,6 +253,9 @@ def _preload(spec: SweepSpec) -> tuple[str, ...]:
 
 def _default_view(progress: SweepProgress | bool | None) -> LiveSweep | None:
     """The live view ``Sweep.run`` prints by default; None where the caller chose (False, or own hooks)."""
+    if not (progress is None or isinstance(progress, bool | SweepProgress)):
+        raise ConfigError(f"progress={short(progress)}: give True (the live view), False (nothing) or your own "
+                          "hooks (a training.SweepProgress).")
     if progress is None or progress is True:
         from .progress import LiveSweep
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -76,6 +77,20 @@ class SweepSpec:
         """Validate user input (Python, YAML, CLI) and return the normalised spec: the workload's metric,
         mode and epochs where none were given, the space and fixed params parsed against its hyperparameters.
         """
+        _check(isinstance(workload, str), f"workload={short(workload)}: give a workload's name, e.g. 'xor' (see "
+                                          "`dask-train workloads`).")
+        for what, value in (("space", space), ("params", params)):
+            _check(value is None or isinstance(value, Mapping),
+                   f"{what}={short(value)}: give a mapping of hyperparameter names to values, e.g. "
+                   "{'lr': [0.1, 0.2]}.")
+            _check(all(isinstance(k, str) for k in value or {}),
+                   f"{what} keys {short([k for k in value or {} if not isinstance(k, str)])}: hyperparameter "
+                   "names are strings.")
+        _check(name is None or isinstance(name, str), f"name={short(name)}: give a str (it names a folder).")
+        if isinstance(rest.get("runs_dir"), os.PathLike):  # a pathlib.Path: kept as the text it is
+            rest["runs_dir"] = os.fspath(rest["runs_dir"])
+        _check(isinstance(rest.get("runs_dir", ""), str),
+               f"runs_dir={short(rest.get('runs_dir'))}: give a folder path (a str or a pathlib.Path).")
         work = get_workload(workload)
         space, params = dict(space or {}), dict(params or {})
         overlap = sorted(set(space) & set(params))

@@ -52,3 +52,36 @@ def test_train_ddp_refuses_arguments_of_the_wrong_kind_by_name_before_any_cluste
 
     with pytest.raises(ConfigError, match=re.escape(named)):
         train_ddp(None, **{"workload": "xor", **given})
+
+
+@pytest.mark.parametrize(("given", "named"), [
+    ({"workload": None}, "workload=None"), ({"workload": 5}, "workload=5"), ({"space": "lr"}, "space='lr'"),
+    ({"space": {1: [0.1]}}, "space keys [1]"), ({"params": [1]}, "params=[1]"), ({"runs_dir": 5}, "runs_dir=5"),
+    ({"name": 5}, "name=5"), ({"name": ""}, "Sweep name ''")])
+def test_a_sweep_refuses_arguments_of_the_wrong_kind_by_name(given, named):
+    """Each was a TypeError or ValueError from deep inside (``'NoneType' is not iterable``, ``dictionary update
+    sequence element #0``, difflib's), or accepted and failed later (runs_dir=5 at run, name='' as xor-sweep)."""
+    from training.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        Sweep(**{"workload": "xor", "space": {"lr": [0.1]}, **given})
+
+
+def test_the_python_api_takes_paths_as_pathlib_and_refuses_values_of_other_kinds(tmp_path):
+    """runs_dir as a pathlib.Path (a TypeError: not JSON serialisable); choice of a string (its letters), a
+    prompt or a model path of another kind, progress that is not hooks (ignored silently)."""
+    from training import load_model, train
+    from training.errors import ConfigError
+    from training.space import choice
+
+    assert Sweep("xor", {"lr": [0.1]}, runs_dir=tmp_path / "runs").spec.run_dir == tmp_path / "runs" / "xor-sweep"
+    with pytest.raises(ConfigError, match=re.escape("choice('mlp'): give a list of values")):
+        choice("mlp")
+    with pytest.raises(ConfigError, match="path=None: give a folder path"):
+        load_model(None)
+    trained = train("xor", epochs=1)
+    with pytest.raises(ConfigError, match="path=None: give a folder path"):
+        trained.save(None)
+    with pytest.raises(ConfigError, match=re.escape("progress='yes': give True")):
+        Sweep("xor", {"lr": [0.1]}).run(progress="yes")
+    assert not (tmp_path / "runs").exists()
