@@ -102,6 +102,14 @@ def test_cancel_stops_a_detached_sweep_and_frees_its_workers(cluster):
                           resources={"training_slot": 1}).result(timeout=60)
     listed = run_cli("runs", "--scheduler-file", scheduler_file)
     assert "slow" in listed.stdout and "cancelled" in listed.stdout, listed.stdout
+    again = run_cli("cancel", "slow", "--scheduler-file", scheduler_file)
+    assert again.returncode == 2, again.stdout + again.stderr
+    assert again.stderr.strip() == "Error: Sweep 'slow' is not running (cancelled): nothing to cancel."
+    attached = run_cli("attach", "slow", "--scheduler-file", scheduler_file, timeout=120)
+    assert attached.returncode == 1, attached.stdout + attached.stderr
+    said = attached.stderr.strip()
+    assert said.startswith("Error: Sweep 'slow' was cancelled: 0 trials finished, 2 cancelled") and \
+        said.endswith("Submitting it again resumes it.") and said.count("'slow'") == 1, said
     # Submitted again changed, it is refused at once (it said "running", then failed in the scheduler); the
     # advice is one that goes with --detach.
     changed = run_cli("sweep", str(sweep_file), "--detach", "--epochs", "51", "--scheduler-file", scheduler_file)
@@ -150,7 +158,8 @@ def test_a_cluster_stopped_under_a_detached_sweep_cancels_it_keeping_its_epochs_
         said = again.stderr.strip()
         assert said == ("Error: A sweep named 'stopped' is already running on this cluster: attach to it, cancel "
                         "it, or give another --name (name=...)."), said
-        up.send_signal(signal.SIGINT)
+        for again in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):  # an impatient user: the first one counts
+            up.send_signal(again)  # (a second signal in the handler of the first one deadlocked `cluster up`)
         out, _ = up.communicate(timeout=120)
     finally:
         if up.poll() is None:

@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -163,8 +162,8 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
             else:
                 display.console.print(f"Workers:        {len(cluster.workers)} (training_slot=1 each)")
             display.console.print("Press Ctrl-C to stop.")
-            while not stop.wait(0.5):
-                pass
+            while not stop():
+                time.sleep(0.2)
             display.console.print("Stopping ...")
             from ..detached import stop_all, stopped_line
 
@@ -213,16 +212,18 @@ def _started_on_slurm(spec: SlurmSpec):
     return cluster
 
 
-def _stop_on_signals() -> threading.Event:
-    """An event set by SIGINT or SIGTERM, so the main thread can shut the cluster down cleanly."""
-    stop = threading.Event()
+def _stop_on_signals() -> Callable[[], bool]:
+    """Whether SIGINT or SIGTERM came, so the main thread can shut the cluster down cleanly. The handler only
+    notes it: one that set a threading.Event deadlocked when a second signal came while the first handler,
+    or the main thread's wait, held the event's lock (a SIGTERM forwarded twice left `cluster up` hung)."""
+    came: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
-        stop.set()
+        came.append(signum)
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
-    return stop
+    return lambda: bool(came)
 
 
 @cluster_group.command("info")

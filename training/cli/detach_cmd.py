@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Interrupted
 from . import display
 from .cluster_cmd import running_cluster_options
 
@@ -52,7 +52,7 @@ def detach_sweep(spec: SweepSpec, target: Target) -> None:
 @running_cluster_options
 def attach_command(name: str, target: Target) -> None:
     """Show a detached sweep's live progress (from its start) and its final table."""
-    from cluster import open_client
+    from cluster import ClusterConnectError, open_client
 
     from ..detached import attach
     from ..progress import LiveSweep
@@ -60,10 +60,20 @@ def attach_command(name: str, target: Target) -> None:
     _running_cluster(target, "attach")
     with open_client(target) as client:
         handle = _handle(attach, client, name)
-        with LiveSweep(display.console) as shown:
-            status = handle.follow(shown)
+        try:
+            with LiveSweep(display.console) as shown:
+                status = handle.follow(shown)
+        except KeyboardInterrupt:  # only the following stops
+            display.interrupted(Interrupted(f"sweep '{name}' goes on in the cluster; only following it stopped."),
+                                again="Follow it again")
+        except OSError as exc:  # distributed's CommClosedError: the scheduler went away
+            raise ClusterConnectError(f"Lost the cluster's scheduler while following sweep '{name}' ({exc}): the "
+                                      "cluster stopped, or the network failed.") from None
+    if status["state"] == "cancelled":
+        raise click.ClickException(f"Sweep '{name}' was cancelled: {_said(name, status['error'])} Submitting it "
+                                   "again resumes it.")
     if status["state"] != "finished":
-        raise click.ClickException(f"Sweep '{name}' {status['state']}: {status['error'] or 'no detail'}")
+        raise click.ClickException(f"Sweep '{name}' {status['state']}: {_said(name, status['error'])}")
 
 
 @click.command()
@@ -104,12 +114,19 @@ def cancel_command(name: str, target: Target) -> None:
     with open_client(target) as client:
         handle = _handle(attach, client, name)
         if not handle.cancel():
-            raise click.ClickException(f"Sweep '{name}' is not running ({handle.status()['state']}).")
+            raise ConfigError(f"Sweep '{name}' is not running ({handle.status()['state']}): nothing to cancel.")
         status = handle.wait(timeout=120)
     if status["state"] == "cancelled":
-        display.console.print(f"Cancelled: {status['error']}")
+        display.console.print(f"Cancelled: {status['error']} Submitting it again resumes it.")
     else:
         display.console.print(f"Sweep '{name}' {status['state']} before it could be cancelled.")
+
+
+def _said(name: str, error: str | None) -> str:
+    """What a detached sweep's end recorded, without its own "sweep 'NAME': " prefix (the line names it)."""
+    text = (error or "no detail").strip()
+    prefix = f"sweep '{name}': "
+    return text[len(prefix):] if text.startswith(prefix) else text
 
 
 def _handle(attach, client, name: str):
