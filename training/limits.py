@@ -17,6 +17,9 @@ MAX_SWEEP_FILE_BYTES = 64 * 1024
 MAX_YAML_DEPTH = 16
 #: The default cap on a sweep's trials (grid combinations or num_trials); DASK_TRAIN_MAX_TRIALS overrides.
 DEFAULT_MAX_TRIALS = 10_000
+#: The most DASK_TRAIN_MAX_TRIALS may allow: a million trials' rows and parameters fit a client's memory (a grid of
+#: 10**12 built under a raised limit took 6 GB and ended in a MemoryError).
+MOST_TRIALS = 1_000_000
 #: Values one grid or choice list may hold (a grid's combinations are also capped by the trial limit). Fixed,
 #: not the trial limit: a spec read back (results, a detached sweep) must not depend on the reader's environment.
 MAX_DOMAIN_VALUES = 100_000
@@ -96,8 +99,9 @@ def max_trials() -> int:
         value = int(raw)
     except ValueError:
         value = 0
-    if value < 1:
-        raise ConfigError(f"DASK_TRAIN_MAX_TRIALS={short(raw)}: expected a whole number >= 1.")
+    if not 1 <= value <= MOST_TRIALS:
+        raise ConfigError(f"DASK_TRAIN_MAX_TRIALS={short(raw)}: expected a whole number from 1 to {MOST_TRIALS:,} "
+                          "(a sweep's trials are held in its store and, for a grid, listed in memory).")
     return value
 
 

@@ -216,7 +216,9 @@ def test_a_foreground_sweep_whose_cluster_dies_stops_clearly_and_fails_no_trial(
             if process is not None and process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
     assert sweep.returncode == 1, out
-    assert "Error: Lost the cluster's scheduler (it stopped, or the network failed): the sweep stopped" in out, out
+    # Its client saw the connection go (the usual way), or the workers stay gone past the grace it gives them.
+    assert re.search(r"^Error: (Lost the cluster's scheduler \(it stopped, or the network failed\): the sweep "
+                     r"stopped|No worker with a training slot for \d+s: the sweep stopped)", out, re.M), out
     assert "Traceback" not in out, out
     with sqlite3.connect(store, timeout=10) as db:
         states = [state for (state,) in db.execute("SELECT state FROM trials")]

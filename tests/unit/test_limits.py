@@ -144,3 +144,17 @@ def test_addresses_need_a_known_scheme_host_and_port(address):
 def test_more_workers_than_the_machine_can_run_are_refused():
     with pytest.raises(ValueError, match="can run at most"):
         ClusterSpec(workers=max_local_workers() + 1)
+
+
+@pytest.mark.parametrize("raw", ["0", "-3", "lots", "10000000000000", "1000001"])
+def test_the_trial_limit_is_raised_within_what_memory_holds(monkeypatch, raw):
+    """DASK_TRAIN_MAX_TRIALS=10**13 let a grid of 10**12 trials be built (6 GB, then a MemoryError): beyond a
+    million it is refused, naming the value, as a non-number is."""
+    from training.limits import max_trials
+
+    monkeypatch.setenv("DASK_TRAIN_MAX_TRIALS", raw)
+    said = f"DASK_TRAIN_MAX_TRIALS='{raw}': expected a whole number from 1 to 1,000,000"
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        max_trials()
+    monkeypatch.setenv("DASK_TRAIN_MAX_TRIALS", "1000000")
+    assert max_trials() == 1_000_000
