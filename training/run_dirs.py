@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import itertools
 import logging
 import os
@@ -77,9 +78,7 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
     it ends; taken again inside the block (the CLI, then the Python API it calls), it is already held. Where
     the filesystem takes no such lock (some NFS, Lustre or FUSE mounts), the run goes on without it.
     ``what``: the run, as the refusal names it; ``other``: what to choose instead (e.g. another ``--name``)."""
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system: no lock to take
+    if not _FLOCK:  # not a POSIX system: no lock to take
         yield
         return
     made = list(itertools.takewhile(lambda folder: not folder.exists(), [run_dir, *run_dir.parents]))
@@ -96,13 +95,7 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
     try:
         if not held:
             fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ConfigError(f"{run_dir} is in use: another {what} is running on it now (from another "
-                                  f"terminal or client). Wait for it to end, or {other}.") from None
-            except OSError as exc:  # a filesystem without flock on folders: no lock, as before there was one
-                log.debug("No lock on %s (%s): going on without it", run_dir, exc)
+            _lock(fd, run_dir, what, other)
         yield
     except BaseException:
         if not held:  # folders made for this run (``runs/`` too), which failed before writing anything
@@ -117,6 +110,34 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
             os.close(fd)  # releases the lock
 
 
+def _lock(fd: int, run_dir: Path, what: str, other: str) -> None:
+    """Take the run directory's lock on ``fd`` (an open folder), or refuse: another process holds it."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(f"{run_dir} is in use: another {what} is running on it now (from another terminal or "
+                          f"client). Wait for it to end, or {other}.") from None
+    except OSError as exc:  # a filesystem without flock on folders: no lock, as before there was one
+        log.debug("No lock on %s (%s): going on without it", run_dir, exc)
+
+
+def check_not_in_use(run_dir: Path, what: str, other: str) -> None:
+    """Refuse now a run directory another process holds (:func:`exclusive_run`): before a cluster starts for a
+    run that would be refused once it had (a second sweep of the same run started its workers first)."""
+    if not _FLOCK or not run_dir.is_dir() or os.path.realpath(run_dir) in _HELD:
+        return
+    try:
+        fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # found when the run opens it
+        return
+    try:
+        _lock(fd, run_dir, what, other)
+    finally:
+        os.close(fd)  # a lock taken here goes with it
+
+
 def _remove_empty(folders: list[Path]) -> None:
     """Remove ``folders`` (innermost first, those not there skipped) while they are empty."""
     for folder in folders:
@@ -128,6 +149,8 @@ def _remove_empty(folders: list[Path]) -> None:
             return  # not empty (or not ours to remove): nor are the folders above it
 
 
+#: Folder locks (``flock``) exist here: a POSIX system.
+_FLOCK = importlib.util.find_spec("fcntl") is not None
 #: The run directories this process holds (:func:`exclusive_run`), by real path: how many blocks hold each.
 _HELD: dict[str, int] = {}
 _HELD_LOCK = threading.Lock()

@@ -245,7 +245,10 @@ def test_new_never_moves_a_running_sweep_and_a_filesystem_without_folder_locks_r
     (tmp_path / "pets.yaml").write_text("name: pets\nworkload: xor\nspace: {lr: [0.1]}\nruns_dir: runs\n")
     with exclusive_run(running, "run of sweep 'pets'", "another --name"):
         refused = run_cli("sweep", "pets.yaml", "--new", cwd=tmp_path)
+        rerun = run_cli("sweep", "pets.yaml", cwd=tmp_path)  # refused before a cluster starts for it (it did)
     assert refused.returncode == 2 and "is in use" in refused.stderr, refused
+    assert rerun.returncode == 2 and rerun.stdout == "", rerun
+    assert rerun.stderr.startswith("Error: runs/pets is in use: another run of sweep 'pets' is running"), rerun
     assert sorted(p.name for p in running.parent.iterdir()) == ["pets"]  # nothing moved
     assert set_aside(running, "run of sweep 'pets'").name.startswith("pets.old-")  # let go
 

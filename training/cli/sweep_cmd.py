@@ -88,12 +88,13 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
         return
     from cluster import start_early
 
-    from ..run_dirs import SWEEP_MARKERS, check_run_dir, set_aside
+    from ..run_dirs import SWEEP_MARKERS, check_not_in_use, check_run_dir, set_aside
 
-    # A run directory it would refuse, and a rerun with nothing left to run (no cluster needed), are known
-    # before any worker starts (with --new, what it would not set aside too).
+    # A run directory it would refuse (another run's now too), and a rerun with nothing left to run (no cluster
+    # needed), are known before any worker starts (with --new, what it would not set aside too).
     if not new:
         check_run_dir(spec.run_dir, SWEEP_MARKERS)
+        check_not_in_use(spec.run_dir, f"run of sweep '{spec.name}'", "choose another --name (name=...)")
     elif (aside := set_aside(spec.run_dir, f"run of sweep '{spec.name}'")) is not None:
         display.console.print(f"Set the previous run aside: {spec.run_dir} -> {aside}", soft_wrap=True)
     if new or finished_trials(spec) is None:
