@@ -138,12 +138,7 @@ def test_a_cluster_stopped_under_a_detached_sweep_cancels_it_keeping_its_epochs_
     (its trials cancelled, their epochs and checkpoints kept, `cluster up` says so), not failed by the closing
     scheduler (which recorded every trial as failed and deleted their epochs); the same sweep run again
     resumes the cancelled trials after their last epoch."""
-    scheduler_file = tmp_path / "scheduler.json"
-    sweep_file = tmp_path / "stopped.yaml"
-    sweep_file.write_text(yaml.safe_dump({"name": "stopped", "workload": "xor", "space": {"lr": [0.1, 0.2]},
-                                          "params": {"train_size": 300_000}, "epochs": 4}))
-    up = start_cli("cluster", "up", "--workers", "2", "--gpus", "off", "--dashboard-address", "127.0.0.1:0",
-                   "--scheduler-file", str(scheduler_file), cwd=tmp_path)
+    scheduler_file, sweep_file, up = _own_cluster_and_sweep(tmp_path, "stopped")
     try:
         poll_for(scheduler_file.is_file, 120, what="the cluster's scheduler file")
         started = run_cli("sweep", str(sweep_file), "--detach", "--scheduler-file", str(scheduler_file),
@@ -184,6 +179,16 @@ def test_a_cluster_stopped_under_a_detached_sweep_cancels_it_keeping_its_epochs_
     assert epoch_rows == [4, 4], epoch_rows
 
 
+def _own_cluster_and_sweep(folder: Path, name: str) -> tuple[Path, Path, subprocess.Popen]:
+    """A `cluster up` of this test's own (it stops it), and a sweep file of two trials of ~2-4 s an epoch."""
+    scheduler_file, sweep_file = folder / "scheduler.json", folder / f"{name}.yaml"
+    sweep_file.write_text(yaml.safe_dump({"name": name, "workload": "xor", "space": {"lr": [0.1, 0.2]},
+                                          "params": {"train_size": 300_000}, "epochs": 4}))
+    up = start_cli("cluster", "up", "--workers", "2", "--gpus", "off", "--dashboard-address", "127.0.0.1:0",
+                   "--scheduler-file", str(scheduler_file), cwd=folder)
+    return scheduler_file, sweep_file, up
+
+
 def _epochs(store: Path) -> int:
     try:
         with sqlite3.connect(store, timeout=10) as db:
@@ -193,15 +198,10 @@ def _epochs(store: Path) -> int:
 
 
 def test_a_foreground_sweep_whose_cluster_dies_stops_clearly_and_fails_no_trial(tmp_path):
-    """The cluster of a sweep run from this terminal is killed under it: the sweep ends with one line saying the
-    scheduler was lost, exit code 1, and records no trial as failed (its client's futures were cancelled as the
+    """The cluster of a sweep run from this terminal is killed under it: the sweep ends with one line saying its
+    cluster is gone, exit code 1, and records no trial as failed (its client's futures were cancelled as the
     connection went: each trial was recorded failed and its epochs deleted); what finished stays."""
-    scheduler_file = tmp_path / "scheduler.json"
-    sweep_file = tmp_path / "lost.yaml"
-    sweep_file.write_text(yaml.safe_dump({"name": "lost", "workload": "xor", "space": {"lr": [0.1, 0.2]},
-                                          "params": {"train_size": 300_000}, "epochs": 4}))
-    up = start_cli("cluster", "up", "--workers", "2", "--gpus", "off", "--dashboard-address", "127.0.0.1:0",
-                   "--scheduler-file", str(scheduler_file), cwd=tmp_path)
+    scheduler_file, sweep_file, up = _own_cluster_and_sweep(tmp_path, "lost")
     sweep = None
     try:
         poll_for(scheduler_file.is_file, 120, what="the cluster's scheduler file")
