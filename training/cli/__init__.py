@@ -125,6 +125,15 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
     # Dask sets its loggers' levels from its config when distributed is first imported, which the commands
     # do later (lazily): through the config's environment variable, so its INFO lines stay away unless -v.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", logging.getLevelName(level).lower())
+    if not verbose:  # a command says its own failure in one line: not Dask's client's errors and tracebacks too
+        logging.getLogger("distributed.client").addFilter(_critical_only)
+
+
+def _critical_only(record: logging.LogRecord) -> bool:
+    """A filter (on Dask's client logger, which Dask sets up when imported: a filter stays where a level would
+    not) passing only CRITICAL records. Its ERRORs are what a command reports itself, plus a traceback: e.g.
+    "Failed to reconnect to scheduler after 5.00 seconds" and the CancelledError of its own closing."""
+    return record.levelno >= logging.CRITICAL
 
 
 cli.add_command(train_command, "train")
