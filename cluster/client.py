@@ -106,7 +106,8 @@ def _probe(address: str, security: Security | None, timeout: float) -> None:
     service). OSError where nothing answered within ``timeout`` (Dask retries meanwhile: a scheduler starting);
     :class:`_NotAScheduler` where something took the connection and said nothing."""
     import asyncio
-    from concurrent.futures import ThreadPoolExecutor
+    import queue
+    import threading
 
     from distributed.comm import connect as dask_connect
 
@@ -118,8 +119,24 @@ def _probe(address: str, security: Security | None, timeout: float) -> None:
             raise _NotAScheduler from None
         await comm.close()
 
-    with ThreadPoolExecutor(1, thread_name_prefix="dask-train-probe") as pool:  # any caller, a running loop too
-        pool.submit(asyncio.run, handshake()).result()
+    # On a thread of its own (any caller, one with a running event loop too), a daemon one: Ctrl-C here leaves
+    # at once, not when the probe's retries end (a pool's thread is joined, up to the whole --timeout).
+    ended: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+
+    def probe() -> None:
+        try:
+            asyncio.run(handshake())
+            ended.put(None)
+        except BaseException as exc:  # handed to the caller
+            ended.put(exc)
+
+    threading.Thread(target=probe, name="dask-train-probe", daemon=True).start()
+    try:
+        failed = ended.get(timeout=timeout + 5)  # its own wait ends after timeout + 1
+    except queue.Empty:
+        raise _NotAScheduler from None
+    if failed is not None:
+        raise failed
 
 
 def _wait_for_slots(client: Client, min_workers: int, timeout: float) -> None:

@@ -80,6 +80,9 @@ def start(spec_json: dict[str, Any], run_dir: str, dask_scheduler: Any = None) -
         return _start(spec_json, run_dir, dask_scheduler)
     except ConfigError as exc:
         return {"refused": str(exc)}
+    except OSError as exc:  # the run directory, on this machine: what the client is told
+        return {"refused": f"The run directory {run_dir!r} cannot be used on the scheduler's machine "
+                           f"({exc.strerror or exc}): choose another --name or --runs-dir."}
 
 
 def _start(spec_json: dict[str, Any], run_dir: str, dask_scheduler: Any) -> dict[str, Any]:

@@ -81,7 +81,10 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
     if not _FLOCK:  # not a POSIX system: no lock to take
         yield
         return
-    made = list(itertools.takewhile(lambda folder: not folder.exists(), [run_dir, *run_dir.parents]))
+    try:
+        made = list(itertools.takewhile(lambda folder: not folder.exists(), [run_dir, *run_dir.parents]))
+    except OSError as exc:  # a name too long for the filesystem
+        raise ConfigError(f"{short(str(run_dir))} cannot be made ({exc.strerror or exc}): {other}.") from None
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. a name too long for the filesystem: the folders made on the way go again
@@ -216,17 +219,21 @@ def check_run_dir(run_dir: str | Path, markers: Sequence[str], what: str = "run 
     >>> check_run_dir(pathlib.Path(tempfile.mkdtemp()) / "new", SWEEP_MARKERS).name
     'new'
     """
-    path = Path(run_dir).expanduser().resolve()
+    try:
+        path = Path(run_dir).expanduser().resolve()
+    except OSError as exc:  # e.g. a name longer than the filesystem takes, in a link it follows
+        raise ConfigError(f"The {what} {short(str(run_dir))} cannot be used ({exc.strerror or exc}): choose "
+                          "another name or folder.") from None
     shown = short(str(path))
+    existing = _nearest_existing(path)
+    _check_makeable(path, existing, what)  # first: a name too long fails every look at the path itself
     if path.exists() and not path.is_dir():
         raise ConfigError(f"The {what} {shown} is a file, not a directory: choose another name or folder.")
     if path.is_dir() and not is_ours(path, markers):
         choose = "another folder (--out)" if what == "model directory" else "another name (--name) or --runs-dir"
         raise ConfigError(f"The {what} {shown} holds files dask-train did not write (no {' or '.join(markers)}); "
                           f"it will not write there. Choose {choose}.")
-    existing = _nearest_existing(path)
     _check_writable(existing, what)
-    _check_makeable(path, existing, what)
     return path
 
 
@@ -234,9 +241,12 @@ def _check_makeable(path: Path, existing: Path, what: str) -> None:
     """Refuse a ``path`` whose folders to make under ``existing`` have names longer than its filesystem takes
     (found at the first mkdir, after a cluster had started)."""
     try:
-        longest = os.pathconf(existing, "PC_NAME_MAX")
+        longest, whole = os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
     except (OSError, ValueError):  # not said here: found when it is made
         return
+    if len(os.fsencode(str(path))) >= whole:
+        raise ConfigError(f"The {what} {short(str(path))} cannot be made: its path is longer than the {whole} "
+                          "bytes this system takes. Choose a shorter --name or --runs-dir.")
     for part in path.relative_to(existing).parts:
         if len(os.fsencode(part)) > longest:
             raise ConfigError(f"The {what} {short(str(path))} cannot be made: its folder name {short(part, 40)} "
@@ -273,7 +283,13 @@ def set_aside(run_dir: Path, what: str = "sweep") -> Path | None:
 
 
 def _nearest_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
+    """The closest of ``path`` and its parents that exists (a name too long for its filesystem does not)."""
+    while path != path.parent:
+        try:
+            if path.exists():
+                return path
+        except OSError:  # ENAMETOOLONG: Path.exists raises it
+            pass
         path = path.parent
     return path
 

@@ -119,6 +119,8 @@ CASES: list[tuple[str, list[str], int]] = [
     ("train-data-missing", ["train", "charlm", "--data", "no-such-text.txt"], 2),
     ("train-data-a-device", ["train", "charlm", "--data", "/dev/zero"], 2),
     ("sweep-runs-dir-name-too-long", ["sweep", "inputs/good.yaml", "--runs-dir", "new-runs/" + "d" * 300], 2),
+    ("sweep-runs-dir-name-too-long-in-runs", ["sweep", "inputs/good.yaml", "--runs-dir", "runs/" + "d" * 300], 2),
+    ("sweep-runs-dir-path-too-long", ["sweep", "inputs/good.yaml", "--runs-dir", "/".join(["b" * 200] * 25)], 2),
     ("sweep-empty-name", ["sweep", "inputs/good.yaml", "--name", ""], 2),
     # names and charlm read their data file whole: one larger than 64 MiB is refused before it is read
     ("train-names-data-too-big", ["train", "names", "--data", "inputs/huge.json"], 2),
