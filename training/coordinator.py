@@ -92,7 +92,8 @@ class Coordinator:
         trials = spec.trials()
         store.begin_run(spec.name, spec.fingerprint(), spec.to_json(), trials, NOT_FINGERPRINTED)
         write_spec_file(spec)  # after the store accepted it: a refused spec must not replace the run's own
-        self.mark = str(mark_run_dir(spec.run_dir.resolve(), self.run_token))  # workers that see it write there
+        self.mark = str(mark_run_dir(spec.run_dir.resolve(), self.run_token,  # workers that see it write there
+                                     store.unfinished()))
         self.source = source = make_source(spec, store)
         self.stretches.replay(store)
         rows = store.trials()

@@ -10,7 +10,8 @@ from rich.console import Console
 
 from .ddp import DDPProgress
 from .limits import printable
-from .results_view import SafeConsole, compact
+from .results_view import compact
+from .shown import plain_console
 
 if TYPE_CHECKING:
     from .ddp import Placement
@@ -29,7 +30,7 @@ class LiveDDP(DDPProgress):
     """
 
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or SafeConsole(highlight=False, markup=False, emoji=False)
+        self.console = console or plain_console()
         self.say = functools.partial(_print_as_is, self.console)
         self.columns: list[str] | None = None
         self.epochs: int | None = None

@@ -21,11 +21,11 @@ from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from rich.text import Text
 
 from .limits import printable
 from .protocol import TrialRecord, TrialState
-from .results_view import SafeConsole, compact, duration, span
+from .results_view import compact, duration, span
+from .shown import cell, plain_console
 from .sweep import SweepProgress
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ class LiveSweep(SweepProgress):
     """
 
     def __init__(self, console: Console | None = None, afresh: str = "new=True") -> None:
-        self.console = console or SafeConsole(highlight=False, markup=False, emoji=False)
+        self.console = console or plain_console()
         self.afresh = afresh  # how this caller starts a sweep afresh (the CLI: --new)
         # Rich draws a live area in Jupyter through ipywidgets; without it (it warns at every refresh) the
         # view prints lines, as it does into a log.
@@ -250,7 +250,7 @@ class LiveSweep(SweepProgress):
         now = time.monotonic()
         for trial in sorted(self.state.running.values(), key=lambda t: t.number):
             metrics = _metrics_text(trial.metrics, self.metric)
-            shown = (Text(printable(trial.worker)), f"{trial.epoch}/{self.state.epochs}", Text(printable(metrics)))
+            shown = (cell(trial.worker), f"{trial.epoch}/{self.state.epochs}", cell(metrics))
             table.add_row(f"{trial.number:04d}", *shown, duration(now - trial.started))
         return table
 

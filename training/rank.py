@@ -147,7 +147,9 @@ def _run_rank(spec: RankSpec, resume_state: bytes | None, beat: Heartbeat) -> Ra
         return _train_rank(spec, worker, device, resume_state, beat)
     except ConfigError as exc:  # its input (data, checkpoint, device): the client says it in one line
         logging.getLogger("distributed.worker").addFilter(_QUIET_REFUSALS)
-        raise RankRefused(str(exc)) from None
+        refused = RankRefused(str(exc))
+        traceback.clear_frames(exc.__traceback__)  # frames holding its data and model would stay with the error
+        raise refused from None
     except Exception as exc:
         text = traceback.format_exc()
         traceback.clear_frames(exc.__traceback__)  # frames holding the store would keep it alive

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
-from .limits import printable
 from .protocol import TrialRecord, best_trial
+from .shown import cell
 
 
 @dataclass(frozen=True)
@@ -149,25 +147,17 @@ def _row(trial: TrialRecord, best: TrialRecord | None, metric: str) -> dict[str,
             "last": compact(trial.metrics.get(metric)), "error": trial.error_type or ""}
 
 
-class SafeConsole(Console):
-    """A rich Console that prints text as it is: control characters in it (an escape sequence in a worker's
-    name, a trial's error, a run directory's records) are shown as ``\\xNN``, never sent to the terminal."""
-
-    def print(self, *objects: Any, **kwargs: Any) -> None:
-        super().print(*(printable(o) if isinstance(o, str) else o for o in objects), **kwargs)
-
-
 def _table(columns: list[_Column], rows: list[dict[str, Any]], title: str | None) -> Table:
     """Every header and cell is text as it is (rich.text.Text): never read as markup or emoji codes, whatever
     the console (a parameter named ``[bold]`` or a worker ``:x:`` is shown as such)."""
-    table = Table(title=Text(printable(title)) if title is not None else None, title_justify="left",
+    table = Table(title=cell(title) if title is not None else None, title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for column in columns:
         # Values fold onto a second line rather than being cut: nothing searched is ever hidden behind "…".
-        table.add_column(Text(printable(column.header)), justify=column.justify,  # type: ignore[arg-type]
+        table.add_column(cell(column.header), justify=column.justify,  # type: ignore[arg-type]
                          overflow="fold", min_width=min(len(column.header), 6))
     for row in rows:
-        table.add_row(*(Text(printable(str(row.get(c.key, "")))) for c in columns))
+        table.add_row(*(cell(row.get(c.key, "")) for c in columns))
     return table
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,11 +53,13 @@ def choice(values: Sequence[Any]) -> Domain:
     return Domain("choice", _values_of("choice", values))
 
 
-def _values_of(kind: str, values: Sequence[Any]) -> tuple[Any, ...]:
-    """``values`` as a tuple; a string or a non-sequence is refused (``choice("mlp")`` meant its letters)."""
-    if isinstance(values, str | bytes) or not isinstance(values, Sequence | set | frozenset):
-        raise ConfigError(f"{kind}({short(values)}): give a list of values, e.g. {kind}([{short(values)}]).")
-    return tuple(values)
+def _values_of(kind: str, values: Iterable[Any]) -> tuple[Any, ...]:
+    """``values`` (a list, tuple, range, numpy array, generator ...) as a tuple of plain values; a string, a
+    mapping or a single value is refused (``choice("mlp")`` meant its letters)."""
+    if isinstance(values, str | bytes | Mapping) or not isinstance(values, Iterable):
+        raise ConfigError(f"{kind}({short(values)}): give a list of values, e.g. {kind}(['a', 'b']).")
+    to_list = getattr(values, "tolist", None)  # a numpy array: plain numbers
+    return tuple(to_list() if callable(to_list) else values)
 
 
 def uniform(low: float, high: float) -> Domain:

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -255,21 +256,18 @@ def _sees_run_dir(spec: TrialSpec, run_dir: Path) -> bool:
         return False
 
 
-def mark_run_dir(run_dir: Path, run: str) -> Path:
+def mark_run_dir(run_dir: Path, run: str, to_run: Iterable[int] = ()) -> Path:
     """Write ``run_dir``'s mark file with the run token ``run`` (replacing an earlier run's); its path. Before
-    any trial runs, a link among its trial folders (``trials/`` itself or ``trials/NNNN``, put there by hand) is
-    removed, its target untouched: what the run writes there (checkpoints, model files) stays in the run
-    directory instead of going through it (the symlink of a trial folder sent a rerun's model files into the
-    folder it named)."""
-    trials = run_dir / "trials"
-    if trials.is_symlink():
-        trials.unlink()
-    elif trials.is_dir():
-        for entry in os.scandir(trials):
-            if entry.is_symlink():
-                log.warning("Removing the link %s in the run directory (to %s): trial folders are the run's own",
-                            entry.path, os.readlink(entry.path))
-                os.unlink(entry.path)
+    any trial runs, the folder of a trial in ``to_run`` that is a link (put there by hand) is removed, its target
+    untouched: what the trial writes (checkpoints, model files) stays in the run directory instead of going
+    through it (a rerun sent its model files into the folder the link named). The folders of finished trials, and
+    ``trials/`` itself, may be links (moved to a bigger disk): left as they are."""
+    for number in to_run:
+        folder = run_dir / "trials" / f"{number:04d}"
+        if folder.is_symlink():
+            log.warning("Removing the link %s (to %s): trial %d runs again and writes its folder in the run "
+                        "directory", folder, os.readlink(folder), number)
+            folder.unlink()
     mark = run_dir / RUN_MARK
     replace_file(mark, run.encode("utf-8"))
     return mark

@@ -77,6 +77,12 @@ def test_the_python_api_takes_paths_as_pathlib_and_refuses_values_of_other_kinds
     assert Sweep("xor", {"lr": [0.1]}, runs_dir=tmp_path / "runs").spec.run_dir == tmp_path / "runs" / "xor-sweep"
     with pytest.raises(ConfigError, match=re.escape("choice('mlp'): give a list of values")):
         choice("mlp")
+    import numpy as np
+
+    from training.space import grid
+
+    assert grid(np.array([0.1, 0.5])).values == (0.1, 0.5)  # arrays, ranges, generators: their values
+    assert choice(range(3)).values == (0, 1, 2) and choice(n for n in (4, 8)).values == (4, 8)
     with pytest.raises(ConfigError, match="path=None: give a folder path"):
         load_model(None)
     trained = train("xor", epochs=1)

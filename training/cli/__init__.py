@@ -16,7 +16,7 @@ import click
 from cluster.errors import ClusterError
 
 from ..errors import ConfigError, DaskTrainError
-from ..limits import short
+from ..limits import printable, short
 from . import display
 from .cluster_cmd import cluster_group
 from .ddp_cmd import ddp_command
@@ -96,7 +96,7 @@ def one_line(text: str, limit: int = 600) -> str:
     >>> one_line("a\\n  b")
     'a b'
     """
-    flat = " ".join(text.split())
+    flat = printable(" ".join(text.split()))  # what a scheduler or a run said: never sent to the terminal raw
     return flat if len(flat) <= limit else flat[:limit - 3] + "..."
 
 

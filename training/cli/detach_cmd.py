@@ -52,6 +52,8 @@ def detach_sweep(spec: SweepSpec, target: Target) -> None:
 @running_cluster_options
 def attach_command(name: str, target: Target) -> None:
     """Show a detached sweep's live progress (from its start) and its final table."""
+    from distributed.comm import CommClosedError
+
     from cluster import ClusterConnectError, open_client
 
     from ..detached import attach
@@ -66,7 +68,7 @@ def attach_command(name: str, target: Target) -> None:
         except KeyboardInterrupt:  # only the following stops
             display.interrupted(Interrupted(f"sweep '{name}' goes on in the cluster; only following it stopped."),
                                 again="Follow it again")
-        except OSError as exc:  # distributed's CommClosedError: the scheduler went away
+        except CommClosedError as exc:  # the scheduler went away (not a closed pipe of ours: an OSError too)
             raise ClusterConnectError(f"Lost the cluster's scheduler while following sweep '{name}' ({exc}): the "
                                       "cluster stopped, or the network failed.") from None
     if status["state"] == "cancelled":
@@ -85,6 +87,7 @@ def runs_command(target: Target) -> None:
     from cluster import open_client
 
     from ..detached import list_runs
+    from ..shown import cell
 
     _running_cluster(target, "runs")
     with open_client(target) as client:
@@ -94,9 +97,9 @@ def runs_command(target: Target) -> None:
                               "--detach --address ...`).")
         return
     table = Table("name", "state", "started", "ended", "run directory", "error")
-    for run in found:
-        table.add_row(run["name"], run["state"], _clock(run["started"]), _clock(run["ended"]), run["run_dir"],
-                      run["error"] or "")
+    for run in found:  # what the scheduler says, shown as it is
+        table.add_row(*(cell(v) for v in (run["name"], run["state"], _clock(run["started"]), _clock(run["ended"]),
+                                          run["run_dir"], run["error"] or "")))
     display.console.print(table)
 
 

@@ -14,11 +14,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..results_view import SafeConsole
+from ..shown import cell, plain_console
 
 # Piped output (CI logs, files) gets wide tables instead of 80-column truncation, unless COLUMNS says how wide.
-console = SafeConsole(highlight=False, soft_wrap=True, markup=False, emoji=False,  # text is data: as it is
-                      width=None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160)
+console = plain_console(soft_wrap=True,  # text is data: shown as it is
+                        width=None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160)
 _FIRST = ("epoch", "train_loss")
 _LAST = ("lr", "seconds", "samples_per_s")
 
@@ -28,7 +28,7 @@ def working(what: str) -> contextlib.AbstractContextManager[Any]:
     itself, on standard output, stays clean for a pipe or a file)."""
     if not sys.stderr.isatty():
         return contextlib.nullcontext()
-    return Console(stderr=True, highlight=False, markup=False, emoji=False).status(f"{what}...")
+    return plain_console(stderr=True).status(f"{what}...")
 
 
 class BadInput(click.ClickException):
@@ -89,11 +89,11 @@ def _width(column: str) -> int:
 
 def table(title: str, columns: list[str], rows: Iterable[Iterable[Any]]) -> None:
     """Print a table of rows under a title."""
-    out = Table(title=title, title_justify="left")
+    out = Table(title=cell(title), title_justify="left")
     for column in columns:
-        out.add_column(column)
+        out.add_column(cell(column))
     for row in rows:
-        out.add_row(*(format_value(v) for v in row))
+        out.add_row(*(cell(format_value(v)) for v in row))
     console.print(out)
 
 

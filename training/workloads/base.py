@@ -132,7 +132,7 @@ def read_text_data(path: Path, what: str) -> str:
         check_data_size(str(path), len(data), MAX_TEXT_DATA, named)
     except ConfigError as exc:
         raise DataError(str(exc)) from None
-    return data.decode("utf-8", errors="replace")
+    return data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")  # as read_text did
 
 
 def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[torch.Tensor]:
