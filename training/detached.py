@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -132,18 +133,19 @@ def _precheck(spec_json: dict[str, Any], run_dir: Path) -> None:
 STOP_GRACE = 60.0
 
 
-def stop_all(grace: float = STOP_GRACE) -> list[_Run]:
+def stop_all(grace: float = STOP_GRACE, give_up: Callable[[], bool] = lambda: False) -> list[_Run]:
     """Stop every detached sweep running in this process (the scheduler's) as :func:`cancel` does, and wait up
     to ``grace`` seconds for them to record it: before its scheduler closes, so that their trials are recorded
     as cancelled, with their epochs and checkpoints kept for the resuming rerun, not failed by its close.
-    The runs that were running."""
+    ``give_up()`` true ends the wait early. The runs that were running."""
     with _LOCK:
         running = [run for run in _RUNS.values() if run.state == "running"]
     for run in running:
         run.stop.set()
     deadline = time.monotonic() + grace
-    for run in running:
-        run.done.wait(max(0.0, deadline - time.monotonic()))
+    for run in running:  # ``give_up`` (a second Ctrl-C): stop waiting for them
+        while not run.done.wait(0.1) and time.monotonic() < deadline and not give_up():
+            pass
     return running
 
 

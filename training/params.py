@@ -208,7 +208,7 @@ def _check_data_path(param: Param, value: str, here: bool) -> None:
 def check_data_size(path: str, size: int, most: int, named: str | None = None) -> None:
     """Refuse a data file of more than ``most`` bytes (read whole into memory) before it is read."""
     if size > most:
-        raise ConfigError(f"{named or short(path)} holds {size / 2**20:,.0f} MiB: this workload reads its data "
+        raise ConfigError(f"{named or short(path)} holds {size / 2**20:,.1f} MiB: this workload reads its data "
                           f"file whole, and takes at most {most // 2**20} MiB. Pass a smaller file (e.g. its "
                           f"first part: head -c {most // 2**20 - 1}M FILE > part.txt).")
 

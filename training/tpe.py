@@ -8,6 +8,7 @@ never asks for more than ``num_trials`` in total.
 
 from __future__ import annotations
 
+import json
 import logging
 import stat
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from typing import Any
 from .errors import ConfigError
 from .limits import clip, short
 from .params import Param, resolve
-from .space import Domain
+from .space import Domain, space_to_json
 from .workloads import get_workload
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class TpeSearch:
         self.work = get_workload(workload)
         self.space, self.fixed, self.num_trials = dict(space), dict(fixed), num_trials
         path = run_dir / STUDY_FILE
-        check_study_file(path, num_trials)
+        check_study_file(path, num_trials, len(json.dumps(space_to_json(dict(space)), default=str)))
         # A few random trials first, then TPE; constant_liar keeps parallel asks from repeating each other.
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, num_trials // 4),
                                              constant_liar=True)
@@ -84,10 +85,11 @@ class TpeSearch:
         return resolve(self.work.params, {**self.fixed, **fixed_in_space, **suggested}, owner=self.work.name)
 
 
-def check_study_file(path: Path, num_trials: int) -> None:
+def check_study_file(path: Path, num_trials: int, space_bytes: int = 0) -> None:
     """A TPE run's study journal, if there is one, as data: a regular file in the run directory (not a link:
     Optuna appends to it), no larger than a study of ``num_trials`` trials writes (Optuna replays all of it):
-    :data:`STUDY_BYTES_PER_TRIAL` a trial."""
+    :data:`STUDY_BYTES_PER_TRIAL` a trial, and twice its space's size as JSON (``space_bytes``: Optuna writes
+    each parameter's whole distribution, a long choice list too, with every trial)."""
     try:
         status = path.lstat()
     except FileNotFoundError:
@@ -95,7 +97,7 @@ def check_study_file(path: Path, num_trials: int) -> None:
     again = "pass --new (new=True) to set the run aside and start afresh."
     if not stat.S_ISREG(status.st_mode):
         raise ConfigError(f"{short(str(path))} is not a regular file (a link, device or pipe): {again}")
-    most = STUDY_BYTES_PER_TRIAL * (num_trials + 16)
+    most = (STUDY_BYTES_PER_TRIAL + 2 * space_bytes) * (num_trials + 16)
     if status.st_size > most:
         raise ConfigError(f"{short(str(path))} holds {status.st_size / 2**20:,.1f} MiB, more than a study of "
                           f"{num_trials:,} trials writes (at most {most / 2**20:,.1f} MiB): {again}")

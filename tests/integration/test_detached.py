@@ -144,17 +144,16 @@ def test_a_cluster_stopped_under_a_detached_sweep_cancels_it_keeping_its_epochs_
         started = run_cli("sweep", str(sweep_file), "--detach", "--scheduler-file", str(scheduler_file),
                           cwd=tmp_path, timeout=120)
         assert started.returncode == 0, started.stdout + started.stderr
-        store = tmp_path / "runs" / "stopped" / "store.sqlite"
-        poll_for(lambda: _epochs(store) >= 2 and _running(store.parent) == 2, 180,
-                 what="two epochs recorded while both trials train")
         again = run_cli("sweep", str(sweep_file), "--detach", "--scheduler-file", str(scheduler_file),
                         cwd=tmp_path)
         assert again.returncode == 2, again.stdout + again.stderr  # refused as the user's input, in one line
         said = again.stderr.strip()
         assert said == ("Error: A sweep named 'stopped' is already running on this cluster: attach to it, cancel "
                         "it, or give another --name (name=...)."), said
-        for again in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):  # an impatient user: the first one counts
-            up.send_signal(again)  # (a second signal in the handler of the first one deadlocked `cluster up`)
+        store = tmp_path / "runs" / "stopped" / "store.sqlite"
+        poll_for(lambda: _epochs(store) >= 2 and _running(store.parent) == 2, 180,
+                 what="two epochs recorded while both trials train")
+        up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=120)
     finally:
         if up.poll() is None:
@@ -170,20 +169,24 @@ def test_a_cluster_stopped_under_a_detached_sweep_cancels_it_keeping_its_epochs_
     rerun = run_cli("sweep", str(sweep_file), "--workers", "2", "--gpus", "off", cwd=tmp_path, timeout=240)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     for number, last in kept.items():  # each goes on after its last recorded epoch, none trained again
-        assert not re.search(rf"trial {number:04d} \S+ epoch [1-{last}]/4", rerun.stdout), rerun.stdout
+        assert not re.search(rf"trial {number:04d} \S+ epoch [1-{last}]/{EPOCHS}", rerun.stdout), rerun.stdout
     with sqlite3.connect(store, timeout=10) as db:
         done = {n: (state, epochs, starts) for n, state, epochs, starts in
                 db.execute("SELECT number, state, epochs, starts FROM trials")}
         epoch_rows = [count for (count,) in db.execute("SELECT COUNT(*) FROM epochs GROUP BY trial")]
-    assert done == {0: ("completed", 4, 2), 1: ("completed", 4, 2)}, done
-    assert epoch_rows == [4, 4], epoch_rows
+    assert done == {0: ("completed", EPOCHS, 2), 1: ("completed", EPOCHS, 2)}, done
+    assert epoch_rows == [EPOCHS, EPOCHS], epoch_rows
+
+
+#: Epochs of the sweeps whose cluster stops under them: long enough that neither trial ends first.
+EPOCHS = 8
 
 
 def _own_cluster_and_sweep(folder: Path, name: str) -> tuple[Path, Path, subprocess.Popen]:
-    """A `cluster up` of this test's own (it stops it), and a sweep file of two trials of ~2-4 s an epoch."""
+    """A `cluster up` of this test's own (it stops it), and a sweep file of two trials of ~1-4 s an epoch."""
     scheduler_file, sweep_file = folder / "scheduler.json", folder / f"{name}.yaml"
     sweep_file.write_text(yaml.safe_dump({"name": name, "workload": "xor", "space": {"lr": [0.1, 0.2]},
-                                          "params": {"train_size": 300_000}, "epochs": 4}))
+                                          "params": {"train_size": 300_000}, "epochs": EPOCHS}))
     up = start_cli("cluster", "up", "--workers", "2", "--gpus", "off", "--dashboard-address", "127.0.0.1:0",
                    "--scheduler-file", str(scheduler_file), cwd=folder)
     return scheduler_file, sweep_file, up

@@ -164,10 +164,12 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
             display.console.print("Press Ctrl-C to stop.")
             while not stop():
                 time.sleep(0.2)
-            display.console.print("Stopping ...")
+            display.console.print("Stopping ... (cancelling its detached sweeps first, if any: Ctrl-C again to "
+                                  "stop without waiting for them)")
             from ..detached import stop_all, stopped_line
 
-            for run in stop_all():  # cancelled while the workers are there: recorded, kept for a rerun
+            first = stop()
+            for run in stop_all(give_up=lambda: stop() > first):  # cancelled while the workers are there
                 display.console.print(stopped_line(run))
     finally:
         if written and holds_address(scheduler_file, address):  # only this cluster's file, not replaced since
@@ -212,10 +214,11 @@ def _started_on_slurm(spec: SlurmSpec):
     return cluster
 
 
-def _stop_on_signals() -> Callable[[], bool]:
-    """Whether SIGINT or SIGTERM came, so the main thread can shut the cluster down cleanly. The handler only
-    notes it: one that set a threading.Event deadlocked when a second signal came while the first handler,
-    or the main thread's wait, held the event's lock (a SIGTERM forwarded twice left `cluster up` hung)."""
+def _stop_on_signals() -> Callable[[], int]:
+    """How many SIGINT or SIGTERM came, so the main thread can shut the cluster down cleanly (and a second one
+    can skip a wait). The handler only counts: one that set a threading.Event deadlocked when a second signal
+    came while the first handler, or the main thread's wait, held the event's lock (a SIGTERM forwarded twice
+    left `cluster up` hung)."""
     came: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
@@ -223,7 +226,7 @@ def _stop_on_signals() -> Callable[[], bool]:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
-    return lambda: bool(came)
+    return lambda: len(came)
 
 
 @cluster_group.command("info")
