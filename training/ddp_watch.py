@@ -167,9 +167,9 @@ class RankWatcher:
                  if [r for r in stuck if r != culprit] else
                  "All other ranks ended" + (f" ({others}). " if others else ". "))
         placement = self.attempt.placements[culprit]
-        refused = culprit in errors and isinstance(self.futures[culprit].exception(), RankRefused)
-        if refused:  # its input: what it said is the whole story (the other ranks' ends follow from it)
-            said = str(self.futures[culprit].exception()).strip()
+        error = self.futures[culprit].exception(timeout=self.attempt.timeout) if culprit in errors else None
+        if isinstance(error, RankRefused):  # its input: what it said is the whole story (the others follow)
+            said = str(error).strip()
             return DDPJobFailed(f"rank {culprit} on {placement.worker} ({self.describe(culprit)}) refused its "
                                 f"input: {said}", rank=culprit, worker=placement.worker, refused=True)
         summary = f"rank {culprit} on {placement.worker} ({self.describe(culprit)}): {cause}."

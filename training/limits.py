@@ -84,6 +84,15 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
 
 
+def check_path(name: str, value: object) -> str:
+    """``value`` (a str or a path-like object such as a pathlib.Path) as text, else a ConfigError naming
+    ``name`` (a path given to the Python API as another kind failed deep inside, or later)."""
+    if isinstance(value, str | os.PathLike):
+        path = os.fspath(value)
+        return path if isinstance(path, str) else os.fsdecode(path)
+    raise ConfigError(f"{name}={short(value)}: give a folder path (a str or a pathlib.Path).")
+
+
 def max_trials() -> int:
     """The most trials one sweep may have: ``DASK_TRAIN_MAX_TRIALS`` if set, else 10,000.
 

@@ -6,7 +6,6 @@ Loading never executes pickled code: weights are safetensors, everything else is
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import ConfigError, ModelFileError
-from .limits import MAX_GENERATE, check_count, short
+from .limits import MAX_GENERATE, check_count, check_path, short
 from .params import resolve
 from .run_dirs import MODEL_MARKERS, check_run_dir, replace_file, replacing_path
 from .workloads import trusted_workload
@@ -96,18 +95,11 @@ def epoch_record(history: list[dict[str, Any]], epoch: int | None) -> dict[str, 
     return dict(found if found is not None else history[-1]) if history else {}
 
 
-def _path_arg(name: str, path: Any) -> Path:
-    """``path`` as a Path if it is a str or a path-like object, else a ConfigError naming ``name``."""
-    if isinstance(path, str | os.PathLike):
-        return Path(path)
-    raise ConfigError(f"{name}={short(path)}: give a folder path (a str or a pathlib.Path).")
-
-
 def save_model(trained: TrainedModel, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``trained`` as a model directory: weights, metadata, history, artifacts. A file there, a folder
     of files dask-train did not write, or (unless ``overwrite``) one holding a model is refused (ConfigError)
     before anything is written."""
-    check_run_dir(_path_arg("path", path), MODEL_MARKERS, what="model directory")
+    check_run_dir(check_path("path", path), MODEL_MARKERS, what="model directory")
     if not overwrite and (held := [m for m in (METADATA, WEIGHTS) if (Path(path) / m).exists()]):
         raise ConfigError(f"{short(str(path))} already holds a model ({', '.join(held)}): save to another folder, "
                           "or pass overwrite=True to replace it.")
@@ -169,7 +161,7 @@ def load_model(path: str | Path, *, allow: Iterable[str] = ()) -> TrainedModel:
     >>> load_model(folder).workload
     'xor'
     """
-    folder = _path_arg("path", path)
+    folder = Path(check_path("path", path))
     metadata = _read_metadata(folder)
     try:  # its message names the directory already
         work = trusted_workload(metadata.get("workload"), allow, source=f"Model directory {str(folder)!r}")

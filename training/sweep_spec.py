@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -13,7 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
-from .limits import MAX_EPOCHS, MAX_SPEC_BYTES, STALL_TIMEOUT, check_count, check_trial_count, clip, short
+from .limits import (
+    MAX_EPOCHS,
+    MAX_SPEC_BYTES,
+    STALL_TIMEOUT,
+    check_count,
+    check_path,
+    check_trial_count,
+    clip,
+    short,
+)
 from .params import Param
 from .precision import check_precision
 from .safe_yaml import read_yaml
@@ -87,10 +95,8 @@ class SweepSpec:
                    f"{what} keys {short([k for k in value or {} if not isinstance(k, str)])}: hyperparameter "
                    "names are strings.")
         _check(name is None or isinstance(name, str), f"name={short(name)}: give a str (it names a folder).")
-        if isinstance(rest.get("runs_dir"), os.PathLike):  # a pathlib.Path: kept as the text it is
-            rest["runs_dir"] = os.fspath(rest["runs_dir"])
-        _check(isinstance(rest.get("runs_dir", ""), str),
-               f"runs_dir={short(rest.get('runs_dir'))}: give a folder path (a str or a pathlib.Path).")
+        if "runs_dir" in rest:  # a pathlib.Path too: kept as the text it is
+            rest["runs_dir"] = check_path("runs_dir", rest["runs_dir"])
         work = get_workload(workload)
         space, params = dict(space or {}), dict(params or {})
         overlap = sorted(set(space) & set(params))
