@@ -79,7 +79,7 @@ def results_table(trials: Sequence[TrialRecord], space: Iterable[str], metric: s
     Examples
     --------
     >>> table = results_table([], ["lr"], "val_loss", "min", width=80)
-    >>> [c.header for c in table.columns][:3]
+    >>> [str(c.header) for c in table.columns][:3]
     ['trial', 'state', 'lr']
     """
     best = best_trial(trials, mode)
