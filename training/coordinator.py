@@ -693,9 +693,10 @@ def _executing_keys(dask_worker: Any) -> list[str]:
 def _scheduler_lost(client: Client, error: BaseException) -> bool:
     """Whether a task's ``error`` is its client losing the scheduler (its futures cancelled as it went), which
     says nothing of the task's trials."""
-    reason = getattr(error, "reason", "") if isinstance(error, CancelledError) else ""
-    return reason == "scheduler-connection-lost" or (isinstance(error, CancelledError) and
-                                                     client.status not in ("running", "connecting"))
+    if not isinstance(error, CancelledError):
+        return False
+    return getattr(error, "reason", "") == "scheduler-connection-lost" or client.status not in ("running",
+                                                                                               "connecting")
 
 
 def _task_error(number: int, error: BaseException) -> str:

@@ -81,10 +81,8 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
     if not _FLOCK:  # not a POSIX system: no lock to take
         yield
         return
-    try:
-        made = list(itertools.takewhile(lambda folder: not folder.exists(), [run_dir, *run_dir.parents]))
-    except OSError as exc:  # a name too long for the filesystem
-        raise ConfigError(f"{short(str(run_dir))} cannot be made ({exc.strerror or exc}): {other}.") from None
+    existing = _nearest_existing(run_dir)
+    made = list(itertools.takewhile(lambda folder: folder != existing, [run_dir, *run_dir.parents]))
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. a name too long for the filesystem: the folders made on the way go again
@@ -97,7 +95,7 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
     fd = -1
     try:
         if not held:
-            fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            fd = _open_folder(run_dir)
             _lock(fd, run_dir, what, other)
         yield
     except BaseException:
@@ -111,6 +109,11 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
                 del _HELD[key]
         if fd >= 0:
             os.close(fd)  # releases the lock
+
+
+def _open_folder(run_dir: Path) -> int:
+    """A descriptor of the folder itself, to lock."""
+    return os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
 
 def _lock(fd: int, run_dir: Path, what: str, other: str) -> None:
@@ -132,7 +135,7 @@ def check_not_in_use(run_dir: Path, what: str, other: str) -> None:
     if not _FLOCK or not run_dir.is_dir() or os.path.realpath(run_dir) in _HELD:
         return
     try:
-        fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fd = _open_folder(run_dir)
     except OSError:  # found when the run opens it
         return
     try:

@@ -24,6 +24,8 @@ from .workloads import get_workload
 log = logging.getLogger(__name__)
 
 STUDY_FILE = "study.journal"
+#: What to do with a run whose study cannot go on.
+_AFRESH = "pass --new (new=True) to set the run aside and start afresh."
 
 
 class TpeSearch:
@@ -51,8 +53,7 @@ class TpeSearch:
             self.study.get_trials(deepcopy=False)  # the whole journal replayed now, not at the first ask
         except Exception as exc:  # a journal Optuna cannot replay (edited, cut short): it is data, said so
             raise ConfigError(f"{short(str(path))} is not a study journal Optuna can read ({type(exc).__name__}: "
-                              f"{clip(str(exc), 200)}): pass --new (new=True) to set the run aside and start "
-                              "afresh.") from None
+                              f"{clip(str(exc), 200)}): {_AFRESH}") from None
 
     def unfinished(self) -> list[tuple[int, dict[str, Any]]]:
         """Trials the study started but never heard back about (a killed client's), with full params."""
@@ -85,7 +86,7 @@ class TpeSearch:
         return resolve(self.work.params, {**self.fixed, **fixed_in_space, **suggested}, owner=self.work.name)
 
 
-def check_study_file(path: Path, num_trials: int, space_bytes: int = 0) -> None:
+def check_study_file(path: Path, num_trials: int, space_bytes: int) -> None:
     """A TPE run's study journal, if there is one, as data: a regular file in the run directory (not a link:
     Optuna appends to it), no larger than a study of ``num_trials`` trials writes (Optuna replays all of it):
     :data:`STUDY_BYTES_PER_TRIAL` a trial, and twice its space's size as JSON (``space_bytes``: Optuna writes
@@ -94,13 +95,12 @@ def check_study_file(path: Path, num_trials: int, space_bytes: int = 0) -> None:
         status = path.lstat()
     except FileNotFoundError:
         return
-    again = "pass --new (new=True) to set the run aside and start afresh."
     if not stat.S_ISREG(status.st_mode):
-        raise ConfigError(f"{short(str(path))} is not a regular file (a link, device or pipe): {again}")
+        raise ConfigError(f"{short(str(path))} is not a regular file (a link, device or pipe): {_AFRESH}")
     most = (STUDY_BYTES_PER_TRIAL + 2 * space_bytes) * (num_trials + 16)
     if status.st_size > most:
         raise ConfigError(f"{short(str(path))} holds {status.st_size / 2**20:,.1f} MiB, more than a study of "
-                          f"{num_trials:,} trials writes (at most {most / 2**20:,.1f} MiB): {again}")
+                          f"{num_trials:,} trials writes (at most {most / 2**20:,.1f} MiB): {_AFRESH}")
 
 
 def check_study_kept(run_dir: Path, recorded: int) -> None:
@@ -109,8 +109,7 @@ def check_study_kept(run_dir: Path, recorded: int) -> None:
     if recorded and not (run_dir / STUDY_FILE).exists():
         trials = f"{recorded:,} trial{'s' if recorded != 1 else ''}"
         raise ConfigError(f"{short(str(run_dir))} records {trials} of this TPE sweep, but its study journal "
-                          f"{STUDY_FILE} is missing: the search cannot go on without it. Pass --new (new=True) to "
-                          "set the run aside and start afresh.")
+                          f"{STUDY_FILE} is missing: the search cannot go on without it: {_AFRESH}")
 
 
 #: Bytes of study journal a trial may account for: Optuna writes well under 16 KiB for a trial of many

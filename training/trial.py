@@ -262,12 +262,14 @@ def mark_run_dir(run_dir: Path, run: str, to_run: Iterable[int] = ()) -> Path:
     untouched: what the trial writes (checkpoints, model files) stays in the run directory instead of going
     through it (a rerun sent its model files into the folder the link named). The folders of finished trials, and
     ``trials/`` itself, may be links (moved to a bigger disk): left as they are."""
-    for number in to_run:
-        folder = run_dir / "trials" / f"{number:04d}"
-        if folder.is_symlink():
-            log.warning("Removing the link %s (to %s): trial %d runs again and writes its folder in the run "
-                        "directory", folder, os.readlink(folder), number)
-            folder.unlink()
+    trials = run_dir / "trials"
+    if trials.is_dir():  # a fresh sweep has none: nothing looked at per trial
+        numbers = {f"{number:04d}" for number in to_run}
+        for entry in os.scandir(trials):
+            if entry.name in numbers and entry.is_symlink():
+                log.warning("Removing the link %s (to %s): its trial runs again and writes its folder in the run "
+                            "directory", entry.path, os.readlink(entry.path))
+                os.unlink(entry.path)
     mark = run_dir / RUN_MARK
     replace_file(mark, run.encode("utf-8"))
     return mark
