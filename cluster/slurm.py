@@ -103,6 +103,12 @@ class SlurmSpec:
         return self.cpus_per_worker * self.workers
 
 
+#: ``python -m`` puts the current directory (the job's submit directory) first on ``sys.path``: a ``grp.py`` or
+#: ``training/`` kept there would be imported by the scheduler and every worker in place of Python's or ours.
+#: Python 3.11+ leaves it off with this set (older ones ignore it).
+SAFE_PATH_ENVIRON = {"PYTHONSAFEPATH": "1"}
+
+
 def sbatch_directives(spec: SlurmSpec) -> list[str]:
     """The ``#SBATCH`` lines: one task per node holding every CPU, GPU and byte its workers need.
 
@@ -194,6 +200,8 @@ set -euo pipefail
 {setup}
 # Dask's timers, slowed for training (the scheduler's and the workers'): see cluster.spec.QUIET_TIMERS.
 {_export(QUIET_TIMERS_ENVIRON)}
+# Nothing is imported from the submit directory (see cluster.slurm.SAFE_PATH_ENVIRON).
+{_export(SAFE_PATH_ENVIRON)}
 
 # On the shared filesystem: the workers and your dask-train commands read it.
 SCHEDULER_FILE="$SLURM_SUBMIT_DIR/{spec.scheduler_file}"
@@ -246,7 +254,8 @@ def slurm_cluster(spec: SlurmSpec, **kwargs: Any):
             memory=format_bytes(parse_bytes(spec.memory_per_worker) * spec.workers),
             job_cpu=spec.cpus_per_worker * spec.workers, walltime=spec.walltime, queue=spec.partition,
             account=spec.account, job_name=spec.job_name, python=spec.python, interface=spec.interface,
-            job_script_prologue=[*spec.setup, _export(QUIET_TIMERS_ENVIRON), _export(worker_environ(spec))],
+            job_script_prologue=[*spec.setup, _export(QUIET_TIMERS_ENVIRON), _export(SAFE_PATH_ENVIRON),
+                                 _export(worker_environ(spec))],
             job_extra_directives=[f"--gres=gpu:{spec.gpus_per_node}"] if gpu else [],
             worker_command="dask cuda worker" if gpu else "distributed.cli.dask_worker",
             worker_extra_args=["--resources", f"{TRAINING_SLOT}=1"],

@@ -30,7 +30,21 @@ log = logging.getLogger(__name__)
 _CLOSE_GRACE = 10.0  # seconds a nanny gets to close its worker (the host's own bound, see worker_main)
 _REPLY_GRACE = _CLOSE_GRACE + 10.0  # seconds the host gets to say a nanny closed before it is killed
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)  # where `cluster` is importable from
+#: ``python -m`` puts the current directory first on ``sys.path``: a ``grp.py``, ``random.py`` or ``cluster/``
+#: where a user runs ``dask-train`` would be imported (run) by every worker in place of Python's or ours.
+#: ``-P`` (Python 3.11+; the fork server and the workers inherit it) leaves it off: the workers import from
+#: where this process imports (:func:`_import_path`). Python 3.10 has no such flag.
+_SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _import_path() -> str:
+    """The workers' ``PYTHONPATH``: the first place this process imports from (a script's folder: ``python
+    run.py`` naming ``mypkg.work:MyModel`` kept beside it; the ``dask-train`` command's own folder; the
+    current directory for ``python -c`` and notebooks), then dask-train's root, then this ``PYTHONPATH``. The
+    current directory of a ``dask-train`` command is not on it, as it is not on the command's own path."""
+    first = [] if getattr(sys.flags, "safe_path", False) or not sys.path else [os.path.abspath(sys.path[0])]
+    return os.pathsep.join(p for p in (*first, _PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
 
 
 class WorkerHost:
@@ -69,11 +83,10 @@ class WorkerHost:
         if self._closed or (self.process is not None and self.process.poll() is None):
             return
         read, write = os.pipe()
-        environ = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
+        environ = {**os.environ, "PYTHONPATH": _import_path()}
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "cluster.worker_main", str(write), json.dumps(self.environ)],
+                [sys.executable, *_SAFE_PATH, "-m", "cluster.worker_main", str(write), json.dumps(self.environ)],
                 env=environ, stdin=subprocess.PIPE, pass_fds=(write,),
                 start_new_session=True)  # the terminal's Ctrl-C is the client's
         except BaseException:

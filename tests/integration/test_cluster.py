@@ -229,6 +229,33 @@ def test_a_cluster_takes_the_worker_program_started_early_and_ends_one_started_f
         assert worker_host._early is None and early.process.poll() is not None  # ended with its cluster
 
 
+def _imported_from() -> dict[str, str]:
+    import importlib
+
+    return {name: importlib.import_module(name).__file__ or "" for name in ("grp", "cluster", "mine")}
+
+
+def test_workers_import_from_where_this_process_does_never_from_the_directory_it_runs_in(tmp_path, monkeypatch):
+    """A ``grp.py`` (which torch's import reaches) or a ``cluster/`` in the directory dask-train runs in is
+    not imported by the workers in place of Python's or ours (``python -m`` would put it first); a module
+    beside the script that started the cluster (its workload, say) is, as this process imports it."""
+    here, beside = tmp_path / "here", tmp_path / "beside"
+    (here / "cluster").mkdir(parents=True)
+    beside.mkdir()
+    for planted in (here / "grp.py", here / "cluster" / "__init__.py"):
+        planted.write_text(f"open({str(tmp_path / 'imported')!r}, 'a').write({str(planted)!r})\n"
+                           "raise SystemExit('planted module imported')\n")
+    (beside / "mine.py").write_text("")
+    monkeypatch.chdir(here)
+    monkeypatch.setattr(sys, "path", [str(beside), *sys.path])
+    with start_local_cluster(ClusterSpec(workers=1, gpus="off", dashboard_address="127.0.0.1:0")) as cluster, \
+            Client(cluster) as c:
+        [where] = c.run(_imported_from).values()
+    assert not (tmp_path / "imported").exists()
+    assert where["mine"] == str(beside / "mine.py")
+    assert not where["grp"].startswith(str(tmp_path)) and not where["cluster"].startswith(str(tmp_path))
+
+
 def test_starting_a_cluster_leaves_this_process_environment_alone():
     before = dict(os.environ)
     with start_local_cluster(ClusterSpec(workers=1, gpus="off", dashboard_address="127.0.0.1:0")):

@@ -81,6 +81,11 @@ def torch_threads_per_worker(client: Client) -> list[int]:
 
 
 def test_cpu_job_script_starts_a_scheduler_and_slot_workers(tmp_path):
+    """... and imports nothing from the submit directory (a ``grp.py``, which torch's import reaches, or a
+    ``training/`` of the user's own), where ``python -m`` would look first."""
+    (tmp_path / "training").mkdir()
+    for planted in (tmp_path / "grp.py", tmp_path / "training" / "__init__.py"):
+        planted.write_text("raise SystemExit('planted module imported')\n")
     spec = SlurmSpec(workers_per_node=2, cpus_per_worker=1, memory_per_worker="2GB", python=sys.executable,
                      dashboard_address="127.0.0.1:0", scheduler_port=0, job_name="dt-test")
     with submitted(tmp_path, spec) as (_, client):
