@@ -30,6 +30,7 @@ from .board import SHOWN_TRIALS
 from .dashboard import enable_page
 from .errors import Interrupted
 from .events import Inbox, Publisher, publish
+from .limits import printable
 from .precision import check_workers_support
 from .protocol import (
     EpochEnded,
@@ -117,7 +118,7 @@ class Coordinator:
                 self._run_trials(source, slots)
                 ended = JobState.FINISHED
             except KeyboardInterrupt:
-                with second_interrupt_exits():
+                with second_interrupt_exits(_interrupted_again(spec)):
                     with contextlib.suppress(Exception):  # trials whose outcome came are recorded, not cancelled
                         self.events.apply(self._arrived)
                     cancelled = self.stops.cancel(self.running)
@@ -683,6 +684,13 @@ def _interrupted(spec: SweepSpec, store: RunStore, cancelled: list[int]) -> str:
     which = f" (trial{'s' if len(cancelled) > 1 else ''} {', '.join(map(str, cancelled))})" if cancelled else ""
     return (f"sweep '{spec.name}': {finished} trials finished, {len(cancelled)} cancelled{which} and their "
             f"workers freed; {spec.run_dir} keeps everything.")
+
+
+def _interrupted_again(spec: SweepSpec) -> str:
+    """The line of a sweep stopped by a second Ctrl-C, without waiting for its trials to be cancelled."""
+    return (f"Interrupted again: sweep '{printable(spec.name)}' stopped at once; {printable(str(spec.run_dir))} "
+            "keeps every finished trial, and the same command resumes the rest (trials that were running show "
+            "'running' until then).")
 
 
 def _executing_keys(dask_worker: Any) -> list[str]:

@@ -24,7 +24,7 @@ from .ddp_checkpoint import CheckpointCopy
 from .ddp_watch import Attempt, RankWatcher
 from .errors import ConfigError, DDPJobFailed, Interrupted
 from .events import Inbox, publish
-from .limits import clip
+from .limits import clip, printable
 from .protocol import JobEnded, JobRestarted, JobState, RankOutcome
 from .rank import RankSpec, free_port, run_rank
 from .slots import free_workers, second_interrupt_exits
@@ -212,7 +212,10 @@ class JobRun:
         """Ctrl-C: cancel the ranks, free their workers, say what the checkpoint keeps."""
         current = self.current
         workers = [p.worker for p in current.placements] if current else []
-        with second_interrupt_exits():
+        kept = (f"; {printable(str(self.job.checkpoint))} keeps epoch {self.copy.epoch} (the same command with "
+                "--resume goes on from it)" if self.copy.epoch else "")
+        again = f"Interrupted again: DDP job '{printable(self.job.name)}' stopped at once{kept}."
+        with second_interrupt_exits(again):
             if current is not None:
                 self.client.cancel(current.futures, force=True)
             free_workers(self.client, workers)

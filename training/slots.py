@@ -93,16 +93,24 @@ def kill_worker_process(dask_worker: Any) -> None:
 
 
 @contextlib.contextmanager
-def second_interrupt_exits() -> Iterator[None]:
+def second_interrupt_exits(said: str = "") -> Iterator[None]:
     """While cleaning up after Ctrl-C (or SIGTERM), a second Ctrl-C exits at once, 130, and a second SIGTERM
-    too, 143 (main thread only: where signals go); an ignored SIGTERM stays ignored."""
+    too, 143 (main thread only: where signals go), printing ``said`` (what is kept, what resumes it) first;
+    an ignored SIGTERM stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    line = f"{said}\n".encode(errors="replace") if said else b""
+
+    def exit_now(code: int) -> None:
+        with contextlib.suppress(OSError):  # a closed or full stderr does not keep this process alive
+            os.write(2, line)
+        os._exit(code)
+
+    previous = signal.signal(signal.SIGINT, lambda *_: exit_now(130))
     previous_term = signal.getsignal(signal.SIGTERM)
     if previous_term is not signal.SIG_IGN:
-        signal.signal(signal.SIGTERM, lambda *_: os._exit(128 + signal.SIGTERM))
+        signal.signal(signal.SIGTERM, lambda *_: exit_now(128 + signal.SIGTERM))
     try:
         yield
     finally:

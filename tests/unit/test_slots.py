@@ -1,5 +1,5 @@
 """While a sweep or DDP job cleans up after Ctrl-C (or SIGTERM), a second Ctrl-C ends the process at once
-(exit 130), and a second SIGTERM too (143)."""
+(exit 130), and a second SIGTERM too (143), saying what it was given (what is kept, how to resume)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.helpers import cli_env
 _PROGRAM = """
 import os, signal, sys, time
 from training.slots import second_interrupt_exits
-with second_interrupt_exits():   # the cleanup after a first Ctrl-C
+with second_interrupt_exits("Interrupted again: runs/x keeps \x1b[2J"):   # the cleanup after a first Ctrl-C
     os.kill(os.getpid(), int(sys.argv[1]))   # the second
     time.sleep(60)   # a cleanup that would take long
 print("not reached")
@@ -26,6 +26,7 @@ def test_a_second_ctrl_c_during_cleanup_exits_at_once(sig, code):
     done = _python(_PROGRAM, str(int(sig)))
     assert done.returncode == code, done.stdout + done.stderr
     assert "not reached" not in done.stdout and "Traceback" not in done.stderr
+    assert done.stderr == "Interrupted again: runs/x keeps \x1b[2J\n"  # as given: callers make it printable
 
 
 def test_after_cleanup_ctrl_c_is_a_keyboard_interrupt_again():
