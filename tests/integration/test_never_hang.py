@@ -21,7 +21,15 @@ import pytest
 import yaml
 
 from cluster import ClusterSpec, Target, cluster_workers, connect, open_client
-from tests.helpers import cannot_mount_namespaces, poll_for, run_cli, start_cli, stop_processes
+from tests.helpers import (
+    cannot_mount_namespaces,
+    cli_command,
+    cli_env,
+    poll_for,
+    run_cli,
+    start_cli,
+    stop_processes,
+)
 from training import Sweep
 from training.protocol import EpochEnded, TrialState, parse_event
 from training.sweep import SweepProgress
@@ -273,6 +281,52 @@ def test_ctrl_c_cancels_frees_the_worker_and_says_how_to_resume(client, tmp_path
         [(state, worker)] = db.execute("SELECT state, worker FROM trials").fetchall()
     assert state == "cancelled" and worker in before
     _both_workers_take_work_at_once(client, gone=before[worker])
+
+
+def test_a_sweep_whose_output_is_closed_stops_as_ctrl_c_stops_it_and_says_so_on_stderr(client, tmp_path):
+    """``dask-train sweep ... | head``: once the reader is gone the sweep cancels and records its running trial
+    and frees its worker, says so where it is seen, and exits 141 (as SIGPIPE has it); a failed write ended it
+    with exit 1, no line, and the trial left ``running``."""
+    sweep_file = tmp_path / "long.yaml"
+    sweep_file.write_text(yaml.safe_dump({"name": "long", "workload": "xor", "space": {"lr": [0.1]},
+                                          "epochs": 100_000, "runs_dir": str(tmp_path / "runs")}))
+    before = _addresses(client)
+    command = ["sweep", str(sweep_file), "--address", client.scheduler.address]
+    proc = subprocess.Popen(cli_command(*command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**cli_env(), "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        seen = []
+        while not seen or "epoch 1/" not in seen[-1]:  # the trial trains: its epochs are printed
+            line = proc.stdout.readline()
+            assert line, "".join(seen) + proc.stderr.read()
+            seen.append(line)
+        proc.stdout.close()  # the reader goes away, as `| head -N` does
+        proc.wait(timeout=60)  # what it says on standard error is a line or two: no pipe fills meanwhile
+        said = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 141, said
+    assert said.startswith("Interrupted: sweep 'long': 0 trials finished, 1 cancelled (trial 0) and their workers "
+                           "freed;"), said
+    assert f"Resume with: dask-train sweep {sweep_file} --address {client.scheduler.address}" in said
+    assert "Traceback" not in said
+    with sqlite3.connect(tmp_path / "runs" / "long" / "store.sqlite") as db:
+        [(state, worker)] = db.execute("SELECT state, worker FROM trials").fetchall()
+    assert state == "cancelled" and worker in before
+    _both_workers_take_work_at_once(client, gone=before[worker])
+
+
+def test_a_command_with_nothing_to_stop_ends_silently_when_its_output_is_closed():
+    """``dask-train workloads | head -0``: exit 141, as SIGPIPE has it, and nothing said (click said nothing
+    either, but exited 1, an error to ``set -o pipefail``)."""
+    proc = subprocess.Popen(cli_command("workloads"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env())
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before it writes anything: its first write finds no reader
+    proc.wait(timeout=60)
+    assert (proc.returncode, proc.stderr.read()) == (141, "")
 
 
 def _epoch_events(client, job: str, trial: int) -> list[EpochEnded]:

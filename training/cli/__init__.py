@@ -44,6 +44,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.Abort):
             raise
+        except display.OutputClosed:  # nothing the command started goes on: nothing to say, and nowhere
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            ctx.exit(display.interrupt.code)
         except KeyboardInterrupt:  # one the command did not turn into its own summary (e.g. during start-up)
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()  # re-raised, click would say "Aborted!" instead
@@ -153,6 +157,7 @@ def main() -> None:
     """Console-script entry point."""
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # a launcher that ignores it for us keeps it so
         signal.signal(signal.SIGTERM, _terminated)
+    sys.stdout = display.Output(sys.stdout)
     sys.exit(cli.main(prog_name="dask-train", standalone_mode=True))
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +100,55 @@ def table(title: str, columns: list[str], rows: Iterable[Iterable[Any]]) -> None
     console.print(out)
 
 
+class OutputClosed(KeyboardInterrupt):
+    """Standard output's reader went away under a command (``dask-train sweep ... | head``): it stops as Ctrl-C
+    stops it (see :class:`Output`)."""
+
+
+class Output:
+    """The command's standard output. Once its reader is gone, what is written goes nowhere and the command
+    stops as Ctrl-C stops it: a sweep cancels and records its running trials and frees their workers (a failed
+    write left them ``running``, with no line said), and says so on standard error; exit code 141, as SIGPIPE
+    gives. A command with nothing to stop ends silently (``dask-train results x | head -3``)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.closed_under = False  # the reader went away: writes go to the null device
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self._went_away()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self._went_away()
+
+    def _went_away(self) -> None:
+        """Point the output at the null device (the text held in its buffer goes there too); the first
+        time, stop the command: here, from the main thread, else (a progress view's timer printing held
+        lines) in the main thread as Ctrl-C would."""
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, self.stream.fileno())
+        finally:
+            os.close(null)
+        if self.closed_under:
+            return
+        self.closed_under = True
+        interrupt.cause, interrupt.code = "output closed", 128 + signal.SIGPIPE
+        if threading.current_thread() is threading.main_thread():
+            raise OutputClosed
+        _thread.interrupt_main()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding... as the stream has them
+        return getattr(self.stream, name)
+
+
 @dataclass
 class Interrupt:
     """What stopped the command, and its exit code: Ctrl-C (SIGINT: 130, as a shell has it), or SIGTERM
@@ -114,7 +166,11 @@ def interrupted(stop: Any, drop: tuple[str, ...] = (), add: tuple[str, ...] = ()
     is this one, less the ``drop`` flags, plus the ``add`` ones; ``again`` names what it does."""
     args = [a for a in sys.argv[1:] if a not in drop]
     command = shlex.join(["dask-train", *args, *(a for a in add if a not in args)])
-    console.print(f"Interrupted: {stop.summary} {again} with: {command}")
+    line = f"Interrupted: {stop.summary} {again} with: {command}"
+    if isinstance(sys.stdout, Output) and sys.stdout.closed_under:  # said where it is seen
+        plain_console(stderr=True, soft_wrap=True).print(line)
+    else:
+        console.print(line)
     sys.exit(interrupt.code)
 
 
