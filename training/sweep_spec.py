@@ -277,11 +277,32 @@ def load_sweep_file(path: str | Path, *, allow: Iterable[str] = (), **overrides:
     content.update({k: v for k, v in overrides.items() if v is not None})
     for key, value in content.items():
         _check_field(where, key, value)
+    check_asha_options(content.get("scheduler"),
+                       [k for k in ("grace_epochs", "reduction_factor") if content.get(k) is not None], where)
     trusted_workload(content["workload"], allow, source=where)
     try:
         return SweepSpec.create(**content)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def check_asha_options(scheduler: Any, given: Iterable[str], where: str = "") -> None:
+    """``given`` (ASHA's options a user set) only with ``scheduler: asha``: without it they would do nothing.
+
+    Examples
+    --------
+    >>> check_asha_options("asha", ["grace_epochs"])
+    >>> check_asha_options(None, ["grace_epochs"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    training.errors.ConfigError: grace_epochs is for early stopping (scheduler: asha)...
+    """
+    given = sorted(given)
+    if given and scheduler != "asha":
+        names = " and ".join(given)
+        raise ConfigError(f"{where}{': ' if where else ''}{names} {'is' if len(given) == 1 else 'are'} for early "
+                          f"stopping (scheduler: asha), which this sweep does not use: add scheduler: asha, or "
+                          f"leave {names} out.")
 
 
 def _check_field(where: str, key: str, value: Any) -> None:

@@ -107,6 +107,22 @@ def test_sweep_file_fields_are_type_checked_before_building(tmp_path):
         load_sweep_file(path)
 
 
+def test_early_stopping_options_without_early_stopping_are_refused(tmp_path):
+    """They would do nothing: a user who set them meant ASHA (the sweep trained every trial to the end)."""
+    from training import Sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text("workload: xor\nspace: {lr: [0.1]}\nepochs: 9\ngrace_epochs: 2\n")
+    with pytest.raises(ConfigError, match=r"s\.yaml'?: grace_epochs is for early stopping \(scheduler: asha\).*"
+                                          r"add scheduler: asha, or leave grace_epochs out"):
+        load_sweep_file(path)
+    with pytest.raises(ConfigError, match="reduction_factor is for early stopping"):
+        Sweep("xor", {"lr": [0.1]}, reduction_factor=4)
+    path.write_text("workload: xor\nspace: {lr: [0.1]}\nepochs: 9\ngrace_epochs: 2\nscheduler: asha\n")
+    assert load_sweep_file(path).asha() is not None
+    assert Sweep("xor", {"lr": [0.1]}, epochs=9, grace_epochs=2, scheduler="asha").spec.grace_epochs == 2
+
+
 def test_a_file_named_workload_needs_the_allow_list(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("workload: tests.integration.tagged:TaggedXor\nspace: {lr: [0.1, 0.2]}\n")
