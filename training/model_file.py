@@ -6,6 +6,7 @@ Loading never executes pickled code: weights are safetensors, everything else is
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -227,6 +228,10 @@ def _read_metadata(folder: Path) -> dict[str, Any]:
     if not (folder / METADATA).is_file() or not (folder / WEIGHTS).is_file():
         if (folder / "model" / METADATA).is_file():  # a DDP job's run directory
             hint = f"It is a DDP job's run directory: its model is {str(folder / 'model')!r}, pass that."
+        elif (folder / "trials").is_dir() and (folder / "sweep.yaml").is_file():  # a sweep's run directory
+            hint = (f"It is a sweep's run directory: pass one of its trials' models, "
+                    f"{str(folder / 'trials' / 'NNNN')!r} (`dask-train results {shlex.quote(str(folder))}` names "
+                    "the best).")
         raise ModelFileError(f"{str(folder)!r} is not a dask-train model directory "
                              f"(no {METADATA} or {WEIGHTS}). {hint}")
     metadata = _read_json(folder / METADATA, default=None)

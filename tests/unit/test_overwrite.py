@@ -212,6 +212,18 @@ def test_a_ddp_run_directory_and_a_train_model_directory_are_told_apart(tmp_path
     assert onto_model.returncode == 2 and "is a model directory of `dask-train train`" in onto_model.stderr
 
 
+def test_a_sweeps_run_directory_given_for_a_model_says_where_its_models_are(tmp_path):
+    from training import load_model
+    from training.errors import ModelFileError
+
+    run = tmp_path / "runs" / "s"
+    (run / "trials" / "0000").mkdir(parents=True)
+    (run / "sweep.yaml").write_text("name: s\n")
+    with pytest.raises(ModelFileError, match=r"sweep's run directory: pass one of its trials' models, "
+                                             r"'.*/runs/s/trials/NNNN' \(`dask-train results .*/runs/s` names"):
+        load_model(run)
+
+
 def test_a_run_directory_in_use_is_refused_until_its_run_ends(tmp_path):
     """Two runs on one directory at once (two terminals) would both write its checkpoint and model: while one
     process holds it (here, this test's), `train --out` and `ddp --name` on it are refused, one line, exit 2,
