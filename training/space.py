@@ -181,6 +181,30 @@ def grid_size(space: Mapping[str, Any]) -> int:
     return math.prod(len(d.values) for d in space.values() if isinstance(d, Domain))
 
 
+def distinct_combinations(space: Mapping[str, Any]) -> int | None:
+    """How many different trials sampling ``space`` can give: None where a dimension is continuous (no
+    bound); lists and integer ranges have as many values as they hold.
+
+    Examples
+    --------
+    >>> distinct_combinations({"lr": choice([0.1, 0.2, 0.3]), "hidden": randint(32, 35), "epochs_x": 5})
+    12
+    >>> distinct_combinations({"lr": uniform(0.1, 0.2)}) is None
+    True
+    """
+    sizes = []
+    for domain in space.values():
+        if not isinstance(domain, Domain):
+            continue
+        if domain.discrete:
+            sizes.append(len(domain.values))
+        elif domain.kind == "randint":
+            sizes.append(int(domain.high) - int(domain.low) + 1)
+        else:
+            return None
+    return math.prod(sizes)
+
+
 def grid_trials(space: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every combination of the discrete dimensions (fixed values included), in a stable order; refused
     beyond the trial limit (:func:`training.limits.max_trials`) before any is built."""

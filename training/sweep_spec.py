@@ -25,7 +25,7 @@ from .limits import (
 from .params import Param
 from .precision import check_precision
 from .safe_yaml import read_yaml
-from .space import Domain, grid_trials, random_trials, space_to_json, validate_space
+from .space import Domain, distinct_combinations, grid_trials, random_trials, space_to_json, validate_space
 from .workloads import get_workload, trusted_workload
 
 if TYPE_CHECKING:
@@ -139,6 +139,12 @@ class SweepSpec:
         if self.search in ("random", "tpe"):
             _check_int("num_trials", self.num_trials)
             check_trial_count(self.num_trials or 0, f"num_trials={self.num_trials}")
+            distinct = distinct_combinations(self.space)
+            if distinct is not None and (self.num_trials or 0) > distinct:
+                raise ConfigError(f"num_trials={self.num_trials} is more than the {distinct:,} different trials "
+                                  f"this space holds: {self.search} search would train some twice, to the same "
+                                  f"result. Use search: grid to run each once, or num_trials: {distinct} or "
+                                  "fewer.")
         elif self.num_trials is not None:
             raise ConfigError("num_trials is for search: random or tpe; grid search runs every combination once.")
         _check(self.scheduler in (None, "asha"), f"scheduler={short(self.scheduler)}: use 'asha' or leave it out.")

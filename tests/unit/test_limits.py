@@ -48,10 +48,10 @@ def test_the_grid_is_counted_not_built_and_capped(monkeypatch):
         SweepSpec.create(workload="xor", space=space)
     monkeypatch.setenv("DASK_TRAIN_MAX_TRIALS", "20")
     assert max_trials() == 20
-    assert len(SweepSpec.create(workload="xor", space={"lr": [0.1, 0.2]}, search="random", num_trials=20)
-               .trials()) == 20
+    wide = {"lr": {"uniform": [0.1, 0.2]}}
+    assert len(SweepSpec.create(workload="xor", space=wide, search="random", num_trials=20).trials()) == 20
     with pytest.raises(ConfigError, match="num_trials=21 makes 21 trials"):
-        SweepSpec.create(workload="xor", space={"lr": [0.1, 0.2]}, search="random", num_trials=21)
+        SweepSpec.create(workload="xor", space=wide, search="random", num_trials=21)
 
 
 def test_default_trial_limit_and_num_trials_of_a_trillion(monkeypatch):
@@ -105,6 +105,19 @@ def test_sweep_file_fields_are_type_checked_before_building(tmp_path):
     path.write_text("workload: xor\nspace: {lr: [0.1]}\nepochs: [1, 2]\n")
     with pytest.raises(ConfigError, match=r"epochs=\[1, 2\] is not a whole number"):
         load_sweep_file(path)
+
+
+@pytest.mark.parametrize("search", ["random", "tpe"])
+def test_more_trials_than_a_space_holds_are_refused_before_any_is_trained_twice(search):
+    from training.space import choice, randint, uniform
+
+    space = {"lr": choice([0.1, 0.2]), "hidden": randint(2, 3)}  # 4 different trials
+    with pytest.raises(ConfigError, match=rf"num_trials=5 is more than the 4 different trials this space holds: "
+                                          rf"{search} search would train some twice.*num_trials: 4 or fewer"):
+        SweepSpec.create(workload="xor", space=space, search=search, num_trials=5)
+    assert SweepSpec.create(workload="xor", space=space, search=search, num_trials=4).num_trials == 4
+    wide = {**space, "noise": uniform(0.0, 0.2)}  # a continuous range: no bound
+    assert SweepSpec.create(workload="xor", space=wide, search=search, num_trials=50).num_trials == 50
 
 
 def test_early_stopping_options_without_early_stopping_are_refused(tmp_path):
