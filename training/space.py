@@ -215,10 +215,37 @@ def grid_trials(space: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def random_trials(space: Mapping[str, Any], count: int, seed: int) -> list[dict[str, Any]]:
-    """``count`` samples of the space, reproducible under ``seed``."""
+    """``count`` samples of the space, reproducible under ``seed``. A space of lists and integer ranges
+    only is sampled without replacement (no trial twice, as long as ``count`` is at most
+    :func:`distinct_combinations`), its combinations numbered, never built.
+
+    Examples
+    --------
+    >>> trials = random_trials({"lr": choice([0.1, 0.2]), "hidden": randint(2, 3)}, count=4, seed=0)
+    >>> sorted((t["lr"], t["hidden"]) for t in trials)
+    [(0.1, 2), (0.1, 3), (0.2, 2), (0.2, 3)]
+    """
     check_trial_count(count, f"num_trials={count}")
     rng = random.Random(seed)
-    return [{n: (d.sample(rng) if isinstance(d, Domain) else d) for n, d in space.items()} for _ in range(count)]
+    distinct = distinct_combinations(space)
+    if distinct is None or count > distinct:
+        return [{n: (d.sample(rng) if isinstance(d, Domain) else d) for n, d in space.items()}
+                for _ in range(count)]
+    return [_combination(space, number) for number in rng.sample(range(distinct), count)]
+
+
+def _combination(space: Mapping[str, Any], number: int) -> dict[str, Any]:
+    """The ``number``-th combination of a space of lists and integer ranges (mixed radix, first name
+    fastest)."""
+    trial = {}
+    for name, domain in space.items():
+        if not isinstance(domain, Domain):
+            trial[name] = domain
+            continue
+        size = len(domain.values) if domain.discrete else int(domain.high) - int(domain.low) + 1
+        number, index = divmod(number, size)
+        trial[name] = domain.values[index] if domain.discrete else int(domain.low) + index
+    return trial
 
 
 def space_to_json(space: Mapping[str, Any]) -> dict[str, Any]:
