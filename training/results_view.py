@@ -7,6 +7,7 @@ least useful first; wider terminals show them all. Used by the CLI and by the Py
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from .protocol import TrialRecord, best_trial
+from .protocol import TrialRecord, TrialState, best_trial
 from .shown import cell
 
 
@@ -41,6 +42,31 @@ def compact(value: Any) -> str:
             return "nan"
         return f"{value:,.0f}" if abs(value) >= 1e3 else f"{value:.4g}"
     return str(value)
+
+
+def so_far(trials: Sequence[TrialRecord], histories: dict[int, list[dict[str, Any]]],
+           now: float) -> list[TrialRecord]:
+    """``trials`` with the unfinished ones (running, cancelled part-way) shown as far as they went: their
+    recorded epochs' count and last metrics (their row gets them as they finish), and a running trial's
+    seconds since it started (at ``now``); their best stays empty until they finish.
+
+    Examples
+    --------
+    >>> from training.protocol import TrialState
+    >>> running = TrialRecord(0, {}, TrialState.RUNNING, started=100.0)
+    >>> shown = so_far([running], {0: [{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": 0.4}]}, now=130.0)
+    >>> shown[0].epochs, shown[0].metrics["val_loss"], shown[0].seconds, shown[0].best
+    (2, 0.4, 30.0, None)
+    """
+    shown = []
+    for trial in trials:
+        history = histories.get(trial.number)
+        if not trial.state.is_finished and not trial.metrics and history:
+            trial = dataclasses.replace(trial, epochs=max(trial.epochs, len(history)), metrics=history[-1])
+        if trial.state == TrialState.RUNNING and trial.started and trial.seconds is None:
+            trial = dataclasses.replace(trial, seconds=round(max(0.0, now - trial.started), 1))
+        shown.append(trial)
+    return shown
 
 
 def span(trials: list[TrialRecord]) -> float | None:

@@ -3,12 +3,14 @@ failing trials, resume rules, streamed metrics."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
 import sqlite3
 import threading
+import time
 
 import pytest
 import yaml
@@ -132,6 +134,27 @@ def test_results_command_shows_a_run_and_rewrites_its_report(client, tmp_path):
     assert report == {"curves.png", "params.png", "summary.md"}
     missing = run_cli("results", str(tmp_path))
     assert missing.returncode == 2 and "is not a sweep run directory" in missing.stderr
+
+
+def test_results_of_a_running_sweep_show_how_far_its_trials_went(client, tmp_path):
+    """A trial still running (or left running by a killed client) shows its recorded epochs, its last
+    metric and its seconds so far, where `results` showed 0 epochs, no metric and 'trial time summed 0.0 s'."""
+    from training.results_view import compact
+
+    Sweep("xor", {"lr": [0.1, 0.3]}, epochs=3, name="going", runs_dir=str(tmp_path)).run(client)
+    with sqlite3.connect(tmp_path / "going" / "store.sqlite") as db:
+        db.execute("DELETE FROM epochs WHERE trial = 1 AND epoch = 3")
+        db.execute("UPDATE trials SET state = 'running', metrics = '{}', epochs = 0, best = NULL, "
+                   "best_epoch = NULL, seconds = NULL, finished = NULL, started = ? WHERE number = 1",
+                   (time.time() - 30,))
+        [record] = db.execute("SELECT record FROM epochs WHERE trial = 1 AND epoch = 2").fetchone()
+    shown = run_cli("results", str(tmp_path / "going"))
+    assert shown.returncode == 0, shown.stderr
+    assert "Sweep 'going': running (or left running) since its first start" in shown.stdout, shown.stdout
+    last = compact(json.loads(record)["val_accuracy"])  # xor's metric
+    row = re.search(r"^\s*1\s+running\s+0\.3\s+cpu-\d\s+(\d+\.\d)\s+2\s+" + re.escape(last) + r"\s*$",
+                    shown.stdout, re.M)
+    assert row is not None and 30 <= float(row[1]) < 300, shown.stdout
 
 
 def test_results_never_send_a_run_directorys_control_characters_to_the_terminal(client, tmp_path):

@@ -141,8 +141,9 @@ def _list_examples() -> None:
 @allow_option
 def results_command(run_dir: Path, plot: bool, allow: tuple[str, ...]) -> None:
     """Show a sweep's results table and best trial from its run directory (runs/NAME)."""
+    from ..protocol import TrialState
     from ..report import REPORT_DIR, read_run, write_report
-    from ..results_view import span
+    from ..results_view import so_far, span
     from ..run_dirs import check_own_folder
     from ..sweep import result_of
     from ..sweep_spec import spec_from_record
@@ -157,8 +158,14 @@ def results_command(run_dir: Path, plot: bool, allow: tuple[str, ...]) -> None:
                           "run directory somewhere writable, or leave out --plot.")
     if plot:
         check_own_folder(run_dir / REPORT_DIR)  # before anything is written
-    show_result(result_of(spec, run.trials, run_dir, write=writable), span(run.trials),
-                label="first start to last finish")
+    now = time.time()
+    trials = so_far(run.trials, run.histories, now)
+    starts = [t.started for t in trials if t.started]
+    seconds: float | None = span(trials)
+    label = "first start to last finish"
+    if any(t.state == TrialState.RUNNING for t in trials) and starts:  # a sweep that runs (or was killed)
+        seconds, label = now - min(starts), "running (or left running) since its first start"
+    show_result(result_of(spec, trials, run_dir, write=writable), seconds, label=label)
     if not writable:
         display.console.print(f"({run_dir} is read-only here: its results.csv is left as it was.)")
     if plot:
