@@ -82,11 +82,37 @@ class SlurmSpec:
             raise ValueError(f"--memory-per-worker (memory_per_worker={self.memory_per_worker!r}): use a size "
                              "up to 16TiB, such as 16GB.")
         check_host_port(self.dashboard_address, "--dashboard-address (dashboard_address=)")
+        if not any(c not in "0:-" for c in self.walltime):  # Slurm reads a limit of 0 as no limit at all
+            raise ValueError(f"--time (walltime={self.walltime!r}): a time limit above 0 (Slurm takes 0 as none), "
+                             "e.g. 04:00:00.")
         for name in ("partition", "account", "job_name", "interface"):
             value = getattr(self, name)
             if value is not None and not _WORD.fullmatch(value):
                 option = f"--{name.replace('_', '-')}"
                 raise ValueError(f"{option} ({name}={value!r}): letters, digits and _.:@+- only.")
+        self._check_shell_words()
+
+    def _check_shell_words(self) -> None:
+        """What goes into the script as it is given: the Python, the setup lines, file names. A control
+        character (a newline most of all) would end the line it is on, in a comment too, and start a command
+        of its own; a setup line's quotes must close on it."""
+        named = [("--python", self.python), ("scheduler_file", self.scheduler_file)]
+        if self.tls is not None:
+            tls = self.tls
+            named += [("--tls-ca-file", tls.ca_file), ("--tls-cert", tls.cert), ("--tls-key", tls.key)]
+        for option, value in named:
+            if not isinstance(value, str) or not value or not value.isprintable():
+                raise ValueError(f"{option} {value!r}: expected a non-empty name without control characters "
+                                 "(newlines, tabs): it goes into the job script as it is.")
+        for line in self.setup:
+            if not isinstance(line, str) or not line.strip() or not line.isprintable():
+                raise ValueError(f"--setup {line!r}: expected one shell line without control characters (give "
+                                 "each line as its own --setup).")
+            try:
+                shlex.split(line, comments=True)
+            except ValueError as exc:  # No closing quotation: the rest of the script would be inside it
+                raise ValueError(f"--setup {line!r}: {exc}; the rest of the job script would be read as part of "
+                                 "it. Close its quotes.") from None
 
     @property
     def workers(self) -> int:

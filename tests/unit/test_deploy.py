@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 from distributed.cli.dask_scheduler import main as scheduler_cli
 from distributed.cli.dask_worker import main as worker_cli
 
-from cluster import TRAINING_SLOT
+from cluster import TRAINING_SLOT, TLSFiles
 from cluster.kubernetes import dask_cluster
 from cluster.slurm import SlurmSpec, sbatch_directives, sbatch_script, slurm_cluster, worker_environ
 from cluster.spec import QUIET_TIMERS, QUIET_TIMERS_ENVIRON
@@ -119,10 +120,26 @@ def test_slurm_worker_environment_names_the_slot_workers_and_hides_gpus_from_cpu
     ({"gpus_per_node": 10**6}, "gpus_per_node=1000000"),
     ({"memory_per_worker": "100PB"}, "--memory-per-worker (memory_per_worker='100PB')"),
     ({"walltime": "garbage"}, "--time (walltime='garbage')"),
+    ({"walltime": "00:00:00"}, "a time limit above 0 (Slurm takes 0 as none)"),
+    ({"walltime": "0"}, "a time limit above 0"),
+    ({"python": ""}, "--python '': expected a non-empty name without control characters"),
+    ({"setup": ("echo 'open",)}, "--setup \"echo 'open\": No closing quotation"),
+    ({"setup": ("module load a\ntouch x",)}, "give each line as its own --setup"),
+    ({"tls": TLSFiles("ca\ntouch x\n#", "c.pem", "k.pem")}, "--tls-ca-file 'ca\\ntouch x\\n#': expected a"),
 ])
 def test_bad_slurm_specs_fail_with_the_value(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         SlurmSpec(**kwargs)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_setup_lines_and_tls_paths_leave_a_script_bash_reads(tmp_path):
+    """bash's own parser reads the script whole: setup lines with quotes, a TLS folder with spaces."""
+    folder = tmp_path / "my certs"
+    spec = SlurmSpec(setup=("source ~/env/bin/activate", "export NOTE='a b # c'", 'module load "cuda/12.1"'),
+                     tls=TLSFiles(str(folder / "ca.pem"), str(folder / "c.pem"), str(folder / "k.pem")))
+    checked = subprocess.run(["bash", "-n"], input=sbatch_script(spec), capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
 
 
 @pytest.mark.parametrize("walltime", ["60", "30:00", "08:00:00", "2-00", "2-12:00", "1-00:00:00"])

@@ -139,4 +139,5 @@ def _emit(text: str, out: Path | None) -> None:
     except BaseException:
         out.unlink(missing_ok=True)  # the file made just now, never a whole one left half written
         raise
-    display.console.print(f"Wrote {out}")
+    name = str(out)
+    display.console.print(f"Wrote {name if name.isprintable() else repr(name)}")  # a newline in it: shown as \\n
