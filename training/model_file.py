@@ -199,8 +199,9 @@ def _mapping(metadata: dict[str, Any], key: str) -> dict[str, Any]:
 
 def _seed(metadata: dict[str, Any]) -> int:
     seed = metadata.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"{METADATA} field 'seed' is {short(seed)}, not a whole number.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
+        raise ConfigError(f"{METADATA} field 'seed' is {short(seed)}, not a whole number from 0 to 4294967295 "
+                          "(what dask-train writes): the file was edited or is not dask-train's.")
     return seed
 
 

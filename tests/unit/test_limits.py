@@ -157,6 +157,20 @@ def test_model_json_hyperparameters_outside_the_declared_range_are_refused(tmp_p
         load_model(folder)
 
 
+@pytest.mark.parametrize("seed", [2**70, -5, 1.5])
+def test_a_model_json_seed_dask_train_never_writes_is_refused(tmp_path, seed):
+    """2**70 was Python's 'Overflow when unpacking long long' (exit 1) at evaluate; -5 evaluated on a split
+    no run had."""
+    from training import load_model, train
+
+    folder = train("xor", epochs=1).save(tmp_path / "m")
+    meta = json.loads((folder / "model.json").read_text())
+    meta["seed"] = seed
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"field 'seed' is .*not a whole number from 0 to 4294967295"):
+        load_model(folder)
+
+
 def test_messages_never_render_a_huge_value():
     assert len(short("x" * 10**6)) < 120
     with pytest.raises(ConfigError) as info:
