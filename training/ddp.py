@@ -13,7 +13,6 @@ fewer ranks if ``min_workers`` allows; ``resume=True`` continues a job that ende
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from .dashboard import enable_page
 from .ddp_run import JobRun, Placement, assign_ranks, backend_of
 from .errors import ConfigError
 from .events import publish
-from .limits import MAX_RESTARTS, check_count, short
+from .limits import MAX_RESTARTS, check_count, check_path, short
 from .loop import _check_epochs, check_resumable_file
 from .model_file import TrainedModel, save_model
 from .params import check_data_paths, resolve
@@ -143,8 +142,7 @@ def _check_arguments(workload: Any, params: Any, workers: Any, name: Any, runs_d
         raise ConfigError(f"workers={short(workers)}: pass a count of workers or a list of worker addresses.")
     if name is not None and not isinstance(name, str):
         raise ConfigError(f"name={short(name)}: pass the job's name as text.")
-    if not isinstance(runs_dir, str | os.PathLike):
-        raise ConfigError(f"runs_dir={short(runs_dir)}: pass a folder (text or a path).")
+    check_path("runs_dir", runs_dir)
     if not isinstance(resume, bool):
         raise ConfigError(f"resume={short(resume)}: pass True or False.")
 

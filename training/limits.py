@@ -89,7 +89,10 @@ def check_path(name: str, value: object) -> str:
     ``name`` (a path given to the Python API as another kind failed deep inside, or later)."""
     if isinstance(value, str | os.PathLike):
         path = os.fspath(value)
-        return path if isinstance(path, str) else os.fsdecode(path)
+        path = path if isinstance(path, str) else os.fsdecode(path)
+        if not path.strip():  # it would be the current folder, unasked
+            raise ConfigError(f"{name}={short(path)} is empty: give a folder path ('.' for the current folder).")
+        return path
     raise ConfigError(f"{name}={short(value)}: give a folder path (a str or a pathlib.Path).")
 
 

@@ -21,7 +21,7 @@ import torch
 
 from .callbacks import Callback
 from .errors import ConfigError, TrainingDiverged
-from .limits import check_count, clip, safe_reason, short
+from .limits import MAX_EPOCHS, check_count, clip, safe_reason, short
 from .model_file import TrainedModel
 from .params import check_data_paths, resolve
 from .precision import PRECISIONS, MixedPrecision, check_device_supports, check_precision, tf32_matmuls
@@ -359,6 +359,7 @@ def _check_resumable(state: Mapping[str, Any], workload: str, params: Mapping[st
     epochs would not be comparable with its earlier ones; a sweep fingerprints it too)."""
     again = "Resume with the same settings, or start afresh in another folder without --resume (resume=False)."
     where = f"Checkpoint {source!r}"
+    _check_history(state, where)
     if state["workload"] != workload:
         raise ConfigError(f"{where} is for workload {state['workload']!r}, not {workload!r}. {again}")
     recorded = state["params"]
@@ -382,6 +383,19 @@ def _check_resumable(state: Mapping[str, Any], workload: str, params: Mapping[st
         was = was if was in PRECISIONS else short(was)
         raise ConfigError(f"{where} was trained with --precision {was} (precision={was!r}), not {precision}. "
                           f"Resume with --precision {was}, or start afresh in another folder.")
+
+
+def _check_history(state: Mapping[str, Any], where: str) -> None:
+    """The checkpoint's epoch is the one its history ends with, numbered from 1 (what dask-train writes): an
+    edited one resumed from epoch -4 and wrote 206 records with repeated epoch numbers."""
+    epoch, history = state.get("epoch"), state.get("history")
+    numbered = [r.get("epoch") if isinstance(r, dict) else None for r in history] if isinstance(history, list) \
+        else None
+    if (isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCHS
+            or numbered != list(range(1, epoch + 1))):
+        raise ConfigError(f"{where} records epoch {short(epoch)} and a history that does not end there, one "
+                          "record an epoch from 1: not as dask-train wrote it (edited or damaged). Start afresh "
+                          "in another folder without --resume (resume=False).")
 
 
 def train(workload: str | Workload, params: Mapping[str, Any] | None = None, *, epochs: int | None = None,

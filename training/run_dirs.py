@@ -81,6 +81,9 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
     if not _FLOCK:  # not a POSIX system: no lock to take
         yield
         return
+    if run_dir.is_symlink() and not run_dir.exists():  # mkdir says only "File exists"
+        raise ConfigError(f"{short(str(run_dir))} is a link to {short(os.readlink(run_dir))}, which does not "
+                          f"exist: make that folder, or remove the link, or {other}.")
     existing = _nearest_existing(run_dir)
     made = list(itertools.takewhile(lambda folder: folder != existing, [run_dir, *run_dir.parents]))
     try:

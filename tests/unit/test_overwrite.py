@@ -224,6 +224,39 @@ def test_a_sweeps_run_directory_given_for_a_model_says_where_its_models_are(tmp_
         load_model(run)
 
 
+def test_an_empty_runs_dir_and_an_out_linked_to_nothing_are_refused(tmp_path):
+    """`--runs-dir ''` wrote the run into the current folder unasked; an --out link to a missing folder said
+    only 'cannot be made (File exists)'."""
+    from training import Sweep
+
+    for args in (("ddp", "xor", "--runs-dir", "", "--workers", "1"), ("train", "xor", "--out", " ")):
+        done = run_cli(*args, cwd=tmp_path)
+        said = done.stderr
+        assert done.returncode == 2 and ("is empty: give a folder path" in said or "--out is empty" in said), done
+    with pytest.raises(ConfigError, match="runs_dir='' is empty"):
+        Sweep("xor", {"lr": [0.1]}, runs_dir="")
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    done = run_cli("train", "xor", "--epochs", "1", "--out", "link", cwd=tmp_path)
+    assert done.returncode == 2 and f"'link' is a link to '{tmp_path / 'gone'}', which does not exist" in \
+        done.stderr, done
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]
+
+
+@pytest.mark.parametrize("edit", [{"epoch": -5}, {"epoch": 10**6}, {"epoch": 2}, {"history": "x"}])
+def test_a_checkpoint_whose_epoch_and_history_disagree_is_refused(tmp_path, edit):
+    """An edited epoch of -5 resumed from there and wrote 206 history records with repeated epoch numbers."""
+    import torch
+
+    from training import train
+
+    path = tmp_path / "checkpoint.pt"
+    train("xor", epochs=3, checkpoint=path)
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, **edit}, path)
+    with pytest.raises(ConfigError, match="and a history that does not end there"):
+        train("xor", epochs=5, checkpoint=path, resume=True)
+
+
 def test_a_run_directory_in_use_is_refused_until_its_run_ends(tmp_path):
     """Two runs on one directory at once (two terminals) would both write its checkpoint and model: while one
     process holds it (here, this test's), `train --out` and `ddp --name` on it are refused, one line, exit 2,

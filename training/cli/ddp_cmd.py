@@ -45,6 +45,7 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
     free worker). Hyperparameters: --name value, as for `dask-train train`."""
     from cluster import start_early
 
+    from ..limits import check_path
     from ..params import resolve
     from ..run_dirs import check_ddp_start, exclusive_run
     from ..workloads import get_workload
@@ -53,6 +54,7 @@ def ddp_command(ctx: click.Context, workload: str, epochs: int | None, name: str
     if name is not None and not name.strip():
         raise ConfigError("--name is empty: name the job (its run directory is RUNS_DIR/NAME), or leave --name "
                           "out for WORKLOAD-ddp.")
+    check_path("--runs-dir", runs_dir)
     params = parse_param_args(ctx.args)
     work = get_workload(workload)
     check_not_options(params, ctx, (p.name for p in work.params))
