@@ -34,6 +34,8 @@ _COUNTS = {"nodes": ("--nodes", 100_000), "gpus_per_node": ("--gpus-per-node", 6
            "workers_per_node": ("--workers-per-node", 4096), "cpus_per_worker": ("--cpus-per-worker", 4096)}
 _MAX_WORKER_MEMORY = 2**44  # 16 TiB
 _WORD = re.compile(r"^[A-Za-z0-9_.:@+-]+$")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_HERE_DOCUMENT = re.compile(r"(?<!<)<<(?!<)")  # << or <<-, not the one-line <<< here-string
 _HOST_PORT = re.compile(r"^[A-Za-z0-9_.:\[\]-]*:\d{1,5}$")
 
 
@@ -95,8 +97,12 @@ class SlurmSpec:
     def _check_shell_words(self) -> None:
         """What goes into the script as it is given: the Python, the setup lines, file names. A control
         character (a newline most of all) would end the line it is on, in a comment too, and start a command
-        of its own; a setup line's quotes must close on it."""
-        named = [("--python", self.python), ("scheduler_file", self.scheduler_file)]
+        of its own; a here-document would take the script's lines after it. (``dask-train cluster sbatch`` also
+        has bash read the whole script: an open quote in a setup line, say.)"""
+        if not isinstance(self.scheduler_file, str) or not _FILE_NAME.fullmatch(self.scheduler_file):
+            raise ValueError(f"scheduler_file={self.scheduler_file!r}: a file name of letters, digits and _.+- "
+                             "(it is written in the submit directory).")
+        named = [("--python", self.python)]
         if self.tls is not None:
             tls = self.tls
             named += [("--tls-ca-file", tls.ca_file), ("--tls-cert", tls.cert), ("--tls-key", tls.key)]
@@ -108,11 +114,9 @@ class SlurmSpec:
             if not isinstance(line, str) or not line.strip() or not line.isprintable():
                 raise ValueError(f"--setup {line!r}: expected one shell line without control characters (give "
                                  "each line as its own --setup).")
-            try:
-                shlex.split(line, comments=True)
-            except ValueError as exc:  # No closing quotation: the rest of the script would be inside it
-                raise ValueError(f"--setup {line!r}: {exc}; the rest of the job script would be read as part of "
-                                 "it. Close its quotes.") from None
+            if _HERE_DOCUMENT.search(line):  # bash -n reads the rest of the script as its text: no error
+                raise ValueError(f"--setup {line!r}: a here-document (<<) takes the lines after it, the rest of "
+                                 "the job script here. Write what it holds to a file and use that.")
 
     @property
     def workers(self) -> int:

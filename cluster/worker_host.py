@@ -33,18 +33,20 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)  # where `cluster` i
 #: ``python -m`` puts the current directory first on ``sys.path``: a ``grp.py``, ``random.py`` or ``cluster/``
 #: where a user runs ``dask-train`` would be imported (run) by every worker in place of Python's or ours.
 #: ``-P`` (Python 3.11+; the fork server and the workers inherit it) leaves it off: the workers import from
-#: where this process imports (:func:`_import_path`). Python 3.10 has no such flag.
+#: where this process imports (:func:`_import_path`). Python 3.10 has no such flag: its workers still look
+#: in the current directory first.
 _SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def _import_path() -> str:
-    """The workers' ``PYTHONPATH``: the first place this process imports from (a script's folder: ``python
-    run.py`` naming ``mypkg.work:MyModel`` kept beside it; the ``dask-train`` command's own folder; the
-    current directory for ``python -c`` and notebooks), then dask-train's root, then this ``PYTHONPATH``. The
-    current directory of a ``dask-train`` command is not on it, as it is not on the command's own path."""
-    first = [] if getattr(sys.flags, "safe_path", False) or not sys.path else [os.path.abspath(sys.path[0])]
-    return os.pathsep.join(p for p in (*first, _PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
+    """The workers' ``PYTHONPATH``: every place this process imports from, in its order (a script's folder,
+    ``pytest``'s ``pythonpath``, a notebook's folder, ``PYTHONPATH``; Python's own folders, which the workers
+    have anyway, are dropped there as duplicates), then dask-train's root: a workload this process can import
+    (``mypkg.work:MyModel``), the workers can too. The current directory of a ``dask-train`` command is not on
+    it, as it is not on the command's own path."""
+    here = [os.getcwd() if p == "" else p for p in sys.path if isinstance(p, str)]  # '': the current folder
+    return os.pathsep.join(dict.fromkeys([*here, _PACKAGE_ROOT]))
 
 
 class WorkerHost:

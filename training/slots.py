@@ -92,6 +92,14 @@ def kill_worker_process(dask_worker: Any) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+_CLEANING = [0]  # how many second_interrupt_exits blocks run now (main thread)
+
+
+def cleaning_up() -> bool:
+    """True while a sweep or DDP job cleans up after Ctrl-C (inside :func:`second_interrupt_exits`)."""
+    return _CLEANING[0] > 0
+
+
 @contextlib.contextmanager
 def second_interrupt_exits(said: str = "") -> Iterator[None]:
     """While cleaning up after Ctrl-C (or SIGTERM), a second Ctrl-C exits at once, 130, and a second SIGTERM
@@ -111,9 +119,11 @@ def second_interrupt_exits(said: str = "") -> Iterator[None]:
     previous_term = signal.getsignal(signal.SIGTERM)
     if previous_term is not signal.SIG_IGN:
         signal.signal(signal.SIGTERM, lambda *_: exit_now(128 + signal.SIGTERM))
+    _CLEANING[0] += 1
     try:
         yield
     finally:
+        _CLEANING[0] -= 1
         signal.signal(signal.SIGINT, previous)
         if previous_term is not signal.SIG_IGN:
             signal.signal(signal.SIGTERM, previous_term)

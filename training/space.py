@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -231,7 +232,14 @@ def random_trials(space: Mapping[str, Any], count: int, seed: int) -> list[dict[
     if distinct is None or count > distinct:
         return [{n: (d.sample(rng) if isinstance(d, Domain) else d) for n, d in space.items()}
                 for _ in range(count)]
-    return [_combination(space, number) for number in rng.sample(range(distinct), count)]
+    if distinct <= sys.maxsize:
+        numbers = rng.sample(range(distinct), count)
+    else:  # beyond what range() can sample from: draw, and draw again on a repeat (rare in such a space)
+        taken: dict[int, None] = {}
+        while len(taken) < count:
+            taken.setdefault(rng.randrange(distinct))
+        numbers = list(taken)
+    return [_combination(space, number) for number in numbers]
 
 
 def _combination(space: Mapping[str, Any], number: int) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from .errors import ConfigError
 from .limits import short
 from .protocol import TrialRecord, TrialState, best_trial
 from .run_dirs import replace_file
-from .sweep_spec import STALL_TIMEOUT, SweepSpec, check_asha_options, finished_trials
+from .sweep_spec import STALL_TIMEOUT, SweepSpec, check_asha_options, check_new_sweep, finished_trials
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -175,6 +175,7 @@ class Sweep:
                                      grace_epochs=grace_epochs, reduction_factor=reduction_factor,
                                      trial_timeout=trial_timeout, stall_timeout=stall_timeout,
                                      checkpoint_every=checkpoint_every, precision=precision)
+        check_new_sweep(self.spec)
 
     @classmethod
     def from_spec(cls, spec: SweepSpec) -> Sweep:
@@ -184,23 +185,27 @@ class Sweep:
         return sweep
 
     def run(self, client: Client | None = None, *, progress: SweepProgress | bool | None = None,
-            new: bool = False, target: Target | None = None) -> SweepResult:
+            new: bool = False, target: Target | None = None, stop: threading.Event | None = None) -> SweepResult:
         """Run the trials not yet finished and return the results.
 
         Without ``client``, the sweep runs on ``target`` (default: an embedded local cluster started for it
         and closed after). ``progress``: by default (None or True) a live view is printed (the dashboard and
         Training page URLs, the running trials with their latest epoch, counts by state, the best so far,
         and the final table; :class:`training.progress.LiveSweep`); False prints nothing; or your own
-        :class:`SweepProgress` hooks.
+        :class:`SweepProgress` hooks. ``stop``: once set (from another thread), the sweep stops as at Ctrl-C
+        (its running trials cancelled and recorded, their workers freed) and raises
+        :class:`~training.errors.Interrupted`.
         """
         from cluster import check_client
 
         check_client(client)
+        if stop is not None and not isinstance(stop, threading.Event):
+            raise ConfigError(f"stop={short(stop)}: give a threading.Event (set it to stop the sweep), or None.")
         view = _default_view(progress)
         hooks = view or (progress if isinstance(progress, SweepProgress) else SweepProgress())
         started = time.perf_counter()
         with view or contextlib.nullcontext():
-            result = self._run_on(client, hooks, new, target)
+            result = self._run_on(client, hooks, new, target, stop)
             if view is not None:
                 view.on_result(result, time.perf_counter() - started)
         return result
@@ -223,7 +228,7 @@ class Sweep:
         return submit(client, self.spec)
 
     def _run_on(self, client: Client | None, progress: SweepProgress, new: bool,
-                target: Target | None) -> SweepResult:
+                target: Target | None, stop: threading.Event | None) -> SweepResult:
         from .params import check_data_paths
         from .run_dirs import SWEEP_MARKERS, check_run_dir, set_aside
         from .workloads import get_workload
@@ -234,7 +239,7 @@ class Sweep:
         check_data_paths(get_workload(self.spec.workload).params, self.spec.trials() or [dict(self.spec.params)],
                          here=client is None and (target is None or target.embedded))
         if client is not None:
-            return _run(self.spec, client, progress)
+            return _run(self.spec, client, progress, stop)
         finished = finished_trials(self.spec)
         if finished is not None:  # a rerun with nothing left to run: no cluster is started for it
             return _finished_run(self.spec, finished, progress)
@@ -242,7 +247,7 @@ class Sweep:
 
         target = dataclasses.replace(target or Target(), preload=_preload(self.spec))
         with open_client(target) as own:
-            result = _run(self.spec, own, progress, draw=False)
+            result = _run(self.spec, own, progress, stop, draw=False)
         result.plotting = _start_drawing(self.spec.run_dir)  # once the cluster is closed: see _draw
         return result
 

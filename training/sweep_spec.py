@@ -139,12 +139,6 @@ class SweepSpec:
         if self.search in ("random", "tpe"):
             _check_int("num_trials", self.num_trials)
             check_trial_count(self.num_trials or 0, f"num_trials={self.num_trials}")
-            distinct = distinct_combinations(self.space)
-            if distinct is not None and (self.num_trials or 0) > distinct:
-                raise ConfigError(f"num_trials={self.num_trials} is more than the {distinct:,} different trials "
-                                  f"this space holds: {self.search} search would train some twice, to the same "
-                                  f"result. Use search: grid to run each once, or num_trials: {distinct} or "
-                                  "fewer.")
         elif self.num_trials is not None:
             raise ConfigError("num_trials is for search: random or tpe; grid search runs every combination once.")
         _check(self.scheduler in (None, "asha"), f"scheduler={short(self.scheduler)}: use 'asha' or leave it out.")
@@ -287,9 +281,22 @@ def load_sweep_file(path: str | Path, *, allow: Iterable[str] = (), **overrides:
                        [k for k in ("grace_epochs", "reduction_factor") if content.get(k) is not None], where)
     trusted_workload(content["workload"], allow, source=where)
     try:
-        return SweepSpec.create(**content)
+        spec = SweepSpec.create(**content)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    check_new_sweep(spec, where)
+    return spec
+
+
+def check_new_sweep(spec: SweepSpec, where: str = "") -> None:
+    """What a sweep made now (a sweep file, ``Sweep(...)``) may not ask for, though a run recorded before
+    these checks may hold it (read back as it is): more random or TPE trials than the space holds."""
+    distinct = distinct_combinations(spec.space) if spec.search in ("random", "tpe") else None
+    if distinct is not None and (spec.num_trials or 0) > distinct:
+        raise ConfigError(f"{where}{': ' if where else ''}num_trials={spec.num_trials} is more than the "
+                          f"{distinct:,} different trials this space holds: {spec.search} search would train some "
+                          f"twice, to the same result. Use search: grid to run each once, or num_trials: "
+                          f"{distinct} or fewer.")
 
 
 def check_asha_options(scheduler: Any, given: Iterable[str], where: str = "") -> None:

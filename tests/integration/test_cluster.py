@@ -232,27 +232,31 @@ def test_a_cluster_takes_the_worker_program_started_early_and_ends_one_started_f
 def _imported_from() -> dict[str, str]:
     import importlib
 
-    return {name: importlib.import_module(name).__file__ or "" for name in ("grp", "cluster", "mine")}
+    return {name: importlib.import_module(name).__file__ or "" for name in ("grp", "cluster", "mine", "later")}
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="python -P (leave the current directory off) is 3.11+")
 def test_workers_import_from_where_this_process_does_never_from_the_directory_it_runs_in(tmp_path, monkeypatch):
     """A ``grp.py`` (which torch's import reaches) or a ``cluster/`` in the directory dask-train runs in is
     not imported by the workers in place of Python's or ours (``python -m`` would put it first); a module
-    beside the script that started the cluster (its workload, say) is, as this process imports it."""
-    here, beside = tmp_path / "here", tmp_path / "beside"
+    this process can import (beside the script that started the cluster, or in a folder added later to its
+    path, as pytest's ``pythonpath`` adds one) is, as this process imports it: a workload, say."""
+    here, beside, later = tmp_path / "here", tmp_path / "beside", tmp_path / "later"
     (here / "cluster").mkdir(parents=True)
     beside.mkdir()
+    later.mkdir()
     for planted in (here / "grp.py", here / "cluster" / "__init__.py"):
         planted.write_text(f"open({str(tmp_path / 'imported')!r}, 'a').write({str(planted)!r})\n"
                            "raise SystemExit('planted module imported')\n")
     (beside / "mine.py").write_text("")
+    (later / "later.py").write_text("")
     monkeypatch.chdir(here)
-    monkeypatch.setattr(sys, "path", [str(beside), *sys.path])
+    monkeypatch.setattr(sys, "path", [str(beside), *sys.path, str(later)])
     with start_local_cluster(ClusterSpec(workers=1, gpus="off", dashboard_address="127.0.0.1:0")) as cluster, \
             Client(cluster) as c:
         [where] = c.run(_imported_from).values()
     assert not (tmp_path / "imported").exists()
-    assert where["mine"] == str(beside / "mine.py")
+    assert (where["mine"], where["later"]) == (str(beside / "mine.py"), str(later / "later.py"))
     assert not where["grp"].startswith(str(tmp_path)) and not where["cluster"].startswith(str(tmp_path))
 
 

@@ -123,7 +123,8 @@ def test_slurm_worker_environment_names_the_slot_workers_and_hides_gpus_from_cpu
     ({"walltime": "00:00:00"}, "a time limit above 0 (Slurm takes 0 as none)"),
     ({"walltime": "0"}, "a time limit above 0"),
     ({"python": ""}, "--python '': expected a non-empty name without control characters"),
-    ({"setup": ("echo 'open",)}, "--setup \"echo 'open\": No closing quotation"),
+    ({"setup": ("cat <<EOF",)}, "--setup 'cat <<EOF': a here-document (<<) takes the lines after it"),
+    ({"scheduler_file": 'x"; touch pwned; echo "'}, "scheduler_file='x\"; touch pwned; echo \"': a file name"),
     ({"setup": ("module load a\ntouch x",)}, "give each line as its own --setup"),
     ({"tls": TLSFiles("ca\ntouch x\n#", "c.pem", "k.pem")}, "--tls-ca-file 'ca\\ntouch x\\n#': expected a"),
 ])
@@ -133,10 +134,20 @@ def test_bad_slurm_specs_fail_with_the_value(kwargs, message):
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("line", ["echo 'open", "echo $(date", "if true; then"])
+def test_a_setup_line_bash_cannot_read_is_refused_with_what_bash_said(tmp_path, line):
+    out = tmp_path / "job.sbatch"
+    result = CliRunner().invoke(cli, ["cluster", "sbatch", "--setup", line, "--out", str(out)])
+    assert result.exit_code == 2 and "The job script would not run: bash -n says" in result.output, result.output
+    assert not out.exists()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_setup_lines_and_tls_paths_leave_a_script_bash_reads(tmp_path):
     """bash's own parser reads the script whole: setup lines with quotes, a TLS folder with spaces."""
     folder = tmp_path / "my certs"
-    spec = SlurmSpec(setup=("source ~/env/bin/activate", "export NOTE='a b # c'", 'module load "cuda/12.1"'),
+    spec = SlurmSpec(setup=("source ~/env/bin/activate", "export NOTE='a b # c'", 'module load "cuda/12.1"',
+                            "echo $'it\\'s' <<< here"),
                      tls=TLSFiles(str(folder / "ca.pem"), str(folder / "c.pem"), str(folder / "k.pem")))
     checked = subprocess.run(["bash", "-n"], input=sbatch_script(spec), capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0, checked.stderr

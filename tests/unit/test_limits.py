@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -109,17 +110,26 @@ def test_sweep_file_fields_are_type_checked_before_building(tmp_path):
 
 @pytest.mark.parametrize("search", ["random", "tpe"])
 def test_more_trials_than_a_space_holds_are_refused_before_any_is_trained_twice(search):
+    from training import Sweep
     from training.space import choice, randint, uniform
+    from training.sweep_spec import spec_from_record
 
     space = {"lr": choice([0.1, 0.2]), "hidden": randint(2, 3)}  # 4 different trials
     with pytest.raises(ConfigError, match=rf"num_trials=5 is more than the 4 different trials this space holds: "
                                           rf"{search} search would train some twice.*num_trials: 4 or fewer"):
-        SweepSpec.create(workload="xor", space=space, search=search, num_trials=5)
+        Sweep("xor", space, search=search, num_trials=5)
+    # A run recorded before the check still reads back, as it is (results, resume).
+    recorded = SweepSpec.create(workload="xor", space=space, search=search, num_trials=5, name="old")
+    assert spec_from_record(recorded.to_json(), Path("runs") / "old").num_trials == 5
     every = SweepSpec.create(workload="xor", space=space, search=search, num_trials=4)
     if search == "random":  # sampled without replacement: each of the 4 once
         assert sorted((t["lr"], t["hidden"]) for t in every.trials()) == [(0.1, 2), (0.1, 3), (0.2, 2), (0.2, 3)]
     wide = {**space, "noise": uniform(0.0, 0.2)}  # a continuous range: no bound
-    assert SweepSpec.create(workload="xor", space=wide, search=search, num_trials=50).num_trials == 50
+    assert Sweep("xor", wide, search=search, num_trials=50).spec.num_trials == 50
+    huge = {"batch_size": randint(1, 2**20), "hidden": randint(1, 1024), "train_size": randint(2, 10**7),
+            "lr": choice([0.01 * (i + 1) for i in range(1000)])}  # 1.07e19: more than range() samples from
+    trials = Sweep("xor", huge, search="random", num_trials=20).spec.trials()
+    assert len({tuple(t[k] for k in huge) for t in trials}) == 20
 
 
 def test_early_stopping_options_without_early_stopping_are_refused(tmp_path):

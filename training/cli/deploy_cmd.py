@@ -6,6 +6,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import shlex
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,7 +95,30 @@ def sbatch_command(slurm: SlurmSpec, dashboard_address: str, tls_ca_file: Path |
         slurm = dataclasses.replace(slurm, tls=tls, dashboard_address=dashboard_address)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    _emit(sbatch_script(slurm, str(out) if out is not None else None), out)
+    script = sbatch_script(slurm, str(out) if out is not None else None)
+    _check_with_bash(script, slurm.setup)
+    _emit(script, out)
+
+
+def _check_with_bash(script: str, setup: tuple[str, ...]) -> None:
+    """Refuse a job script bash's own parser does not read (``bash -n``): what ``--setup`` holds goes in as it
+    is. Where there is no bash here, each setup line's quotes must close on it (shlex, a near parser)."""
+    bash = shutil.which("bash")
+    if bash is None:
+        for line in setup:
+            try:
+                shlex.split(line, comments=True)
+            except ValueError as exc:  # No closing quotation: the rest of the script would be inside it
+                raise display.BadInput(f"--setup {line!r}: {exc}; the rest of the job script would be read as "
+                                       "part of it. Close its quotes.") from None
+        return
+    try:
+        checked = subprocess.run([bash, "-n"], input=script, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return  # no verdict: the script is written as the checks above let it
+    if checked.returncode != 0:
+        said = " ".join(checked.stderr.split())[:300]
+        raise display.BadInput(f"The job script would not run: bash -n says {said!r}. Check the --setup lines.")
 
 
 @click.command()

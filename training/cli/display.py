@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import os
 import shlex
@@ -18,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..shown import cell, plain_console
+from ..slots import cleaning_up
 
 # Piped output (CI logs, files) gets wide tables instead of 80-column truncation, unless COLUMNS says how wide.
 console = plain_console(soft_wrap=True,  # text is data: shown as it is
@@ -106,47 +106,75 @@ class OutputClosed(KeyboardInterrupt):
 
 
 class Output:
-    """The command's standard output. Once its reader is gone, what is written goes nowhere and the command
-    stops as Ctrl-C stops it: a sweep cancels and records its running trials and frees their workers (a failed
-    write left them ``running``, with no line said), and says so on standard error; exit code 141, as SIGPIPE
-    gives. A command with nothing to stop ends silently (``dask-train results x | head -3``)."""
+    """The command's standard output. Once its reader is gone, what is written goes to the null device and
+    the command stops as Ctrl-C stops it, with exit code 141 (as SIGPIPE gives): a sweep, which watches
+    :attr:`gone` (:func:`watch_output`), at the next round of its loop, whichever thread found the reader
+    gone (its trials cancelled and recorded, their workers freed, the line on standard error: a failed write
+    left them ``running``, with no line, or went unnoticed on the progress view's timer thread); any other
+    command at its next write on the main thread (``dask-train results x | head -3``: silently). Never while
+    a Ctrl-C's cleanup runs (:func:`training.slots.cleaning_up`): that goes on, and its exit code stays."""
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream
-        self.closed_under = False  # the reader went away: writes go to the null device
+        self.gone = threading.Event()  # the reader went away (set from any thread)
+        self.watched = False  # the command stops itself once ``gone`` is set: no write raises
+        self.raised = False
 
     def write(self, text: str) -> int:
         try:
-            return self.stream.write(text)
+            written = self.stream.write(text)
         except BrokenPipeError:
             self._went_away()
-            return len(text)
+            written = len(text)
+        if self.gone.is_set():
+            self._stop_here()
+        return written
 
     def flush(self) -> None:
         try:
             self.stream.flush()
         except BrokenPipeError:
             self._went_away()
+        if self.gone.is_set():
+            self._stop_here()
 
     def _went_away(self) -> None:
-        """Point the output at the null device (the text held in its buffer goes there too); the first
-        time, stop the command: here, from the main thread, else (a progress view's timer printing held
-        lines) in the main thread as Ctrl-C would."""
+        """Point the output at the null device (what its buffer holds goes there too); say why the command
+        stops, unless a Ctrl-C's cleanup runs (its cause and code stand)."""
+        if self.gone.is_set():
+            return
         null = os.open(os.devnull, os.O_WRONLY)
         try:
             os.dup2(null, self.stream.fileno())
         finally:
             os.close(null)
-        if self.closed_under:
+        if not cleaning_up():
+            interrupt.cause, interrupt.code = "output closed", 128 + signal.SIGPIPE
+        self.gone.set()
+
+    def _stop_here(self) -> None:
+        """Stop a command that does not watch :attr:`gone`, once, from its main thread, outside cleanup."""
+        main = threading.current_thread() is threading.main_thread()
+        if self.watched or self.raised or cleaning_up() or not main:
             return
-        self.closed_under = True
-        interrupt.cause, interrupt.code = "output closed", 128 + signal.SIGPIPE
-        if threading.current_thread() is threading.main_thread():
-            raise OutputClosed
-        _thread.interrupt_main()
+        self.raised = True
+        raise OutputClosed
 
     def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding... as the stream has them
         return getattr(self.stream, name)
+
+
+def watch_output() -> threading.Event | None:
+    """The event set once standard output's reader is gone (None outside ``dask-train``), for a command that
+    stops itself then (a sweep's loop checks it each round); its writes then never raise."""
+    if not isinstance(sys.stdout, Output):
+        return None
+    sys.stdout.watched = True
+    return sys.stdout.gone
+
+
+def output_gone() -> bool:
+    return isinstance(sys.stdout, Output) and sys.stdout.gone.is_set()
 
 
 @dataclass
@@ -167,11 +195,12 @@ def interrupted(stop: Any, drop: tuple[str, ...] = (), add: tuple[str, ...] = ()
     args = [a for a in sys.argv[1:] if a not in drop]
     command = shlex.join(["dask-train", *args, *(a for a in add if a not in args)])
     line = f"Interrupted: {stop.summary} {again} with: {command}"
-    if isinstance(sys.stdout, Output) and sys.stdout.closed_under:  # said where it is seen
-        plain_console(stderr=True, soft_wrap=True).print(line)
-    else:
+    code = interrupt.code  # what stopped it (a reader gone as this line goes out does not change it)
+    if not output_gone():
         console.print(line)
-    sys.exit(interrupt.code)
+    if output_gone():  # said where it is seen
+        plain_console(stderr=True, soft_wrap=True).print(line)
+    sys.exit(code)
 
 
 #: Names, or characters of text, a generating model shows unless asked for another count.

@@ -112,7 +112,8 @@ def sweep_command(sweep_file: str | None, examples: bool, name: str | None, epoc
                 loggers.append(TensorBoardLogger(spec.run_dir / "tensorboard"))
             if mlflow_experiment:
                 loggers.append(MlflowLogger(mlflow_experiment, spec.run_dir))
-            result = Sweep.from_spec(spec).run(progress=combine(shown, *loggers), target=target)  # set aside
+            result = Sweep.from_spec(spec).run(progress=combine(shown, *loggers), target=target,
+                                           stop=display.watch_output())  # set aside
     except Interrupted as stop:
         display.interrupted(stop, drop=("--new",))
     if not result.ran:  # this run's time would say nothing: the sweep's own, over the runs that ran it
