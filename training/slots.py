@@ -111,8 +111,8 @@ def second_interrupt_exits(said: str = "") -> Iterator[None]:
     line = f"{said}\n".encode(errors="replace") if said else b""
 
     def exit_now(code: int) -> None:
-        with contextlib.suppress(OSError):  # a closed or full stderr does not keep this process alive
-            os.write(2, line)
+        with contextlib.suppress(OSError):  # a closed stderr does not keep this process alive (never made
+            os.write(2, line)  # non-blocking: a terminal's descriptor is the shell's too)
         os._exit(code)
 
     previous = signal.signal(signal.SIGINT, lambda *_: exit_now(130))

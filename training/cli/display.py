@@ -143,11 +143,12 @@ class Output:
         stops, unless a Ctrl-C's cleanup runs (its cause and code stand)."""
         if self.gone.is_set():
             return
-        null = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(null, self.stream.fileno())
-        finally:
-            os.close(null)
+        with contextlib.suppress(OSError, ValueError):  # a stream with no descriptor: its writes fail on
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, self.stream.fileno())
+            finally:
+                os.close(null)
         if not cleaning_up():
             interrupt.cause, interrupt.code = "output closed", 128 + signal.SIGPIPE
         self.gone.set()
@@ -174,6 +175,7 @@ def watch_output() -> threading.Event | None:
 
 
 def output_gone() -> bool:
+    """Whether standard output's reader went away (``dask-train`` only)."""
     return isinstance(sys.stdout, Output) and sys.stdout.gone.is_set()
 
 
