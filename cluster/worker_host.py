@@ -46,7 +46,8 @@ def _import_path() -> str:
     (``mypkg.work:MyModel``), the workers can too. The current directory of a ``dask-train`` command is not on
     it, as it is not on the command's own path."""
     here = [os.getcwd() if p == "" else p for p in sys.path if isinstance(p, str)]  # '': the current folder
-    return os.pathsep.join(dict.fromkeys([*here, _PACKAGE_ROOT]))
+    # Only folders and archives: a path hook's marker (an editable install's) is added by the workers' own site.
+    return os.pathsep.join(dict.fromkeys([*(p for p in here if os.path.exists(p)), _PACKAGE_ROOT]))
 
 
 class WorkerHost:
