@@ -31,6 +31,17 @@ class Domain:
     def discrete(self) -> bool:
         return self.kind in ("grid", "choice")
 
+    @property
+    def count(self) -> int | None:
+        """How many values it holds: a list's, an integer range's (both ends in); None for a real range."""
+        if self.discrete:
+            return len(self.values)
+        return int(self.high) - int(self.low) + 1 if self.kind == "randint" else None
+
+    def nth(self, index: int) -> Any:
+        """Its ``index``-th value (0 <= index < :attr:`count`)."""
+        return self.values[index] if self.discrete else int(self.low) + index
+
     def sample(self, rng: random.Random) -> Any:
         if self.discrete:
             return rng.choice(self.values)
@@ -193,17 +204,8 @@ def distinct_combinations(space: Mapping[str, Any]) -> int | None:
     >>> distinct_combinations({"lr": uniform(0.1, 0.2)}) is None
     True
     """
-    sizes = []
-    for domain in space.values():
-        if not isinstance(domain, Domain):
-            continue
-        if domain.discrete:
-            sizes.append(len(domain.values))
-        elif domain.kind == "randint":
-            sizes.append(int(domain.high) - int(domain.low) + 1)
-        else:
-            return None
-    return math.prod(sizes)
+    sizes = [domain.count for domain in space.values() if isinstance(domain, Domain)]
+    return None if None in sizes else math.prod(size for size in sizes if size is not None)
 
 
 def grid_trials(space: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -250,9 +252,8 @@ def _combination(space: Mapping[str, Any], number: int) -> dict[str, Any]:
         if not isinstance(domain, Domain):
             trial[name] = domain
             continue
-        size = len(domain.values) if domain.discrete else int(domain.high) - int(domain.low) + 1
-        number, index = divmod(number, size)
-        trial[name] = domain.values[index] if domain.discrete else int(domain.low) + index
+        number, index = divmod(number, domain.count or 1)  # a list or an integer range here: count is set
+        trial[name] = domain.nth(index)
     return trial
 
 

@@ -28,7 +28,7 @@ from .errors import ConfigError
 from .limits import short
 from .protocol import TrialRecord, TrialState, best_trial
 from .run_dirs import replace_file
-from .sweep_spec import STALL_TIMEOUT, SweepSpec, check_asha_options, check_new_sweep, finished_trials
+from .sweep_spec import STALL_TIMEOUT, SweepSpec, check_new_sweep, finished_trials
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -166,16 +166,14 @@ class Sweep:
                  scheduler: str | None = None, grace_epochs: int = 1, reduction_factor: int = 3,
                  trial_timeout: float | None = None, stall_timeout: float | None = STALL_TIMEOUT,
                  checkpoint_every: int = 1, precision: str = "fp32") -> None:
-        check_asha_options(scheduler, [name for name, value, default in (("grace_epochs", grace_epochs, 1),
-                                                                         ("reduction_factor", reduction_factor, 3))
-                                       if value != default])
         self.spec = SweepSpec.create(name=name, workload=workload, space=space, params=params, search=search,
                                      num_trials=num_trials, metric=metric, mode=mode, epochs=epochs, seed=seed,
                                      max_concurrent=max_concurrent, runs_dir=runs_dir, scheduler=scheduler,
                                      grace_epochs=grace_epochs, reduction_factor=reduction_factor,
                                      trial_timeout=trial_timeout, stall_timeout=stall_timeout,
                                      checkpoint_every=checkpoint_every, precision=precision)
-        check_new_sweep(self.spec)
+        set_apart = {"grace_epochs": grace_epochs != 1, "reduction_factor": reduction_factor != 3}  # from defaults
+        check_new_sweep(self.spec, [option for option, given in set_apart.items() if given])
 
     @classmethod
     def from_spec(cls, spec: SweepSpec) -> Sweep:

@@ -277,45 +277,39 @@ def load_sweep_file(path: str | Path, *, allow: Iterable[str] = (), **overrides:
     content.update({k: v for k, v in overrides.items() if v is not None})
     for key, value in content.items():
         _check_field(where, key, value)
-    check_asha_options(content.get("scheduler"),
-                       [k for k in ("grace_epochs", "reduction_factor") if content.get(k) is not None], where)
     trusted_workload(content["workload"], allow, source=where)
     try:
         spec = SweepSpec.create(**content)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    check_new_sweep(spec, where)
+    check_new_sweep(spec, [k for k in ("grace_epochs", "reduction_factor") if content.get(k) is not None], where)
     return spec
 
 
-def check_new_sweep(spec: SweepSpec, where: str = "") -> None:
+def check_new_sweep(spec: SweepSpec, asha_options: Iterable[str] = (), where: str = "") -> None:
     """What a sweep made now (a sweep file, ``Sweep(...)``) may not ask for, though a run recorded before
-    these checks may hold it (read back as it is): more random or TPE trials than the space holds."""
-    distinct = distinct_combinations(spec.space) if spec.search in ("random", "tpe") else None
-    if distinct is not None and (spec.num_trials or 0) > distinct:
-        raise ConfigError(f"{where}{': ' if where else ''}num_trials={spec.num_trials} is more than the "
-                          f"{distinct:,} different trials this space holds: {spec.search} search would train some "
-                          f"twice, to the same result. Use search: grid to run each once, or num_trials: "
-                          f"{distinct} or fewer.")
-
-
-def check_asha_options(scheduler: Any, given: Iterable[str], where: str = "") -> None:
-    """``given`` (ASHA's options a user set) only with ``scheduler: asha``: without it they would do nothing.
+    these checks may hold it (read back as it is): ASHA's options its author set (``asha_options``) without
+    ``scheduler: asha`` (they would do nothing), or more random or TPE trials than the space holds.
 
     Examples
     --------
-    >>> check_asha_options("asha", ["grace_epochs"])
-    >>> check_asha_options(None, ["grace_epochs"])  # doctest: +ELLIPSIS
+    >>> spec = SweepSpec.create(workload="xor", space={"lr": [0.1]})
+    >>> check_new_sweep(spec, ["grace_epochs"])  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     training.errors.ConfigError: grace_epochs is for early stopping (scheduler: asha)...
     """
-    given = sorted(given)
-    if given and scheduler != "asha":
+    prefix = f"{where}: " if where else ""
+    given = sorted(asha_options)
+    if given and spec.scheduler != "asha":
         names = " and ".join(given)
-        raise ConfigError(f"{where}{': ' if where else ''}{names} {'is' if len(given) == 1 else 'are'} for early "
-                          f"stopping (scheduler: asha), which this sweep does not use: add scheduler: asha, or "
-                          f"leave {names} out.")
+        raise ConfigError(f"{prefix}{names} {'is' if len(given) == 1 else 'are'} for early stopping (scheduler: "
+                          f"asha), which this sweep does not use: add scheduler: asha, or leave {names} out.")
+    distinct = distinct_combinations(spec.space) if spec.search in ("random", "tpe") else None
+    if distinct is not None and (spec.num_trials or 0) > distinct:
+        raise ConfigError(f"{prefix}num_trials={spec.num_trials} is more than the {distinct:,} different trials "
+                          f"this space holds: {spec.search} search would train some twice, to the same result. "
+                          f"Use search: grid to run each once, or num_trials: {distinct} or fewer.")
 
 
 def _check_field(where: str, key: str, value: Any) -> None:
