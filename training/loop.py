@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -428,15 +429,52 @@ def train(workload: str | Workload, params: Mapping[str, Any] | None = None, *, 
     >>> [round(r["val_accuracy"], 2) >= 0 for r in trained.history]
     [True, True]
     """
+    if not isinstance(workload, str | Workload):
+        raise ConfigError(f"workload={short(workload)}: give a built-in workload's name (`dask-train workloads` "
+                          "lists them), 'module:Class', or a Workload instance.")
     work = get_workload(workload) if isinstance(workload, str) else workload
+    _check_callback(callback)
+    path = checkpoint_path(checkpoint, resume)
     resolved, total, dev = checked_run(work, params, epochs, seed, device, precision)
     with isolated_rng(dev):
         trainer = build_trainer(work, resolved, seed, dev, precision=precision)
-        path = Path(checkpoint) if checkpoint is not None else None
         if resume and path is not None:
             trainer.load_checkpoint(path)
         trainer.train(total, callback, path)
         return trainer.result()
+
+
+def checkpoint_path(checkpoint: object, resume: object) -> Path | None:
+    """:func:`train`'s ``checkpoint`` as a path, checked before anything trains: a file it writes (an existing
+    one only continued with ``resume=True``, never replaced: it may be anything, a user's file or a system's),
+    in a folder that is one (made where missing)."""
+    if not isinstance(resume, bool):
+        raise ConfigError(f"resume={short(resume)}: give True (continue from the checkpoint) or False.")
+    if checkpoint is None:
+        if resume:
+            raise ConfigError("resume=True needs checkpoint=PATH: the checkpoint file to continue from.")
+        return None
+    if not isinstance(checkpoint, str | os.PathLike):
+        raise ConfigError(f"checkpoint={short(checkpoint)}: give a file path (a str or a pathlib.Path), or None.")
+    text = os.fspath(checkpoint)
+    text = text if isinstance(text, str) else os.fsdecode(text)
+    if not text.strip() or "\0" in text:
+        raise ConfigError(f"checkpoint={short(text)}: give a file path, e.g. 'runs/xor.pt'.")
+    path = Path(text)
+    if not resume and (path.exists() or path.is_symlink()):
+        raise ConfigError(f"checkpoint {text!r} already exists: train never replaces a file. Pass resume=True to "
+                          "continue the checkpoint there, or choose another path (or remove it) to start afresh.")
+    folder = next((p for p in path.absolute().parents if p.exists() or p.is_symlink()), None)
+    if folder is not None and not folder.is_dir():
+        raise ConfigError(f"checkpoint {text!r}: {str(folder)!r} is not a folder. Choose a path in a folder.")
+    return path
+
+
+def _check_callback(callback: object) -> None:
+    if callback is not None and not all(callable(getattr(callback, hook, None))
+                                        for hook in ("on_epoch_start", "on_batch_end", "on_epoch_end")):
+        raise ConfigError(f"callback={short(callback)}: give a training.Callback (subclass it and override the hooks "
+                          "you need: on_epoch_start, on_batch_end, on_epoch_end), or None.")
 
 
 def checked_run(work: Workload, params: Mapping[str, Any] | None, epochs: int | None, seed: int, device: str,

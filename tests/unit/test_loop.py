@@ -162,6 +162,40 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
         train("xor", epochs=2, checkpoint=tmp_path / "junk.pt", resume=True)
 
 
+def test_train_never_replaces_a_file_at_its_checkpoint_path_and_refuses_bad_arguments_before_training(tmp_path):
+    """A file at ``checkpoint`` (a user's notes, a folder, an earlier run's checkpoint) is refused unless
+    resume=True continues it: before the fix the notes became a torch zip (as root, so did /etc/passwd).
+    Arguments of the wrong kind are refused by name, before any data loads."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    with pytest.raises(ConfigError, match=r"notes.txt' already exists: train never replaces a file. Pass resume"):
+        train("xor", {"train_size": 200}, epochs=1, checkpoint=notes)
+    assert notes.read_text() == "my notes"
+    with pytest.raises(ConfigError, match="already exists"):
+        train("xor", {"train_size": 200}, epochs=1, checkpoint=tmp_path)  # a folder: no temporary file beside it
+    assert sorted(p.name for p in tmp_path.parent.iterdir() if p.name.startswith(".tmp")) == []
+    with pytest.raises(ConfigError, match="notes.txt' is not a folder"):
+        train("xor", {"train_size": 200}, epochs=1, checkpoint=notes / "c.pt")
+    checkpoint = tmp_path / "deep" / "er" / "c.pt"
+    train("xor", {"train_size": 200}, epochs=1, checkpoint=checkpoint)  # its folders are made
+    saved = checkpoint.read_bytes()
+    with pytest.raises(ConfigError, match="already exists"):  # an earlier run's: continued, never restarted over
+        train("xor", {"train_size": 200}, epochs=2, checkpoint=checkpoint)
+    assert checkpoint.read_bytes() == saved
+    assert len(train("xor", {"train_size": 200}, epochs=2, checkpoint=checkpoint, resume=True).history) == 2
+    for kwargs, said in [({"checkpoint": 5}, "checkpoint=5: give a file path"),
+                         ({"checkpoint": "a\0b"}, "give a file path"), ({"checkpoint": " "}, "give a file path"),
+                         ({"checkpoint": tmp_path / "x.pt", "resume": "yes"}, "resume='yes': give True"),
+                         ({"resume": True}, "resume=True needs checkpoint=PATH"),
+                         ({"callback": print}, "give a training.Callback")]:
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            train("xor", {"train_size": 200}, epochs=1, **kwargs)
+    for workload in (5, None):
+        with pytest.raises(ConfigError, match=f"workload={workload}: give a built-in workload's name"):
+            train(workload)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "notes.txt"]
+
+
 def test_callbacks_see_every_batch_and_epoch():
     seen: list[tuple] = []
 
