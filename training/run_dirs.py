@@ -75,7 +75,8 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
     """Hold ``run_dir`` (created if missing) for this process while the block runs: a second run on the same
     directory at once (another terminal, another client) is refused instead of both writing its files. An
     advisory lock on the folder itself (``flock``), which the kernel releases when this process ends, however
-    it ends; taken again inside the block (the CLI, then the Python API it calls), it is already held. Where
+    it ends; taken again inside the block by the same thread (the CLI, then the Python API it calls), it is
+    already held; another thread of this process is refused as another process is. Where
     the filesystem takes no such lock (some NFS, Lustre or FUSE mounts), the run goes on without it.
     ``what``: the run, as the refusal names it; ``other``: what to choose instead (e.g. another ``--name``)."""
     if not _FLOCK:  # not a POSIX system: no lock to take
@@ -91,10 +92,14 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
     except OSError as exc:  # e.g. a name too long for the filesystem: the folders made on the way go again
         _remove_empty(made)
         raise ConfigError(f"{short(str(run_dir))} cannot be made ({exc.strerror or exc}): {other}.") from None
-    key = os.path.realpath(run_dir)
+    key, me = os.path.realpath(run_dir), threading.get_ident()
     with _HELD_LOCK:
-        held = _HELD.get(key, 0)
-        _HELD[key] = held + 1
+        owner, held = _HELD.get(key, (me, 0))
+        if owner == me:
+            _HELD[key] = (me, held + 1)
+    if owner != me:  # a flock is the process's: a second thread would get it again
+        _remove_empty(made)
+        raise _in_use(run_dir, what, other)
     fd = -1
     try:
         if not held:
@@ -107,8 +112,10 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
         raise
     finally:
         with _HELD_LOCK:
-            _HELD[key] -= 1
-            if not _HELD[key]:
+            count = _HELD[key][1] - 1
+            if count:
+                _HELD[key] = (me, count)
+            else:
                 del _HELD[key]
         if fd >= 0:
             os.close(fd)  # releases the lock
@@ -126,16 +133,25 @@ def _lock(fd: int, run_dir: Path, what: str, other: str) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise ConfigError(f"{run_dir} is in use: another {what} is running on it now (from another terminal or "
-                          f"client). Wait for it to end, or {other}.") from None
+        raise _in_use(run_dir, what, other) from None
     except OSError as exc:  # a filesystem without flock on folders: no lock, as before there was one
         log.debug("No lock on %s (%s): going on without it", run_dir, exc)
+
+
+def _in_use(run_dir: Path, what: str, other: str) -> ConfigError:
+    return ConfigError(f"{run_dir} is in use: another {what} is running on it now (from another terminal, "
+                       f"client or thread). Wait for it to end, or {other}.")
 
 
 def check_not_in_use(run_dir: Path, what: str, other: str) -> None:
     """Refuse now a run directory another process holds (:func:`exclusive_run`): before a cluster starts for a
     run that would be refused once it had (a second sweep of the same run started its workers first)."""
-    if not _FLOCK or not run_dir.is_dir() or os.path.realpath(run_dir) in _HELD:
+    if not _FLOCK or not run_dir.is_dir():
+        return
+    owner = _HELD.get(os.path.realpath(run_dir))
+    if owner is not None:  # this process holds it: this thread (the CLI, then its run), or another one
+        if owner[0] != threading.get_ident():
+            raise _in_use(run_dir, what, other)
         return
     try:
         fd = _open_folder(run_dir)
@@ -161,7 +177,7 @@ def _remove_empty(folders: list[Path]) -> None:
 #: Folder locks (``flock``) exist here: a POSIX system.
 _FLOCK = importlib.util.find_spec("fcntl") is not None
 #: The run directories this process holds (:func:`exclusive_run`), by real path: how many blocks hold each.
-_HELD: dict[str, int] = {}
+_HELD: dict[str, tuple[int, int]] = {}  # held folders: the thread holding each, and how many times
 _HELD_LOCK = threading.Lock()
 
 

@@ -340,6 +340,36 @@ def test_rerunning_finishes_only_what_is_missing_and_refuses_a_changed_spec(clie
     assert "WARNING" not in shown.stdout + shown.stderr
 
 
+
+def test_two_threads_running_the_same_sweep_at_once_train_it_once(client, tmp_path):
+    """Two threads of one process running one sweep at once both trained every trial into one store before
+    (the run directory's lock is the process's): now the second, started while the first runs a trial, is
+    refused as one from another process is, and the first records each trial once."""
+    results: list = []
+    errors: list = []
+
+    def run() -> None:
+        sweep = Sweep("xor", {"lr": [0.1, 0.2]}, params={"train_size": 100000}, epochs=3, name="twice",
+                      runs_dir=str(tmp_path))
+        try:
+            results.append(sweep.run(client, progress=False))
+        except ConfigError as exc:
+            errors.append(str(exc))
+
+    first, second = threading.Thread(target=run), threading.Thread(target=run)
+    first.start()
+    poll_for(lambda: (tmp_path / "twice" / "store.sqlite").is_file() and
+             any(r["state"] == "running" for r in _store_rows(tmp_path / "twice")), 60, what="a running trial")
+    second.start()
+    second.join(timeout=120)
+    first.join(timeout=120)
+    assert not first.is_alive() and not second.is_alive()
+    assert len(results) == 1 and len(errors) == 1, (results, errors)
+    assert errors[0].endswith("twice is in use: another run of sweep 'twice' is running on it now (from another "
+                              "terminal, client or thread). Wait for it to end, or choose another --name "
+                              "(name=...)."), errors
+    assert [(r["state"], r["starts"]) for r in _store_rows(tmp_path / "twice")] == [("completed", 1)] * 2
+
 def test_a_rerun_never_writes_through_a_linked_trial_folder(client, tmp_path):
     """A trial folder replaced by a link (to a folder outside the run directory) before a rerun trains that
     trial again: the link is removed, its target untouched, and the trial's files go into a folder of the run's
