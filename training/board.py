@@ -18,6 +18,7 @@ from distributed import Scheduler
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from .events import PAGE_TOPIC, TOPIC, plain
+from .limits import clip
 from .protocol import (
     EpochEnded,
     Event,
@@ -46,6 +47,7 @@ _STATES = {s.value for s in TrialState}
 #: running ones, the best and the latest finished; curves of the best only.
 SHOWN_TRIALS = 200
 _TOP_TRIALS, _LATEST_TRIALS, _CURVES = 50, 50, 20
+_MAX_FIELDS, _MAX_VALUE_CHARS = 50, 80  # of a trial's params and metrics on the page
 _TRIAL_FIELDS = ("state", "params", "worker", "best", "best_epoch", "epoch", "metrics", "curve", "error")
 
 
@@ -114,7 +116,7 @@ class Board(SchedulerPlugin):
     @staticmethod
     def _announced(job: dict[str, Any], event: JobAnnounced) -> None:
         job.update(type=event.type, workload=event.workload, metric=event.metric, mode=event.mode,
-                   epochs=event.epochs, total=event.total, client=event.client, params=event.params,
+                   epochs=event.epochs, total=event.total, client=event.client, params=_small(event.params),
                    started=event.time or job["started"])
         for row in event.trials:
             if isinstance(row, dict) and isinstance(row.get("number"), int):
@@ -125,11 +127,16 @@ class Board(SchedulerPlugin):
                     known["state"] = TrialState(known["state"])
                 if "curve" in known:
                     known["curve"] = _points(known["curve"])
+                for key in ("params", "metrics"):
+                    if key in known:
+                        known[key] = _small(known[key])
+                if "error" in known:
+                    known["error"] = _text(known["error"])
                 _trial(job, row["number"]).update(known)
 
     @staticmethod
     def _ended(job: dict[str, Any], event: JobEnded) -> None:
-        job.update(state=event.state, error=event.error, finished=time.time())
+        job.update(state=event.state, error=_text(event.error), finished=time.time())
         # Ranks of a finished DDP job completed; trials a stopped job never finished were cancelled.
         left = TrialState.COMPLETED if event.state == JobState.FINISHED else TrialState.CANCELLED
         for trial in job["trials"].values():
@@ -142,7 +149,7 @@ class Board(SchedulerPlugin):
     def _restarted(job: dict[str, Any], event: JobRestarted) -> None:
         """A DDP job starts again from its checkpoint: listed under the job; ranks it no longer has are
         cancelled (its announcement, which follows, shows where the others run now)."""
-        job["restarts"].append({"attempt": event.attempt, "reason": event.reason, "epoch": event.epoch,
+        job["restarts"].append({"attempt": event.attempt, "reason": _text(event.reason), "epoch": event.epoch,
                                 "world_size": event.world_size, "time": event.time or time.time()})
         for number, trial in job["trials"].items():
             if number >= event.world_size:
@@ -156,7 +163,7 @@ class Board(SchedulerPlugin):
         if worker:
             trial["worker"] = worker
         if isinstance(event, TrialQueued):
-            trial["params"] = event.params or trial["params"]
+            trial["params"] = _small(event.params) or trial["params"]
             if trial["state"] != TrialState.RUNNING:  # else its announcement, held back, came after its start
                 trial["state"] = TrialState.QUEUED
         elif isinstance(event, TrialStarted):
@@ -166,7 +173,7 @@ class Board(SchedulerPlugin):
         elif isinstance(event, TrialEnded):
             if event.record:
                 _epoch(job, trial, event.record)
-            trial.update(state=event.state, best=event.best, best_epoch=event.best_epoch, error=event.error,
+            trial.update(state=event.state, best=event.best, best_epoch=event.best_epoch, error=_text(event.error),
                          ended=event.time or time.time())
 
     def _new_job(self, event: Event) -> dict[str, Any]:
@@ -214,10 +221,42 @@ def _epoch(job: dict[str, Any], trial: dict[str, Any], record: dict[str, Any]) -
     if not TrialState(trial["state"]).is_finished:
         trial["state"] = TrialState.RUNNING
     if epoch >= (trial["epoch"] or 0):
-        trial.update(epoch=epoch, metrics=record)
+        trial.update(epoch=epoch, metrics=_small(record, first=("epoch", job["metric"])))
     value = record.get(job["metric"])
     if isinstance(value, int | float) and not isinstance(value, bool):
         trial["curve"] = _latest([p for p in trial["curve"] if p[0] != epoch] + [[epoch, value]])
+
+
+def _small(values: Any, first: tuple[str, ...] = ()) -> Any:
+    """A trial's params or metrics as the page keeps them: at most :data:`_MAX_FIELDS` entries (``first`` kept
+    first), long names and values cut short, a nested value as short text, so what the page polls stays small
+    whatever a workload sends (3,000 metrics, a 20,000-character parameter).
+
+    Examples
+    --------
+    >>> small = _small({"lr": 0.1, "note": "x" * 500, "deep": {"a": [1, 2]}})
+    >>> small["lr"], len(small["note"]), small["deep"]
+    (0.1, 80, "{'a': [1, 2]}")
+    >>> len(_small({f"m{i}": i for i in range(1000)}, first=("m999",))), list(_small({"b": 1, "a": 2}, ("a",)))
+    (50, ['a', 'b'])
+    """
+    if not isinstance(values, dict):
+        return values
+    keys = [k for k in first if k in values] + [k for k in values if k not in first]
+    out: dict[str, Any] = {}
+    for key in keys[:_MAX_FIELDS]:
+        value = values[key]
+        if isinstance(value, str):
+            value = _text(value, _MAX_VALUE_CHARS)
+        elif value is not None and not isinstance(value, bool | int | float):
+            value = _text(repr(value), _MAX_VALUE_CHARS)
+        out[_text(str(key), _MAX_VALUE_CHARS)] = value
+    return out
+
+
+def _text(text: Any, limit: int = 1000) -> Any:
+    """A message the page shows, cut short (None and what is not text as they are)."""
+    return clip(text, limit) if isinstance(text, str) else text
 
 
 def _points(curve: Any) -> list[list[Any]]:

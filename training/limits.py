@@ -69,6 +69,27 @@ def clip(text: str, limit: int = SHOWN_CHARS) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+#: The most characters of a trial's error message and of its traceback kept (the store, results, the Training
+#: page): an exception whose message holds a 5 MB value made a 36 MB store and a 17 MB page poll.
+MAX_ERROR_CHARS, MAX_TRACEBACK_CHARS = 2000, 20000
+
+
+def clip_middle(text: str, limit: int) -> str:
+    """``text`` as is, or its start and end with the middle cut out and counted (a traceback's last lines say
+    where it failed).
+
+    Examples
+    --------
+    >>> clip_middle("a" * 40 + "b" * 40, 50)
+    'aaaaaaaaaa [... 60 characters cut ...] bbbbbbbbbb'
+    """
+    if len(text) <= limit:
+        return text
+    marker = f" [... {len(text):,} characters cut ...] "  # at least as long as the one shown
+    keep = max(0, (limit - len(marker)) // 2)
+    return f"{text[:keep]} [... {len(text) - 2 * keep:,} characters cut ...] {text[len(text) - keep:]}"
+
+
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 

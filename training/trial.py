@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .callbacks import Callback
 from .errors import ConfigError, TrainingDiverged
 from .events import emit, held_events, plain
+from .limits import MAX_ERROR_CHARS, MAX_TRACEBACK_CHARS, clip, clip_middle
 from .protocol import EpochEnded, TrialDone, TrialOutcome, TrialStarted, TrialState
 from .run_dirs import replace_file
 from .workloads import get_workload
@@ -313,8 +314,9 @@ def read_kept_checkpoint(checkpoint: str) -> bytes:
 
 
 def _error(state: TrialState, exc: Exception) -> dict[str, Any]:
-    return {"state": state, "error_type": type(exc).__name__, "error": str(exc),
-            "traceback": traceback.format_exc()}
+    return {"state": state, "error_type": clip(type(exc).__name__, 200),
+            "error": clip_middle(str(exc), MAX_ERROR_CHARS),
+            "traceback": clip_middle(traceback.format_exc(), MAX_TRACEBACK_CHARS)}
 
 
 def _to_cpu(value: Any) -> Any:

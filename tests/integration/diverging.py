@@ -28,3 +28,12 @@ class FailOnRankOne(LinReg):
         if dist.is_initialized() and dist.get_rank() == 1 and self._steps == 3:
             raise ValueError("rank one broke on purpose")
         return super().loss(model, batch)
+
+
+class HugeError(LinReg):
+    """linreg whose data fails to load with a 5 MB message (a value printed whole into an exception)."""
+
+    name = "huge-error"
+
+    def load_data(self, params, seed):
+        raise ValueError("bad rows: " + "x" * 5_000_000 + " (end)")

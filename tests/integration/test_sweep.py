@@ -317,6 +317,21 @@ def test_a_diverging_trial_is_its_own_state(tmp_path):
     assert "Lower the learning rate" in outcome.error and outcome.state_dict is None
 
 
+def test_a_trials_error_and_traceback_are_cut_short_keeping_their_start_and_end():
+    """An exception with a 5 MB message made a 36 MB store and a 17 MB Training page poll: a trial's error and
+    traceback are cut in the middle, keeping where it began and where it ended."""
+    from training.limits import MAX_ERROR_CHARS, MAX_TRACEBACK_CHARS
+    from training.trial import TrialSpec, run_trial
+
+    outcome = run_trial(TrialSpec("j", "r", 0, "tests.integration.diverging:HugeError", {}, epochs=1))
+    assert outcome.state == TrialState.FAILED and outcome.error_type == "ValueError"
+    assert len(outcome.error) <= MAX_ERROR_CHARS and len(outcome.traceback) <= MAX_TRACEBACK_CHARS
+    assert outcome.error.startswith("bad rows: xxx") and outcome.error.endswith("xxx (end)")
+    assert "characters cut ..." in outcome.error
+    assert outcome.traceback.startswith("Traceback (most recent call last)")
+    assert outcome.traceback.rstrip().endswith("x (end)")
+
+
 def test_rerunning_finishes_only_what_is_missing_and_refuses_a_changed_spec(client, tmp_path):
     sweep = Sweep("xor", {"lr": [0.1, 0.2]}, epochs=5, name="again", runs_dir=str(tmp_path))
     sweep.run(client)

@@ -114,6 +114,28 @@ def test_data_is_json_with_no_markup_even_for_markup_in_parameters():
     assert board.snapshot_json() is text  # unchanged state: the same text, not serialised again
 
 
+def test_what_a_workload_sends_stays_small_on_the_page():
+    """3,000 metrics an epoch, a 20,000-character parameter and a 5 MB error made a 17 MB poll: the page keeps
+    50 fields of a trial (its epoch and the sweep's metric among them), values and errors cut short."""
+    board = Board()
+    huge = {f"m{i}": float(i) for i in range(3000)}
+    board.apply({"kind": "job", "job": "s", "run": "r1", "type": "sweep", "metric": "m2999", "mode": "max",
+                 "trials": [{"number": 0, "params": {"tag": "t" * 20000}}]})
+    board.apply({"kind": "queued", "job": "s", "run": "r1", "trial": 1, "params": {"note": "n" * 20000}})
+    board.apply({"kind": "epoch", "job": "s", "run": "r1", "trial": 0, "worker": "w",
+                 "record": {"epoch": 1, **huge}})
+    board.apply({"kind": "end", "job": "s", "run": "r1", "trial": 1, "state": "failed", "error": "e" * 5_000_000})
+    board.apply({"kind": "job-end", "job": "s", "run": "r1", "state": "failed", "error": "j" * 5_000_000})
+    text = board.snapshot_json()
+    assert len(text) < 20_000, len(text)
+    job = json.loads(text)["jobs"][0]
+    first, second = job["trials"]
+    assert len(first["metrics"]) == 50 and first["metrics"]["epoch"] == 1 and first["metrics"]["m2999"] == 2999.0
+    assert first["curve"] == [[1, 2999.0]]  # the sweep's metric, though it came last of 3,000
+    assert len(first["params"]["tag"]) <= 80 and len(second["params"]["note"]) <= 80
+    assert len(second["error"]) <= 1000 and len(job["error"]) <= 1000
+
+
 @pytest.mark.parametrize("bad", [
     None, "text", [1, 2], {"kind": "epoch"}, {"kind": "nonsense", "job": "s", "run": "r1"},
     {"kind": "epoch", "job": "s", "run": "r1", "trial": "zero", "record": {"epoch": 1}},
