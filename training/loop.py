@@ -473,8 +473,8 @@ def checkpoint_path(checkpoint: object, resume: object) -> Path | None:
 def _check_callback(callback: object) -> None:
     if callback is not None and not all(callable(getattr(callback, hook, None))
                                         for hook in ("on_epoch_start", "on_batch_end", "on_epoch_end")):
-        raise ConfigError(f"callback={short(callback)}: give a training.Callback (subclass it and override the hooks "
-                          "you need: on_epoch_start, on_batch_end, on_epoch_end), or None.")
+        raise ConfigError(f"callback={short(callback)}: give a training.Callback (subclass it and override the "
+                          "hooks you need: on_epoch_start, on_batch_end, on_epoch_end), or None.")
 
 
 def checked_run(work: Workload, params: Mapping[str, Any] | None, epochs: int | None, seed: int, device: str,
