@@ -182,12 +182,40 @@ def load_model(path: str | Path, *, allow: Iterable[str] = ()) -> TrainedModel:
     except (OSError, RuntimeError, KeyError, TypeError, ValueError, SafetensorError) as exc:
         raise ModelFileError(f"Model directory {str(folder)!r} has damaged or mismatched weights "
                              f"({type(exc).__name__}: {short(str(exc), 200)}).") from None
-    return TrainedModel(
-        workload=metadata["workload"], params=params, meta=meta,
-        artifacts=_read_json(folder / ARTIFACTS, default={}), history=_read_json(folder / HISTORY, default=[]),
-        model=model.eval(), seed=_seed(metadata), extra=metadata.get("extra") or {},
-        best_epoch=metadata.get("best_epoch"),
-    )
+    history, artifacts = _read_json(folder / HISTORY, default=[]), _read_json(folder / ARTIFACTS, default={})
+    seed, extra, best = _checked_fields(folder, metadata, history, artifacts)
+    return TrainedModel(workload=metadata["workload"], params=params, meta=meta, artifacts=artifacts,
+                        history=history, model=model.eval(), seed=seed, extra=extra, best_epoch=best)
+
+
+def _checked_fields(folder: Path, metadata: dict[str, Any], history: Any,
+                    artifacts: Any) -> tuple[int, dict[str, Any], int | None]:
+    """The seed, extra and best epoch of a model directory, and its history and artifacts, each of the form
+    dask-train writes, else a ModelFileError naming the directory (an edited history failed later, as the
+    model's metrics were read)."""
+    def refuse(what: str) -> ModelFileError:
+        return ModelFileError(f"Model directory {str(folder)!r}: {what}: the file was edited or is not "
+                              "dask-train's.")
+
+    try:
+        seed = _seed(metadata)
+    except ConfigError as exc:
+        raise ModelFileError(f"Model directory {str(folder)!r}: {exc}") from None
+    if not isinstance(history, list) or not all(isinstance(r, dict) and _whole(r.get("epoch")) for r in history):
+        raise refuse(f"{HISTORY} is {short(history, 80)}, not a list of epoch records")
+    if not isinstance(artifacts, dict):
+        raise refuse(f"{ARTIFACTS} is {short(artifacts, 80)}, not a mapping")
+    extra = metadata.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise refuse(f"{METADATA} field 'extra' is {short(extra, 80)}, not a mapping")
+    best = metadata.get("best_epoch")
+    if best is not None and not (_whole(best) and any(r["epoch"] == best for r in history)):
+        raise refuse(f"{METADATA} field 'best_epoch' is {short(best, 80)}, not an epoch of its history")
+    return seed, extra, best
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _mapping(metadata: dict[str, Any], key: str) -> dict[str, Any]:
@@ -238,7 +266,11 @@ def _read_metadata(folder: Path) -> dict[str, Any]:
     metadata = _read_json(folder / METADATA, default=None)
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise ModelFileError(f"{str(folder / METADATA)!r} is not dask-train model metadata. {hint}")
-    if metadata.get("version", 0) > VERSION:
+    version = metadata.get("version", 0)
+    if not _whole(version) or version < 0:
+        raise ModelFileError(f"{str(folder / METADATA)!r} field 'version' is {short(version, 80)}, not a format "
+                             f"version: the file was edited or is not dask-train's. {hint}")
+    if version > VERSION:
         raise ModelFileError(f"{str(folder)!r} was written by a newer dask-train (format version "
                              f"{metadata['version']}); upgrade dask-train to load it.")
     return metadata

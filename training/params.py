@@ -58,7 +58,7 @@ class Param:
     def parse(self, value: Any) -> Any:
         """Coerce ``value`` (a string from the CLI, or a Python value) and check it is allowed."""
         coerced = self._coerce(value)
-        self._check(coerced)
+        self._check(coerced, value)
         return coerced
 
     def describe(self) -> str:
@@ -81,18 +81,19 @@ class Param:
                 return _to_int(value)
             if self.kind is float:
                 return float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
             raise self._error(value, f"expected {_KINDS[self.kind]}") from None
         if not isinstance(value, str):
             raise self._error(value, "expected a string")
         return value
 
-    def _check(self, value: Any) -> None:
+    def _check(self, value: Any, given: Any) -> None:
+        """``value`` (coerced from ``given``) is allowed."""
         if self.choices is not None and value not in self.choices:
             raise self._error(value, f"expected {self.describe()}")
         if self.kind in (int, float):
-            if not math.isfinite(value):
-                raise self._error(value, "expected a finite number")
+            if isinstance(value, float) and not math.isfinite(value):  # an int is finite, however large
+                raise self._error(given, "expected a finite number")  # as given: '1' * 5000 became inf
             if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
                 raise self._error(value, f"expected {self.describe()}")
 

@@ -207,7 +207,7 @@ def check_ddp_start(name: str, runs_dir: Path, resume: bool) -> None:
     write (``runs_dir/name``), holding a checkpoint exactly when the job resumes (``--resume``)."""
     from .sweep_spec import NAME_PATTERN
 
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ConfigError(f"Job name {short(name)} must be 1-64 letters, digits, '_', '.' or '-'.")
     run_dir = runs_dir / name
     if (run_dir / "model.json").is_file():  # checkpoint.pt beside it is train's, not a DDP job's

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .protocol import TrialRecord
 
 SEARCHES = ("grid", "random", "tpe")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole names only: fullmatch
 #: What does not change a sweep's trials or results: left out of its fingerprint (a rerun may change it).
 NOT_FINGERPRINTED = ("name", "runs_dir", "max_concurrent", "trial_timeout", "stall_timeout", "checkpoint_every")
 #: Fields added after runs were first recorded, fingerprinted only away from their default: a run recorded
@@ -119,7 +119,7 @@ class SweepSpec:
         raw = [k for k, v in self.space.items() if isinstance(v, Mapping | list | tuple)]
         _check(not raw, f"space entries {raw} are not parsed: build the spec with SweepSpec.create(...), "
                         "which checks them against the workload.")
-        _check(isinstance(self.name, str) and bool(NAME_PATTERN.match(self.name)),
+        _check(isinstance(self.name, str) and bool(NAME_PATTERN.fullmatch(self.name)),
                f"Sweep name {short(self.name)} must be 1-64 letters, digits, '_', '.' or '-' (it names a folder).")
         _check(self.search in SEARCHES, f"search={short(self.search)}: use one of {', '.join(SEARCHES)}.")
         _check(bool(self.space), "The search space is empty: give at least one hyperparameter under space "
@@ -216,9 +216,14 @@ def _check_written_size(spec: SweepSpec) -> None:
 
 
 def _check_int(name: str, value: Any, *, allow_none: bool = False, low: int = 1) -> None:
+    """A whole-number field in its range (:data:`_FIELD_RANGES`: a seed of 2**100 failed every trial on the
+    workers), or a ConfigError naming it."""
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    high = _FIELD_RANGES.get(name, (low, None))[1]
+    if high is not None:
+        check_count(name, value, high, low=low)
+    elif isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{name}={short(value)}: expected a whole number >= {low}.")
 
 

@@ -57,7 +57,15 @@ def test_train_ddp_refuses_arguments_of_the_wrong_kind_by_name_before_any_cluste
 @pytest.mark.parametrize(("given", "named"), [
     ({"workload": None}, "workload=None"), ({"workload": 5}, "workload=5"), ({"space": "lr"}, "space='lr'"),
     ({"space": {1: [0.1]}}, "space keys [1]"), ({"params": [1]}, "params=[1]"), ({"runs_dir": 5}, "runs_dir=5"),
-    ({"name": 5}, "name=5"), ({"name": ""}, "Sweep name ''")])
+    ({"name": 5}, "name=5"), ({"name": ""}, "Sweep name ''"),
+    # Accepted before, then every trial failed on the workers, or the folder was made with a newline in its name:
+    ({"seed": 2**100}, "seed=1267650600228229401496703205376: expected a whole number from 0 to 4,294,967,295"),
+    ({"max_concurrent": 10**9}, "max_concurrent=1000000000: expected a whole number from 1 to 100,000"),
+    ({"name": "nl\n"}, "Sweep name 'nl\\n' must be"),
+    # OverflowError (int too large to convert to float), and a number that became inf named as inf:
+    ({"space": {"lr": [10**400]}}, "(401 characters) for hyperparameter 'lr': expected a number"),
+    ({"space": {"hidden": [10**400]}}, "(401 characters) for hyperparameter 'hidden': expected an integer in"),
+    ({"space": {"lr": ["1" * 400]}}, "(402 characters) for hyperparameter 'lr': expected a finite number")])
 def test_a_sweep_refuses_arguments_of_the_wrong_kind_by_name(given, named):
     """Each was a TypeError or ValueError from deep inside (``'NoneType' is not iterable``, ``dictionary update
     sequence element #0``, difflib's), or accepted and failed later (runs_dir=5 at run, name='' as xor-sweep)."""
@@ -91,3 +99,34 @@ def test_the_python_api_takes_paths_as_pathlib_and_refuses_values_of_other_kinds
     with pytest.raises(ConfigError, match=re.escape("progress='yes': give True")):
         Sweep("xor", {"lr": [0.1]}).run(progress="yes")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("file", "edit", "said"), [
+    ("model.json", {"version": "2"}, "field 'version' is '2', not a format version"),
+    ("model.json", {"version": None}, "field 'version' is None, not a format version"),
+    ("model.json", {"seed": -1}, "field 'seed' is -1, not a whole number from 0 to 4294967295"),
+    ("model.json", {"best_epoch": "x"}, "field 'best_epoch' is 'x', not an epoch of its history"),
+    ("model.json", {"best_epoch": 999}, "field 'best_epoch' is 999, not an epoch of its history"),
+    ("model.json", {"extra": [1]}, "field 'extra' is [1], not a mapping"),
+    ("history.json", {"a": 1}, "history.json is {'a': 1}, not a list of epoch records"),
+    ("history.json", [1, 2, 3], "history.json is [1, 2, 3], not a list of epoch records"),
+    ("artifacts.json", [1], "artifacts.json is [1], not a mapping"),
+])
+def test_an_edited_model_directory_is_refused_by_name_as_it_loads(tmp_path, file, edit, said):
+    """Each file of a model directory of another form is a ModelFileError naming the directory and the field,
+    at load: before, a version of "2" was a TypeError and an edited history an AttributeError when the
+    model's metrics were read."""
+    import json
+
+    from training import train
+    from training.errors import ModelFileError
+    from training.model_file import load_model
+
+    folder = train("xor", {"train_size": 200}, epochs=2).save(tmp_path / "m")
+    assert load_model(folder).metrics["epoch"] in (1, 2)
+    data = json.loads((folder / file).read_text())
+    (folder / file).write_text(json.dumps({**data, **edit} if isinstance(edit, dict) and file == "model.json"
+                                          else edit))
+    with pytest.raises(ModelFileError, match=re.escape(said)) as refused:
+        load_model(folder)
+    assert str(folder) in str(refused.value)
