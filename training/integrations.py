@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .protocol import TrialRecord, TrialState
-from .sweep import SweepProgress
+from .sweep import GuardedProgress, SweepProgress
 from .sweep_spec import SweepSpec
 
 #: MLflow's run status for a trial's final state (FAILED for the rest).
@@ -101,7 +101,7 @@ class MlflowLogger(SweepProgress):
 
 class _Fanout(SweepProgress):
     def __init__(self, parts: tuple[SweepProgress, ...]) -> None:
-        self.parts = parts
+        self.parts = tuple(GuardedProgress(part) for part in parts)  # one failing leaves the others going
 
     def on_start(self, spec: SweepSpec, total: int, todo: int, dashboard: str | None) -> None:
         for part in self.parts:

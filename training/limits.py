@@ -93,6 +93,18 @@ def clip_middle(text: str, limit: int) -> str:
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
+def one_line(text: str, limit: int = 600) -> str:
+    """``text`` on one line, at most ``limit`` characters, control characters shown escaped (what a scheduler,
+    a run or a user's hook said: never sent to the terminal raw).
+
+    Examples
+    --------
+    >>> one_line("a\\n  b")
+    'a b'
+    """
+    return clip(printable(" ".join(text.split())), limit)
+
+
 def printable(text: str) -> str:
     r"""``text`` with its control characters (all but newline and tab) written as ``\xNN``: what a run
     directory, a worker or a model holds is shown, never sent to the terminal as an escape sequence.

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from cluster import Target
 
 from .errors import ConfigError
-from .limits import short
+from .limits import one_line, short
 from .protocol import TrialRecord, TrialState, best_trial
 from .run_dirs import replace_file
 from .sweep_spec import STALL_TIMEOUT, SweepSpec, check_new_sweep, finished_trials
@@ -59,6 +59,53 @@ class SweepProgress:
     def on_trial_end(self, row: TrialRecord, counts: dict[TrialState, int], best: TrialRecord | None) -> None:
         """A run of a trial ended (``row.state`` PROMOTED: only a stretch); ``counts`` by state and the best
         trial so far."""
+
+
+class GuardedProgress(SweepProgress):
+    """Progress hooks whose failure is their own: the first exception one raises is logged (which hook, what it
+    raised) and no hook of theirs is called again, while the sweep goes on. A hook that raised (an MLflow
+    server gone, a bug in a notebook's callback) stopped the sweep and left its trials running in the store.
+
+    Examples
+    --------
+    >>> class Broken(SweepProgress):
+    ...     def on_trial_start(self, number, worker):
+    ...         raise ValueError("boom")
+    >>> hooks = GuardedProgress(Broken())
+    >>> hooks.on_trial_start(0, "cpu-0"); hooks.on_trial_start(1, "cpu-1")  # logged once, then not called
+    >>> hooks.failed
+    'Broken.on_trial_start raised ValueError: boom'
+    """
+
+    def __init__(self, hooks: SweepProgress) -> None:
+        self.hooks = hooks
+        self.failed: str | None = None  # what the hook that failed raised
+
+    def _call(self, name: str, *args: Any) -> None:
+        if self.failed is not None:
+            return
+        try:
+            getattr(self.hooks, name)(*args)
+        except Exception as exc:
+            said = one_line(str(exc), 300)
+            self.failed = f"{type(self.hooks).__name__}.{name} raised {type(exc).__name__}: {said}"
+            log.warning("Progress hook %s; the sweep goes on without these hooks.", self.failed,
+                        exc_info=log.isEnabledFor(logging.DEBUG))
+
+    def on_start(self, spec: SweepSpec, total: int, todo: int, dashboard: str | None) -> None:
+        self._call("on_start", spec, total, todo, dashboard)
+
+    def on_page(self, url: str | None) -> None:
+        self._call("on_page", url)
+
+    def on_trial_start(self, number: int, worker: str) -> None:
+        self._call("on_trial_start", number, worker)
+
+    def on_epoch(self, number: int, record: dict[str, Any]) -> None:
+        self._call("on_epoch", number, record)
+
+    def on_trial_end(self, row: TrialRecord, counts: dict[TrialState, int], best: TrialRecord | None) -> None:
+        self._call("on_trial_end", row, counts, best)
 
 
 @dataclass
@@ -200,7 +247,7 @@ class Sweep:
         if stop is not None and not isinstance(stop, threading.Event):
             raise ConfigError(f"stop={short(stop)}: give a threading.Event (set it to stop the sweep), or None.")
         view = _default_view(progress)
-        hooks = view or (progress if isinstance(progress, SweepProgress) else SweepProgress())
+        hooks = view or (GuardedProgress(progress) if isinstance(progress, SweepProgress) else SweepProgress())
         started = time.perf_counter()
         with view or contextlib.nullcontext():
             result = self._run_on(client, hooks, new, target, stop)

@@ -317,6 +317,35 @@ def test_a_diverging_trial_is_its_own_state(tmp_path):
     assert "Lower the learning rate" in outcome.error and outcome.state_dict is None
 
 
+def test_progress_hooks_that_raise_are_logged_once_and_the_sweep_finishes(client, tmp_path, caplog):
+    """A hook raising (a bug in a notebook's callback, an MLflow server gone) stopped the sweep with its error
+    and left trials 'running' in the store: now it is logged once, naming the hook, and every trial finishes;
+    hooks combined with it go on being called."""
+    from training.integrations import combine
+
+    class Raiser(SweepProgress):
+        def on_epoch(self, number, record):
+            if record["epoch"] == 2:
+                raise ValueError("hook boom\non two lines")
+
+    class Counter(SweepProgress):
+        ends = 0
+
+        def on_trial_end(self, row, counts, best):
+            Counter.ends += 1
+
+    sweep = Sweep("xor", {"lr": [0.1, 0.2, 0.3]}, params={"train_size": 2000}, epochs=3, name="hooked",
+                  runs_dir=str(tmp_path))
+    result = sweep.run(client, progress=combine(Raiser(), Counter()))
+    assert [t.state.value for t in result.trials] == ["completed"] * 3 and Counter.ends == 3
+    said = [r.getMessage() for r in caplog.records if "Progress hook" in r.getMessage()]
+    assert said == ["Progress hook Raiser.on_epoch raised ValueError: hook boom on two lines; the sweep goes on "
+                    "without these hooks."], said
+    alone = Sweep("xor", {"lr": [0.1, 0.2]}, params={"train_size": 2000}, epochs=3, name="hooked-alone",
+                  runs_dir=str(tmp_path)).run(client, progress=Raiser())
+    assert [t.state.value for t in alone.trials] == ["completed"] * 2
+
+
 def test_a_trials_error_and_traceback_are_cut_short_keeping_their_start_and_end():
     """An exception with a 5 MB message made a 36 MB store and a 17 MB Training page poll: a trial's error and
     traceback are cut in the middle, keeping where it began and where it ended."""

@@ -16,7 +16,7 @@ import click
 from cluster.errors import ClusterError
 
 from ..errors import ConfigError, DaskTrainError
-from ..limits import printable, short
+from ..limits import one_line, short
 from . import display
 from .cluster_cmd import cluster_group
 from .ddp_cmd import ddp_command
@@ -90,18 +90,6 @@ def _one_line_error(exc: Exception, debug: bool = False) -> click.ClickException
         return click.ClickException(one_line(disk_message(OSError(errno.ENOSPC, str(exc)))))
     hint = "" if debug else " (rerun with --debug for the traceback)"
     return click.ClickException(one_line(f"{type(exc).__name__}: {exc}{hint}"))
-
-
-def one_line(text: str, limit: int = 600) -> str:
-    """``text`` on one line, at most ``limit`` characters (the first line of a traceback-like text).
-
-    Examples
-    --------
-    >>> one_line("a\\n  b")
-    'a b'
-    """
-    flat = printable(" ".join(text.split()))  # what a scheduler or a run said: never sent to the terminal raw
-    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
 
 
 def disk_message(exc: OSError) -> str:
