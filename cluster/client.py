@@ -31,7 +31,8 @@ _WORKER_HINT = (
 def connect(address: str | None = None, *, scheduler_file: str | None = None,
             security: Security | None = None, timeout: float = 30.0, min_workers: int = 1,
             preload: tuple[str, ...] = ()) -> Client:
-    """A client of a running cluster whose workers offer training slots.
+    """A client of a running cluster whose workers offer training slots (``min_workers`` 0: of its scheduler
+    alone, workers or none, e.g. to list or cancel its detached sweeps when its workers are gone).
 
     Raises
     ------
@@ -63,8 +64,10 @@ def connect(address: str | None = None, *, scheduler_file: str | None = None,
     except (OSError, TimeoutError) as exc:
         raise ClusterConnectError(
             f"Could not connect to a Dask scheduler at {address} within {timeout:g}s ({exc}). Is it running "
-            f"and reachable? Start one with `dask-train cluster up`, or leave out {given} to use the "
-            "built-in local cluster.") from None
+            f"and reachable? Start one with `dask-train cluster up`"
+            + (f", or leave out {given} to use the built-in local cluster." if min_workers else ".")) from None
+    if not min_workers:
+        return client
     try:
         _wait_for_slots(client, min_workers, timeout)
         prepare_workers(client, preload=preload)
@@ -207,8 +210,9 @@ async def _warmed(timeout: float, dask_worker) -> bool:
 
 
 @contextlib.contextmanager
-def open_client(target: Target | None = None) -> Iterator[Client]:
-    """A ready client: connected to ``target``'s cluster, or to an embedded one closed on exit.
+def open_client(target: Target | None = None, workers: bool = True) -> Iterator[Client]:
+    """A ready client: connected to ``target``'s cluster, or to an embedded one closed on exit. ``workers``
+    False: of a running cluster's scheduler, whether or not training workers are there.
 
     Examples
     --------
@@ -219,7 +223,7 @@ def open_client(target: Target | None = None) -> Iterator[Client]:
     target = target or Target()
     if target.address or target.scheduler_file:
         client = connect(target.address, scheduler_file=target.scheduler_file, security=target.security,
-                         timeout=target.timeout, preload=target.preload)
+                         timeout=target.timeout, preload=target.preload, min_workers=1 if workers else 0)
         with client:
             yield client
         return

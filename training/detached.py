@@ -65,6 +65,10 @@ class _Run:
                 "ended": self.ended, "error": self.error}
 
 
+class RunReplaced(RuntimeError):
+    """The detached sweep being followed ended and a run of the same name replaced it."""
+
+
 _RUNS: dict[str, _Run] = {}
 _LOCK = threading.Lock()
 
@@ -272,6 +276,8 @@ class DetachedSweep:
     client: Client
     name: str
     run_dir: str
+    #: Its status as :meth:`follow` last saw it (empty before): what a Ctrl-C of the following says.
+    seen: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def status(self) -> dict[str, Any]:
         """``name``, ``state`` (running, finished, cancelled, failed), ``run_dir``, ``started``, ``ended``,
@@ -287,15 +293,21 @@ class DetachedSweep:
         ends, from its start whenever you attach; its final status. ``timeout``: give up following
         (TimeoutError) after that many seconds; the sweep goes on."""
         seq, deadline, replay = 0, None if timeout is None else time.monotonic() + timeout, _Replay(progress)
+        followed = None  # when the run followed started: a run of the same name submitted again starts later
         while True:
             answer = self.client.run_on_scheduler(progress_since, self.name, seq)
             if answer["run"] is None:
                 raise ValueError(f"No detached sweep named '{self.name}' on this cluster (`dask-train runs`).")
+            self.seen.update(answer["run"])  # its state as last seen (a Ctrl-C says it without asking again)
+            followed = followed or answer["run"]["started"]
+            if answer["run"]["started"] != followed:  # its numbering starts again: what follows seq never comes
+                raise RunReplaced(f"Sweep '{self.name}' was submitted again while it was being followed: the run "
+                                  "followed had ended. Attach again to follow the new run.")
             for entry_seq, hook, args in answer["entries"]:
                 seq = entry_seq
                 replay.apply(hook, args)
             if replay.ended is not None and not answer["entries"]:
-                return answer["run"]
+                return {**answer["run"], **_outcome(replay.result)}
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"Sweep '{self.name}' still running after {timeout:g} s of following.")
             if not answer["entries"]:
@@ -341,6 +353,7 @@ class _Replay:
         self.progress = progress
         self.spec: SweepSpec | None = None
         self.ended: tuple[str, str | None] | None = None
+        self.result: SweepResult | None = None  # its table, once it ended
 
     def apply(self, hook: str, args: list[Any]) -> None:
         from .protocol import TrialRecord, TrialState
@@ -353,9 +366,10 @@ class _Replay:
                 shown.on_start(spec, *args[1:])
         elif hook == "end":
             self.ended = (args[0], args[1])
-        elif hook == "rows" and self.spec is not None and callable(on_result := getattr(shown, "on_result", None)):
-            rows = [TrialRecord.from_dict(row) for row in args[0]]
-            on_result(_result(self.spec, rows), args[1])  # the sweep's own wall time
+        elif hook == "rows" and self.spec is not None:
+            self.result = _result(self.spec, [TrialRecord.from_dict(row) for row in args[0]])
+            if callable(on_result := getattr(shown, "on_result", None)):
+                on_result(self.result, args[1])  # the sweep's own wall time
         elif shown is not None and hook == "page":
             shown.on_page(args[0])
         elif shown is not None and hook == "trial_start":
@@ -366,6 +380,16 @@ class _Replay:
             best = TrialRecord.from_dict(args[2]) if args[2] is not None else None
             counts = {TrialState(k): v for k, v in args[1].items()}
             shown.on_trial_end(TrialRecord.from_dict(args[0]), counts, best)
+
+
+def _outcome(result: SweepResult | None) -> dict[str, Any]:
+    """What a followed sweep's table says at its end (nothing where its table was not seen): its best trial
+    (None: no trial completed) and its first failure."""
+    if result is None:
+        return {}
+    failed = result.failed[0] if result.failed else None
+    return {"best_trial": result.best_trial,
+            "first_failure": f"trial {failed.number}: {failed.error_type}: {failed.error}" if failed else None}
 
 
 def _result(spec: SweepSpec, rows: list[TrialRecord]) -> SweepResult:

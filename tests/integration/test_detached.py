@@ -227,3 +227,68 @@ def test_a_foreground_sweep_whose_cluster_dies_stops_clearly_and_fails_no_trial(
         states = [state for (state,) in db.execute("SELECT state FROM trials")]
         recorded = db.execute("SELECT COUNT(*) FROM epochs").fetchone()[0]
     assert "failed" not in states and recorded >= 2, (states, recorded)
+
+
+def test_a_detached_sweep_whose_trials_all_fail_ends_attach_as_a_foreground_sweep_ends(cluster):
+    """attach of a detached sweep in which no trial completed said nothing more and exited 0 (its foreground
+    twin: "No trial ... completed", exit 1): now it exits 1 naming the first failure."""
+    folder, scheduler_file = cluster
+    sweep_file = folder / "failing.yaml"
+    sweep_file.write_text(yaml.safe_dump({"name": "failing", "workload": "charlm", "epochs": 1,
+                                          "space": {"hidden": [8, 16]}, "params": {"data": "missing.txt"}}))
+    started = run_cli("sweep", str(sweep_file), "--detach", "--scheduler-file", scheduler_file, timeout=120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    attached = run_cli("attach", "failing", "--scheduler-file", scheduler_file, timeout=120)
+    said = attached.stderr.strip()
+    assert attached.returncode == 1, attached.stdout + said
+    assert re.fullmatch(r"Error: No trial of sweep 'failing' completed \(trial 0: DataError: .*missing\.txt.*\)\.",
+                        said), said
+
+
+def test_runs_attach_and_cancel_need_only_the_scheduler_when_its_workers_are_gone(tmp_path):
+    """A detached sweep whose workers are all gone waits for them in the scheduler: `runs`, `attach` and
+    `cancel` talk to the scheduler alone (they refused: "Only 0 of 1 workers joined ... run without
+    --address"), so it can be seen and cancelled then."""
+    scheduler_file = tmp_path / "scheduler.json"
+    dask = [sys.executable, "-m"]
+    scheduler = subprocess.Popen([*dask, "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+                                  "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(scheduler_file)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(), cwd=tmp_path,
+                                 start_new_session=True)
+    worker = None
+    try:
+        poll_for(scheduler_file.is_file, 60, what="the scheduler file")
+        worker = subprocess.Popen([*dask, "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
+                                   "--nthreads", "1", "--resources", "training_slot=1", "--no-dashboard"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(),
+                                  cwd=tmp_path, start_new_session=True)
+        sweep_file = tmp_path / "orphan.yaml"
+        sweep_file.write_text(yaml.safe_dump({"name": "orphan", "workload": "xor", "space": {"lr": [0.1, 0.2]},
+                                              "params": {"train_size": 150_000}, "epochs": 50}))
+        started = run_cli("sweep", str(sweep_file), "--detach", "--scheduler-file", str(scheduler_file),
+                          timeout=120)
+        assert started.returncode == 0, started.stdout + started.stderr
+        poll_for(lambda: _running(tmp_path / "runs" / "orphan") == 1, 120, what="a trial running")
+        os.killpg(worker.pid, signal.SIGKILL)  # its nanny and its worker: the cluster has no worker now
+        worker.wait(timeout=30)
+        listed = run_cli("runs", "--scheduler-file", str(scheduler_file), "--timeout", "5")
+        assert listed.returncode == 0 and "orphan" in listed.stdout and "running" in listed.stdout, listed
+        followed = start_cli("attach", "orphan", "--scheduler-file", str(scheduler_file), "--timeout", "5",
+                             cwd=tmp_path)
+        try:
+            poll_for(lambda: "Sweep 'orphan'" in (followed.stdout.readline() or "Sweep 'orphan'"), 30,
+                     what="attach following")
+            cancelled = run_cli("cancel", "orphan", "--scheduler-file", str(scheduler_file), "--timeout", "5",
+                                timeout=180)
+            assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+            assert cancelled.stdout.startswith("Cancelled: sweep 'orphan'"), cancelled.stdout
+            output = followed.communicate(timeout=60)[0]
+        finally:
+            if followed.poll() is None:
+                followed.kill()
+        assert followed.returncode == 1 and "Error: Sweep 'orphan' was cancelled" in output, output
+    finally:
+        for process in (worker, scheduler):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)

@@ -56,26 +56,33 @@ def attach_command(name: str, target: Target) -> None:
 
     from cluster import ClusterConnectError, open_client
 
-    from ..detached import attach
+    from ..detached import RunReplaced, attach
     from ..progress import LiveSweep
 
     _running_cluster(target, "attach")
-    with open_client(target) as client:
+    with open_client(target, workers=False) as client:  # the scheduler's: workers or none
         handle = _handle(attach, client, name)
         try:
             with LiveSweep(display.console) as shown:
                 status = handle.follow(shown)
         except KeyboardInterrupt:  # only the following stops
-            display.interrupted(Interrupted(f"sweep '{name}' goes on in the cluster; only following it stopped."),
-                                again="Follow it again")
-        except CommClosedError as exc:  # the scheduler went away (not a closed pipe of ours: an OSError too)
-            raise ClusterConnectError(f"Lost the cluster's scheduler while following sweep '{name}' ({exc}): the "
-                                      "cluster stopped, or the network failed.") from None
+            display.interrupted(Interrupted(_still(handle, name)), again="Follow it again")
+        except RunReplaced as exc:
+            raise click.ClickException(str(exc)) from None
+        except (CommClosedError, TimeoutError, OSError) as exc:  # the scheduler went away, or stopped answering
+            if isinstance(exc, BrokenPipeError):  # a closed pipe of ours, not the scheduler's
+                raise
+            raise ClusterConnectError(f"Lost the cluster's scheduler while following sweep '{name}' "
+                                      f"({type(exc).__name__}: {exc}): the cluster stopped, or the network "
+                                      "failed.") from None
     if status["state"] == "cancelled":
         raise click.ClickException(f"Sweep '{name}' was cancelled: {_said(name, status['error'])} Submitting it "
                                    "again resumes it.")
     if status["state"] != "finished":
         raise click.ClickException(f"Sweep '{name}' {status['state']}: {_said(name, status['error'])}")
+    if "best_trial" in status and status["best_trial"] is None:  # as a foreground sweep of these trials ends
+        first = f" ({status['first_failure']})" if status.get("first_failure") else ""
+        raise click.ClickException(f"No trial of sweep '{name}' completed{first}.")
 
 
 @click.command()
@@ -90,7 +97,7 @@ def runs_command(target: Target) -> None:
     from ..shown import cell
 
     _running_cluster(target, "runs")
-    with open_client(target) as client:
+    with open_client(target, workers=False) as client:  # the scheduler's: workers or none
         found = list_runs(client)
     if not found:
         display.console.print("No detached sweeps on this cluster (start one with `dask-train sweep FILE "
@@ -114,7 +121,7 @@ def cancel_command(name: str, target: Target) -> None:
     from ..detached import attach
 
     _running_cluster(target, "cancel")
-    with open_client(target) as client:
+    with open_client(target, workers=False) as client:  # the scheduler's: workers or none
         handle = _handle(attach, client, name)
         if not handle.cancel():
             raise ConfigError(f"Sweep '{name}' is not running ({handle.status()['state']}): nothing to cancel.")
@@ -123,6 +130,14 @@ def cancel_command(name: str, target: Target) -> None:
         display.console.print(f"Cancelled: {status['error']} Submitting it again resumes it.")
     else:
         display.console.print(f"Sweep '{name}' {status['state']} before it could be cancelled.")
+
+
+def _still(handle, name: str) -> str:
+    """What following a sweep that stopped leaves: the sweep going on, or as it ended."""
+    state = handle.seen.get("state", "running")  # as last seen: no wait for the scheduler after a Ctrl-C
+    if state == "running":
+        return f"sweep '{name}' goes on in the cluster; only following it stopped."
+    return f"sweep '{name}' had {state} (`dask-train results` shows its table); following it stopped."
 
 
 def _said(name: str, error: str | None) -> str:
