@@ -174,8 +174,8 @@ def write_scheduler_file(path: str | Path, address: str, dashboard: str | None,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     content: dict[str, Any] = {"type": "Scheduler", "address": address, "dashboard": dashboard}
-    if tls is not None:
-        content["tls"] = asdict(tls)
+    if tls is not None:  # absolute: a client reads the file from any folder
+        content["tls"] = {k: os.path.abspath(v) for k, v in asdict(tls).items()}
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(content, indent=2))
     os.replace(tmp, path)
@@ -290,4 +290,6 @@ def read_scheduler_file(path: str | Path) -> tuple[str, Security | None]:
     except ValueError as exc:
         raise ClusterConnectError(str(exc)) from None
     tls = content.get("tls")
+    if tls:  # a relative path is the file's folder's (as `cluster up` wrote it before: the client's, it failed)
+        tls = {k: str(Path(path).parent / v) for k, v in tls.items()}
     return content["address"], (TLSFiles(**tls).security() if tls else None)

@@ -10,6 +10,7 @@ import re
 import ssl
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -188,3 +189,25 @@ def test_scheduler_file_carries_address_dashboard_and_tls(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ClusterConnectError, match="is not a scheduler file"):
         read_scheduler_file(tmp_path / "bad.json")
+
+
+def test_a_scheduler_file_with_tls_works_from_any_folder(tmp_path, monkeypatch):
+    """`cluster up --tls` wrote its TLS files' paths relative to the folder it ran in, which a client in any
+    other folder failed on ("TLS file 'dask-train-scheduler-tls/ca.pem' does not exist"): they are written
+    absolute, and a relative one is read as the scheduler file's folder's."""
+    folder = tmp_path / "up"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    files = make_tls_files("dask-train-scheduler-tls")  # as `cluster up --tls` makes them, where it runs
+    written = write_scheduler_file("dask-train-scheduler.json", "tls://127.0.0.1:9999", None, files)
+    elsewhere = tmp_path / "else"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    content = json.loads((folder / written).read_text())
+    assert content["tls"]["ca_file"] == str(folder / "dask-train-scheduler-tls" / "ca.pem")
+    assert read_scheduler_file(folder / written)[1].tls_ca_file == str(folder / "dask-train-scheduler-tls/ca.pem")
+    content["tls"] = {k: os.path.relpath(v, folder) for k, v in content["tls"].items()}  # as an older one wrote
+    (folder / "old.json").write_text(json.dumps(content))
+    security = read_scheduler_file(Path("..") / "up" / "old.json")[1]
+    assert Path(security.tls_ca_file).resolve() == folder / "dask-train-scheduler-tls" / "ca.pem"
+    assert security.require_encryption
