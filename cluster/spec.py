@@ -114,6 +114,35 @@ def check_host_port(value: object, option: str) -> str:
     return value
 
 
+def check_listen(host: str, port: int | None) -> None:
+    """A scheduler can listen on ``host`` at ``port`` (0 or None: any free port) here, else a ValueError that
+    names the option: a port in use, or a host that is not this machine's, failed as "Scheduler failed to
+    start" (the cause only in --debug's traceback). Bound and let go at once (another process may still take
+    the port in between: its failure is then Dask's)."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port or 0,
+                                                             type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ValueError(f"--host {host!r} is not a name this machine can look up ({exc}): give one of its "
+                         "addresses, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface).") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Dask's listener: a closing one is fine
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ValueError(f"--port {port} on {host} is in use (another cluster or service?): pick "
+                                 "another port, or 0 for any free one.") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ValueError(f"--host {host} is not an address of this machine: give one of its addresses, "
+                                 "e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface).") from None
+            raise ValueError(f"Cannot listen on {host}:{port or 0} ({exc.strerror or exc}): pick another --host "
+                             "or --port.") from None
+
+
 #: The embedded cluster's bounds: worker processes per CPU this process may use, and memory each needs.
 WORKERS_PER_CPU = 4
 WORKER_MEMORY = 256 * 2**20

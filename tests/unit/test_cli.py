@@ -263,3 +263,22 @@ def test_an_interrupted_training_says_how_to_resume_and_that_command_resumes(tmp
     resumed = subprocess.run([EXE, *resume[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0 and "resumed after epoch" in resumed.stdout, resumed.stderr
+
+
+def test_cluster_up_names_a_port_in_use_or_a_host_not_of_this_machine_before_starting(tmp_path):
+    """Both failed as "RuntimeError: Cluster failed to start: Scheduler failed to start", exit 1, the cause
+    only in --debug's traceback: now one line naming the option, exit 2, and no scheduler file written."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run("cluster", "up", "--port", str(port), "--workers", "1", cwd=tmp_path)
+    assert busy.returncode == 2, busy.stdout + busy.stderr
+    assert busy.stderr.startswith(f"Error: --port {port} on 127.0.0.1 is in use (another cluster or service?): "
+                                  "pick another port, or 0 for any free one."), busy.stderr
+    foreign = run("cluster", "up", "--host", "192.0.2.1", "--workers", "1", cwd=tmp_path)  # TEST-NET-1
+    assert foreign.returncode == 2, foreign.stdout + foreign.stderr
+    assert foreign.stderr.startswith("Error: --host 192.0.2.1 is not an address of this machine"), foreign.stderr
+    assert "Traceback" not in busy.stderr + foreign.stderr and list(tmp_path.iterdir()) == []

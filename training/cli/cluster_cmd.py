@@ -126,6 +126,7 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
     """Start a scheduler and one worker per GPU (or CPU slot); stay up until Ctrl-C."""
     from cluster import check_scheduler_file_path, make_tls_files, remove_tls_files, write_scheduler_file
     from cluster.security import holds_address
+    from cluster.spec import check_listen
 
     from ..dashboard import page_url
 
@@ -137,6 +138,8 @@ def cluster_up(workers: int | None, gpus: str, host: str, port: int, dashboard_a
         check_scheduler_file_path(scheduler_file)
         spec = ClusterSpec(workers=workers, gpus=gpus, host=host, tls=tls, scheduler_port=port,
                            dashboard_address=dashboard_address or (f"{host}:8787" if ":" not in host else ":8787"))
+        if not use_slurm:
+            check_listen(host, port)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     temporary, written, address = None, False, ""
