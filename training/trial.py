@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import traceback
 from collections.abc import Iterable
@@ -127,6 +128,12 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
     except TrainingDiverged as exc:
         ended = _error(TrialState.DIVERGED, exc)
     except Exception as exc:  # recorded with its traceback: one bad trial must not end the sweep
+        ended = _error(TrialState.FAILED, exc)
+    except (SystemExit, KeyboardInterrupt) as exc:  # raised by the workload's code (sys.exit, a stray raise)
+        if threading.current_thread() is threading.main_thread():
+            raise  # this process's own Ctrl-C or exit (a trial run outside a worker)
+        # In a worker's task thread it killed the worker, and Dask ran it again on the next one, four times,
+        # each recorded as a lost worker: a failure of the trial, with what it raised.
         ended = _error(TrialState.FAILED, exc)
     finally:
         if relayed and checkpoint is not None:  # the coordinator has what it needs from this attempt
@@ -313,7 +320,7 @@ def read_kept_checkpoint(checkpoint: str) -> bytes:
         return b""
 
 
-def _error(state: TrialState, exc: Exception) -> dict[str, Any]:
+def _error(state: TrialState, exc: BaseException) -> dict[str, Any]:
     return {"state": state, "error_type": clip(type(exc).__name__, 200),
             "error": clip_middle(str(exc), MAX_ERROR_CHARS),
             "traceback": clip_middle(traceback.format_exc(), MAX_TRACEBACK_CHARS)}

@@ -37,3 +37,14 @@ class HugeError(LinReg):
 
     def load_data(self, params, seed):
         raise ValueError("bad rows: " + "x" * 5_000_000 + " (end)")
+
+
+class Exits(LinReg):
+    """linreg whose first step calls sys.exit (a script's habit, inside a workload)."""
+
+    name = "exits"
+
+    def loss(self, model, batch):
+        import sys
+
+        sys.exit(3)

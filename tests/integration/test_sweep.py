@@ -346,6 +346,18 @@ def test_progress_hooks_that_raise_are_logged_once_and_the_sweep_finishes(client
     assert [t.state.value for t in alone.trials] == ["completed"] * 2
 
 
+def test_a_workload_that_calls_sys_exit_fails_its_trial_once_and_keeps_its_worker(client, tmp_path):
+    """sys.exit in a workload's code ended the worker running it; Dask ran the trial again on the next one, four
+    times, and it was recorded as a lost worker ("died each time (a crash in native code...)"): now the trial
+    fails at once with SystemExit and its traceback, and every worker stays."""
+    before = set(cluster_workers(client))
+    result = Sweep("tests.integration.diverging:Exits", {"lr": [0.1, 0.2]}, epochs=1, name="exits",
+                   runs_dir=str(tmp_path)).run(client, progress=False)
+    assert [(t.state.value, t.error_type, t.starts) for t in result.trials] == [("failed", "SystemExit", 1)] * 2
+    assert all("sys.exit(3)" in t.traceback for t in result.trials)
+    assert set(cluster_workers(client)) == before  # none restarted
+
+
 def test_a_trials_error_and_traceback_are_cut_short_keeping_their_start_and_end():
     """An exception with a 5 MB message made a 36 MB store and a 17 MB Training page poll: a trial's error and
     traceback are cut in the middle, keeping where it began and where it ended."""
