@@ -83,6 +83,7 @@ class Coordinator:
         self.publisher = Publisher(client)
         self.stretches = _Stretches(spec)
         self.best: TrialRecord | None = None
+        self.ran = False  # whether this run submitted any trial (a rerun of a finished sweep submits none)
 
     def run(self, store: RunStore) -> list[TrialRecord]:
         """Run what the store does not record as finished; return every trial's record."""
@@ -265,6 +266,7 @@ class Coordinator:
                 break
             groups.append(group)
         if groups:
+            self.ran = True
             futures = self._submit(groups)
             for future in futures:
                 future.add_done_callback(self._task_ended)

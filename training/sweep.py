@@ -326,8 +326,9 @@ def _run(spec: SweepSpec, client: Client, progress: SweepProgress,
 
     with exclusive_run(spec.run_dir, f"run of sweep '{spec.name}'", "choose another --name (name=...)"), \
             RunStore(spec.run_dir / "store.sqlite") as store:
-        rows = Coordinator(spec, client, progress, stop=stop).run(store)
-    result = result_of(spec, rows)
+        coordinator = Coordinator(spec, client, progress, stop=stop)
+        rows = coordinator.run(store)
+    result = dataclasses.replace(result_of(spec, rows), ran=coordinator.ran)
     if _write_summary(spec, rows) and draw:
         result.plotting = _start_drawing(spec.run_dir)
     return result

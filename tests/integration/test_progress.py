@@ -77,6 +77,7 @@ def test_a_finished_sweep_rerun_starts_no_cluster(client, tmp_path, capsys, monk
     assert yaml.safe_load((tmp_path / "done" / "sweep.yaml").read_text())["trial_timeout"] == 600
     with RunStore(tmp_path / "done" / "store.sqlite", read_only=True) as store:
         assert store.spec()["trial_timeout"] == 600
+    assert not sweep.run(client, progress=False).ran  # on a client too (it said True)
 
 
 def test_the_cli_refuses_a_changed_sweep_before_starting_any_worker(client, tmp_path, monkeypatch):
