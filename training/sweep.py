@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from cluster import Target
 
-from .errors import ConfigError
+from .errors import ConfigError, DaskTrainError
 from .limits import one_line, short
 from .protocol import TrialRecord, TrialState, best_trial
 from .run_dirs import replace_file
@@ -152,11 +152,18 @@ class SweepResult:
 
     def wait_for_report(self, timeout: float = 120.0) -> Path:
         """The report folder (``summary.md``, ``curves.png``, ``params.png``) once its plots are drawn: the
-        sweep returns as soon as its results are saved and draws them on a background thread."""
+        sweep returns as soon as its results are saved and draws them on a background thread. TimeoutError
+        after ``timeout`` seconds; a :class:`~training.errors.DaskTrainError` saying why where the plots could
+        not be drawn (e.g. the run directory was removed)."""
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout < 1e9:
+            raise ConfigError(f"timeout={short(timeout)}: give a number of seconds >= 0.")
         if self.plotting is not None:
             self.plotting.join(timeout)
             if self.plotting.is_alive():
                 raise TimeoutError(f"The report of {self.run_dir} was still being drawn after {timeout:g}s.")
+            failed = getattr(self.plotting, "failed", None)
+            if failed:
+                raise DaskTrainError(failed)
         return self.run_dir / "report"
 
     @property
@@ -368,16 +375,28 @@ def _write_summary(spec: SweepSpec, rows: list[TrialRecord]) -> bool:
 def _start_drawing(run_dir: Path) -> threading.Thread:
     """The report's plots (matplotlib: a second or more) on a thread of their own, off the sweep's critical
     path. Not a daemon: a script that ends right after the sweep still gets its plots."""
-    thread = threading.Thread(target=_draw, args=(run_dir,), name=f"dask-train-report-{run_dir.name}")
+    thread = _Drawing(run_dir)
     thread.start()
     return thread
+
+
+class _Drawing(threading.Thread):
+    """Draws a report's plots; ``failed`` says why it could not (None: drawn, or still drawing)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(name=f"dask-train-report-{run_dir.name}")
+        self.run_dir = run_dir
+        self.failed: str | None = None
+
+    def run(self) -> None:
+        self.failed = _draw(self.run_dir)
 
 
 _DRAW_ATTEMPTS = 3
 
 
-def _draw(run_dir: Path) -> None:
-    """Draw a report's plots (on the sweep's background thread); a failure is logged.
+def _draw(run_dir: Path) -> str | None:
+    """Draw a report's plots (on the sweep's background thread); a failure is logged, and said (None: drawn).
 
     A Dask server closing in this process (a cluster closed right after its sweep) takes its folder out of
     ``sys.path``. Meanwhile this thread imports matplotlib, and CPython's import walks ``sys.path`` in place:
@@ -390,14 +409,16 @@ def _draw(run_dir: Path) -> None:
     for attempt in range(1, _DRAW_ATTEMPTS + 1):
         try:
             write_plots(read_run(run_dir))
-            return
+            return None
         except Exception as exc:
             if isinstance(exc, ModuleNotFoundError) and attempt < _DRAW_ATTEMPTS:
                 _forget_orphaned_modules()
                 continue
             log.exception("Could not draw the plots of %s; `dask-train results %s --plot` retries", run_dir,
                           run_dir)
-            return
+            return (f"Could not draw the plots of {run_dir} ({type(exc).__name__}: {one_line(str(exc), 300)}); "
+                    f"`dask-train results {run_dir} --plot` draws them again.")
+    return None
 
 
 def _forget_orphaned_modules() -> None:

@@ -130,3 +130,21 @@ def test_an_edited_model_directory_is_refused_by_name_as_it_loads(tmp_path, file
     with pytest.raises(ModelFileError, match=re.escape(said)) as refused:
         load_model(folder)
     assert str(folder) in str(refused.value)
+
+
+def test_wait_for_report_says_why_the_plots_were_not_drawn(tmp_path, caplog):
+    """A run directory gone before its plots were drawn: the drawing thread logged a traceback and
+    wait_for_report returned the folder as if drawn. Now it raises, saying why and what draws them again; a
+    timeout of another kind is refused by name."""
+    from training.errors import ConfigError, DaskTrainError
+    from training.sweep import SweepResult, _start_drawing
+
+    spec = Sweep("xor", {"lr": [0.1]}, name="gone", runs_dir=str(tmp_path)).spec
+    result = SweepResult(spec, tmp_path / "gone", plotting=_start_drawing(tmp_path / "gone"))
+    said = re.escape(f"Could not draw the plots of {tmp_path / 'gone'} (")
+    with pytest.raises(DaskTrainError, match=said) as err:
+        result.wait_for_report(timeout=60)
+    assert str(err.value).endswith(f"`dask-train results {tmp_path / 'gone'} --plot` draws them again.")
+    for bad in ("x", float("nan"), -1, True):
+        with pytest.raises(ConfigError, match="give a number of seconds >= 0"):
+            result.wait_for_report(timeout=bad)
