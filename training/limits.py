@@ -125,6 +125,8 @@ def check_path(name: str, value: object) -> str:
         path = path if isinstance(path, str) else os.fsdecode(path)
         if not path.strip():  # it would be the current folder, unasked
             raise ConfigError(f"{name}={short(path)} is empty: give a folder path ('.' for the current folder).")
+        if "\0" in path:  # no system call takes it ("embedded null byte", naming nothing)
+            raise ConfigError(f"{name}={short(path)} holds a NUL character: give a folder path.")
         return path
     raise ConfigError(f"{name}={short(value)}: give a folder path (a str or a pathlib.Path).")
 

@@ -251,6 +251,12 @@ class Sweep:
         from cluster import check_client
 
         check_client(client)
+        if target is not None and not isinstance(target, Target):
+            raise ConfigError(f"target={short(target)}: give a cluster.Target (e.g. "
+                              "Target(address='tcp://HOST:8786')), or pass client=.")
+        if not isinstance(new, bool):
+            raise ConfigError(f"new={short(new)}: give True (set the previous run aside and start afresh) or "
+                              "False.")
         if stop is not None and not isinstance(stop, threading.Event):
             raise ConfigError(f"stop={short(stop)}: give a threading.Event (set it to stop the sweep), or None.")
         view = _default_view(progress)

@@ -65,7 +65,8 @@ def test_train_ddp_refuses_arguments_of_the_wrong_kind_by_name_before_any_cluste
     # OverflowError (int too large to convert to float), and a number that became inf named as inf:
     ({"space": {"lr": [10**400]}}, "(401 characters) for hyperparameter 'lr': expected a number"),
     ({"space": {"hidden": [10**400]}}, "(401 characters) for hyperparameter 'hidden': expected an integer in"),
-    ({"space": {"lr": ["1" * 400]}}, "(402 characters) for hyperparameter 'lr': expected a finite number")])
+    ({"space": {"lr": ["1" * 400]}}, "(402 characters) for hyperparameter 'lr': expected a finite number"),
+    ({"runs_dir": "a\0b"}, "runs_dir='a\\x00b' holds a NUL character")])
 def test_a_sweep_refuses_arguments_of_the_wrong_kind_by_name(given, named):
     """Each was a TypeError or ValueError from deep inside (``'NoneType' is not iterable``, ``dictionary update
     sequence element #0``, difflib's), or accepted and failed later (runs_dir=5 at run, name='' as xor-sweep)."""
@@ -148,3 +149,15 @@ def test_wait_for_report_says_why_the_plots_were_not_drawn(tmp_path, caplog):
     for bad in ("x", float("nan"), -1, True):
         with pytest.raises(ConfigError, match="give a number of seconds >= 0"):
             result.wait_for_report(timeout=bad)
+
+
+@pytest.mark.parametrize(("given", "named"), [({"target": "tcp://x"}, "target='tcp://x': give a cluster.Target"),
+                                              ({"new": "no"}, "new='no': give True")])
+def test_sweep_run_refuses_a_target_or_new_of_another_kind_before_anything_starts(tmp_path, given, named):
+    """target='tcp://x' was an AttributeError ('str' object has no attribute 'embedded'); new='no' was taken
+    as True and set the previous run aside unasked."""
+    from training.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        Sweep("xor", {"lr": [0.1]}, name="kinds", runs_dir=str(tmp_path)).run(**given)
+    assert list(tmp_path.iterdir()) == []
