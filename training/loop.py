@@ -129,9 +129,11 @@ class Trainer:
         self.amp = MixedPrecision(precision, self.device)  # before any data moves: fp16 on a CPU fails here
         self.data = data.to(self.device)
         self.data_key = _data_key(data.meta)  # what its checkpoints record of the data, checked on resume
-        self.model = workload.build_model(self.params, data.meta).to(self.device)
+        self.model = _returned(workload, "build_model", workload.build_model(self.params, data.meta),
+                               torch.nn.Module, "a torch.nn.Module").to(self.device)
         self.trained = wrap(self.model) if wrap else self.model
-        self.optimizer = workload.make_optimizer(self.model, self.params)
+        self.optimizer = _returned(workload, "make_optimizer", workload.make_optimizer(self.model, self.params),
+                                   torch.optim.Optimizer, "a torch.optim.Optimizer")
         self.scheduler = workload.make_scheduler(self.optimizer, self.params)
         self.generator = torch.Generator().manual_seed(seed)
         self.reduce = reduce or (lambda t: t)
@@ -155,6 +157,11 @@ class Trainer:
                 record = self._run_epoch(self.epoch + 1, callback)
                 self.epoch += 1
                 self.history.append(record)
+                if self.best.metric not in record:  # a best epoch could never be chosen: no model
+                    held = clip(", ".join(record), 200)
+                    raise ConfigError(f"Workload {self.workload.name}'s epoch records have no "
+                                      f"{self.best.metric!r}, the metric its best epoch is chosen by (they hold "
+                                      f"{held}): its eval_sums must return that sum (without 'val_').")
                 if self.shard.rank == 0:  # every rank has the same metrics; one keeps the weights
                     self.best.offer(record, self.model)
                 due = save_last if self.epoch == epochs else self.epoch % every == 0
@@ -194,6 +201,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self.amp.autocast():
             loss = self.workload.loss(self.trained, batch)
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            raise _wrong_return(self.workload, "loss", loss, "a scalar torch.Tensor (one value)")
         self.amp.step(loss, self.optimizer)
         return loss.detach().to(torch.float64)
 
@@ -214,6 +223,8 @@ class Trainer:
         for chunk in indices[self.shard.rank :: self.shard.world_size].split(_EVAL_CHUNK):
             with self.amp.autocast():
                 sums = self.workload.eval_sums(self.model, take(self.data.val, chunk))
+            if not isinstance(sums, dict) or not all(isinstance(v, torch.Tensor) for v in sums.values()):
+                raise _wrong_return(self.workload, "eval_sums", sums, "a dict of torch.Tensor sums")
             for key, value in sums.items():
                 totals[key] = totals.get(key, 0) + value.detach().to(torch.float64)
         keys = sorted(totals)
@@ -442,6 +453,20 @@ def train(workload: str | Workload, params: Mapping[str, Any] | None = None, *, 
             trainer.load_checkpoint(path)
         trainer.train(total, callback, path)
         return trainer.result()
+
+
+def _returned(workload: Workload, method: str, value: Any, kind: type, wanted: str) -> Any:
+    """``value``, what ``workload.method`` returned, if it is a ``kind``; else :func:`_wrong_return`."""
+    if isinstance(value, kind):
+        return value
+    raise _wrong_return(workload, method, value, wanted)
+
+
+def _wrong_return(workload: Workload, method: str, value: Any, wanted: str) -> ConfigError:
+    """A workload method returned ``value``, not what the loop takes (it failed deep inside the loop instead:
+    "'float' object has no attribute 'backward'")."""
+    return ConfigError(f"Workload {workload.name}: {method}() returned {short(value, 80)} "
+                       f"({type(value).__name__}), not {wanted}.")
 
 
 def checkpoint_path(checkpoint: object, resume: object) -> Path | None:

@@ -241,3 +241,23 @@ def test_trainer_keeps_data_on_the_device_as_compact_indices():
 def test_bad_epochs_are_refused(epochs):
     with pytest.raises(ConfigError, match="Invalid epochs"):
         train("xor", epochs=epochs)
+
+
+@pytest.mark.parametrize(("method", "returns", "said"), [
+    ("loss", lambda self, model, batch: 0.5, "loss() returned 0.5 (float), not a scalar torch.Tensor"),
+    ("loss", lambda self, model, batch: torch.zeros(3, requires_grad=True), "not a scalar torch.Tensor"),
+    ("build_model", lambda self, params, meta: "model", "build_model() returned 'model' (str), not a torch.nn"),
+    ("make_optimizer", lambda self, model, params: None, "make_optimizer() returned None (NoneType), not a torch"),
+    ("eval_sums", lambda self, model, batch: None, "eval_sums() returned None (NoneType), not a dict of torch"),
+    ("eval_sums", lambda self, model, batch: {"loss": 1.0}, "eval_sums() returned {'loss': 1.0} (dict), not a"),
+    ("eval_sums", lambda self, model, batch: {"count": torch.tensor(1.0)},
+     "epoch records have no 'val_loss', the metric its best epoch is chosen by (they hold epoch, train_loss, lr"),
+])
+def test_a_workload_returning_the_wrong_kind_is_named_with_its_method(method, returns, said):
+    """What a workload of your own returns of another kind failed deep in the loop ("'float' object has no
+    attribute 'backward'", "'NoneType' object has no attribute 'items'"), or, a metric missing from
+    eval_sums, trained to the end with no best epoch (a 'completed' trial without a model): now one error names
+    the method, what it returned and what the loop takes."""
+    broken = type("Broken", (LinReg,), {method: returns, "name": "broken"})()
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        train(broken, {"samples": 200}, epochs=1)
