@@ -73,21 +73,34 @@ _RUNS: dict[str, _Run] = {}
 _LOCK = threading.Lock()
 
 
-def start(spec_json: dict[str, Any], run_dir: str, dask_scheduler: Any = None) -> dict[str, Any]:
+def start(spec_json: dict[str, Any], run_dir: str, trials: int = 0, dask_scheduler: Any = None) -> dict[str, Any]:
     """Start a detached sweep here (the scheduler) from a spec the client validated: its summary, or
     ``{"refused": why}`` for what it would refuse as it starts (a sweep of that name running here, a run
     directory this machine cannot write (relative: to the scheduler's working folder), one another run
-    holds, or one holding another sweep of that name), told now rather than after "running" was said. Never
-    raised: the scheduler would log its traceback."""
+    holds, or one holding another sweep of that name, or ``trials``, its count, over this scheduler's limit),
+    told now rather than after "running" was said. Never raised: the scheduler would log its traceback."""
     from .errors import ConfigError
 
     try:
+        _check_count_here(trials)
         return _start(spec_json, run_dir, dask_scheduler)
     except ConfigError as exc:
         return {"refused": str(exc)}
     except OSError as exc:  # the run directory, on this machine: what the client is told
         return {"refused": f"The run directory {run_dir!r} cannot be used on the scheduler's machine "
                            f"({exc.strerror or exc}): choose another --name or --runs-dir."}
+
+
+def _check_count_here(trials: int) -> None:
+    """Refuse a sweep of more trials than this scheduler's limit (its own DASK_TRAIN_MAX_TRIALS: the client's,
+    which checked the spec, may be higher; the sweep failed in the scheduler after "running" was said)."""
+    from .errors import ConfigError
+    from .limits import max_trials
+
+    if trials > (limit := max_trials()):
+        raise ConfigError(f"The sweep makes {trials:,} trials, more than the {limit:,} the cluster's scheduler "
+                          "allows: make the space smaller, or start the scheduler with DASK_TRAIN_MAX_TRIALS=N "
+                          "in its environment.")
 
 
 def _start(spec_json: dict[str, Any], run_dir: str, dask_scheduler: Any) -> dict[str, Any]:
@@ -323,7 +336,8 @@ def submit(client: Client, spec: SweepSpec) -> DetachedSweep:
     :class:`~training.errors.ConfigError` for what the scheduler refuses (see :func:`start`)."""
     from .errors import ConfigError
 
-    summary = client.run_on_scheduler(start, spec.to_json(), str(spec.run_dir))
+    count = spec.num_trials if spec.search == "tpe" else len(spec.trials())
+    summary = client.run_on_scheduler(start, spec.to_json(), str(spec.run_dir), count or 0)
     if "refused" in summary:
         raise ConfigError(str(summary["refused"]))
     return DetachedSweep(client, summary["name"], summary["run_dir"])

@@ -292,3 +292,22 @@ def test_runs_attach_and_cancel_need_only_the_scheduler_when_its_workers_are_gon
             if process is not None and process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=30)
+
+
+def test_a_detached_sweep_over_the_schedulers_trial_limit_is_refused_before_it_is_said_running(cluster):
+    """The client's DASK_TRAIN_MAX_TRIALS passed the spec; the scheduler's own (the default 10,000) failed it
+    after "Detached sweep ... is running" and exit 0: now the submit is refused, saying whose limit it is."""
+    from tests.helpers import cli_command
+
+    folder, scheduler_file = cluster
+    sweep_file = folder / "over.yaml"
+    sweep_file.write_text(yaml.safe_dump({"name": "over", "workload": "xor", "search": "random",
+                                          "num_trials": 15000, "space": {"lr": {"loguniform": [0.001, 1.0]}}}))
+    refused = subprocess.run(cli_command("sweep", str(sweep_file), "--detach", "--scheduler-file", scheduler_file),
+                             capture_output=True, text=True, timeout=120,
+                             env={**cli_env(), "DASK_TRAIN_MAX_TRIALS": "20000"})
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.strip() == ("Error: The sweep makes 15,000 trials, more than the 10,000 the cluster's "
+                                      "scheduler allows: make the space smaller, or start the scheduler with "
+                                      "DASK_TRAIN_MAX_TRIALS=N in its environment."), refused.stderr
+    assert "is running" not in refused.stdout and not (folder / "runs" / "over").exists()
