@@ -241,6 +241,12 @@ def cluster_info(target: Target) -> None:
     from ..dashboard import enable_page
 
     started = time.perf_counter()
+    if target.embedded:  # what `sweep` would run on here: started for this command, closed after it
+        found = Path(DEFAULT_SCHEDULER_FILE)
+        hint = (f"the running cluster of {found}: pass --scheduler-file {found}" if found.is_file() else
+                "a running cluster: pass --address or --scheduler-file")
+        display.console.print(f"The built-in local cluster, started for this command and closed after it (for "
+                              f"{hint}).", soft_wrap=True)
     with open_client(target) as client:
         url = dashboard_url(client)
         rows = describe_workers(client)
