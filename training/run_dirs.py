@@ -299,7 +299,7 @@ def set_aside(run_dir: Path, what: str = "sweep") -> Path | None:
     aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
     if aside.exists():
         raise ConfigError(f"{short(str(aside))} already exists; wait a second and run again.")
-    with exclusive_run(run_dir, what, "wait for it to end before starting afresh with --new"):
+    with exclusive_run(run_dir, what, "choose another --name (name=...)"):
         run_dir.rename(aside)
     return aside
 
