@@ -51,6 +51,8 @@ class _Run:
     done: threading.Event = field(default_factory=threading.Event)  # its thread ended
     seq: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    read: int = 0  # the last entry a follower was sent
+    followed: float = 0.0  # when a follower last asked (time.monotonic), 0: never
 
     def add(self, hook: str, *args: Any) -> None:
         with self.lock:
@@ -146,8 +148,9 @@ def _precheck(spec_json: dict[str, Any], run_dir: Path) -> None:
                                   "(name=...).") from None
 
 
-#: How long a closing cluster gives its detached sweeps to stop as a cancel stops them (record, free).
-STOP_GRACE = 60.0
+#: How long a closing cluster gives its detached sweeps to stop as a cancel stops them (record, free), and
+#: then their followers to read how they ended.
+STOP_GRACE, _TELL_FOLLOWERS = 60.0, 3.0
 
 
 def stop_all(grace: float = STOP_GRACE, give_up: Callable[[], bool] = lambda: False) -> list[_Run]:
@@ -163,6 +166,12 @@ def stop_all(grace: float = STOP_GRACE, give_up: Callable[[], bool] = lambda: Fa
     for run in running:  # ``give_up`` (a second Ctrl-C): stop waiting for them
         while not run.done.wait(0.1) and time.monotonic() < deadline and not give_up():
             pass
+    # Followers (`attach`) polling now get the end before the scheduler goes (they said "lost the scheduler").
+    told = min(time.monotonic() + _TELL_FOLLOWERS, deadline)
+    for run in running:
+        while (run.followed > time.monotonic() - 5 * _POLL and run.read < run.seq and time.monotonic() < told
+               and not give_up()):
+            time.sleep(_POLL / 4)
     return running
 
 
@@ -207,6 +216,7 @@ def progress_since(name: str, seq: int, dask_scheduler: Any = None) -> dict[str,
         return {"run": None}
     with run.lock:
         entries = [e for e in run.entries if e[0] > seq][:5_000]
+        run.read, run.followed = max(run.read, entries[-1][0] if entries else seq), time.monotonic()
     return {"run": run.summary(), "entries": entries}
 
 
@@ -319,7 +329,7 @@ class DetachedSweep:
             for entry_seq, hook, args in answer["entries"]:
                 seq = entry_seq
                 replay.apply(hook, args)
-            if replay.ended is not None and not answer["entries"]:
+            if replay.ended is not None:  # its last entry: the summary sent with it is its final one
                 return {**answer["run"], **_outcome(replay.result)}
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"Sweep '{self.name}' still running after {timeout:g} s of following.")

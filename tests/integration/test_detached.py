@@ -153,11 +153,18 @@ def test_a_cluster_stopped_under_a_detached_sweep_cancels_it_keeping_its_epochs_
         store = tmp_path / "runs" / "stopped" / "store.sqlite"
         poll_for(lambda: _epochs(store) >= 2 and _running(store.parent) == 2, 180,
                  what="two epochs recorded while both trials train")
+        # A follower sees the cancel (it said "Lost the cluster's scheduler" after its --timeout).
+        follower = start_cli("attach", "stopped", "--scheduler-file", str(scheduler_file), cwd=tmp_path)
+        poll_for(lambda: "epoch" in follower.stdout.readline(), 60, what="attach showing epochs")
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=120)
+        followed = follower.communicate(timeout=60)[0]
     finally:
-        if up.poll() is None:
-            up.kill()
+        for process in (up, *([follower] if "follower" in locals() else [])):
+            if process.poll() is None:
+                process.kill()
+    assert follower.returncode == 1, followed
+    assert "Error: Sweep 'stopped' was cancelled: " in followed and "Lost the cluster" not in followed, followed
     assert up.returncode == 0, out
     assert "Detached sweep 'stopped' cancelled: " in out and "submitting it again resumes it" in out, out
     assert "Traceback" not in out and "Run Failed" not in out, out  # the refusal was not logged as a crash
