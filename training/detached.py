@@ -149,8 +149,8 @@ def _precheck(spec_json: dict[str, Any], run_dir: Path) -> None:
 
 
 #: How long a closing cluster gives its detached sweeps to stop as a cancel stops them (record, free), and
-#: then their followers to read how they ended.
-STOP_GRACE, _TELL_FOLLOWERS = 60.0, 3.0
+#: then their followers (those that asked in as many seconds) to read how they ended.
+STOP_GRACE, _TELL_FOLLOWERS = 60.0, 10.0
 
 
 def stop_all(grace: float = STOP_GRACE, give_up: Callable[[], bool] = lambda: False) -> list[_Run]:
@@ -169,8 +169,8 @@ def stop_all(grace: float = STOP_GRACE, give_up: Callable[[], bool] = lambda: Fa
     # Followers (`attach`) polling now get the end before the scheduler goes (they said "lost the scheduler").
     told = min(time.monotonic() + _TELL_FOLLOWERS, deadline)
     for run in running:
-        while (run.followed > time.monotonic() - 5 * _POLL and run.read < run.seq and time.monotonic() < told
-               and not give_up()):
+        while (run.followed > time.monotonic() - _TELL_FOLLOWERS and run.read < run.seq
+               and time.monotonic() < told and not give_up()):
             time.sleep(_POLL / 4)
     return running
 
@@ -216,7 +216,8 @@ def progress_since(name: str, seq: int, dask_scheduler: Any = None) -> dict[str,
         return {"run": None}
     with run.lock:
         entries = [e for e in run.entries if e[0] > seq][:5_000]
-        run.read, run.followed = max(run.read, entries[-1][0] if entries else seq), time.monotonic()
+        if seq <= run.seq:  # a follower's ask (a status asks from past the end)
+            run.read, run.followed = max(run.read, entries[-1][0] if entries else seq), time.monotonic()
     return {"run": run.summary(), "entries": entries}
 
 
