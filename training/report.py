@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .limits import clip
+from .limits import clip, printable
 from .protocol import TrialRecord, best_trial, is_number
 from .run_dirs import SWEEP_MARKERS, own_folder, replace_file
 from .store import RunStore
@@ -181,7 +181,7 @@ def _top_trials(run: RunSummary, count: int = _LEGEND_TRIALS) -> dict[int, str]:
     for t in ranked[:count]:
         searched = ", ".join(f"{n}={_cell(t.params.get(n))}" for n in names)
         first = "best: " if best is not None and t.number == best.number else ""
-        labels[t.number] = f"{first}trial {t.number:04d} ({searched}): {_cell(t.best)}"
+        labels[t.number] = printable(f"{first}trial {t.number:04d} ({searched}): {_cell(t.best)}")
     return labels
 
 
@@ -207,7 +207,8 @@ def _plot_params(run: RunSummary, path: Path) -> None:
         else:  # categorical: one column per value
             labels = sorted({str(v) for v in values})
             ax.scatter([labels.index(str(v)) for v in values], ys, c=colors)
-            ax.set_xticks(range(len(labels)), labels)
+            # A value's control characters as escapes (a raw ESC or BEL went to the terminal in a warning).
+            ax.set_xticks(range(len(labels)), [clip(printable(label), 40) for label in labels])
         ax.set(xlabel=name, ylabel=f"best {run.metric}")
         ax.grid(alpha=0.3)
     fig.suptitle(f"{run.spec['name']}: each trial's best {run.metric} by hyperparameter (best trial in red)")
