@@ -27,7 +27,7 @@ from .model_file import TrainedModel
 from .params import check_data_paths, resolve
 from .precision import PRECISIONS, MixedPrecision, check_device_supports, check_precision, tf32_matmuls
 from .protocol import better
-from .workloads import Data, Workload, get_workload, workload_ref
+from .workloads import Data, Workload, check_declarations, get_workload, workload_ref
 from .workloads.base import Batch, take
 
 log = logging.getLogger(__name__)
@@ -443,6 +443,8 @@ def train(workload: str | Workload, params: Mapping[str, Any] | None = None, *, 
     if not isinstance(workload, str | Workload):
         raise ConfigError(f"workload={short(workload)}: give a built-in workload's name (`dask-train workloads` "
                           "lists them), 'module:Class', or a Workload instance.")
+    if isinstance(workload, Workload):
+        check_declarations(workload)  # get_workload checks the ones it imports
     work = get_workload(workload) if isinstance(workload, str) else workload
     _check_callback(callback)
     path = checkpoint_path(checkpoint, resume)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import struct
 
 import numpy as np
@@ -171,6 +172,37 @@ def test_unknown_workload_and_user_workload_import():
     with pytest.raises(ConfigError, match="not a Workload subclass"):
         get_workload("collections:OrderedDict")
     assert get_workload("training.workloads.xor:Xor").name == "xor"
+
+
+@pytest.mark.parametrize(("source", "said"), [
+    ("def broken(:\n", "its module raised SyntaxError: "),
+    ("raise RuntimeError('no GPU here')\n", "its module raised RuntimeError: no GPU here."),
+    ("from training.workloads.linreg import LinReg\nclass W(LinReg):\n    def __init__(self):\n"
+     "        raise ValueError('needs a key')\n", "W() raised ValueError: needs a key."),
+    ("from training.workloads.linreg import LinReg\nclass W(LinReg):\n    metrics = 'val_loss'\n",
+     "metrics is 'val_loss', not a tuple of metric names"),
+    ("from training.workloads.linreg import LinReg\nclass W(LinReg):\n    params = ('lr',)\n",
+     "params is ('lr',), not a tuple of training.params.Param declarations."),
+    ("from training.workloads.linreg import LinReg\nclass W(LinReg):\n"
+     "    params = LinReg.params + LinReg.params[:1]\n",
+     "params declares lr more than once."),
+    ("from training.params import Param\nfrom training.workloads.linreg import LinReg\nclass W(LinReg):\n"
+     "    params = (Param('lr', float, 'fast'),)\n", "the default of param 'lr' is not one it accepts"),
+    ("from training.workloads.linreg import LinReg\nclass W(LinReg):\n    mode = 'best'\n",
+     "mode is 'best', not 'min' or 'max'."),
+])
+def test_a_workload_of_your_own_that_fails_to_import_or_declares_badly_is_named_when_it_is_named(
+        tmp_path, monkeypatch, source, said):
+    """A module with a SyntaxError, one raising as it runs, a class raising as it is made, and declarations of
+    another form (metrics of one string listed letter by letter, params of names, a name twice, a default it
+    refuses, another mode) failed later, deep inside, or with the raw exception: one ConfigError, at once."""
+    import sys
+
+    (tmp_path / "my_wl_mod.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_wl_mod", raising=False)
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        get_workload("my_wl_mod:W")
 
 
 def test_a_text_data_file_larger_than_the_limit_is_refused_where_it_is_read(tmp_path):

@@ -97,10 +97,50 @@ def _import_workload(spec: str) -> Workload:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError, ValueError, TypeError) as exc:  # the last two: e.g. '.x:Y' (relative)
         raise ConfigError(f"Cannot import workload {short(spec)}: {exc}.") from None
+    except Exception as exc:  # its module failed as it ran (a SyntaxError, an error at import time)
+        raise ConfigError(f"Cannot import workload {short(spec)}: its module raised {type(exc).__name__}: "
+                          f"{clip(' '.join(str(exc).split()), 300)}.") from None
     if not (isinstance(cls, type) and issubclass(cls, Workload)):
         raise ConfigError(f"{short(spec)} is not a Workload subclass (see training.workloads.base.Workload).")
     if inspect.isabstract(cls):
         missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
         raise ConfigError(f"{short(spec)} is an abstract Workload (it does not define {clip(missing)}): name a "
                           "subclass that defines them.")
-    return cls()
+    try:
+        work = cls()
+    except Exception as exc:
+        raise ConfigError(f"Workload {short(spec)} could not be made: {class_name}() raised {type(exc).__name__}: "
+                          f"{clip(' '.join(str(exc).split()), 300)}.") from None
+    check_declarations(work)
+    return work
+
+
+def check_declarations(work: Workload) -> None:
+    """A workload's class declarations of the form the loop and the CLI read (a ``metrics`` of one string was
+    taken letter by letter; a ``params`` of names failed deep inside), else a ConfigError naming the field."""
+    from ..params import Param
+
+    owner = type(work).__name__
+    params = getattr(work, "params", None)
+    if not isinstance(params, tuple | list) or not all(isinstance(p, Param) for p in params):
+        raise ConfigError(f"Workload {owner}: params is {short(params, 80)}, not a tuple of "
+                          "training.params.Param declarations.")
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"Workload {owner}: params declares {', '.join(twice)} more than once.")
+    for param in params:
+        if param.default is None:  # no default: the workload handles its absence
+            continue
+        try:
+            param.parse(param.default)
+        except ConfigError as exc:
+            raise ConfigError(f"Workload {owner}: the default of param '{param.name}' is not one it accepts "
+                              f"({exc})") from None
+    metrics = getattr(work, "metrics", None)
+    if not isinstance(metrics, tuple | list) or not all(isinstance(m, str) for m in metrics) or not metrics:
+        raise ConfigError(f"Workload {owner}: metrics is {short(metrics, 80)}, not a tuple of metric names "
+                          "(e.g. ('val_loss', 'val_accuracy')).")
+    if getattr(work, "mode", None) not in ("min", "max"):
+        raise ConfigError(f"Workload {owner}: mode is {short(getattr(work, 'mode', None), 80)}, not 'min' or "
+                          "'max'.")
