@@ -28,7 +28,7 @@ from cluster import TRAINING_SLOT, ClusterError, cluster_workers, dashboard_url,
 
 from .board import SHOWN_TRIALS
 from .dashboard import enable_page
-from .errors import Interrupted
+from .errors import DaskTrainError, Interrupted
 from .events import Inbox, Publisher, publish
 from .limits import printable
 from .precision import check_workers_support
@@ -135,7 +135,7 @@ class Coordinator:
         return store.trials()
 
     def _run_trials(self, source: Source, slots: int) -> None:
-        running, watch = self.running, _SlotWatch(self.client, self.spec.run_dir, slots)
+        running, watch = self.running, _SlotWatch(self.client, self.spec.run_dir, slots, self.store.path)
         last = 0.0  # when the last round began (time.monotonic)
         while True:
             if self.stop is not None and self.stop.is_set():
@@ -640,19 +640,26 @@ class _Relay:
 
 
 class _SlotWatch:
-    """Fails the sweep clearly, instead of hanging, when no worker with a slot has been there for a while."""
+    """Fails the sweep clearly, instead of hanging, when no worker with a slot has been there for a while, or
+    going on unseen when its run directory was removed (the workers made its trial folders again, and the
+    sweep ended "completed" with no store to resume from)."""
 
-    def __init__(self, client: Client, run_dir: Path, slots: int) -> None:
-        self.client, self.run_dir = client, run_dir
+    def __init__(self, client: Client, run_dir: Path, slots: int, store: Path) -> None:
+        self.client, self.run_dir, self.store = client, run_dir, store
         self.checked = time.monotonic()
         self.lost_since: float | None = None
         self.slots = slots  # workers with a slot at the last check: sizes the submission window
+        self.store_id = _file_id(store)
 
     def check(self) -> None:
         now = time.monotonic()
         if now - self.checked < _WORKER_CHECK_EVERY:
             return
         self.checked = now
+        if self.store_id is not None and _file_id(self.store) != self.store_id:
+            raise DaskTrainError(f"The run directory {self.run_dir} was removed or replaced while the sweep ran "
+                                 "(its store.sqlite is gone): the sweep stopped, since nothing it records now "
+                                 "would be kept. Run the sweep again to start afresh.")
         try:
             self.slots = len(require_slots(self.client))
             self.lost_since = None
@@ -662,6 +669,15 @@ class _SlotWatch:
                 raise ClusterError(f"No worker with a training slot for {_NO_WORKERS_GRACE:.0f}s: the sweep "
                                    f"stopped. Finished trials are saved in {self.run_dir}; rerun the "
                                    "same command when workers are back to finish the rest.") from None
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """The file's identity (device, inode), None where it is not there."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _announcement(spec: SweepSpec, run: str, client: str, total: int | None, trials: list[TrialRecord],

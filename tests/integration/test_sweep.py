@@ -358,6 +358,38 @@ def test_a_workload_that_calls_sys_exit_fails_its_trial_once_and_keeps_its_worke
     assert set(cluster_workers(client)) == before  # none restarted
 
 
+def test_a_sweep_whose_run_directory_is_removed_stops_saying_so(client, tmp_path, monkeypatch):
+    """Its run directory removed mid-sweep, a sweep went on unseen (the workers made its trial folders again)
+    and ended "completed" with no store to resume from: it stops, saying what happened and what to do."""
+    from training import coordinator
+    from training.errors import DaskTrainError
+
+    monkeypatch.setattr(coordinator, "_WORKER_CHECK_EVERY", 0.2)
+    sweep = Sweep("xor", {"lr": [0.1, 0.2]}, params={"train_size": 150_000}, epochs=50, name="removed",
+                  runs_dir=str(tmp_path))
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = sweep.run(client, progress=False)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    run_dir = tmp_path / "removed"
+    poll_for(lambda: (run_dir / "store.sqlite").is_file() and
+             any(r["state"] == "running" for r in _store_rows(run_dir)), 60, what="a running trial")
+    shutil.rmtree(run_dir)
+    thread.join(timeout=60)
+    assert not thread.is_alive() and "result" not in outcome, outcome
+    assert isinstance(outcome["error"], DaskTrainError), outcome
+    assert str(outcome["error"]) == (f"The run directory {run_dir} was removed or replaced while the sweep ran "
+                                     "(its store.sqlite is gone): the sweep stopped, since nothing it records "
+                                     "now would be kept. Run the sweep again to start afresh.")
+    assert not (run_dir / "results.csv").exists()
+
+
 def test_a_trials_error_and_traceback_are_cut_short_keeping_their_start_and_end():
     """An exception with a 5 MB message made a 36 MB store and a 17 MB Training page poll: a trial's error and
     traceback are cut in the middle, keeping where it began and where it ended."""
