@@ -15,7 +15,7 @@ from distributed.security import Security
 from .errors import ClusterConnectError, NoTrainingSlots
 from .local import start_local_cluster
 from .plugin import PLUGIN_NAME, TRAINING_SLOT, TrainingWorkerPlugin
-from .security import read_scheduler_file
+from .security import read_scheduler_file, refuses
 from .spec import ClusterSpec  # noqa: F401  (the doctests, and callers that import it from here)
 from .target import SCHEMES, Target, check_address  # noqa: F401  (re-exported)
 
@@ -54,6 +54,10 @@ def connect(address: str | None = None, *, scheduler_file: str | None = None,
         raise ClusterConnectError(f"{address} uses TLS: connect with --scheduler-file from `dask-train "
                                   "cluster up --tls`, or pass the certificate files.")
     given = f"--scheduler-file {scheduler_file}" if scheduler_file else "--address"
+    if scheduler_file and refuses(address):  # written once its scheduler listened: that cluster is gone
+        raise ClusterConnectError(f"Nothing listens at {address}, the scheduler in {scheduler_file}: the cluster "
+                                  "that wrote it has stopped (killed, or its machine restarted). Start one with "
+                                  "`dask-train cluster up`.")
     try:
         _probe(address, security, timeout)
         client = Client(address, security=security, timeout=timeout)

@@ -211,6 +211,17 @@ def check_scheduler_file_path(path: str | Path) -> None:
 def _answers(address: str, timeout: float = 1.0) -> bool:
     """Whether something accepts connections at a tcp:// or tls:// ``address`` whose host is an IP address or
     localhost (the scheduler of a cluster that is still up; a host name is not looked up: that may hang)."""
+    return _connect(address, timeout) == "accepted"
+
+
+def refuses(address: str, timeout: float = 1.0) -> bool:
+    """Whether ``address`` (as :func:`_answers` takes it) refuses connections: nothing listens there now."""
+    return _connect(address, timeout) == "refused"
+
+
+def _connect(address: str, timeout: float) -> str:
+    """A TCP connection to ``address``: "accepted", "refused", or "unknown" (another error, a timeout, or a
+    host that is not an IP address or localhost)."""
     scheme, _, rest = address.rpartition("://")
     host, _, port = (rest or address).rpartition(":")
     host = host.strip("[]")
@@ -218,12 +229,14 @@ def _answers(address: str, timeout: float = 1.0) -> bool:
         ipaddress.ip_address(host)
     except ValueError:
         if host != "localhost" or scheme not in ("", "tcp", "tls"):
-            return False
+            return "unknown"
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
+            return "accepted"
+    except ConnectionRefusedError:
+        return "refused"
     except (OSError, ValueError, UnicodeError):
-        return False
+        return "unknown"
 
 
 def holds_address(path: str | Path, address: str) -> bool:

@@ -323,6 +323,21 @@ def test_connecting_where_nothing_listens_fails_within_the_timeout():
     assert time.monotonic() - started < 15
 
 
+
+def test_a_scheduler_file_of_a_cluster_that_is_gone_is_said_at_once(tmp_path):
+    """A scheduler file left by a killed `cluster up`: nothing listens at its address, so every command using it
+    waited its whole --timeout (30 s) to say "Could not connect": it is said at once, and what to do."""
+    dead = tmp_path / "dead.json"
+    dead.write_text(json.dumps({"type": "Scheduler", "address": "tcp://127.0.0.1:9", "dashboard": None}))
+    started = time.monotonic()
+    listed = run_cli("runs", "--scheduler-file", str(dead), "--timeout", "30")
+    assert time.monotonic() - started < 20, "waited for the timeout"
+    assert listed.returncode == 1, listed.stdout + listed.stderr
+    assert listed.stderr.strip() == (f"Error: Nothing listens at tcp://127.0.0.1:9, the scheduler in {dead}: the "
+                                     "cluster that wrote it has stopped (killed, or its machine restarted). Start "
+                                     "one with `dask-train cluster up`."), listed.stderr
+
+
 def test_workers_without_a_slot_are_refused_with_the_fix():
     with (LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", resources={"GPU": 1}) as bare,
           pytest.raises(NoTrainingSlots) as info):
