@@ -86,9 +86,16 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
         raise ConfigError(f"{short(str(run_dir))} is a link to {short(os.readlink(run_dir))}, which does not "
                           f"exist: make that folder, or remove the link, or {other}.")
     existing = _nearest_existing(run_dir)
-    made = list(itertools.takewhile(lambda folder: folder != existing, [run_dir, *run_dir.parents]))
+    missing = list(itertools.takewhile(lambda folder: folder != existing, [run_dir, *run_dir.parents]))
+    made: list[Path] = []  # the folders this call made, innermost first: only those are removed on a failure
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+                made.insert(0, folder)
+            except FileExistsError:  # made meanwhile by another run: its, never removed here
+                if not folder.is_dir():
+                    raise
     except OSError as exc:  # e.g. a name too long for the filesystem: the folders made on the way go again
         _remove_empty(made)
         raise ConfigError(f"{short(str(run_dir))} cannot be made ({exc.strerror or exc}): {other}.") from None
@@ -97,14 +104,17 @@ def exclusive_run(run_dir: Path, what: str, other: str) -> Iterator[None]:
         owner, held = _HELD.get(key, (me, 0))
         if owner == me:
             _HELD[key] = (me, held + 1)
-    if owner != me:  # a flock is the process's: a second thread would get it again
-        _remove_empty(made)
+    if owner != me:  # a flock is the process's: a second thread would get it again (the folders are its)
         raise _in_use(run_dir, what, other)
     fd = -1
     try:
         if not held:
             fd = _open_folder(run_dir)
-            _lock(fd, run_dir, what, other)
+            try:
+                _lock(fd, run_dir, what, other)
+            except ConfigError:  # in use: another run holds it, folders made here included, and uses them
+                made.clear()
+                raise
         yield
     except BaseException:
         if not held:  # folders made for this run (``runs/`` too), which failed before writing anything

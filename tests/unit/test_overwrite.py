@@ -319,3 +319,43 @@ def test_saving_a_model_never_replaces_another_one_unless_told_to(tmp_path):
     assert {p.name: p.read_bytes() for p in names.iterdir()} == before
     other.save(names, overwrite=True)
     assert load_model(names).params["batch_size"] == 128
+
+
+def test_a_run_refused_as_another_takes_its_new_folder_removes_nothing_of_it(tmp_path, monkeypatch):
+    """B finds runs/s missing, A makes and takes it, B is refused: B then removed the folders it had found
+    missing, A's held run directory and runs/ with it (A's store could not be opened). Only folders a run made
+    itself, and never ones another run holds, are removed."""
+    import threading
+
+    import training.run_dirs as run_dirs
+
+    run_dir = tmp_path / "runs" / "s"
+    found, taken = threading.Event(), threading.Event()
+    nearest = run_dirs._nearest_existing
+
+    def slowed(path):
+        where = nearest(path)
+        if threading.current_thread().name == "B":
+            found.set()  # B has seen which folders are missing
+            assert taken.wait(30)  # A makes them and holds the run meanwhile
+        return where
+
+    monkeypatch.setattr(run_dirs, "_nearest_existing", slowed)
+    said: list[str] = []
+
+    def refused() -> None:
+        try:
+            with run_dirs.exclusive_run(run_dir, "run of sweep 's'", "choose another --name"):
+                said.append("B ran")
+        except ConfigError as exc:
+            said.append(str(exc))
+
+    other = threading.Thread(target=refused, name="B")
+    other.start()
+    assert found.wait(30)
+    with run_dirs.exclusive_run(run_dir, "run of sweep 's'", "choose another --name"):
+        taken.set()
+        other.join(timeout=30)
+        assert run_dir.is_dir(), "the held run directory was removed"
+        (run_dir / "store.sqlite").write_text("kept")
+    assert not other.is_alive() and len(said) == 1 and "is in use" in said[0], said
