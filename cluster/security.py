@@ -167,6 +167,13 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         handle.write(data)
 
 
+def _beside(scheduler_file: Path, tls_file: str) -> str:
+    """A TLS file a scheduler file names: relative to the scheduler file's folder where it is there, else as
+    written (relative to this folder: what `cluster up` wrote before it wrote absolute paths)."""
+    there = scheduler_file.parent / tls_file
+    return str(there) if there.exists() or Path(tls_file).is_absolute() else tls_file
+
+
 def write_scheduler_file(path: str | Path, address: str, dashboard: str | None,
                          tls: TLSFiles | None = None) -> Path:
     """A Dask scheduler file (``Client(scheduler_file=...)`` and ``dask worker --scheduler-file`` read its
@@ -303,6 +310,6 @@ def read_scheduler_file(path: str | Path) -> tuple[str, Security | None]:
     except ValueError as exc:
         raise ClusterConnectError(str(exc)) from None
     tls = content.get("tls")
-    if tls:  # a relative path is the file's folder's (as `cluster up` wrote it before: the client's, it failed)
-        tls = {k: str(Path(path).parent / v) for k, v in tls.items()}
+    if tls:  # a relative path is the file's folder's, else as written (an older `cluster up` wrote its own's)
+        tls = {k: _beside(Path(path), v) for k, v in tls.items()}
     return content["address"], (TLSFiles(**tls).security() if tls else None)

@@ -18,7 +18,7 @@ from distributed import Scheduler
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from .events import PAGE_TOPIC, TOPIC, plain
-from .limits import clip
+from .limits import clip, clip_middle
 from .protocol import (
     EpochEnded,
     Event,
@@ -246,10 +246,10 @@ def _small(values: Any, first: tuple[str, ...] = ()) -> Any:
     out: dict[str, Any] = {}
     for key in keys[:_MAX_FIELDS]:
         value = values[key]
-        if isinstance(value, str):
-            value = _text(value, _MAX_VALUE_CHARS)
+        if isinstance(value, str):  # start and end kept: paths differing at their end stay different
+            value = clip_middle(value, _MAX_VALUE_CHARS)
         elif value is not None and not isinstance(value, bool | int | float):
-            value = _text(repr(value), _MAX_VALUE_CHARS)
+            value = clip_middle(repr(value), _MAX_VALUE_CHARS)
         out[_text(str(key), _MAX_VALUE_CHARS)] = value
     return out
 

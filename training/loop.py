@@ -488,6 +488,8 @@ def checkpoint_path(checkpoint: object, resume: object) -> Path | None:
     if not text.strip() or "\0" in text:
         raise ConfigError(f"checkpoint={short(text)}: give a file path, e.g. 'runs/xor.pt'.")
     path = Path(text)
+    if path.is_dir():
+        raise ConfigError(f"checkpoint {text!r} is a folder: give a file path, e.g. {str(path / 'train.pt')!r}.")
     if not resume and (path.exists() or path.is_symlink()):
         raise ConfigError(f"checkpoint {text!r} already exists: train never replaces a file. Pass resume=True to "
                           "continue the checkpoint there, or choose another path (or remove it) to start afresh.")

@@ -134,6 +134,11 @@ def test_what_a_workload_sends_stays_small_on_the_page():
     assert first["curve"] == [[1, 2999.0]]  # the sweep's metric, though it came last of 3,000
     assert len(first["params"]["tag"]) <= 80 and len(second["params"]["note"]) <= 80
     assert len(second["error"]) <= 1000 and len(job["error"]) <= 1000
+    long = "/home/user/projects/corpora/very-long-folder-name-for-datasets/2024-experiments/names_"
+    board.apply({"kind": "job", "job": "p", "run": "r2", "type": "sweep",
+                 "trials": [{"number": n, "params": {"data": f"{long}{tag}.txt"}} for n, tag in enumerate("ab")]})
+    shown = [t["params"]["data"] for t in json.loads(board.snapshot_json())["jobs"][0]["trials"]]
+    assert shown[0] != shown[1] and shown[1].endswith("names_b.txt"), shown  # its end tells them apart
 
 
 @pytest.mark.parametrize("bad", [

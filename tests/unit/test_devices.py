@@ -211,3 +211,10 @@ def test_a_scheduler_file_with_tls_works_from_any_folder(tmp_path, monkeypatch):
     security = read_scheduler_file(Path("..") / "up" / "old.json")[1]
     assert Path(security.tls_ca_file).resolve() == folder / "dask-train-scheduler-tls" / "ca.pem"
     assert security.require_encryption
+    # An older `cluster up --scheduler-file sub/s.json` wrote its files relative to where it ran: read from there.
+    monkeypatch.chdir(folder)
+    (folder / "sub").mkdir()
+    content["tls"] = {k: os.path.relpath(v, folder) for k, v in content["tls"].items()}
+    (folder / "sub" / "s.json").write_text(json.dumps(content))
+    security = read_scheduler_file(Path("sub") / "s.json")[1]
+    assert Path(security.tls_ca_file).resolve() == folder / "dask-train-scheduler-tls" / "ca.pem"

@@ -171,8 +171,10 @@ def test_train_never_replaces_a_file_at_its_checkpoint_path_and_refuses_bad_argu
     with pytest.raises(ConfigError, match=re.escape("notes.txt' already exists: train never replaces a file.")):
         train("xor", {"train_size": 200}, epochs=1, checkpoint=notes)
     assert notes.read_text() == "my notes"
-    with pytest.raises(ConfigError, match="already exists"):
-        train("xor", {"train_size": 200}, epochs=1, checkpoint=tmp_path)  # a folder: no temporary file beside it
+    with pytest.raises(ConfigError, match="is a folder: give a file path"):
+        train("xor", {"train_size": 200}, epochs=1, checkpoint=tmp_path)  # no temporary file beside it
+    with pytest.raises(ConfigError, match="is a folder: give a file path"):
+        train("xor", {"train_size": 200}, epochs=1, checkpoint=tmp_path, resume=True)
     assert sorted(p.name for p in tmp_path.parent.iterdir() if p.name.startswith(".tmp")) == []
     with pytest.raises(ConfigError, match=re.escape("notes.txt' is not a folder")):
         train("xor", {"train_size": 200}, epochs=1, checkpoint=notes / "c.pt")
