@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .protocol import TrialRecord, TrialState
-from .sweep import GuardedProgress, SweepProgress
+from .sweep import SweepProgress, guarded
 from .sweep_spec import SweepSpec
 
 #: MLflow's run status for a trial's final state (FAILED for the rest).
@@ -100,8 +100,10 @@ class MlflowLogger(SweepProgress):
 
 
 class _Fanout(SweepProgress):
+    own_errors = True  # each part is guarded as it is its own
+
     def __init__(self, parts: tuple[SweepProgress, ...]) -> None:
-        self.parts = tuple(GuardedProgress(part) for part in parts)  # one failing leaves the others going
+        self.parts = tuple(guarded(part) for part in parts)  # one failing leaves the others going
 
     def on_start(self, spec: SweepSpec, total: int, todo: int, dashboard: str | None) -> None:
         for part in self.parts:

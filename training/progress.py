@@ -112,6 +112,8 @@ class LiveSweep(SweepProgress):
     ...     Sweep("xor", {"lr": [0.05, 0.2]}, epochs=2).run(client, progress=shown)
     """
 
+    own_errors = True  # dask-train's own: an error in it is a bug to see (see training.sweep.guarded)
+
     def __init__(self, console: Console | None = None, afresh: str = "new=True") -> None:
         self.console = console or plain_console()
         self.afresh = afresh  # how this caller starts a sweep afresh (the CLI: --new)

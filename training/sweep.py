@@ -108,6 +108,13 @@ class GuardedProgress(SweepProgress):
         self._call("on_trial_end", row, counts, best)
 
 
+def guarded(hooks: SweepProgress) -> SweepProgress:
+    """``hooks`` as a sweep calls them: a user's in a :class:`GuardedProgress`; dask-train's own live view
+    (``own_errors``: its errors are bugs to see, not to hide behind a frozen view) and :func:`combine`'s fan-out
+    (which guards each of its parts) as they are."""
+    return hooks if getattr(hooks, "own_errors", False) else GuardedProgress(hooks)
+
+
 @dataclass
 class SweepResult:
     """What a sweep produced: the table, the best trial (its record and the model of its best epoch), the
@@ -260,7 +267,7 @@ class Sweep:
         if stop is not None and not isinstance(stop, threading.Event):
             raise ConfigError(f"stop={short(stop)}: give a threading.Event (set it to stop the sweep), or None.")
         view = _default_view(progress)
-        hooks = view or (GuardedProgress(progress) if isinstance(progress, SweepProgress) else SweepProgress())
+        hooks = view or (guarded(progress) if isinstance(progress, SweepProgress) else SweepProgress())
         started = time.perf_counter()
         with view or contextlib.nullcontext():
             result = self._run_on(client, hooks, new, target, stop)

@@ -344,6 +344,14 @@ def test_progress_hooks_that_raise_are_logged_once_and_the_sweep_finishes(client
     alone = Sweep("xor", {"lr": [0.1, 0.2]}, params={"train_size": 2000}, epochs=3, name="hooked-alone",
                   runs_dir=str(tmp_path)).run(client, progress=Raiser())
     assert [t.state.value for t in alone.trials] == ["completed"] * 2
+    # dask-train's own live view is not guarded: an error in it is a bug to see, not a view frozen for hours.
+    from training.progress import LiveSweep
+    from training.sweep import GuardedProgress, guarded
+
+    view = LiveSweep()
+    fanned = combine(view, Raiser())
+    assert guarded(view) is view and guarded(fanned) is fanned and fanned.parts[0] is view
+    assert isinstance(fanned.parts[1], GuardedProgress) and isinstance(guarded(Raiser()), GuardedProgress)
 
 
 def test_a_workload_that_calls_sys_exit_fails_its_trial_once_and_keeps_its_worker(client, tmp_path):
