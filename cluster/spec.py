@@ -123,24 +123,27 @@ def check_listen(host: str, port: int | None) -> None:
     import socket
 
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port or 0,
-                                                             type=socket.SOCK_STREAM)[0]
+        found = socket.getaddrinfo(host.strip("[]"), port or 0, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise ValueError(f"--host {host!r} is not a name this machine can look up ({exc}): give one of its "
                          "addresses, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface).") from None
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Dask's listener: a closing one is fine
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ValueError(f"--port {port} on {host} is in use (another cluster or service?): pick "
-                                 "another port, or 0 for any free one.") from None
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise ValueError(f"--host {host} is not an address of this machine: give one of its addresses, "
-                                 "e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface).") from None
-            raise ValueError(f"Cannot listen on {host}:{port or 0} ({exc.strerror or exc}): pick another --host "
-                             "or --port.") from None
+    failures = []
+    for family, kind, proto, _, address in found:  # as Dask's listener: one that binds is enough (a name's
+        with socket.socket(family, kind, proto) as probe:  # ::1 may be off in a container while 127.0.0.1 works)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closing listener there is fine
+            try:
+                probe.bind(address)
+                return
+            except OSError as exc:
+                failures.append(exc)
+    if any(exc.errno == errno.EADDRINUSE for exc in failures):
+        raise ValueError(f"--port {port} on {host} is in use (another cluster or service?): pick another port, "
+                         "or 0 for any free one.")
+    if failures and all(exc.errno == errno.EADDRNOTAVAIL for exc in failures):
+        raise ValueError(f"--host {host} is not an address of this machine: give one of its addresses, e.g. "
+                         "127.0.0.1 (this machine only) or 0.0.0.0 (every interface).")
+    why = failures[0].strerror or failures[0] if failures else "no address"
+    raise ValueError(f"Cannot listen on {host}:{port or 0} ({why}): pick another --host or --port.")
 
 
 #: The embedded cluster's bounds: worker processes per CPU this process may use, and memory each needs.
