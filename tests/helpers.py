@@ -108,3 +108,28 @@ def processes_marked(variable: str, value: str) -> list[psutil.Process]:
             if process.environ().get(variable) == value and process.status() != psutil.STATUS_ZOMBIE:
                 found.append(process)
     return found
+
+
+class OutputLines:
+    """A process's stdout, read on a thread of its own: waiting for a line is bounded (a ``readline`` in a
+    ``poll_for`` blocks past its timeout while the process stays silent)."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        import threading
+
+        self.process, self.lines = process, list[str]()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        poll_for(lambda: any(text in line for line in self.lines), timeout, what=f"{text!r} in the output")
+
+    def rest(self, timeout: float) -> str:
+        """Everything it printed, once it has ended (TimeoutExpired past ``timeout``)."""
+        self.process.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        return "".join(self.lines)

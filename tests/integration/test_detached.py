@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from cluster import cluster_workers, connect
-from tests.helpers import cli_env, poll_for, run_cli, start_cli
+from tests.helpers import OutputLines, cli_env, poll_for, run_cli, start_cli
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -155,10 +155,11 @@ def test_a_cluster_stopped_under_a_detached_sweep_cancels_it_keeping_its_epochs_
                  what="two epochs recorded while both trials train")
         # A follower sees the cancel (it said "Lost the cluster's scheduler" after its --timeout).
         follower = start_cli("attach", "stopped", "--scheduler-file", str(scheduler_file), cwd=tmp_path)
-        poll_for(lambda: "epoch" in follower.stdout.readline(), 60, what="attach showing epochs")
+        lines = OutputLines(follower)
+        lines.wait_for("epoch", 60)
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=120)
-        followed = follower.communicate(timeout=60)[0]
+        followed = lines.rest(timeout=60)
     finally:
         for process in (up, *([follower] if "follower" in locals() else [])):
             if process.poll() is None:
@@ -282,14 +283,14 @@ def test_runs_attach_and_cancel_need_only_the_scheduler_when_its_workers_are_gon
         assert listed.returncode == 0 and "orphan" in listed.stdout and "running" in listed.stdout, listed
         followed = start_cli("attach", "orphan", "--scheduler-file", str(scheduler_file), "--timeout", "5",
                              cwd=tmp_path)
+        lines = OutputLines(followed)
         try:
-            poll_for(lambda: "Sweep 'orphan'" in (followed.stdout.readline() or "Sweep 'orphan'"), 30,
-                     what="attach following")
+            lines.wait_for("Sweep 'orphan'", 30)
             cancelled = run_cli("cancel", "orphan", "--scheduler-file", str(scheduler_file), "--timeout", "5",
                                 timeout=180)
             assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
             assert cancelled.stdout.startswith("Cancelled: sweep 'orphan'"), cancelled.stdout
-            output = followed.communicate(timeout=60)[0]
+            output = lines.rest(timeout=60)
         finally:
             if followed.poll() is None:
                 followed.kill()
