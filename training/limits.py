@@ -117,18 +117,20 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
 
 
-def check_path(name: str, value: object) -> str:
+def check_path(name: str, value: object, kind: str = "folder") -> str:
     """``value`` (a str or a path-like object such as a pathlib.Path) as text, else a ConfigError naming
-    ``name`` (a path given to the Python API as another kind failed deep inside, or later)."""
+    ``name`` (a path given to the Python API as another kind failed deep inside, or later). ``kind``: what the
+    path names, as the refusal asks for it ("folder" or "file")."""
     if isinstance(value, str | os.PathLike):
         path = os.fspath(value)
         path = path if isinstance(path, str) else os.fsdecode(path)
         if not path.strip():  # it would be the current folder, unasked
-            raise ConfigError(f"{name}={short(path)} is empty: give a folder path ('.' for the current folder).")
+            hint = " ('.' for the current folder)" if kind == "folder" else ""
+            raise ConfigError(f"{name}={short(path)} is empty: give a {kind} path{hint}.")
         if "\0" in path:  # no system call takes it ("embedded null byte", naming nothing)
-            raise ConfigError(f"{name}={short(path)} holds a NUL character: give a folder path.")
+            raise ConfigError(f"{name}={short(path)} holds a NUL character: give a {kind} path.")
         return path
-    raise ConfigError(f"{name}={short(value)}: give a folder path (a str or a pathlib.Path).")
+    raise ConfigError(f"{name}={short(value)}: give a {kind} path (a str or a pathlib.Path).")
 
 
 def max_trials() -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +21,7 @@ import torch
 
 from .callbacks import Callback
 from .errors import ConfigError, TrainingDiverged
-from .limits import MAX_EPOCHS, check_count, clip, safe_reason, short
+from .limits import MAX_EPOCHS, check_count, check_path, clip, safe_reason, short
 from .model_file import TrainedModel
 from .params import check_data_paths, resolve
 from .precision import PRECISIONS, MixedPrecision, check_device_supports, check_precision, tf32_matmuls
@@ -481,12 +480,7 @@ def checkpoint_path(checkpoint: object, resume: object) -> Path | None:
         if resume:
             raise ConfigError("resume=True needs checkpoint=PATH: the checkpoint file to continue from.")
         return None
-    if not isinstance(checkpoint, str | os.PathLike):
-        raise ConfigError(f"checkpoint={short(checkpoint)}: give a file path (a str or a pathlib.Path), or None.")
-    text = os.fspath(checkpoint)
-    text = text if isinstance(text, str) else os.fsdecode(text)
-    if not text.strip() or "\0" in text:
-        raise ConfigError(f"checkpoint={short(text)}: give a file path, e.g. 'runs/xor.pt'.")
+    text = check_path("checkpoint", checkpoint, kind="file")
     path = Path(text)
     if path.is_dir():
         raise ConfigError(f"checkpoint {text!r} is a folder: give a file path, e.g. {str(path / 'train.pt')!r}.")
